@@ -1,0 +1,129 @@
+"""The history seam: where conversations and their messages are kept (storage/ implements it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from bot.types import Role, Status
+
+
+@dataclass(frozen=True)
+class ConversationKey:
+    """Where a conversation happens: one per (platform, scope, channel, thread) at a time."""
+
+    platform: str
+    scope: str
+    channel: str
+    thread: str | None = None
+
+
+@dataclass(frozen=True)
+class UserRef:
+    """A person on a platform."""
+
+    platform: str
+    external_id: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A stored conversation. Messages with id <= `summary_until` are folded into `summary`."""
+
+    id: int
+    key: ConversationKey
+    title: str | None
+    settings: dict[str, Any]
+    summary: str | None
+    summary_until: int | None
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to append."""
+
+    role: Role
+    content: str
+    status: Status = "complete"
+    user: UserRef | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as stored."""
+
+    id: int
+    conversation_id: int
+    role: Role
+    content: str
+    status: Status
+    created_at: datetime
+    user: UserRef | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class History(Protocol):
+    """Conversations and messages. Every method is one short transaction."""
+
+    async def resolve(self, key: ConversationKey) -> Conversation:
+        """The active (not archived) conversation for `key`, created if there is none."""
+        ...
+
+    async def start_new(self, key: ConversationKey) -> Conversation:
+        """Archive the active conversation for `key` (if any) and create a fresh one."""
+        ...
+
+    async def get(self, conversation_id: int) -> Conversation | None:
+        """One conversation, or None."""
+        ...
+
+    async def latest(self, platform: str | None = None) -> Conversation | None:
+        """The most recently updated conversation (of one platform, if given)."""
+        ...
+
+    async def list(self, *, platform: str | None = None, limit: int = 50) -> list[Conversation]:
+        """Conversations, most recently updated first, with their message counts."""
+        ...
+
+    async def delete(self, conversation_id: int) -> bool:
+        """Delete a conversation and its messages; False if it did not exist."""
+        ...
+
+    async def append(self, conversation_id: int, message: NewMessage) -> StoredMessage:
+        """Store a message, touch the conversation, and title it after its first user message."""
+        ...
+
+    async def load(self, conversation_id: int, *, after_id: int | None = None) -> list[StoredMessage]:
+        """Messages in order (only those with id > `after_id`, if given)."""
+        ...
+
+    async def update_settings(
+        self, conversation_id: int, changes: Mapping[str, Any]
+    ) -> Conversation:
+        """Merge `changes` into the conversation's settings atomically; a None value removes a key."""
+        ...
+
+    async def set_summary(self, conversation_id: int, summary: str, until_message_id: int) -> None:
+        """Store the running summary, covering messages up to `until_message_id`."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,51 @@
+"""The model seam: anything that can count tokens and stream a chat completion."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from bot.types import ChatMessage, GenerationParams, ModelInfo
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Newly generated text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The last item of a stream: token counts and why generation stopped."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    reason: FinishReason
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """A chat model. `stream` runs off the event loop; closing the iterator cancels generation."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """Name, device, dtype and context window."""
+        ...
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of the prompt these messages render to (chat template and generation prompt)."""
+        ...
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of a bare piece of text."""
+        ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Chunk | Finish]:
+        """Generate a reply: `Chunk`s as text arrives, then exactly one `Finish`."""
+        ...

@@ -1,0 +1,132 @@
+"""The neutral message pair: what adapters hand the engine, and the events it yields back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+Status = Literal["complete", "interrupted", "failed", "rejected"]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message from a person on some platform, as the engine sees it.
+
+    The conversation is found by (platform, scope, channel, thread); `conversation_id`,
+    when given, names a stored conversation directly (the CLI's --conversation / --resume).
+    """
+
+    text: str
+    platform: str
+    scope: str = "local"
+    channel: str = "default"
+    thread: str | None = None
+    user_id: str = "local-user"
+    user_name: str | None = None
+    message_id: str | None = None
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a prompt, in the shape chat templates take."""
+
+    role: Role
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The dict `apply_chat_template` expects."""
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters of one generation."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    max_tokens: int = 512
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `/model` shows."""
+
+    name: str
+    device: str
+    dtype: str
+    context_window: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Counts and timings of one reply."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: int = 0
+    first_token_ms: int | None = None
+
+
+# Events the engine yields -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    """The user's message is stored; generation is about to start."""
+
+    conversation_id: int
+    user_message_id: int
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply as it is generated."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know while waiting (e.g. older turns being summarised)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The answer to a /command (Markdown)."""
+
+    conversation_id: int
+    command: str
+    text: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    """The reply is complete (or was interrupted) and stored."""
+
+    conversation_id: int
+    message_id: int
+    text: str
+    status: Status
+    usage: Usage
+    model: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    """The turn could not be answered; `message` is one line fit for the user."""
+
+    message: str
+    conversation_id: int | None = None
+    message_id: int | None = None
+
+
+Event = TurnStarted | TextDelta | Notice | CommandResult | TurnDone | TurnFailed

@@ -1,0 +1,185 @@
+"""One typed Settings object: defaults < config file < CHINWAG_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+APP_NAME = "chinwag"
+DEFAULT_CONFIG_FILE = Path(__file__).with_name("chinwag.toml")
+CONFIG_ENV_VAR = "CHINWAG_CONFIG"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are chinwag, a helpful assistant that chats with a team in their chat tools. "
+    "Answer clearly and concisely. If you do not know something, say so instead of guessing."
+)
+
+_config_file: ContextVar[Path] = ContextVar("chinwag_config_file", default=DEFAULT_CONFIG_FILE)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key at fault."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    """Which model to run and where."""
+
+    name: str = "qwen2.5-coder-0.5b-instruct"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cache_dir: Path | None = None
+    threads: int = Field(default=0, ge=0)
+
+
+class GenerationSettings(_Section):
+    """Default sampling parameters; a conversation may override them with /set."""
+
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=0, le=1000)
+    max_tokens: int = Field(default=512, ge=1, le=8192)
+    repetition_penalty: float = Field(default=1.05, ge=1.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+
+class ChatSettings(_Section):
+    """The persona every conversation starts with."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+
+class ContextSettings(_Section):
+    """How much of the model's context window a conversation may use."""
+
+    max_tokens: int = Field(default=8192, ge=256)
+    keep_ratio: float = Field(default=0.6, gt=0.0, le=1.0)
+    summary_max_tokens: int = Field(default=256, ge=32, le=2048)
+
+
+class StorageSettings(_Section):
+    """Where the conversation history lives."""
+
+    url: str | None = None
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+
+
+class LoggingSettings(_Section):
+    """Log level and file (the terminal stays clean for the chat)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: Path | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Everything chinwag reads at start; passed down, never read from the environment again."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHINWAG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    data_dir: Path | None = None
+    model: ModelSettings = ModelSettings()
+    generation: GenerationSettings = GenerationSettings()
+    chat: ChatSettings = ChatSettings()
+    context: ContextSettings = ContextSettings()
+    storage: StorageSettings = StorageSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
+        return (init_settings, env_settings, toml)
+
+    # Derived locations -------------------------------------------------------------
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """The data directory: CHINWAG_DATA_DIR / data_dir, else the platform's user data dir."""
+        return (self.data_dir or Path(user_data_dir(APP_NAME))).expanduser()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where prepared models (assembled GGUF, safetensors copies) are kept."""
+        return (self.model.cache_dir or Path(user_cache_dir(APP_NAME)) / "models").expanduser()
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL of the history database."""
+        if self.storage.url:
+            return self.storage.url
+        return f"sqlite+aiosqlite:///{self.resolved_data_dir / 'chinwag.db'}"
+
+    @property
+    def log_file(self) -> Path:
+        """The log file (default: logs/chinwag.log under the data directory)."""
+        return (self.logging.file or self.resolved_data_dir / "logs" / "chinwag.log").expanduser()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown configuration key '{key}'")
+        else:
+            lines.append(f"invalid value for '{key}': {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the settings; `overrides` (CLI flags, nested dicts allowed) take precedence."""
+    path = Path(config_file or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    token = _config_file.set(path)
+    try:
+        return Settings(**_drop_none(overrides))
+    except ValidationError as error:
+        raise ConfigError(f"{_describe(error)} (config file: {path})") from None
+    except ValueError as error:  # malformed TOML
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """CLI flags that were not given arrive as None; they must not override anything."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""Retrieval from the team's documents (Chroma); built in a later issue."""

@@ -1,0 +1,1 @@
+"""The history store: SQLAlchemy models, the store, and migrations."""
