@@ -9,7 +9,6 @@ DEV_INSTALLED := $(VENV)/.installed-dev
 .PHONY: chat test check lint bench clean
 
 chat: $(INSTALLED)
-	$(BIN)/chinwag prepare
 	$(BIN)/chinwag chat
 
 test: $(DEV_INSTALLED)

@@ -114,9 +114,7 @@ class History(Protocol):
         """Messages in order (only those with id > `after_id`, if given)."""
         ...
 
-    async def update_settings(
-        self, conversation_id: int, changes: Mapping[str, Any]
-    ) -> Conversation:
+    async def update_settings(self, conversation_id: int, changes: Mapping[str, Any]) -> Conversation:
         """Merge `changes` into the conversation's settings atomically; a None value removes a key."""
         ...
 

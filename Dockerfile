@@ -1,0 +1,56 @@
+# syntax=docker/dockerfile:1
+
+# Build stage: a virtualenv with chinwag and its CPU-only torch, and the default model prepared
+# (assembled, verified, converted to safetensors) so that the final image starts offline.
+FROM python:3.11-slim-bookworm AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch first, from the CPU wheel index: the default index would pull several GB of CUDA.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY adapters ./adapters
+COPY retrieval ./retrieval
+COPY storage ./storage
+COPY config ./config
+RUN pip install .
+
+# Prepare the default model into the cache the runtime image uses.
+ENV CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models
+RUN chinwag prepare \
+    # The assembled GGUF is only needed to convert; the safetensors copy is what loads.
+    && find /opt/chinwag/models -name '*.gguf' -delete
+
+
+# Runtime stage: the virtualenv and the prepared model, a non-root user, data in a volume.
+FROM python:3.11-slim-bookworm
+
+RUN groupadd --system chinwag \
+    && useradd --system --gid chinwag --home-dir /home/chinwag --create-home chinwag \
+    && mkdir -p /data \
+    && chown chinwag:chinwag /data
+
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build --chown=chinwag:chinwag /opt/chinwag/models /opt/chinwag/models
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    CHINWAG_DATA_DIR=/data \
+    CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+
+USER chinwag
+WORKDIR /home/chinwag
+VOLUME ["/data"]
+
+ENTRYPOINT ["chinwag"]
+CMD ["chat"]

@@ -1,0 +1,78 @@
+"""The wiring: builds the model, the history store and the engine from Settings, and tears them down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from logging.handlers import RotatingFileHandler
+
+from bot.engine import Engine
+from bot.history import History
+from bot.model import ChatModel
+from config import Settings
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[[Settings], ChatModel]
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to a rotating file: the terminal belongs to the chat."""
+    path = settings.log_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_chinwag", False):
+            root.removeHandler(old)
+    handler._chinwag = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(settings.logging.level)
+    # Libraries that print to the terminal go through logging or stay quiet.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.captureWarnings(True)
+
+
+def load_model(settings: Settings, progress: bool = True) -> ChatModel:
+    """Prepare (first time: assemble, verify, convert, with a progress bar) and load the model."""
+    from bot.transformers_model import TransformersModel
+
+    return TransformersModel.load(settings.model, settings.model_cache_dir, progress=progress)
+
+
+async def open_history(settings: Settings) -> History:
+    """Open the history store named by the settings and bring its schema up to date."""
+    from storage import SqlHistory
+
+    return await SqlHistory.open(settings)
+
+
+@dataclass
+class App:
+    """Everything one chinwag process runs on."""
+
+    settings: Settings
+    model: ChatModel
+    history: History
+    engine: Engine
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, model: ChatModel | None = None, progress: bool = True
+) -> AsyncIterator[App]:
+    """Start the parts (history first: a bad database URL fails before a minute of model loading)."""
+    history = await open_history(settings)
+    try:
+        if model is None:
+            model = await asyncio.to_thread(load_model, settings, progress)
+        engine = Engine(model, history, settings)
+        log.info("started: model=%s window=%s", model.info.name, engine.window)
+        yield App(settings, model, history, engine)
+    finally:
+        await history.close()

@@ -1,0 +1,471 @@
+"""The `chinwag` command: chat, ask, history, prepare. The composition root of the process."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from contextlib import aclosing
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from bot.app import App, configure_logging, load_model, open_history, running
+from bot.engine import new_thread_id
+from bot.errors import ChinwagError
+from bot.history import Conversation, History, StoredMessage
+from bot.types import CommandResult, Incoming, TextDelta, TurnDone, TurnFailed
+from config import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
+err = Console(stderr=True, highlight=False)
+
+
+class Context:
+    """What the group options give every subcommand: how to read the settings."""
+
+    def __init__(self, config_file: Path | None, data_dir: Path | None) -> None:
+        self.config_file = config_file
+        self.data_dir = data_dir
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings with the CLI flags on top (flags not given do not override anything)."""
+        try:
+            settings = load_settings(self.config_file, data_dir=self.data_dir, **overrides)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+        configure_logging(settings)
+        return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; our errors become one line on stderr and a non-zero exit."""
+    try:
+        return asyncio.run(coro)
+    except ChinwagError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file (default: CHINWAG_CONFIG, else the shipped config/chinwag.toml).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory (default: CHINWAG_DATA_DIR, else the user data dir).",
+)
+@click.version_option(package_name="chinwag")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, data_dir: Path | None) -> None:
+    """chinwag: a chatbot with its own local model, for the terminal, Slack and Discord."""
+    ctx.obj = Context(config_file, data_dir)
+
+
+def _model_overrides(model: str | None, system: str | None, temperature: float | None) -> dict:
+    return {
+        "model": {"name": model},
+        "chat": {"system_prompt": system},
+        "generation": {"temperature": temperature},
+    }
+
+
+# chat -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=False,
+    flag_value="last",
+    default=None,
+    metavar="[ID]",
+    help="Continue the last terminal conversation, or conversation ID.",
+)
+@click.option("--system", help="System prompt (persona) for this session's conversations.")
+@click.option("--temperature", type=float, help="Sampling temperature (0-2).")
+@click.option("--model", help="Model: embedded name, local path or Hugging Face id.")
+@click.pass_obj
+def chat(
+    obj: Context,
+    resume: str | None,
+    system: str | None,
+    temperature: float | None,
+    model: str | None,
+) -> None:
+    """Chat in the terminal."""
+    settings = obj.settings(**_model_overrides(model, system, temperature))
+    _run(_chat(settings, resume))
+
+
+async def _chat(settings: Settings, resume: str | None) -> None:
+    from adapters.repl import Repl, Session
+
+    console = Console(highlight=False)
+    template = Incoming(
+        text="",
+        platform="terminal",
+        scope="local",
+        channel="repl",
+        thread=new_thread_id(),
+        user_id=getpass.getuser(),
+    )
+    # Resolve --resume before loading the model: a bad id should not cost a model load.
+    history = await open_history(settings)
+    try:
+        resumed = await _find_resume(history, resume)
+    finally:
+        await history.close()
+    if resumed is not None:
+        template = Incoming(**{**asdict(template), "conversation_id": resumed.id})
+
+    from bot.models import prepare_model
+
+    # The first time, preparing the model shows its own progress bars; later it returns at once.
+    await asyncio.to_thread(prepare_model, settings.model, settings.model_cache_dir, True)
+    with console.status(f"[dim]Loading {settings.model.name}…[/dim]"):
+        model = await asyncio.to_thread(load_model, settings, False)
+    async with running(settings, model=model) as app:
+        session = Session(template, app.model.info.name)
+        repl = Repl(app.engine, session, settings.resolved_data_dir / "repl_history")
+        await repl.run(_greeting(app, resumed))
+        if session.conversation_id is not None:
+            console.print(
+                f"[dim]Conversation #{session.conversation_id} is saved: "
+                f"chinwag chat --resume {session.conversation_id}[/dim]"
+            )
+
+
+async def _find_resume(history: History, resume: str | None) -> Conversation | None:
+    if resume is None:
+        return None
+    if resume == "last":
+        found = await history.latest("terminal")
+        if found is None:
+            err.print("[yellow]No terminal conversation to resume; starting a new one.[/yellow]")
+        return found
+    try:
+        conversation_id = int(resume)
+    except ValueError:
+        raise ChinwagError(f"--resume takes a conversation id (a number), not '{resume}'.") from None
+    found = await history.get(conversation_id)
+    if found is None:
+        raise ChinwagError(f"No conversation #{conversation_id} (see: chinwag history list).")
+    return found
+
+
+def _greeting(app: App, resumed: Conversation | None) -> str:
+    info = app.model.info
+    lines = [
+        f"**chinwag** · {info.name} on {info.device} · context {app.engine.window} tokens",
+        "",
+        "Enter sends · Esc Enter (or Ctrl-J) for a new line · Ctrl-C stops a reply · "
+        "`/help` for commands · Ctrl-D or `/exit` leaves",
+    ]
+    if resumed is not None:
+        title = f": {resumed.title}" if resumed.title else ""
+        lines += ["", f"Resuming conversation #{resumed.id}{title}"]
+    return "\n".join(lines)
+
+
+# ask ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("question")
+@click.option(
+    "--conversation",
+    "conversation_id",
+    type=int,
+    help="Continue conversation ID instead of starting a new one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--system", help="System prompt (persona).")
+@click.option("--temperature", type=float, help="Sampling temperature (0-2).")
+@click.option("--model", help="Model: embedded name, local path or Hugging Face id.")
+@click.pass_obj
+def ask(
+    obj: Context,
+    question: str,
+    conversation_id: int | None,
+    as_json: bool,
+    system: str | None,
+    temperature: float | None,
+    model: str | None,
+) -> None:
+    """Ask one question ('-' reads it from stdin) and print the answer."""
+    if question == "-":
+        question = sys.stdin.read()
+    settings = obj.settings(**_model_overrides(model, system, temperature))
+    code = _run(_ask(settings, question, conversation_id, as_json))
+    sys.exit(code)
+
+
+async def _ask(settings: Settings, question: str, conversation_id: int | None, as_json: bool) -> int:
+    incoming = Incoming(
+        text=question,
+        platform="cli",
+        scope="local",
+        channel="ask",
+        thread=new_thread_id(),
+        user_id=getpass.getuser(),
+        conversation_id=conversation_id,
+    )
+    if not question.strip():
+        err.print("chinwag: the question is empty.")
+        return 2
+    async with running(settings) as app:
+        if conversation_id is not None and await app.history.get(conversation_id) is None:
+            err.print(f"chinwag: no conversation #{conversation_id}.")
+            return 1
+        out = sys.stdout
+        async with aclosing(app.engine.handle(incoming)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta) and not as_json:
+                    out.write(event.text)
+                    out.flush()
+                elif isinstance(event, TurnDone):
+                    if as_json:
+                        print(
+                            json.dumps(
+                                {
+                                    "conversation_id": event.conversation_id,
+                                    "text": event.text,
+                                    "prompt_tokens": event.usage.prompt_tokens,
+                                    "completion_tokens": event.usage.completion_tokens,
+                                    "latency_ms": event.usage.latency_ms,
+                                    "model": event.model,
+                                },
+                                ensure_ascii=False,
+                            )
+                        )
+                    else:
+                        out.write("\n")
+                    return 0
+                elif isinstance(event, CommandResult):
+                    if as_json:
+                        print(
+                            json.dumps(
+                                {
+                                    "conversation_id": event.conversation_id,
+                                    "text": event.text,
+                                    "ok": event.ok,
+                                }
+                            )
+                        )
+                    else:
+                        print(event.text)
+                    return 0 if event.ok else 1
+                elif isinstance(event, TurnFailed):
+                    if not as_json:
+                        out.write("\n")
+                    err.print(f"chinwag: {event.message}")
+                    return 1
+    err.print("chinwag: no answer.")
+    return 1
+
+
+# history --------------------------------------------------------------------------------
+
+
+@main.group()
+def history() -> None:
+    """List, show, export and delete stored conversations."""
+
+
+def _with_history(obj: Context, work: Callable[[History], Coroutine[Any, Any, T]]) -> T:
+    settings = obj.settings()
+
+    async def go() -> T:
+        store = await open_history(settings)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return _run(go())
+
+
+async def _require(store: History, conversation_id: int) -> Conversation:
+    found = await store.get(conversation_id)
+    if found is None:
+        raise ChinwagError(f"No conversation #{conversation_id} (see: chinwag history list).")
+    return found
+
+
+@history.command("list")
+@click.option("--platform", help="Only this platform (terminal, cli, slack, discord).")
+@click.option("--limit", default=50, show_default=True, help="How many to show.")
+@click.pass_obj
+def history_list(obj: Context, platform: str | None, limit: int) -> None:
+    """Conversations, most recent first."""
+    from rich.table import Table
+
+    conversations = _with_history(obj, lambda s: s.list(platform=platform, limit=limit))
+    if not conversations:
+        click.echo("No conversations yet.")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "platform", "title", "messages", "updated"):
+        table.add_column(column, justify="right" if column in ("id", "messages") else "left")
+    for conv in conversations:
+        title = (conv.title or "(untitled)") + (" [dim](archived)[/dim]" if conv.archived else "")
+        table.add_row(
+            str(conv.id),
+            conv.key.platform,
+            title,
+            str(conv.message_count),
+            conv.updated_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+        )
+    Console(highlight=False).print(table)
+
+
+@history.command("show")
+@click.argument("conversation_id", type=int)
+@click.pass_obj
+def history_show(obj: Context, conversation_id: int) -> None:
+    """Print a conversation."""
+    from rich.markdown import Markdown
+
+    async def work(store: History) -> tuple[Conversation, list[StoredMessage]]:
+        conv = await _require(store, conversation_id)
+        return conv, await store.load(conv.id)
+
+    conv, messages = _with_history(obj, work)
+    Console(highlight=False).print(Markdown(to_markdown(conv, messages)))
+
+
+@history.command("export")
+@click.argument("conversation_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of stdout.",
+)
+@click.pass_obj
+def history_export(obj: Context, conversation_id: int, fmt: str, output: Path | None) -> None:
+    """Export a conversation as Markdown or JSON."""
+
+    async def work(store: History) -> tuple[Conversation, list[StoredMessage]]:
+        conv = await _require(store, conversation_id)
+        return conv, await store.load(conv.id)
+
+    conv, messages = _with_history(obj, work)
+    if fmt == "json":
+        text = json.dumps(to_json(conv, messages), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = to_markdown(conv, messages)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"Wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+@history.command("delete")
+@click.argument("conversation_id", type=int)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def history_delete(obj: Context, conversation_id: int, yes: bool) -> None:
+    """Delete a conversation and its messages."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Delete conversation #{conversation_id} and all its messages?", abort=True)
+    deleted = _with_history(obj, lambda s: s.delete(conversation_id))
+    if not deleted:
+        raise click.ClickException(f"No conversation #{conversation_id}.")
+    click.echo(f"Deleted conversation #{conversation_id}.")
+
+
+def to_json(conv: Conversation, messages: list[StoredMessage]) -> dict[str, Any]:
+    """A conversation and its messages as plain JSON data."""
+
+    def when(value: Any) -> Any:
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
+    return {
+        "id": conv.id,
+        "platform": conv.key.platform,
+        "scope": conv.key.scope,
+        "channel": conv.key.channel,
+        "thread": conv.key.thread,
+        "title": conv.title,
+        "settings": conv.settings,
+        "summary": conv.summary,
+        "summary_until": conv.summary_until,
+        "archived": conv.archived,
+        "created_at": when(conv.created_at),
+        "updated_at": when(conv.updated_at),
+        "messages": [
+            {
+                "id": m.id,
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "user": asdict(m.user) if m.user else None,
+                "prompt_tokens": m.prompt_tokens,
+                "completion_tokens": m.completion_tokens,
+                "latency_ms": m.latency_ms,
+                "model": m.model,
+                "metadata": m.metadata,
+                "created_at": when(m.created_at),
+            }
+            for m in messages
+        ],
+    }
+
+
+def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
+    """A conversation as a readable Markdown transcript."""
+    lines = [
+        f"# Conversation #{conv.id}: {conv.title or '(untitled)'}",
+        "",
+        f"- platform: {conv.key.platform}, scope: {conv.key.scope}, channel: {conv.key.channel}"
+        + (f", thread: {conv.key.thread}" if conv.key.thread else ""),
+        f"- started {conv.created_at.astimezone():%Y-%m-%d %H:%M}, "
+        f"last message {conv.updated_at.astimezone():%Y-%m-%d %H:%M}",
+    ]
+    if conv.summary:
+        lines += ["", "> **Summary of older turns:** " + " ".join(conv.summary.split())]
+    for m in messages:
+        who = "You" if m.role == "user" else ("chinwag" if m.role == "assistant" else m.role)
+        details = [f"{m.created_at.astimezone():%H:%M:%S}"]
+        if m.role == "assistant":
+            if m.model:
+                details.append(m.model)
+            if m.completion_tokens is not None:
+                details.append(f"{m.completion_tokens} tokens")
+            if m.latency_ms is not None:
+                details.append(f"{m.latency_ms / 1000:.1f} s")
+        if m.status != "complete":
+            details.append(m.status)
+        lines += ["", f"## {who} · {' · '.join(details)}", "", m.content or "_(no text)_"]
+    return "\n".join(lines) + "\n"
+
+
+# prepare --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--model", help="Model to prepare (default: the configured one).")
+@click.pass_obj
+def prepare(obj: Context, model: str | None) -> None:
+    """Prepare the model ahead of time (assemble, verify, convert) so the first chat starts fast."""
+    from bot.models import prepare_model
+
+    settings = obj.settings(model={"name": model})
+    try:
+        path = prepare_model(settings.model, settings.model_cache_dir, True)
+    except ChinwagError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{settings.model.name} is ready: {path}")

@@ -1,0 +1,169 @@
+"""Slash commands, handled by the engine so that every platform gets the same ones."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.errors import CommandError
+from bot.history import Conversation
+from bot.params import SETTABLE, effective_params, parse_setting
+from bot.prompt import usable_in_context
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+_COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:\s+(.*))?$", re.DOTALL)
+# Longest message shown per line in /history.
+_HISTORY_CLIP = 300
+_HISTORY_DEFAULT = 20
+
+
+def parse_command(text: str) -> tuple[str, str] | None:
+    """`("set", "temperature 0.2")` for "/set temperature 0.2"; None when text is not a command.
+
+    "/usr/bin is full" is not a command: only a slash followed by a word, then space or end.
+    """
+    match = _COMMAND.match(text.strip())
+    if not match:
+        return None
+    return match.group(1).lower(), (match.group(2) or "").strip()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a command answers, and which conversation is current afterwards."""
+
+    text: str
+    conversation: Conversation
+    ok: bool = True
+
+
+Handler = Callable[["Engine", Conversation, str], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command's handler and its line in /help."""
+
+    usage: str
+    summary: str
+    handler: Handler
+
+
+async def _help(engine: Engine, conv: Conversation, args: str) -> Reply:
+    lines = ["**Commands**", ""]
+    lines += [f"- `{c.usage}` — {c.summary}" for c in COMMANDS.values()]
+    lines += ["", "Anything else you type is sent to the model."]
+    return Reply("\n".join(lines), conv)
+
+
+async def _reset(engine: Engine, conv: Conversation, args: str) -> Reply:
+    fresh = await engine.history.start_new(conv.key)
+    return Reply(f"Started a new conversation (#{fresh.id}); #{conv.id} is kept in the history.", fresh)
+
+
+async def _history(engine: Engine, conv: Conversation, args: str) -> Reply:
+    try:
+        limit = int(args) if args else _HISTORY_DEFAULT
+    except ValueError:
+        raise CommandError("Usage: /history [N] (N = how many recent messages to show).") from None
+    messages = [m for m in await engine.history.load(conv.id) if m.role in ("user", "assistant")]
+    if not messages:
+        return Reply(f"Conversation #{conv.id} has no messages yet.", conv)
+    shown = messages[-max(limit, 1) :]
+    lines = [f"**Conversation #{conv.id}** — {len(messages)} messages"]
+    if conv.summary_until is not None:
+        folded = sum(1 for m in messages if m.id <= conv.summary_until)
+        lines.append(f"_{folded} older messages are summarised for the model._")
+    lines.append("")
+    for message in shown:
+        who = "You" if message.role == "user" else "chinwag"
+        text = " ".join(message.content.split())
+        if len(text) > _HISTORY_CLIP:
+            text = text[:_HISTORY_CLIP] + "…"
+        mark = "" if usable_in_context(message) else f" _({message.status})_"
+        if message.role == "assistant" and message.status == "interrupted":
+            mark = " _(interrupted)_"
+        lines.append(f"- **{who}:** {text}{mark}")
+    return Reply("\n".join(lines), conv)
+
+
+async def _set(engine: Engine, conv: Conversation, args: str) -> Reply:
+    key, _, value = args.partition(" ")
+    if not key:
+        keys = ", ".join(SETTABLE)
+        raise CommandError(f"Usage: /set KEY VALUE, where KEY is one of {keys}.")
+    parsed = parse_setting(engine.settings.generation, key, value, max_reply_tokens=engine.window // 2)
+    key = key.lower()
+    updated = await engine.history.update_settings(conv.id, {key: parsed})
+    if parsed is None:
+        default = getattr(engine.settings.generation, key)
+        return Reply(f"{key} is back to the default ({_show(default)}).", updated)
+    return Reply(f"{key} = {_show(parsed)} for this conversation.", updated)
+
+
+async def _system(engine: Engine, conv: Conversation, args: str) -> Reply:
+    if not args:
+        return Reply(f"System prompt:\n\n> {engine.system_prompt(conv)}", conv)
+    if args.lower() in ("default", "reset"):
+        updated = await engine.history.update_settings(conv.id, {"system": None})
+        return Reply("System prompt is back to the default.", updated)
+    limit = engine.window // 4
+    if engine.model.count_text_tokens(args) > limit:
+        raise CommandError(f"That system prompt is too long: at most {limit} tokens.")
+    updated = await engine.history.update_settings(conv.id, {"system": args})
+    return Reply("System prompt set for this conversation.", updated)
+
+
+async def _settings(engine: Engine, conv: Conversation, args: str) -> Reply:
+    params = effective_params(engine.settings.generation, conv.settings)
+    lines = [f"**Settings of conversation #{conv.id}**", ""]
+    for key in SETTABLE:
+        source = "this conversation" if key in conv.settings else "default"
+        lines.append(f"- `{key}` = {_show(getattr(params, key))} ({source})")
+    source = "this conversation" if "system" in conv.settings else "default"
+    lines += ["", f"System prompt ({source}):", "", f"> {engine.system_prompt(conv)}"]
+    return Reply("\n".join(lines), conv)
+
+
+async def _model(engine: Engine, conv: Conversation, args: str) -> Reply:
+    info = engine.model.info
+    text = "\n".join(
+        [
+            f"- **model:** {info.name}",
+            f"- **device:** {info.device}",
+            f"- **dtype:** {info.dtype}",
+            f"- **context window:** {info.context_window} tokens (this bot uses up to {engine.window})",
+        ]
+    )
+    return Reply(text, conv)
+
+
+def _show(value: object) -> str:
+    return "random" if value is None else str(value)
+
+
+COMMANDS: dict[str, Command] = {
+    "help": Command("/help", "this list", _help),
+    "reset": Command("/reset", "start a new conversation", _reset),
+    "history": Command("/history [N]", "the last N messages of this conversation", _history),
+    "set": Command(
+        "/set KEY VALUE",
+        "change a setting for this conversation: " + ", ".join(SETTABLE) + " ('default' restores one)",
+        _set,
+    ),
+    "system": Command("/system [TEXT]", "show or set the system prompt ('default' restores it)", _system),
+    "settings": Command("/settings", "the settings this conversation uses", _settings),
+    "model": Command("/model", "the model: name, device, dtype, context window", _model),
+}
+
+
+async def run_command(engine: Engine, conv: Conversation, name: str, args: str) -> Reply:
+    """Run one command; unknown commands and bad arguments raise CommandError."""
+    command = COMMANDS.get(name)
+    if command is None:
+        raise CommandError(f"Unknown command /{name}. Type /help for the list.")
+    return await command.handler(engine, conv, args)

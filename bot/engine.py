@@ -1,0 +1,322 @@
+"""The conversation engine: one turn from `Incoming` to a stream of events. Knows no platform."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from bot.commands import parse_command, run_command
+from bot.errors import ChinwagError, CommandError, ConversationNotFoundError
+from bot.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
+from bot.model import ChatModel, Chunk, Finish
+from bot.params import effective_params
+from bot.prompt import PromptBudget
+from bot.types import (
+    ChatMessage,
+    CommandResult,
+    Event,
+    GenerationParams,
+    Incoming,
+    Notice,
+    TextDelta,
+    TurnDone,
+    TurnFailed,
+    TurnStarted,
+    Usage,
+)
+from config import Settings
+
+log = logging.getLogger(__name__)
+
+# How often the budget may fold turns into the summary within one turn before giving up.
+_MAX_FOLDS = 4
+
+
+class Engine:
+    """Runs turns: stores the user's message first, fits the prompt, streams the reply, stores it.
+
+    Consumers iterate `handle()` and either finish it, close it (`contextlib.aclosing`) or cancel
+    the task; a reply cut short is stored as interrupted with what was said so far.
+    """
+
+    def __init__(self, model: ChatModel, history: History, settings: Settings) -> None:
+        self.model = model
+        self.history = history
+        self.settings = settings
+        self.window = min(model.info.context_window, settings.context.max_tokens)
+        self.budget = PromptBudget(
+            model,
+            self.window,
+            keep_ratio=settings.context.keep_ratio,
+            summary_max_tokens=settings.context.summary_max_tokens,
+        )
+
+    # Conversations ------------------------------------------------------------------
+
+    async def conversation(self, incoming: Incoming) -> Conversation:
+        """The conversation an incoming message belongs to (created when new)."""
+        if incoming.conversation_id is not None:
+            found = await self.history.get(incoming.conversation_id)
+            if found is None:
+                raise ConversationNotFoundError(f"No conversation #{incoming.conversation_id}.")
+            return found
+        return await self.history.resolve(key_of(incoming))
+
+    def system_prompt(self, conv: Conversation) -> str:
+        """The conversation's persona, or the configured default."""
+        return str(conv.settings.get("system") or self.settings.chat.system_prompt)
+
+    def params(self, conv: Conversation) -> GenerationParams:
+        """The generation parameters this conversation uses."""
+        return effective_params(self.settings.generation, conv.settings)
+
+    # One turn -------------------------------------------------------------------------
+
+    async def handle(self, incoming: Incoming) -> AsyncIterator[Event]:
+        """Answer one incoming message (or command) as a stream of events."""
+        try:
+            async with aclosing(self._handle(incoming)) as events:
+                async for event in events:
+                    yield event
+        except ChinwagError as error:
+            yield TurnFailed(str(error), incoming.conversation_id)
+        except Exception:
+            # Never a traceback in a chat: log it, tell the user in one line.
+            log.exception("turn failed unexpectedly (platform=%s)", incoming.platform)
+            yield TurnFailed("Something went wrong on our side and was logged; your message was kept.")
+
+    async def _handle(self, incoming: Incoming) -> AsyncIterator[Event]:
+        conv = await self.conversation(incoming)
+        text = incoming.text.strip()
+
+        command = parse_command(text)
+        if command is not None:
+            name, args = command
+            try:
+                reply = await run_command(self, conv, name, args)
+            except CommandError as error:
+                yield CommandResult(conv.id, name, str(error), ok=False)
+                return
+            yield CommandResult(reply.conversation.id, name, reply.text, ok=reply.ok)
+            return
+
+        if not text:
+            yield TurnFailed("Your message is empty: type something to ask.", conv.id)
+            return
+
+        user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
+        params = self.params(conv)
+        system_prompt = self.system_prompt(conv)
+        limit = self.budget.max_message_tokens(system_prompt, params.max_tokens)
+        length = self.model.count_text_tokens(text)
+        if length > limit:
+            # Kept (nothing is lost) but marked so that it never enters a prompt.
+            stored = await self.history.append(
+                conv.id,
+                NewMessage(
+                    "user",
+                    text,
+                    status="rejected",
+                    user=user,
+                    metadata={
+                        "reason": "too_long",
+                        "tokens": length,
+                        "limit": limit,
+                        "platform_message_id": incoming.message_id,
+                    },
+                ),
+            )
+            yield TurnFailed(
+                f"Your message is {length} tokens; the limit is {limit} tokens "
+                f"(context window {self.window}, minus room for the reply and the persona). "
+                "It was saved but not answered: please shorten it or split it up.",
+                conv.id,
+                stored.id,
+            )
+            return
+
+        stored = await self.history.append(
+            conv.id,
+            NewMessage("user", text, user=user, metadata={"platform_message_id": incoming.message_id}),
+        )
+        yield TurnStarted(conv.id, stored.id)
+
+        prompt: list[ChatMessage] = []
+        prompt_tokens = 0
+        # Every nested stream is closed explicitly, so that an adapter closing this one reaches
+        # the model at once (and the partial reply is stored) instead of at garbage collection.
+        async with aclosing(self._fit_prompt(conv, system_prompt, params)) as planning:
+            async for item in planning:
+                if isinstance(item, Notice):
+                    yield item
+                else:
+                    prompt, prompt_tokens = item
+        async with aclosing(self._generate(conv, prompt, prompt_tokens, params)) as reply:
+            async for event in reply:
+                yield event
+
+    async def _fit_prompt(
+        self, conv: Conversation, system_prompt: str, params: GenerationParams
+    ) -> AsyncIterator[Notice | tuple[list[ChatMessage], int]]:
+        """Plan the prompt; fold older turns into the running summary while they do not fit."""
+        summary, until = conv.summary, conv.summary_until
+        for _ in range(_MAX_FOLDS):
+            turns = await self.history.load(conv.id, after_id=until)
+            plan = self.budget.plan(system_prompt, summary, turns, params.max_tokens)
+            if not plan.fold:
+                yield plan.messages, plan.prompt_tokens
+                return
+            yield Notice(f"Summarising {len(plan.fold)} older messages to fit the context window…")
+            summary = await self._summarise(summary, plan.fold)
+            until = plan.fold[-1].id
+            await self.history.set_summary(conv.id, summary, until)
+        raise ChinwagError("This conversation no longer fits the context window; try /reset.")
+
+    async def _summarise(self, previous: str | None, turns: list[StoredMessage]) -> str:
+        """Extend the running summary with `turns`, batch by batch, greedily."""
+        params = GenerationParams(
+            temperature=0.0,
+            max_tokens=self.settings.context.summary_max_tokens,
+            repetition_penalty=1.05,
+        )
+        summary = previous
+        for batch in self.budget.summary_batches(previous, turns):
+            parts: list[str] = []
+            async with aclosing(
+                self.model.stream(self.budget.summary_prompt(summary, batch), params)
+            ) as stream:
+                async for item in stream:
+                    if isinstance(item, Chunk):
+                        parts.append(item.text)
+            text = "".join(parts).strip()
+            if text:
+                summary = text
+            else:
+                # A model that says nothing must not lose the turns: keep them verbatim-ish.
+                log.warning("empty summary from the model; keeping a plain digest instead")
+                summary = _digest(summary, batch)
+        return summary or ""
+
+    async def _generate(
+        self,
+        conv: Conversation,
+        prompt: list[ChatMessage],
+        prompt_tokens: int,
+        params: GenerationParams,
+    ) -> AsyncIterator[Event]:
+        """Stream the reply and store it: complete, interrupted (cancelled) or failed."""
+        model_name = self.model.info.name
+        started = time.monotonic()
+        first_token: float | None = None
+        parts: list[str] = []
+        finish: Finish | None = None
+
+        def usage() -> Usage:
+            now = time.monotonic()
+            return Usage(
+                prompt_tokens=finish.prompt_tokens if finish else prompt_tokens,
+                completion_tokens=finish.completion_tokens if finish else 0,
+                latency_ms=int((now - started) * 1000),
+                first_token_ms=int((first_token - started) * 1000) if first_token else None,
+            )
+
+        try:
+            async with aclosing(self.model.stream(prompt, params)) as stream:
+                async for item in stream:
+                    if isinstance(item, Chunk):
+                        if first_token is None:
+                            first_token = time.monotonic()
+                        parts.append(item.text)
+                        yield TextDelta(item.text)
+                    else:
+                        finish = item
+        except (asyncio.CancelledError, GeneratorExit):
+            # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
+            await asyncio.shield(
+                self._store_reply(conv, "".join(parts), "interrupted", usage(), model_name, params)
+            )
+            raise
+        except Exception as error:
+            log.exception("generation failed in conversation %s", conv.id)
+            stored = await self._store_reply(
+                conv,
+                "".join(parts),
+                "failed",
+                usage(),
+                model_name,
+                params,
+                error=str(error) or type(error).__name__,
+            )
+            yield TurnFailed(
+                "The model failed while answering; your message was kept. Please try again.",
+                conv.id,
+                stored.id,
+            )
+            return
+
+        status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
+        text = "".join(parts)
+        metadata = {"finish_reason": finish.reason if finish else "stop"}
+        stored = await self._store_reply(conv, text, status, usage(), model_name, params, metadata)
+        yield TurnDone(conv.id, stored.id, text, status, usage(), model_name, metadata)
+
+    async def _store_reply(
+        self,
+        conv: Conversation,
+        text: str,
+        status: str,
+        usage: Usage,
+        model_name: str,
+        params: GenerationParams,
+        metadata: dict | None = None,
+        error: str | None = None,
+    ) -> StoredMessage:
+        meta = dict(metadata or {})
+        meta["params"] = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "max_tokens": params.max_tokens,
+            "repetition_penalty": params.repetition_penalty,
+            "seed": params.seed,
+        }
+        if usage.first_token_ms is not None:
+            meta["first_token_ms"] = usage.first_token_ms
+        if error:
+            meta["error"] = error
+        return await self.history.append(
+            conv.id,
+            NewMessage(
+                "assistant",
+                text,
+                status=status,  # type: ignore[arg-type]
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                latency_ms=usage.latency_ms,
+                model=model_name,
+                metadata=meta,
+            ),
+        )
+
+
+def key_of(incoming: Incoming) -> ConversationKey:
+    """The conversation key of an incoming message."""
+    return ConversationKey(incoming.platform, incoming.scope, incoming.channel, incoming.thread)
+
+
+def new_thread_id() -> str:
+    """A fresh thread id, for platforms where each session is its own conversation (CLI, REPL)."""
+    return uuid.uuid4().hex[:12]
+
+
+def _digest(previous: str | None, turns: list[StoredMessage]) -> str:
+    """A plain fallback summary: the first sentence of each turn."""
+    lines = [previous] if previous else []
+    for message in turns:
+        speaker = "User" if message.role == "user" else "Assistant"
+        lines.append(f"{speaker}: {message.content.strip().split('. ')[0][:200]}")
+    return "\n".join(lines)

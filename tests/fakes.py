@@ -1,0 +1,90 @@
+"""Fakes at the engine's seams: a model that replays scripted replies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from bot.model import Chunk, Finish
+from bot.types import ChatMessage, GenerationParams, ModelInfo
+
+
+@dataclass
+class Script:
+    """One scripted reply: its chunks, an optional pause per chunk, an optional failure."""
+
+    chunks: list[str]
+    delay: float = 0.0
+    error: Exception | None = None
+    error_after: int | None = None
+
+
+@dataclass
+class FakeModel:
+    """A ChatModel that replays enqueued replies; one token per whitespace-separated word.
+
+    `responder`, when set, answers prompts it recognises (return None to fall through to the
+    queue); `before_stream` runs before each reply, to observe state at that moment.
+    """
+
+    context_window: int = 4096
+    name: str = "fake-model"
+    queue: deque[Script] = field(default_factory=deque)
+    prompts: list[list[ChatMessage]] = field(default_factory=list)
+    params: list[GenerationParams] = field(default_factory=list)
+    responder: Callable[[list[ChatMessage]], list[str] | None] | None = None
+    before_stream: Callable[[], Awaitable[None]] | None = None
+    cancelled: int = 0
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.name, "cpu", "float32", self.context_window)
+
+    def enqueue(
+        self,
+        *chunks: str,
+        delay: float = 0.0,
+        error: Exception | None = None,
+        error_after: int | None = None,
+    ) -> None:
+        self.queue.append(Script(list(chunks), delay, error, error_after))
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        # "<|im_start|>role\n" + content + "<|im_end|>\n" per message, plus the generation prompt.
+        return sum(self.count_text_tokens(m.content) + 3 for m in messages) + 2
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[Chunk | Finish]:
+        prompt = list(messages)
+        self.prompts.append(prompt)
+        self.params.append(params)
+        if self.before_stream is not None:
+            await self.before_stream()
+        answer = self.responder(prompt) if self.responder else None
+        script = (
+            Script(answer) if answer is not None else (self.queue.popleft() if self.queue else Script(["ok"]))
+        )
+        produced = 0
+        try:
+            for chunk in script.chunks:
+                if script.error is not None and script.error_after == produced:
+                    raise script.error
+                if produced >= params.max_tokens:
+                    yield Finish(self.count_tokens(prompt), produced, "length")
+                    return
+                if script.delay:
+                    await asyncio.sleep(script.delay)
+                produced += 1
+                yield Chunk(chunk)
+            if script.error is not None:
+                raise script.error
+            yield Finish(self.count_tokens(prompt), produced, "stop")
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise

@@ -1,0 +1,126 @@
+"""The `chinwag` command as a user runs it: ask (real small model), history, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bot.history import ConversationKey, NewMessage
+from config import load_settings
+from storage import SqlHistory
+from tests.cli_support import SMALL_MODEL, chinwag_bin, cli_env, stored
+
+
+def chinwag(data_dir: Path, *args: str, input: str | None = None, **env: str
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [chinwag_bin(), *args], env=cli_env(data_dir, **env), input=input,
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def seed(data_dir: Path) -> int:
+    """A stored conversation with two turns, written through the real store."""
+
+    async def write() -> int:
+        store = await SqlHistory.open(load_settings(data_dir=data_dir))
+        try:
+            conv = await store.resolve(ConversationKey("terminal", "local", "repl", "abc"))
+            await store.append(conv.id, NewMessage("user", "What is **2+2**?"))
+            await store.append(conv.id, NewMessage(
+                "assistant", "It is 4.", model="m", completion_tokens=4, latency_ms=120))
+            await store.append(conv.id, NewMessage("user", "Thanks"))
+            await store.append(conv.id, NewMessage("assistant", "You're wel", status="interrupted"))
+            return conv.id
+        finally:
+            await store.close()
+
+    return asyncio.run(write())
+
+
+@pytest.mark.model
+def test_ask_json_then_continue_from_stdin(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = chinwag(data, "ask", "--json", "What is the capital of France?")
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert set(answer) == {"conversation_id", "text", "prompt_tokens", "completion_tokens",
+                           "latency_ms", "model"}
+    assert answer["text"].strip() and answer["completion_tokens"] > 0
+    assert answer["prompt_tokens"] > 10 and answer["latency_ms"] > 0
+    assert answer["model"] == SMALL_MODEL
+
+    second = chinwag(data, "ask", "--conversation", str(answer["conversation_id"]), "-",
+                     input="And of Italy?")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip()  # plain text, streamed
+
+    [(conv, messages)] = stored(data)
+    assert conv.id == answer["conversation_id"] and conv.key.platform == "cli"
+    assert [m.content for m in messages[::2]] == ["What is the capital of France?", "And of Italy?"]
+    assert messages[1].content == answer["text"]
+    assert messages[3].content.strip() == second.stdout.strip()
+
+
+@pytest.mark.model
+def test_ask_failures_exit_non_zero_with_a_message(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    missing = chinwag(data, "ask", "--conversation", "999", "hello")
+    assert missing.returncode == 1 and "no conversation #999" in missing.stderr.lower()
+    assert "Traceback" not in missing.stderr
+
+    empty = chinwag(data, "ask", "-", input="   ")
+    assert empty.returncode != 0 and "empty" in empty.stderr
+
+    bad_model = chinwag(data, "ask", "--model", "./no/such/model", "hello")
+    assert bad_model.returncode != 0 and "Traceback" not in bad_model.stderr
+    assert "no/such/model" in bad_model.stderr
+
+
+def test_history_list_show_export_delete(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    conv_id = seed(data)
+
+    listed = chinwag(data, "history", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "What is **2+2**?" in listed.stdout or "What is 2+2?" in listed.stdout
+    assert str(conv_id) in listed.stdout and "4" in listed.stdout
+
+    shown = chinwag(data, "history", "show", str(conv_id))
+    assert shown.returncode == 0 and "It is 4." in shown.stdout and "interrupted" in shown.stdout
+
+    md = chinwag(data, "history", "export", str(conv_id), "--format", "md")
+    assert md.stdout.startswith(f"# Conversation #{conv_id}")
+    assert "## You" in md.stdout and "It is 4." in md.stdout and "interrupted" in md.stdout
+
+    exported = chinwag(data, "history", "export", str(conv_id), "--format", "json")
+    document = json.loads(exported.stdout)
+    assert document["id"] == conv_id and document["platform"] == "terminal"
+    assert [m["role"] for m in document["messages"]] == ["user", "assistant"] * 2
+    assert document["messages"][1]["completion_tokens"] == 4
+    assert document["messages"][3]["status"] == "interrupted"
+
+    out = tmp_path / "conv.json"
+    chinwag(data, "history", "export", str(conv_id), "--format", "json", "-o", str(out))
+    assert json.loads(out.read_text()) == document
+
+    deleted = chinwag(data, "history", "delete", str(conv_id), "--yes")
+    assert deleted.returncode == 0 and stored(data) == []
+    again = chinwag(data, "history", "show", str(conv_id))
+    assert again.returncode != 0 and f"No conversation #{conv_id}" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_config_errors_name_the_key_without_traceback(tmp_path: Path) -> None:
+    result = chinwag(tmp_path / "data", "history", "list", CHINWAG_GENERATION__TEMPERATUR="1")
+    assert result.returncode != 0
+    assert "generation.temperatur" in result.stderr and "Traceback" not in result.stderr
+
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nnmae = "x"\n')
+    result = chinwag(tmp_path / "data", "--config", str(config), "history", "list")
+    assert result.returncode != 0 and "model.nmae" in result.stderr
