@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +33,7 @@ PROMPT = "you › "
 class Handler(Protocol):
     """What the REPL needs of the engine."""
 
-    def handle(self, incoming: Incoming) -> AsyncIterator[Event]:
+    def handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
         """Answer one message as a stream of events."""
         ...
 
@@ -143,7 +143,7 @@ class Repl:
         def _newline_ctrl_j(event: object) -> None:
             event.current_buffer.insert_text("\n")  # type: ignore[attr-defined]
 
-        prompt = PromptSession(
+        prompt: PromptSession[str] = PromptSession(
             history=FileHistory(str(self.history_file)),
             key_bindings=bindings,
             multiline=False,

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from bot.commands import parse_command, run_command
@@ -22,6 +22,7 @@ from bot.types import (
     GenerationParams,
     Incoming,
     Notice,
+    Status,
     TextDelta,
     TurnDone,
     TurnFailed,
@@ -76,7 +77,7 @@ class Engine:
 
     # One turn -------------------------------------------------------------------------
 
-    async def handle(self, incoming: Incoming) -> AsyncIterator[Event]:
+    async def handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
         """Answer one incoming message (or command) as a stream of events."""
         try:
             async with aclosing(self._handle(incoming)) as events:
@@ -89,7 +90,7 @@ class Engine:
             log.exception("turn failed unexpectedly (platform=%s)", incoming.platform)
             yield TurnFailed("Something went wrong on our side and was logged; your message was kept.")
 
-    async def _handle(self, incoming: Incoming) -> AsyncIterator[Event]:
+    async def _handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)
         text = incoming.text.strip()
 
@@ -155,13 +156,13 @@ class Engine:
                     yield item
                 else:
                     prompt, prompt_tokens = item
-        async with aclosing(self._generate(conv, prompt, prompt_tokens, params)) as reply:
-            async for event in reply:
+        async with aclosing(self._generate(conv, prompt, prompt_tokens, params)) as answer:
+            async for event in answer:
                 yield event
 
     async def _fit_prompt(
         self, conv: Conversation, system_prompt: str, params: GenerationParams
-    ) -> AsyncIterator[Notice | tuple[list[ChatMessage], int]]:
+    ) -> AsyncGenerator[Notice | tuple[list[ChatMessage], int], None]:
         """Plan the prompt; fold older turns into the running summary while they do not fit."""
         summary, until = conv.summary, conv.summary_until
         for _ in range(_MAX_FOLDS):
@@ -207,7 +208,7 @@ class Engine:
         prompt: list[ChatMessage],
         prompt_tokens: int,
         params: GenerationParams,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Stream the reply and store it: complete, interrupted (cancelled) or failed."""
         model_name = self.model.info.name
         started = time.monotonic()
@@ -258,7 +259,9 @@ class Engine:
             )
             return
 
-        status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
+        status: Status = (
+            "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
+        )
         text = "".join(parts)
         metadata = {"finish_reason": finish.reason if finish else "stop"}
         stored = await self._store_reply(conv, text, status, usage(), model_name, params, metadata)
@@ -268,7 +271,7 @@ class Engine:
         self,
         conv: Conversation,
         text: str,
-        status: str,
+        status: Status,
         usage: Usage,
         model_name: str,
         params: GenerationParams,
@@ -293,7 +296,7 @@ class Engine:
             NewMessage(
                 "assistant",
                 text,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 latency_ms=usage.latency_ms,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,7 +99,7 @@ class History(Protocol):
         """The most recently updated conversation (of one platform, if given)."""
         ...
 
-    async def list(self, *, platform: str | None = None, limit: int = 50) -> list[Conversation]:
+    async def list(self, *, platform: str | None = None, limit: int = 50) -> builtins.list[Conversation]:
         """Conversations, most recently updated first, with their message counts."""
         ...
 
@@ -110,7 +111,7 @@ class History(Protocol):
         """Store a message, touch the conversation, and title it after its first user message."""
         ...
 
-    async def load(self, conversation_id: int, *, after_id: int | None = None) -> list[StoredMessage]:
+    async def load(self, conversation_id: int, *, after_id: int | None = None) -> builtins.list[StoredMessage]:
         """Messages in order (only those with id > `after_id`, if given)."""
         ...
 
