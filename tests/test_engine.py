@@ -371,6 +371,12 @@ async def test_model_command(engine: Engine) -> None:
 # The token budget and the running summary ------------------------------------------------
 
 
+def tiny_window(settings: Settings) -> Settings:
+    """A 400-token window, so that a dozen turns must be summarised."""
+    context = settings.context.model_copy(update={"max_tokens": 400, "summary_max_tokens": 64})
+    return settings.model_copy(update={"context": context})
+
+
 def summariser(prompts_seen: list[str]) -> object:
     def respond(prompt: list) -> list[str] | None:
         if prompt[0].content.startswith("You keep a running summary"):
@@ -382,7 +388,7 @@ def summariser(prompts_seen: list[str]) -> object:
 
 
 async def test_old_turns_are_summarised_not_dropped(history: SqlHistory, settings: Settings) -> None:
-    small = settings.model_copy(update={"context": settings.context.model_copy(update={"max_tokens": 400})})
+    small = tiny_window(settings)
     model = FakeModel()
     summaries: list[str] = []
     model.responder = summariser(summaries)  # type: ignore[assignment]
@@ -419,7 +425,7 @@ async def test_old_turns_are_summarised_not_dropped(history: SqlHistory, setting
 
 
 async def test_summary_is_reused_not_rewritten_every_turn(history: SqlHistory, settings: Settings) -> None:
-    small = settings.model_copy(update={"context": settings.context.model_copy(update={"max_tokens": 400})})
+    small = tiny_window(settings)
     model = FakeModel()
     summaries: list[str] = []
     model.responder = summariser(summaries)  # type: ignore[assignment]

@@ -1,0 +1,106 @@
+"""The async engine of the history database, and its migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def create_engine(url: str | URL, busy_timeout_ms: int = 5000) -> AsyncEngine:
+    """An async engine for `url`; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE.
+
+    Any other backend (PostgreSQL) is passed through as it is. An in-memory SQLite database
+    (`sqlite+aiosqlite://` or `...:///:memory:`) lives in one connection that callers take in
+    turn: fine for tests, never shared between engines, gone when the engine is disposed.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(parsed)
+
+    if parsed.get_driver_name() != "aiosqlite":
+        # A plain `sqlite:///file.db` from a config file means this file, through the async driver.
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    path = _sqlite_file(parsed)
+    options: dict[str, Any] = {}
+    if path is None:
+        # SQLAlchemy's default here, StaticPool, lets concurrent coroutines share one connection
+        # and therefore one transaction; a single-connection queue pool makes them wait instead.
+        options = {"poolclass": AsyncAdaptedQueuePool, "pool_size": 1, "max_overflow": 0}
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(parsed, **options)
+    _configure_sqlite(engine, busy_timeout_ms, wal=path is not None)
+    return engine
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file a SQLite URL names, or None for an in-memory database."""
+    database = url.database or ""
+    if url.query.get("uri") in ("true", "1"):
+        if "mode=memory" in database:
+            return None
+        database = database.removeprefix("file:").split("?", 1)[0]
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        return None
+    return Path(database).expanduser()
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, wal: bool) -> None:
+    """SQLAlchemy's recipe for real SQLite transactions, plus the pragmas chinwag relies on."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Stop the driver from issuing its own deferred BEGIN right before the first DML:
+        # the SELECT of a read-modify-write would run outside the transaction and an
+        # update made meanwhile by another connection would be silently overwritten.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if wal:
+                # Readers never block the writer, and the writer never blocks readers.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                # Durable at each checkpoint rather than each commit: safe in WAL mode.
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        # Take the write lock up front; a competing writer waits (busy_timeout) for our commit.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration for our migrations (there is no alembic.ini).
+
+    With `connection`, migrations run on it, inside its transaction; without, `env.py` opens
+    the URL in the `sqlalchemy.url` main option.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema up to `revision` in one transaction (a no-op when it is already there)."""
+
+    def run(connection: Connection) -> None:
+        command.upgrade(alembic_config(connection), revision)
+
+    # One transaction: with BEGIN IMMEDIATE two processes starting together migrate in turn.
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
