@@ -1,0 +1,261 @@
+"""The embedded model: a transformers causal LM running in this process, streamed off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ModelError
+from bot.model import Chunk, Finish, FinishReason
+from bot.models import prepare_model, quiet_transformers
+from bot.types import ChatMessage, GenerationParams, ModelInfo
+from config.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+# End-of-turn markers of the common chat templates; whichever exist in a vocabulary stop generation.
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+_DEFAULT_CONTEXT = 2048
+
+
+class TransformersModel:
+    """A `ChatModel` backed by a transformers causal LM; one generation at a time."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, device: str) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        config = model.config
+        window = getattr(config, "max_position_embeddings", None) or _DEFAULT_CONTEXT
+        self._info = ModelInfo(
+            name=name,
+            device=device,
+            dtype=str(model.dtype).removeprefix("torch."),
+            context_window=int(window),
+        )
+        self._eos_ids = self._end_of_turn_ids()
+        pad = tokenizer.pad_token_id
+        self._pad_id = pad if pad is not None else self._eos_ids[0]
+        # One worker thread: forward passes of one model are serialised (batching comes later).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-generate")
+
+    @classmethod
+    def load(cls, settings: ModelSettings, cache_dir: Path, progress: bool = True) -> TransformersModel:
+        """Prepare the model if needed and load it on the configured device."""
+        path = prepare_model(settings, cache_dir, progress)
+        quiet_transformers()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ModelError("model.device is 'cuda' but no CUDA device is available")
+        dtype = _resolve_dtype(settings.dtype, device)
+        started = time.perf_counter()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except OSError as error:
+            raise ModelError(f"Could not load the model from {path}: {error}") from error
+        model.to(device)
+        model.eval()
+        if tokenizer.chat_template is None:
+            raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
+        log.info("loaded %s from %s in %.1f s", settings.name, path, time.perf_counter() - started)
+        return cls(model, tokenizer, Path(settings.name).name, device)
+
+    @property
+    def info(self) -> ModelInfo:
+        """Name, device, dtype and context window."""
+        return self._info
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of the prompt these messages render to, generation prompt included."""
+        return len(self._encode(messages))
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of a bare piece of text."""
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncGenerator[Chunk | Finish, None]:
+        """Generate in the worker thread; deltas arrive through a queue; closing cancels."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Chunk | Finish | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        job = loop.run_in_executor(self._executor, self._generate, list(messages), params, cancel, emit)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise ModelError(f"The model failed: {type(item).__name__}: {item}") from item
+                yield item
+                if isinstance(item, Finish):
+                    return
+        finally:
+            cancel.set()
+            # Let the worker stop at its next token before returning, without blocking the loop.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([job])
+
+    # Inside the worker thread ----------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        cancel: threading.Event,
+        emit: Any,
+    ) -> None:
+        try:
+            if cancel.is_set():
+                return
+            import torch
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class Cancelled(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+            prompt = self._encode(messages)
+            streamer = _DeltaStreamer(self._tokenizer, emit)
+            input_ids = torch.tensor([prompt], device=self._model.device)
+            config = self._generation_config(params)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.inference_mode():
+                output = self._model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=config,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                )
+            generated = output[0, len(prompt) :].tolist()
+            streamer.flush()
+            reason: FinishReason
+            if cancel.is_set():
+                reason = "cancelled"
+            elif generated and generated[-1] in self._eos_ids:
+                reason = "stop"
+            elif len(generated) >= params.max_tokens:
+                reason = "length"
+            else:
+                reason = "stop"
+            completion = len(generated) - (1 if reason == "stop" and generated else 0)
+            emit(Finish(prompt_tokens=len(prompt), completion_tokens=max(completion, 0), reason=reason))
+        except BaseException as error:  # noqa: BLE001 - everything reaches the caller as a ModelError
+            log.exception("generation failed")
+            emit(error)
+
+    def _generation_config(self, params: GenerationParams) -> Any:
+        config = copy.deepcopy(self._model.generation_config)
+        config.max_new_tokens = params.max_tokens
+        config.max_length = None
+        config.min_new_tokens = None
+        config.eos_token_id = list(self._eos_ids)
+        config.pad_token_id = self._pad_id
+        config.repetition_penalty = params.repetition_penalty
+        config.num_beams = 1
+        if params.temperature <= 0:
+            # Greedy: unset the sampling knobs so transformers does not warn about them.
+            config.do_sample = False
+            config.temperature = None
+            config.top_p = None
+            config.top_k = None
+        else:
+            config.do_sample = True
+            config.temperature = params.temperature
+            config.top_p = params.top_p
+            config.top_k = params.top_k if params.top_k > 0 else None
+        return config
+
+    def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
+        text = self._tokenizer.apply_chat_template(
+            [message.as_dict() for message in messages], tokenize=False, add_generation_prompt=True
+        )
+        # The template already wrote any BOS it wants.
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _end_of_turn_ids(self) -> list[int]:
+        ids: list[int] = []
+
+        def add(value: Any) -> None:
+            values = value if isinstance(value, list | tuple) else [value]
+            for item in values:
+                if isinstance(item, int) and item >= 0 and item not in ids:
+                    ids.append(item)
+
+        add(self._model.generation_config.eos_token_id)
+        add(self._tokenizer.eos_token_id)
+        vocab = self._tokenizer.get_vocab()
+        for marker in END_OF_TURN:
+            if marker in vocab:
+                add(vocab[marker])
+        if not ids:
+            raise ModelError("The model defines no end-of-turn token")
+        return ids
+
+
+class _DeltaStreamer:
+    """Receives token ids from `generate` and emits text deltas (a transformers streamer)."""
+
+    def __init__(self, tokenizer: Any, emit: Any) -> None:
+        self._tokenizer = tokenizer
+        self._emit = emit
+        self._ids: list[int] = []
+        self._sent = 0
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        """Called with the prompt first, then with each new token."""
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._ids.extend(int(token) for token in value.reshape(-1).tolist())
+        self._send(final=False)
+
+    def end(self) -> None:
+        """Called once generation is over."""
+        self._send(final=True)
+
+    def flush(self) -> None:
+        """Send whatever is still held back."""
+        self._send(final=True)
+
+    def _send(self, final: bool) -> None:
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes as U+FFFD until it is complete.
+        if not final and text.endswith("\ufffd"):
+            return
+        delta = text[self._sent :]
+        if delta:
+            self._sent = len(text)
+            self._emit(Chunk(delta))
+
+
+def _resolve_dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        # fp32 on CPU: bf16 matmuls are slower on most CPUs and fp16 is not supported well.
+        if device == "cpu":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
