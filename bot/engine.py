@@ -140,9 +140,12 @@ class Engine:
             )
             return
 
-        stored = await self.history.append(
-            conv.id,
-            NewMessage("user", text, user=user, metadata={"platform_message_id": incoming.message_id}),
+        # Shielded: a Ctrl-C that lands while the message is being written must not lose it.
+        stored = await asyncio.shield(
+            self.history.append(
+                conv.id,
+                NewMessage("user", text, user=user, metadata={"platform_message_id": incoming.message_id}),
+            )
         )
         yield TurnStarted(conv.id, stored.id)
 
@@ -259,9 +262,7 @@ class Engine:
             )
             return
 
-        status: Status = (
-            "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
-        )
+        status: Status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
         text = "".join(parts)
         metadata = {"finish_reason": finish.reason if finish else "stop"}
         stored = await self._store_reply(conv, text, status, usage(), model_name, params, metadata)

@@ -8,6 +8,7 @@ from contextlib import aclosing
 import pytest
 
 from bot.engine import Engine
+from bot.history import NewMessage, StoredMessage
 from bot.types import (
     CommandResult,
     Event,
@@ -436,3 +437,30 @@ async def test_summary_is_reused_not_rewritten_every_turn(history: SqlHistory, s
         await run(engine, said(" ".join(f"u{i}_{j}" for j in range(20))))
     # keep_ratio leaves headroom, so far fewer summaries than turns.
     assert 1 <= len(summaries) <= 4
+
+
+class _SlowWrites(SqlHistory):
+    """The real store, with each write taking a moment (a busy disk), so a cancel can land mid-write."""
+
+    async def append(self, conversation_id: int, message: NewMessage) -> StoredMessage:
+        await asyncio.sleep(0.2)
+        return await super().append(conversation_id, message)
+
+
+async def test_a_cancel_while_the_message_is_written_does_not_lose_it(
+    model: FakeModel, settings: Settings
+) -> None:
+    history = await _SlowWrites.open(settings)
+    try:
+        engine = Engine(model, history, settings)
+        task = asyncio.create_task(run(engine, said("please keep me")))
+        await asyncio.sleep(0.05)  # inside the write
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)  # the shielded write finishes on its own
+        [conv] = await history.list()
+        assert [(m.role, m.content) for m in await history.load(conv.id)] == [("user", "please keep me")]
+        assert model.prompts == []  # nothing was generated for a cancelled turn
+    finally:
+        await history.close()
