@@ -15,11 +15,16 @@ from storage import SqlHistory
 from tests.cli_support import SMALL_MODEL, chinwag_bin, cli_env, stored
 
 
-def chinwag(data_dir: Path, *args: str, input: str | None = None, **env: str
-            ) -> subprocess.CompletedProcess[str]:
+def chinwag(
+    data_dir: Path, *args: str, input: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [chinwag_bin(), *args], env=cli_env(data_dir, **env), input=input,
-        capture_output=True, text=True, timeout=300,
+        [chinwag_bin(), *args],
+        env=cli_env(data_dir, **env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -31,8 +36,9 @@ def seed(data_dir: Path) -> int:
         try:
             conv = await store.resolve(ConversationKey("terminal", "local", "repl", "abc"))
             await store.append(conv.id, NewMessage("user", "What is **2+2**?"))
-            await store.append(conv.id, NewMessage(
-                "assistant", "It is 4.", model="m", completion_tokens=4, latency_ms=120))
+            await store.append(
+                conv.id, NewMessage("assistant", "It is 4.", model="m", completion_tokens=4, latency_ms=120)
+            )
             await store.append(conv.id, NewMessage("user", "Thanks"))
             await store.append(conv.id, NewMessage("assistant", "You're wel", status="interrupted"))
             return conv.id
@@ -48,14 +54,21 @@ def test_ask_json_then_continue_from_stdin(tmp_path: Path) -> None:
     first = chinwag(data, "ask", "--json", "What is the capital of France?")
     assert first.returncode == 0, first.stderr
     answer = json.loads(first.stdout)
-    assert set(answer) == {"conversation_id", "text", "prompt_tokens", "completion_tokens",
-                           "latency_ms", "model"}
+    assert set(answer) == {
+        "conversation_id",
+        "text",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "model",
+    }
     assert answer["text"].strip() and answer["completion_tokens"] > 0
     assert answer["prompt_tokens"] > 10 and answer["latency_ms"] > 0
     assert answer["model"] == SMALL_MODEL
 
-    second = chinwag(data, "ask", "--conversation", str(answer["conversation_id"]), "-",
-                     input="And of Italy?")
+    second = chinwag(
+        data, "ask", "--conversation", str(answer["conversation_id"]), "-", input="And of Italy?"
+    )
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip()  # plain text, streamed
 

@@ -109,4 +109,3 @@ def test_data_dir_and_derived_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'd' / 'chinwag.db'}"
     assert settings.log_file == tmp_path / "d" / "logs" / "chinwag.log"
     assert load_settings(data_dir=tmp_path / "flag").resolved_data_dir == tmp_path / "flag"
-
