@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, cast
 
@@ -46,6 +48,18 @@ class SqlHistory:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Transactions of this process queue here, in order, instead of spinning in SQLite's busy
+        # handler (which backs off unfairly and, under load, gives up after busy_timeout).
+        # Other processes still wait through busy_timeout.
+        # Only SQLite has a single writer; PostgreSQL runs transactions side by side.
+        self._lock: asyncio.Lock | contextlib.nullcontext[None] = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self._lock, self._sessions.begin() as session:
+            yield session
 
     @classmethod
     async def open(cls, settings: Settings) -> SqlHistory:
@@ -97,7 +111,7 @@ class SqlHistory:
         """The active (not archived) conversation for `key`, created if there is none."""
         for attempt in range(_ATTEMPTS):
             try:
-                async with self._sessions.begin() as session:
+                async with self._transaction() as session:
                     query = _WITH_COUNT.where(*_active(key)).order_by(ConversationRow.id.desc())
                     found = (await session.execute(query.limit(1))).first()
                     if found is not None:
@@ -113,7 +127,7 @@ class SqlHistory:
         """Archive the active conversation for `key` (if any) and create a fresh one."""
         for attempt in range(_ATTEMPTS):
             try:
-                async with self._sessions.begin() as session:
+                async with self._transaction() as session:
                     await session.execute(update(ConversationRow).where(*_active(key)).values(archived=True))
                     return await _create(session, key)
             except IntegrityError:
@@ -123,7 +137,7 @@ class SqlHistory:
 
     async def get(self, conversation_id: int) -> Conversation | None:
         """One conversation, or None."""
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             query = _WITH_COUNT.where(ConversationRow.id == conversation_id)
             found = (await session.execute(query)).first()
             return _conversation(*found) if found is not None else None
@@ -138,13 +152,13 @@ class SqlHistory:
         query = _WITH_COUNT.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
         if platform is not None:
             query = query.where(ConversationRow.platform == platform)
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             rows = (await session.execute(query.limit(limit))).all()
             return [_conversation(row, count) for row, count in rows]
 
     async def delete(self, conversation_id: int) -> bool:
         """Delete a conversation and its messages; False if it did not exist."""
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             # The messages go by ON DELETE CASCADE, in the database, in the same statement.
             statement = delete(ConversationRow).where(ConversationRow.id == conversation_id)
             result = await session.execute(statement, execution_options={"synchronize_session": False})
@@ -152,7 +166,7 @@ class SqlHistory:
 
     async def update_settings(self, conversation_id: int, changes: Mapping[str, Any]) -> Conversation:
         """Merge `changes` into the conversation's settings atomically; a None value removes a key."""
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             row = await _locked(session, conversation_id)
             merged = dict(row.settings)
             for name, value in changes.items():
@@ -167,7 +181,7 @@ class SqlHistory:
 
     async def set_summary(self, conversation_id: int, summary: str, until_message_id: int) -> None:
         """Store the running summary, covering messages up to `until_message_id`."""
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             row = await _locked(session, conversation_id)
             row.summary = summary
             row.summary_until = until_message_id
@@ -176,7 +190,7 @@ class SqlHistory:
 
     async def append(self, conversation_id: int, message: NewMessage) -> StoredMessage:
         """Store a message, touch the conversation, and title it after its first user message."""
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             conversation = await _locked(session, conversation_id)
             user = await self._upsert_user(session, message.user) if message.user else None
             now = utcnow()
@@ -207,7 +221,7 @@ class SqlHistory:
         query = select(MessageRow).where(MessageRow.conversation_id == conversation_id)
         if after_id is not None:
             query = query.where(MessageRow.id > after_id)
-        async with self._sessions.begin() as session:
+        async with self._transaction() as session:
             rows = (await session.scalars(query.order_by(MessageRow.id))).all()
             return [_stored(row, _user_ref(row.user)) for row in rows]
 
