@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.text import Text
 
+from bot.retriever import sources_footer
 from bot.types import (
     CommandResult,
     Event,
@@ -217,6 +218,8 @@ class Repl:
         elif isinstance(event, TurnDone):
             self.session.follow(event.conversation_id)
             view.finish(render=True)
+            if sources := sources_footer(event.metadata.get("sources") or []):
+                self.console.print(Text(sources, style="cyan"))
             self.console.print(Text(_footer(event), style="dim"))
         elif isinstance(event, TurnFailed):
             view.finish(render=False)

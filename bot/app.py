@@ -13,6 +13,7 @@ from logging.handlers import RotatingFileHandler
 from bot.engine import Engine
 from bot.history import History
 from bot.model import ChatModel
+from bot.retriever import Retriever
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,19 @@ async def open_history(settings: Settings) -> History:
     return await SqlHistory.open(settings)
 
 
+async def open_retriever(settings: Settings) -> Retriever | None:
+    """The document store, or None when retrieval is off. A store that cannot open is logged, not fatal."""
+    if not settings.retrieval.enabled:
+        return None
+    from retrieval.store import DocumentStore, RetrievalError
+
+    try:
+        return await asyncio.to_thread(DocumentStore.open, settings)
+    except RetrievalError as error:
+        log.error("document search is off: %s", error)
+        return None
+
+
 @dataclass
 class App:
     """Everything one chinwag process runs on."""
@@ -60,6 +74,7 @@ class App:
     model: ChatModel
     history: History
     engine: Engine
+    retriever: Retriever | None = None
 
 
 @asynccontextmanager
@@ -71,8 +86,9 @@ async def running(
     try:
         if model is None:
             model = await asyncio.to_thread(load_model, settings, progress)
-        engine = Engine(model, history, settings)
-        log.info("started: model=%s window=%s", model.info.name, engine.window)
-        yield App(settings, model, history, engine)
+        retriever = await open_retriever(settings)
+        engine = Engine(model, history, settings, retriever)
+        log.info("started: model=%s window=%s docs=%s", model.info.name, engine.window, retriever is not None)
+        yield App(settings, model, history, engine, retriever)
     finally:
         await history.close()

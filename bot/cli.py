@@ -19,6 +19,7 @@ from bot.app import App, configure_logging, load_model, open_history, running
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.history import Conversation, History, StoredMessage
+from bot.retriever import sources_footer
 from bot.types import CommandResult, Incoming, TextDelta, TurnDone, TurnFailed
 from config import ConfigError, Settings, load_settings
 
@@ -234,22 +235,22 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                     out.write(event.text)
                     out.flush()
                 elif isinstance(event, TurnDone):
+                    sources = event.metadata.get("sources") or []
                     if as_json:
-                        print(
-                            json.dumps(
-                                {
-                                    "conversation_id": event.conversation_id,
-                                    "text": event.text,
-                                    "prompt_tokens": event.usage.prompt_tokens,
-                                    "completion_tokens": event.usage.completion_tokens,
-                                    "latency_ms": event.usage.latency_ms,
-                                    "model": event.model,
-                                },
-                                ensure_ascii=False,
-                            )
-                        )
+                        result: dict[str, Any] = {
+                            "conversation_id": event.conversation_id,
+                            "text": event.text,
+                            "prompt_tokens": event.usage.prompt_tokens,
+                            "completion_tokens": event.usage.completion_tokens,
+                            "latency_ms": event.usage.latency_ms,
+                            "model": event.model,
+                            "sources": await _source_details(app, sources),
+                        }
+                        print(json.dumps(result, ensure_ascii=False))
                     else:
                         out.write("\n")
+                        if footer := sources_footer(sources):
+                            out.write(f"\n{footer}\n")
                     return 0
                 elif isinstance(event, CommandResult):
                     if as_json:
@@ -272,6 +273,26 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                     return 1
     err.print("chinwag: no answer.")
     return 1
+
+
+async def _source_details(app: App, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sources of a reply with their passage text, for `ask --json`."""
+    texts: dict[str, str] = {}
+    if sources and app.retriever is not None:
+        texts = {p.id: p.text for p in await app.retriever.get([s["id"] for s in sources])}
+    return [
+        {
+            "id": s["id"],
+            "n": s["n"],
+            "title": s["title"],
+            "path": s["path"],
+            "location": s["location"],
+            "score": s["score"],
+            "cited": s.get("cited", False),
+            "text": texts.get(s["id"], ""),
+        }
+        for s in sources
+    ]
 
 
 # history --------------------------------------------------------------------------------
@@ -453,6 +474,141 @@ def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ingest and docs -------------------------------------------------------------------------
+
+
+def _open_store(settings: Settings) -> Any:
+    from retrieval.store import DocumentStore, RetrievalError
+
+    try:
+        return DocumentStore.open(settings)
+    except RetrievalError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--scope", default="global", show_default=True, help="Who may see these documents.")
+@click.pass_obj
+def ingest(obj: Context, paths: tuple[Path, ...], scope: str) -> None:
+    """Ingest files and folders (Markdown, text, HTML, PDF, source code) into the document store."""
+    from retrieval.store import RetrievalError
+
+    settings = obj.settings()
+    store = _open_store(settings)
+    progress = _IngestBars()
+    try:
+        report = store.ingest([p.expanduser() for p in paths], scope=scope, progress=progress)
+    except RetrievalError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        progress.close()
+    for path, reason in report.skipped:
+        err.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    rate = report.chunks / report.seconds if report.seconds and report.chunks else 0.0
+    click.echo(
+        f"{len(report.added)} added, {len(report.updated)} updated, {len(report.unchanged)} unchanged, "
+        f"{len(report.skipped)} skipped; {report.chunks} chunks in {report.seconds:.1f} s"
+        + (f" ({rate:.0f} chunks/s)" if rate else "")
+        + f"; scope {scope}"
+    )
+    if report.skipped and not (report.added or report.updated or report.unchanged):
+        sys.exit(1)
+
+
+class _IngestBars:
+    """Two progress bars on stderr: files handled, chunks embedded."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.file_bar: Any = None
+        self.chunk_bar: Any = None
+
+    def files(self, total: int) -> None:
+        self.file_bar = self._tqdm(total=total, desc="files", unit="file", file=sys.stderr, position=0)
+        self.chunk_bar = self._tqdm(total=0, desc="chunks", unit="chunk", file=sys.stderr, position=1)
+
+    def file_done(self, path: str, outcome: str) -> None:
+        if self.file_bar is not None:
+            self.file_bar.update(1)
+
+    def chunks_queued(self, n: int) -> None:
+        if self.chunk_bar is not None:
+            self.chunk_bar.total += n
+            self.chunk_bar.refresh()
+
+    def chunks_done(self, n: int) -> None:
+        if self.chunk_bar is not None:
+            self.chunk_bar.update(n)
+
+    def close(self) -> None:
+        for bar in (self.chunk_bar, self.file_bar):
+            if bar is not None:
+                bar.close()
+
+
+@main.group()
+def docs() -> None:
+    """List, search and remove ingested documents."""
+
+
+@docs.command("list")
+@click.option("--scope", help="Only this scope.")
+@click.pass_obj
+def docs_list(obj: Context, scope: str | None) -> None:
+    """The ingested documents."""
+    found = _open_store(obj.settings()).documents(scope)
+    if not found:
+        click.echo(
+            "No documents" + (f" in scope {scope}." if scope else ". Add some with: chinwag ingest PATH")
+        )
+        return
+    for doc in found:
+        click.echo(f"{doc.id}  {doc.scope:<10} {doc.chunks:>5} chunks  {doc.ingested_at}  {doc.path}")
+    click.echo(f"{len(found)} documents, {sum(d.chunks for d in found)} chunks")
+
+
+@docs.command("remove")
+@click.argument("target")
+@click.option("--scope", help="Only in this scope.")
+@click.pass_obj
+def docs_remove(obj: Context, target: str, scope: str | None) -> None:
+    """Remove a document by id or path (a folder removes everything ingested under it)."""
+    removed = _open_store(obj.settings()).remove(target, scope)
+    if not removed:
+        raise click.ClickException(f"No ingested document matches {target}")
+    for doc in removed:
+        click.echo(f"removed {doc.path} ({doc.chunks} chunks, scope {doc.scope})")
+
+
+@docs.command("search")
+@click.argument("query")
+@click.option("--scope", default="global", show_default=True, help="Search this scope (and global).")
+@click.option("-k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Passages to show.")
+@click.pass_obj
+def docs_search(obj: Context, query: str, scope: str, k: int) -> None:
+    """Show the passages a question would retrieve, with their scores."""
+    from bot.retriever import scopes_for
+
+    settings = obj.settings()
+    store = _open_store(settings)
+    passages = store.query(query, scopes_for(scope), k)
+    if not passages:
+        click.echo("Nothing found.")
+        return
+    threshold = settings.retrieval.min_score
+    for n, passage in enumerate(passages, start=1):
+        mark = "" if passage.score >= threshold else f"  (below min_score {threshold}: not used)"
+        where = f" — {passage.location}" if passage.location else ""
+        click.echo(
+            f"[{n}] {passage.score:.3f}  {passage.title}{where}  [{passage.scope}] {passage.path}{mark}"
+        )
+        text = " ".join(passage.text.split())
+        click.echo("    " + (text if len(text) <= 400 else text[:399] + "…"))
+
+
 # prepare --------------------------------------------------------------------------------
 
 
@@ -469,3 +625,13 @@ def prepare(obj: Context, model: str | None) -> None:
     except ChinwagError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{settings.model.name} is ready: {path}")
+    if settings.retrieval.enabled:
+        from retrieval.embeddings import Embedder, EmbeddingError
+
+        try:
+            embedder = Embedder.load(
+                settings.retrieval.embedding_model, settings.model_cache_dir, settings.model.threads
+            )
+        except EmbeddingError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(f"{embedder.name} (embeddings, {embedder.runtime}) is ready: {embedder.model_dir}")

@@ -142,6 +142,52 @@ async def _model(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply(text, conv)
 
 
+async def _docs(engine: Engine, conv: Conversation, args: str) -> Reply:
+    if engine.retriever is None:
+        raise CommandError("Document search is not available in this chinwag (no document store).")
+    choice = args.strip().lower()
+    if choice in ("on", "off"):
+        updated = await engine.history.update_settings(conv.id, {"docs": choice == "on"})
+        state = "on" if choice == "on" else "off"
+        return Reply(f"Document search is {state} for this conversation.", updated)
+    if choice:
+        raise CommandError("Usage: /docs on|off")
+    state = "on" if engine.docs_enabled(conv) else "off"
+    return Reply(f"Document search is {state} for this conversation (`/docs on|off` changes it).", conv)
+
+
+async def _sources(engine: Engine, conv: Conversation, args: str) -> Reply:
+    messages = await engine.history.load(conv.id)
+    last = next((m for m in reversed(messages) if m.role == "assistant"), None)
+    if last is None:
+        return Reply("No reply yet in this conversation.", conv)
+    sources = last.metadata.get("sources")
+    if sources is None:
+        return Reply("The last reply did not search the documents.", conv)
+    if not sources:
+        return Reply("No passage was relevant enough for the last reply; it did not use the documents.", conv)
+    texts: dict[str, str] = {}
+    if engine.retriever is not None:
+        found = await engine.retriever.get([s["id"] for s in sources])
+        texts = {p.id: p.text for p in found}
+    lines = ["**Passages used for the last reply**", ""]
+    for source in sources:
+        label = source["title"] or source["path"]
+        if source.get("location"):
+            label += f" — {source['location']}"
+        cited = " · cited" if source.get("cited") else ""
+        lines.append(f"**[{source['n']}] {label}** (score {source['score']:.2f}{cited})")
+        text = texts.get(source["id"])
+        quoted = _clip(text, 500) if text else "(no longer in the document store)"
+        lines += ["", *(f"> {line}" for line in quoted.splitlines()), ""]
+    return Reply("\n".join(lines).rstrip(), conv)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _show(value: object) -> str:
     return "random" if value is None else str(value)
 
@@ -158,6 +204,8 @@ COMMANDS: dict[str, Command] = {
     "system": Command("/system [TEXT]", "show or set the system prompt ('default' restores it)", _system),
     "settings": Command("/settings", "the settings this conversation uses", _settings),
     "model": Command("/model", "the model: name, device, dtype, context window", _model),
+    "docs": Command("/docs [on|off]", "search the team's documents for this conversation, or not", _docs),
+    "sources": Command("/sources", "the passages the last reply drew on, with their scores", _sources),
 }
 
 

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Any
 
 from bot.commands import parse_command, run_command
 from bot.errors import ChinwagError, CommandError, ConversationNotFoundError
@@ -15,6 +16,16 @@ from bot.history import Conversation, ConversationKey, History, NewMessage, Stor
 from bot.model import ChatModel, Chunk, Finish
 from bot.params import effective_params
 from bot.prompt import PromptBudget
+from bot.retriever import (
+    PASSAGES_INTRO,
+    Passage,
+    Retriever,
+    mark_cited,
+    passage_block,
+    scopes_for,
+    source_record,
+    with_passages,
+)
 from bot.types import (
     ChatMessage,
     CommandResult,
@@ -35,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # How often the budget may fold turns into the summary within one turn before giving up.
 _MAX_FOLDS = 4
+# Tokens kept free around the passages for the chat template's own markup.
+_PASSAGE_SLACK = 32
 
 
 class Engine:
@@ -44,10 +57,17 @@ class Engine:
     the task; a reply cut short is stored as interrupted with what was said so far.
     """
 
-    def __init__(self, model: ChatModel, history: History, settings: Settings) -> None:
+    def __init__(
+        self,
+        model: ChatModel,
+        history: History,
+        settings: Settings,
+        retriever: Retriever | None = None,
+    ) -> None:
         self.model = model
         self.history = history
         self.settings = settings
+        self.retriever = retriever
         self.window = min(model.info.context_window, settings.context.max_tokens)
         self.budget = PromptBudget(
             model,
@@ -70,6 +90,12 @@ class Engine:
     def system_prompt(self, conv: Conversation) -> str:
         """The conversation's persona, or the configured default."""
         return str(conv.settings.get("system") or self.settings.chat.system_prompt)
+
+    def docs_enabled(self, conv: Conversation) -> bool:
+        """Whether this conversation looks things up in the team's documents."""
+        if self.retriever is None:
+            return False
+        return bool(conv.settings.get("docs", self.settings.retrieval.enabled))
 
     def params(self, conv: Conversation) -> GenerationParams:
         """The generation parameters this conversation uses."""
@@ -149,6 +175,12 @@ class Engine:
         )
         yield TurnStarted(conv.id, stored.id)
 
+        passages: list[Passage] = []
+        if self.docs_enabled(conv):
+            passages = await self._retrieve(conv, text, system_prompt, length, params.max_tokens)
+            system_prompt = with_passages(system_prompt, passages)
+        sources = [source_record(n, p) for n, p in enumerate(passages, start=1)]
+
         prompt: list[ChatMessage] = []
         prompt_tokens = 0
         # Every nested stream is closed explicitly, so that an adapter closing this one reaches
@@ -159,9 +191,36 @@ class Engine:
                     yield item
                 else:
                     prompt, prompt_tokens = item
-        async with aclosing(self._generate(conv, prompt, prompt_tokens, params)) as answer:
+        extra = {"sources": sources} if self.docs_enabled(conv) else {}
+        async with aclosing(self._generate(conv, prompt, prompt_tokens, params, extra)) as answer:
             async for event in answer:
                 yield event
+
+    async def _retrieve(
+        self, conv: Conversation, text: str, system_prompt: str, message_tokens: int, max_tokens: int
+    ) -> list[Passage]:
+        """Relevant passages for this message, within the conversation's scopes and the token budget."""
+        assert self.retriever is not None
+        config = self.settings.retrieval
+        try:
+            found = await self.retriever.search(text, scopes_for(conv.key.scope), config.top_k)
+        except Exception:
+            # A broken store must not cost the user an answer: say nothing of documents this turn.
+            log.exception("retrieval failed in conversation %s", conv.id)
+            return []
+        relevant = [p for p in found if p.score >= config.min_score]
+        # Passages share the window with the persona, the message and the reply; the weakest go first.
+        room = self.window - max_tokens - message_tokens - self.model.count_text_tokens(system_prompt)
+        budget = min(config.max_context_tokens, room - _PASSAGE_SLACK)
+        kept: list[Passage] = []
+        used = self.model.count_text_tokens(PASSAGES_INTRO)
+        for passage in relevant:
+            cost = self.model.count_text_tokens(passage_block(len(kept) + 1, passage)) + 2
+            if used + cost > budget:
+                continue
+            kept.append(passage)
+            used += cost
+        return kept
 
     async def _fit_prompt(
         self, conv: Conversation, system_prompt: str, params: GenerationParams
@@ -211,8 +270,10 @@ class Engine:
         prompt: list[ChatMessage],
         prompt_tokens: int,
         params: GenerationParams,
+        extra: dict[str, Any] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Stream the reply and store it: complete, interrupted (cancelled) or failed."""
+        extra = extra or {}
         model_name = self.model.info.name
         started = time.monotonic()
         first_token: float | None = None
@@ -241,7 +302,7 @@ class Engine:
         except (asyncio.CancelledError, GeneratorExit):
             # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
             await asyncio.shield(
-                self._store_reply(conv, "".join(parts), "interrupted", usage(), model_name, params)
+                self._store_reply(conv, "".join(parts), "interrupted", usage(), model_name, params, extra)
             )
             raise
         except Exception as error:
@@ -253,6 +314,7 @@ class Engine:
                 usage(),
                 model_name,
                 params,
+                extra,
                 error=str(error) or type(error).__name__,
             )
             yield TurnFailed(
@@ -264,7 +326,9 @@ class Engine:
 
         status: Status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
         text = "".join(parts)
-        metadata = {"finish_reason": finish.reason if finish else "stop"}
+        metadata: dict[str, Any] = {**extra, "finish_reason": finish.reason if finish else "stop"}
+        if "sources" in metadata:
+            metadata["sources"] = mark_cited(metadata["sources"], text)
         stored = await self._store_reply(conv, text, status, usage(), model_name, params, metadata)
         yield TurnDone(conv.id, stored.id, text, status, usage(), model_name, metadata)
 

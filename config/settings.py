@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -71,6 +71,27 @@ class ContextSettings(_Section):
     summary_max_tokens: int = Field(default=256, ge=32, le=2048)
 
 
+class RetrievalSettings(_Section):
+    """Answers from the team's documents: the Chroma store, the embeddings, what goes into a prompt."""
+
+    enabled: bool = True
+    chroma_url: str | None = None
+    collection: str = Field(default="chinwag", min_length=3, max_length=60)
+    embedding_model: str = "all-minilm-l6-v2"
+    chunk_size: int = Field(default=1000, ge=100, le=8000)
+    chunk_overlap: int = Field(default=150, ge=0, le=2000)
+    top_k: int = Field(default=4, ge=1, le=20)
+    min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
+    max_context_tokens: int = Field(default=1500, ge=100)
+    batch_size: int = Field(default=16, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RetrievalSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return self
+
+
 class StorageSettings(_Section):
     """Where the conversation history lives."""
 
@@ -105,6 +126,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     chat: ChatSettings = ChatSettings()
     context: ContextSettings = ContextSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -131,6 +153,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Where prepared models (assembled GGUF, safetensors copies) are kept."""
         return (self.model.cache_dir or Path(user_cache_dir(APP_NAME)) / "models").expanduser()
+
+    @property
+    def chroma_dir(self) -> Path:
+        """Where the embedded Chroma store keeps its files (unused with retrieval.chroma_url)."""
+        return self.resolved_data_dir / "chroma"
 
     @property
     def database_url(self) -> str:

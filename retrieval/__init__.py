@@ -1,1 +1,5 @@
-"""Retrieval from the team's documents (Chroma); built in a later issue."""
+"""Retrieval from the team's documents: loaders, splitters, offline embeddings and the Chroma store.
+
+Import the parts from their modules (`retrieval.store.DocumentStore`, ...): importing this package
+loads nothing heavy.
+"""

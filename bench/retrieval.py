@@ -1,0 +1,123 @@
+"""Retrieval benchmark: ingestion throughput and query latency at 1k and 10k chunks.
+
+    python bench/retrieval.py [--large 10000] [--queries 200] [--json]
+
+Generates Markdown files (about ten ~800-character chunks each) in a temporary directory and
+ingests them through `DocumentStore.ingest` (load, split, embed, write) into a fresh embedded
+Chroma store; then times `DocumentStore.query` (the query embedding included) at 1k chunks, grows
+the store to `--large` chunks and times it again. A table by default; one JSON object with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import load_settings
+from retrieval.store import DocumentStore
+
+WORDS = (
+    "shipment carrier warehouse invoice customs tracking parcel route depot pallet freight manifest "
+    "delivery driver schedule window signature refund claim damage insurance label barcode scanner "
+    "dispatch courier region zone hub transfer export import duty tariff broker clearance hold "
+    "release priority express standard economy weight volume dimension surcharge fuel rate quote "
+    "contract account billing cycle payment terms credit limit approval manager team policy audit "
+    "incident outage latency error retry timeout webhook endpoint token secret rotation backup "
+    "restore replica failover deploy release rollback flag experiment metric alert dashboard on-call"
+).split()
+
+
+def _paragraph(rng: random.Random, sentences: int) -> str:
+    out = []
+    for _ in range(sentences):
+        words = rng.choices(WORDS, k=rng.randint(8, 18))
+        out.append(" ".join(words).capitalize() + f" {rng.randint(1, 999)}.")
+    return " ".join(out)
+
+
+def _write_files(folder: Path, first: int, count: int, rng: random.Random) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(first, first + count):
+        sections = [f"# Document {n}"]
+        for s in range(10):
+            sections.append(f"## Section {s}\n\n{_paragraph(rng, 6)}")
+        (folder / f"doc{n:05d}.md").write_text("\n\n".join(sections) + "\n")
+
+
+def _latencies(store: DocumentStore, queries: list[str]) -> tuple[float, float]:
+    store.query(queries[0], ["global"], 4)  # warm-up
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        store.query(query, ["global"], 4)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large", type=int, default=10_000, help="chunks in the large store")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    rng = random.Random(7)
+    queries = [" ".join(rng.choices(WORDS, k=rng.randint(5, 12))) + "?" for _ in range(args.queries)]
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="chinwag-bench-") as tmp:
+        root = Path(tmp)
+        settings = load_settings(data_dir=root / "data")
+        store = DocumentStore.open(settings)
+        store.embedder  # noqa: B018 - load (and, the first time, export) the model before timing
+        result["embedding_runtime"] = store.embedder.runtime
+
+        _write_files(root / "small", 0, 100, rng)
+        report = store.ingest([root / "small"])
+        result["ingest_files"] = len(report.added)
+        result["ingest_chunks"] = report.chunks
+        result["ingest_seconds"] = report.seconds
+        result["ingest_chunks_per_s"] = report.chunks / report.seconds
+        result["ingest_tokens_per_s"] = report.tokens / report.seconds
+        result["chunks_1k"] = store.count()
+        result["query_p50_ms_1k"], result["query_p95_ms_1k"] = _latencies(store, queries)
+
+        per_file = max(1, report.chunks // 100)
+        missing = max(0, args.large - store.count())
+        _write_files(root / "large", 100, (missing + per_file - 1) // per_file, rng)
+        grown = store.ingest([root / "large"])
+        result["grow_seconds"] = grown.seconds
+        result["chunks_10k"] = store.count()
+        result["query_p50_ms_10k"], result["query_p95_ms_10k"] = _latencies(store, queries)
+
+    if args.json:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
+        return
+    rows = [
+        ("embedding runtime", result["embedding_runtime"]),
+        ("ingest", f"{result['ingest_files']} files, {result['ingest_chunks']} chunks"),
+        ("ingest throughput", f"{result['ingest_chunks_per_s']:.1f} chunks/s"),
+        ("embedded tokens", f"{result['ingest_tokens_per_s']:,.0f} tokens/s"),
+        (f"query at {result['chunks_1k']:,} chunks", _p(result, "1k")),
+        (f"query at {result['chunks_10k']:,} chunks", _p(result, "10k")),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def _p(result: dict[str, Any], size: str) -> str:
+    return f"p50 {result[f'query_p50_ms_{size}']:.1f} ms, p95 {result[f'query_p95_ms_{size}']:.1f} ms"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The retrieval seam: passages from the team's documents, searched in the scopes a conversation may see."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+GLOBAL_SCOPE = "global"
+
+
+class Passage(Protocol):
+    """A piece of a document, with where it came from and how well it matched."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def location(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Searches ingested documents; blocking work happens off the event loop."""
+
+    async def search(self, query: str, scopes: Sequence[str], k: int) -> Sequence[Passage]:
+        """The `k` passages most similar to `query` in any of `scopes`, best first."""
+        ...
+
+    async def get(self, ids: Sequence[str]) -> Sequence[Passage]:
+        """Passages by id (those that still exist), with score 0."""
+        ...
+
+
+def scopes_for(scope: str) -> list[str]:
+    """The scopes a conversation in `scope` may search: its own and the global one, never another's."""
+    return [scope] if scope == GLOBAL_SCOPE else [scope, GLOBAL_SCOPE]
+
+
+def cite_label(passage: Passage) -> str:
+    """How a source is named in a reply: title, and section or page when known."""
+    return f"{passage.title} — {passage.location}" if passage.location else passage.title
+
+
+# How passages enter a prompt and leave as sources --------------------------------------
+
+PASSAGES_INTRO = (
+    "Below are numbered passages from the team's documents. Answer the user's latest message from "
+    "them when they are relevant, and cite each passage you use by its number in square brackets, "
+    "like [1] or [2]. If they do not contain the answer, say so, then answer from your own "
+    "knowledge only if you are sure."
+)
+NO_PASSAGES = (
+    "No passage from the team's documents matched the user's latest message. Answer from your own "
+    "knowledge, or say that you do not know; do not invent document citations."
+)
+
+
+def passage_block(number: int, passage: Passage) -> str:
+    """One numbered passage as the model sees it."""
+    return f"[{number}] {cite_label(passage)}\n{passage.text.strip()}"
+
+
+def with_passages(system_prompt: str, passages: Sequence[Passage]) -> str:
+    """The system prompt with the passages (or the note that none matched) appended."""
+    if not passages:
+        return f"{system_prompt}\n\n{NO_PASSAGES}"
+    blocks = "\n\n".join(passage_block(n, p) for n, p in enumerate(passages, start=1))
+    return f"{system_prompt}\n\n{PASSAGES_INTRO}\n\n{blocks}"
+
+
+def source_record(number: int, passage: Passage) -> dict[str, Any]:
+    """What a reply's metadata keeps of a passage (its text stays in the store)."""
+    return {
+        "n": number,
+        "id": passage.id,
+        "title": passage.title,
+        "path": passage.path,
+        "location": passage.location,
+        "score": round(float(passage.score), 4),
+    }
+
+
+_CITATION = re.compile(r"\[(\d{1,2})(?:\s*[,;]\s*(\d{1,2}))*\]")
+
+
+def mark_cited(sources: list[dict[str, Any]], reply: str) -> list[dict[str, Any]]:
+    """Mark which sources the reply cites as [n]."""
+    cited: set[int] = set()
+    for match in _CITATION.finditer(reply):
+        cited.update(int(n) for n in re.findall(r"\d{1,2}", match.group(0)))
+    return [{**source, "cited": source["n"] in cited} for source in sources]
+
+
+def sources_footer(sources: Sequence[dict[str, Any]]) -> str:
+    """The compact "Sources" list a reply ends with: cited sources, or all when none is cited."""
+    shown = [s for s in sources if s.get("cited")] or list(sources)
+    if not shown:
+        return ""
+    items = []
+    for source in shown:
+        label = source["title"] or source["path"]
+        if source.get("location"):
+            label += f" — {source['location']}"
+        items.append(f"[{source['n']}] {label}")
+    return "Sources: " + "; ".join(items)

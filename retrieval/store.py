@@ -1,0 +1,406 @@
+"""DocumentStore: ingested documents as embedded chunks in Chroma, searched within scopes.
+
+Two collections: `<name>` holds the chunks (vectors, text, where each came from) and
+`<name>_documents` one record per ingested file (path, scope, content hash, chunk count) so that
+re-ingesting an unchanged file costs one lookup. Chroma results become `Passage` objects here;
+nothing of Chroma leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from config import Settings
+from retrieval.chunking import TextChunk, split
+from retrieval.embeddings import Embedder, EmbeddingError, chroma_embedding_function, shared_embedder
+from retrieval.loaders import LoadedDocument, LoadError, iter_files, load
+
+log = logging.getLogger(__name__)
+
+GLOBAL_SCOPE = "global"
+# Chunks embedded and written together; large enough to batch well, small enough to show progress.
+_FLUSH_CHUNKS = 256
+
+
+class RetrievalError(Exception):
+    """The document store could not be opened or used (one line, fit to show)."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A chunk of a document with its similarity to a query (cosine, -1..1)."""
+
+    id: str
+    text: str
+    score: float
+    title: str
+    path: str
+    location: str
+    scope: str
+    document_id: str
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One ingested file."""
+
+    id: str
+    path: str
+    title: str
+    scope: str
+    kind: str
+    chunks: int
+    sha256: str
+    ingested_at: str
+
+
+@dataclass
+class IngestReport:
+    """What one `ingest` call did."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    chunks: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+class IngestProgress:
+    """Callbacks an ingest reports to (the CLI draws bars from them); all optional."""
+
+    def files(self, total: int) -> None:
+        """The number of files found."""
+
+    def file_done(self, path: str, outcome: str) -> None:
+        """One file handled: added, updated, unchanged or skipped."""
+
+    def chunks_queued(self, n: int) -> None:
+        """`n` more chunks wait to be embedded."""
+
+    def chunks_done(self, n: int) -> None:
+        """`n` more chunks embedded and stored."""
+
+
+def document_id(scope: str, path: Path) -> str:
+    """Stable id of a file within a scope."""
+    return hashlib.sha256(f"{scope}\0{path}".encode()).hexdigest()[:16]
+
+
+class DocumentStore:
+    """Chunks in Chroma. Sync methods block; `search`/`get` are the async `Retriever` seam."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings.retrieval
+        self._embedder_args = (
+            settings.retrieval.embedding_model,
+            settings.model_cache_dir,
+            settings.model.threads,
+        )
+        self._lock = threading.RLock()
+        name = self._settings.collection
+        # We embed ourselves (batched, with progress); the registered function lets Chroma and
+        # any other client of this collection embed the same way, offline.
+        self._chunks = client.get_or_create_collection(
+            name,
+            metadata={"hnsw:space": "cosine", "embedding_model": self._settings.embedding_model},
+            embedding_function=chroma_embedding_function(*self._embedder_args),
+        )
+        built_with = (self._chunks.metadata or {}).get("embedding_model")
+        if built_with and built_with != self._settings.embedding_model:
+            raise RetrievalError(
+                f"The collection {name!r} was built with the embedding model {built_with!r}, not "
+                f"{self._settings.embedding_model!r}: set retrieval.embedding_model back, or use another "
+                "retrieval.collection and ingest again"
+            )
+        self._documents = client.get_or_create_collection(f"{name}_documents", embedding_function=None)
+
+    @classmethod
+    def open(cls, settings: Settings) -> DocumentStore:
+        """The store the settings name: a Chroma server by URL, else an embedded one in the data dir."""
+        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+        try:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+        except ImportError as error:  # pragma: no cover - a dependency
+            raise RetrievalError(f"chromadb is not installed: {error}") from error
+        chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        url = settings.retrieval.chroma_url
+        try:
+            if url:
+                from urllib.parse import urlparse
+
+                parsed = urlparse(url)
+                client = chromadb.HttpClient(
+                    host=parsed.hostname or "localhost",
+                    port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                    ssl=parsed.scheme == "https",
+                    settings=chroma_settings,
+                )
+            else:
+                settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+                client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+        except Exception as error:  # any failure to reach the store reads the same
+            where = url or settings.chroma_dir
+            raise RetrievalError(f"Could not open the document store at {where}: {error}") from error
+        return cls(client, settings)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedding model, loaded on first use."""
+        try:
+            return shared_embedder(*self._embedder_args)
+        except EmbeddingError as error:
+            raise RetrievalError(str(error)) from error
+
+    # Ingestion --------------------------------------------------------------------------
+
+    def ingest(
+        self, paths: Iterable[Path], scope: str = GLOBAL_SCOPE, progress: IngestProgress | None = None
+    ) -> IngestReport:
+        """Add new files, replace changed ones, skip unchanged ones; unreadable files are reported."""
+        progress = progress or IngestProgress()
+        report = IngestReport()
+        started = time.perf_counter()
+        files: list[Path] = []
+        for path in paths:
+            try:
+                files.extend(iter_files([path]))
+            except LoadError as error:
+                report.skipped.append((str(path), str(error)))
+        progress.files(len(files))
+        pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]] = []
+        queued = 0
+        for path in files:
+            shown = str(path)
+            try:
+                digest = _sha256(path)
+                doc_id = document_id(scope, path)
+                existing = self._document(doc_id)
+                if existing is not None and existing.sha256 == digest:
+                    report.unchanged.append(shown)
+                    progress.file_done(shown, "unchanged")
+                    continue
+                doc = load(path)
+                chunks = split(doc, self._settings.chunk_size, self._settings.chunk_overlap)
+                if not chunks:
+                    raise LoadError(f"{path.name} has no text to index")
+            except (LoadError, OSError) as error:
+                report.skipped.append((shown, str(error)))
+                progress.file_done(shown, "skipped")
+                continue
+            pending.append((doc, doc_id, digest, chunks, existing is not None))
+            queued += len(chunks)
+            progress.chunks_queued(len(chunks))
+            if queued >= _FLUSH_CHUNKS:
+                self._flush(pending, scope, report, progress)
+                pending, queued = [], 0
+        self._flush(pending, scope, report, progress)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _flush(
+        self,
+        pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]],
+        scope: str,
+        report: IngestReport,
+        progress: IngestProgress,
+    ) -> None:
+        if not pending:
+            return
+        texts = [_embedding_text(doc, chunk) for doc, _, _, chunks, _ in pending for chunk in chunks]
+        report.tokens += self.embedder.count_tokens(texts)
+        vectors = self.embedder.embed(texts, self._settings.batch_size, progress.chunks_done)
+        offset = 0
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._lock:
+            for doc, doc_id, digest, chunks, replacing in pending:
+                these = vectors[offset : offset + len(chunks)]
+                offset += len(chunks)
+                self._chunks.delete(where={"doc_id": doc_id})
+                for start in range(0, len(chunks), 1000):
+                    batch = chunks[start : start + 1000]
+                    self._chunks.add(
+                        ids=[f"{doc_id}:{chunk.index}" for chunk in batch],
+                        embeddings=these[start : start + len(batch)],
+                        documents=[chunk.text for chunk in batch],
+                        metadatas=[_chunk_metadata(doc, doc_id, scope, chunk) for chunk in batch],
+                    )
+                self._documents.upsert(
+                    ids=[doc_id],
+                    embeddings=[[1.0]],
+                    documents=[doc.title],
+                    metadatas=[
+                        {
+                            "path": str(doc.path),
+                            "title": doc.title,
+                            "scope": scope,
+                            "kind": doc.kind,
+                            "chunks": len(chunks),
+                            "sha256": digest,
+                            "ingested_at": now,
+                        }
+                    ],
+                )
+                report.chunks += len(chunks)
+                (report.updated if replacing else report.added).append(str(doc.path))
+                progress.file_done(str(doc.path), "updated" if replacing else "added")
+
+    # Documents --------------------------------------------------------------------------
+
+    def documents(self, scope: str | None = None) -> list[DocumentInfo]:
+        """Ingested files (of one scope, or all), by path."""
+        with self._lock:
+            found = self._documents.get(where={"scope": scope} if scope else None, include=["metadatas"])
+        docs = [_document_info(i, m) for i, m in zip(found["ids"], found["metadatas"] or [], strict=False)]
+        return sorted(docs, key=lambda d: (d.scope, d.path))
+
+    def remove(self, target: str, scope: str | None = None) -> list[DocumentInfo]:
+        """Remove a document by id or path (a folder path removes everything under it)."""
+        docs = self.documents(scope)
+        as_path = str(Path(target).expanduser().resolve()) if not _is_id(target, docs) else None
+        chosen = [
+            d
+            for d in docs
+            if d.id == target
+            or (as_path is not None and (d.path == as_path or d.path.startswith(as_path.rstrip("/") + "/")))
+        ]
+        with self._lock:
+            for doc in chosen:
+                self._chunks.delete(where={"doc_id": doc.id})
+                self._documents.delete(ids=[doc.id])
+        return chosen
+
+    def count(self) -> int:
+        """Chunks stored, in every scope."""
+        with self._lock:
+            return int(self._chunks.count())
+
+    # Search -----------------------------------------------------------------------------
+
+    def query(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:
+        """The `k` chunks closest to `query` within `scopes`, best first (blocking)."""
+        if not query.strip() or not scopes:
+            return []
+        vector = self.embedder.embed([query])[0]
+        where: dict[str, Any] = {"scope": scopes[0]} if len(scopes) == 1 else {"scope": {"$in": list(scopes)}}
+        with self._lock:
+            found = self._chunks.query(
+                query_embeddings=[vector],
+                n_results=k,
+                where=where,
+                include=["documents", "metadatas", "distances"],
+            )
+        ids = found["ids"][0]
+        texts = (found["documents"] or [[]])[0]
+        metas = (found["metadatas"] or [[]])[0]
+        distances = (found["distances"] or [[]])[0]
+        return [
+            _passage(i, t, m, 1.0 - float(d))
+            for i, t, m, d in zip(ids, texts, metas, distances, strict=False)
+        ]
+
+    def passages(self, ids: Sequence[str]) -> list[Passage]:
+        """Passages by id, in the order asked (missing ones left out)."""
+        if not ids:
+            return []
+        with self._lock:
+            found = self._chunks.get(ids=list(ids), include=["documents", "metadatas"])
+        by_id = {
+            i: _passage(i, t, m, 0.0)
+            for i, t, m in zip(found["ids"], found["documents"] or [], found["metadatas"] or [], strict=False)
+        }
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def search(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:
+        """`query` off the event loop."""
+        return await asyncio.to_thread(self.query, query, scopes, k)
+
+    async def get(self, ids: Sequence[str]) -> list[Passage]:
+        """`passages` off the event loop."""
+        return await asyncio.to_thread(self.passages, ids)
+
+    def _document(self, doc_id: str) -> DocumentInfo | None:
+        with self._lock:
+            found = self._documents.get(ids=[doc_id], include=["metadatas"])
+        if not found["ids"]:
+            return None
+        return _document_info(found["ids"][0], (found["metadatas"] or [{}])[0])
+
+
+# Helpers -------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _embedding_text(doc: LoadedDocument, chunk: TextChunk) -> str:
+    # The title and section give a chunk the context its own words often lack.
+    heading = f"{doc.title} — {chunk.location}" if chunk.location else doc.title
+    return f"{heading}\n{chunk.text}"
+
+
+def _chunk_metadata(doc: LoadedDocument, doc_id: str, scope: str, chunk: TextChunk) -> dict[str, Any]:
+    return {
+        "doc_id": doc_id,
+        "scope": scope,
+        "path": str(doc.path),
+        "title": doc.title,
+        "kind": doc.kind,
+        "location": chunk.location,
+        "page": chunk.page if chunk.page is not None else -1,
+        "index": chunk.index,
+        "start": chunk.start,
+    }
+
+
+def _passage(chunk_id: str, text: str | None, meta: Any, score: float) -> Passage:
+    meta = dict(meta or {})
+    page = int(meta.get("page", -1))
+    return Passage(
+        id=chunk_id,
+        text=text or "",
+        score=score,
+        title=str(meta.get("title", "")),
+        path=str(meta.get("path", "")),
+        location=str(meta.get("location", "")),
+        scope=str(meta.get("scope", "")),
+        document_id=str(meta.get("doc_id", "")),
+        page=page if page >= 0 else None,
+    )
+
+
+def _document_info(doc_id: str, meta: Any) -> DocumentInfo:
+    meta = dict(meta or {})
+    return DocumentInfo(
+        id=doc_id,
+        path=str(meta.get("path", "")),
+        title=str(meta.get("title", "")),
+        scope=str(meta.get("scope", "")),
+        kind=str(meta.get("kind", "")),
+        chunks=int(meta.get("chunks", 0)),
+        sha256=str(meta.get("sha256", "")),
+        ingested_at=str(meta.get("ingested_at", "")),
+    )
+
+
+def _is_id(target: str, docs: list[DocumentInfo]) -> bool:
+    return any(d.id == target for d in docs)

@@ -1,0 +1,265 @@
+"""Retrieval on a real Chroma store in tmp_path, with the real embedding model and real files.
+
+Ingest, re-ingest, removal, scope isolation, a reopened collection, and turns through the engine
+(with the FakeModel at the model seam) that put passages in the prompt and sources in the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.engine import Engine
+from bot.retriever import NO_PASSAGES, PASSAGES_INTRO, sources_footer
+from bot.types import CommandResult, Event, Incoming, TurnDone
+from config import Settings, load_settings
+from retrieval.store import DocumentStore
+from storage import SqlHistory
+from tests.fakes import FakeModel
+
+HANDBOOK = """# Larkspur handbook
+
+## Leave
+
+Every employee gets 27 days of paid leave a year, plus public holidays.
+Unused leave carries over until the end of March.
+
+## Expenses
+
+Meals on business trips are reimbursed up to 45 euros a day with receipts.
+"""
+
+RUNBOOK = """Deploy runbook
+
+Deploys to production happen from the release branch only, on Tuesdays and Thursdays.
+The on-call engineer must approve every deploy with the command deployctl approve.
+"""
+
+API_PAGE = """<html><head><title>Shipment API</title><script>var tracking = "ignore me";</script></head>
+<body><nav>Home | Docs</nav>
+<h1>Shipment API</h1>
+<h2>Rate limits</h2>
+<p>The public API allows 120 requests per minute for each API key.</p>
+<h2>Errors</h2>
+<p>Error code LRK-409 means the shipment was already delivered.</p>
+</body></html>
+"""
+
+RETRY_CODE = '''"""Client settings for the tracking service."""
+
+# Give up on a webhook delivery after seven attempts with exponential backoff.
+MAX_WEBHOOK_ATTEMPTS = 7
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt`."""
+    return min(2.0**attempt, 300.0)
+'''
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "eng").mkdir(parents=True)
+    (folder / "handbook.md").write_text(HANDBOOK)
+    (folder / "eng" / "deploys.txt").write_text(RUNBOOK)
+    (folder / "api.html").write_text(API_PAGE)
+    (folder / "eng" / "retry.py").write_text(RETRY_CODE)
+    (folder / "broken.pdf").write_bytes(b"this is not a pdf at all")
+    (folder / "image.bin").write_bytes(b"\x00\x01")
+    return folder
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[DocumentStore]:
+    yield DocumentStore.open(settings)
+
+
+def names(paths: list[str]) -> list[str]:
+    return sorted(Path(p).name for p in paths)
+
+
+def test_ingest_reads_every_format_and_reports_what_it_skipped(store: DocumentStore, docs: Path) -> None:
+    report = store.ingest([docs])
+    assert names(report.added) == ["api.html", "deploys.txt", "handbook.md", "retry.py"]
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.pdf"]  # .bin is not even offered
+    assert "broken.pdf" in report.skipped[0][1]
+    assert report.chunks == store.count() >= 4 and report.tokens > 0
+
+    [best] = store.query("How many requests per minute can one key make?", ["global"], 1)
+    assert "120 requests per minute" in best.text and best.title == "Shipment API"
+    assert "Rate limits" in best.location
+    assert "ignore me" not in best.text and "Home | Docs" not in best.text
+
+    [code] = store.query("How many times is a webhook delivery retried?", ["global"], 1)
+    assert "seven attempts" in code.text and code.location.startswith("lines ")
+
+    [leave] = store.query("how many vacation days do I get", ["global"], 1)
+    assert "27 days" in leave.text and "Leave" in leave.location
+
+
+def test_reingest_skips_unchanged_files_and_replaces_changed_ones(store: DocumentStore, docs: Path) -> None:
+    store.ingest([docs])
+    before = store.count()
+    again = store.ingest([docs])
+    assert names(again.unchanged) == ["api.html", "deploys.txt", "handbook.md", "retry.py"]
+    assert again.added == again.updated == [] and again.chunks == 0 and store.count() == before
+
+    (docs / "handbook.md").write_text(HANDBOOK.replace("27 days", "31 days"))
+    changed = store.ingest([docs])
+    assert names(changed.updated) == ["handbook.md"] and store.count() == before
+    texts = [p.text for p in store.query("paid leave days per year", ["global"], 10)]
+    assert any("31 days" in t for t in texts) and not any("27 days" in t for t in texts)
+
+
+def test_documents_are_listed_and_removed_by_path_or_id(store: DocumentStore, docs: Path) -> None:
+    store.ingest([docs])
+    listed = store.documents()
+    assert names([d.path for d in listed]) == ["api.html", "deploys.txt", "handbook.md", "retry.py"]
+    assert all(d.scope == "global" and d.chunks > 0 and len(d.sha256) == 64 for d in listed)
+
+    removed = store.remove(str(docs / "eng"))  # a folder removes what was ingested under it
+    assert names([d.path for d in removed]) == ["deploys.txt", "retry.py"]
+    api = next(d for d in store.documents() if d.path.endswith("api.html"))
+    assert [d.id for d in store.remove(api.id)] == [api.id]
+    assert names([d.path for d in store.documents()]) == ["handbook.md"]
+    assert store.count() == store.documents()[0].chunks
+    assert store.remove("/no/such/file") == []
+
+
+def test_a_scope_never_sees_another_scopes_documents(store: DocumentStore, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "secret.md").write_text("# Team A\n\nThe team A vault code is 4471.\n")
+    (tmp_path / "b" / "secret.md").write_text("# Team B\n\nThe team B vault code is 9902.\n")
+    (tmp_path / "shared.md").write_text("# Everyone\n\nThe office vault is in room 12.\n")
+    store.ingest([tmp_path / "a"], scope="team-a")
+    store.ingest([tmp_path / "b"], scope="team-b")
+    store.ingest([tmp_path / "shared.md"])
+
+    seen_by_a = store.query("what is the vault code", ["team-a", "global"], 10)
+    assert {p.scope for p in seen_by_a} == {"team-a", "global"}
+    assert not any("9902" in p.text for p in seen_by_a)
+    seen_by_b = store.query("what is the vault code", ["team-b", "global"], 10)
+    assert not any("4471" in p.text for p in seen_by_b)
+    assert [d.scope for d in store.documents("team-a")] == ["team-a"]
+
+
+def test_a_reopened_collection_embeds_offline_with_the_registered_function(
+    store: DocumentStore, docs: Path, settings: Settings
+) -> None:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    store.ingest([docs])
+    reopened = DocumentStore.open(settings)
+    assert reopened.count() == store.count()
+    # Any client of the collection: Chroma rebuilds our embedding function from its config.
+    client = chromadb.PersistentClient(
+        path=str(settings.chroma_dir), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    collection = client.get_collection(settings.retrieval.collection)
+    found = collection.query(query_texts=["error code for an already delivered shipment"], n_results=1)
+    assert "LRK-409" in found["documents"][0][0]
+
+
+# Through the engine -----------------------------------------------------------------------
+
+
+def said(text: str, scope: str = "local") -> Incoming:
+    return Incoming(text=text, platform="terminal", scope=scope, channel="c", thread="t")
+
+
+async def run(engine: Engine, incoming: Incoming) -> list[Event]:
+    return [event async for event in engine.handle(incoming)]
+
+
+@pytest.fixture
+def engine_with_docs(
+    model: FakeModel, history: SqlHistory, settings: Settings, store: DocumentStore, docs: Path
+) -> Engine:
+    store.ingest([docs])
+    return Engine(model, history, settings, store)
+
+
+async def test_relevant_passages_reach_the_prompt_and_sources_end_the_reply(
+    engine_with_docs: Engine, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("Each key may make 120 requests per minute [1].")
+    events = await run(engine_with_docs, said("What is the API rate limit per key?"))
+    done = events[-1]
+    assert isinstance(done, TurnDone)
+
+    system = model.prompts[-1][0]
+    assert system.role == "system" and PASSAGES_INTRO in system.content
+    assert "[1] Shipment API — " in system.content and "120 requests per minute" in system.content
+    sources = done.metadata["sources"]
+    assert sources[0]["n"] == 1 and sources[0]["cited"] is True and sources[0]["title"] == "Shipment API"
+    assert all(s["score"] >= 0.3 for s in sources)
+    assert sources_footer(sources).startswith("Sources: [1] Shipment API — ")
+
+    [_, reply] = await history.load(done.conversation_id)
+    assert reply.metadata["sources"] == sources  # stored with the reply
+
+    shown = await run(engine_with_docs, said("/sources"))
+    result = shown[-1]
+    assert isinstance(result, CommandResult) and result.ok
+    assert "120 requests per minute" in result.text and "score 0." in result.text
+
+
+async def test_when_nothing_is_relevant_the_model_is_told_so(
+    engine_with_docs: Engine, model: FakeModel
+) -> None:
+    await run(engine_with_docs, said("Write a haiku about autumn leaves falling in Kyoto."))
+    system = model.prompts[-1][0].content
+    assert NO_PASSAGES in system and PASSAGES_INTRO not in system
+
+
+async def test_docs_off_keeps_the_documents_out_of_the_conversation(
+    engine_with_docs: Engine, model: FakeModel
+) -> None:
+    off = await run(engine_with_docs, said("/docs off"))
+    assert isinstance(off[-1], CommandResult) and "off" in off[-1].text
+    events = await run(engine_with_docs, said("What is the API rate limit per key?"))
+    system = model.prompts[-1][0].content
+    assert "120 requests" not in system and NO_PASSAGES not in system
+    done = events[-1]
+    assert isinstance(done, TurnDone) and "sources" not in done.metadata
+    await run(engine_with_docs, said("/docs on"))
+    await run(engine_with_docs, said("What is the API rate limit per key?"))
+    assert "120 requests" in model.prompts[-1][0].content
+
+
+async def test_a_conversation_in_another_scope_gets_nothing_from_a_private_scope(
+    model: FakeModel, history: SqlHistory, settings: Settings, store: DocumentStore, tmp_path: Path
+) -> None:
+    (tmp_path / "secret.md").write_text("# Payroll\n\nPayroll runs on the 25th of each month.\n")
+    store.ingest([tmp_path / "secret.md"], scope="T-finance")
+    engine = Engine(model, history, settings, store)
+    await run(engine, said("When does payroll run?", scope="T-sales"))
+    assert "25th" not in model.prompts[-1][0].content
+    await run(engine, said("When does payroll run?", scope="T-finance"))
+    assert "25th" in model.prompts[-1][0].content
+
+
+def test_retrieval_settings_reject_overlap_not_below_size() -> None:
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match="chunk_overlap"):
+        load_settings(retrieval={"chunk_size": 200, "chunk_overlap": 200})
+
+
+def test_the_onnx_embedder_matches_the_pytorch_model(settings: Settings) -> None:
+    import numpy as np
+
+    from retrieval.embeddings import Embedder, _torch_runner
+
+    onnx = Embedder.load("all-minilm-l6-v2", settings.model_cache_dir)
+    assert onnx.runtime == "onnxruntime" and onnx.dimensions == 384
+    reference = Embedder(onnx.name, onnx.model_dir, _torch_runner(onnx.model_dir, 0), "torch", onnx.max_tokens)
+    texts = ["short", "The public API allows 120 requests per minute for each API key. " * 3, "x " * 400]
+    a, b = np.array(onnx.embed(texts, batch_size=3)), np.array(reference.embed(texts, batch_size=3))
+    assert np.abs(a - b).max() < 1e-4
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
