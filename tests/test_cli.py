@@ -61,7 +61,9 @@ def test_ask_json_then_continue_from_stdin(tmp_path: Path) -> None:
         "completion_tokens",
         "latency_ms",
         "model",
+        "sources",
     }
+    assert answer["sources"] == []  # nothing ingested in this data dir
     assert answer["text"].strip() and answer["completion_tokens"] > 0
     assert answer["prompt_tokens"] > 10 and answer["latency_ms"] > 0
     assert answer["model"] == SMALL_MODEL
@@ -137,3 +139,42 @@ def test_config_errors_name_the_key_without_traceback(tmp_path: Path) -> None:
     config.write_text('[model]\nnmae = "x"\n')
     result = chinwag(tmp_path / "data", "--config", str(config), "history", "list")
     assert result.returncode != 0 and "model.nmae" in result.stderr
+
+
+def test_ingest_then_docs_list_search_and_remove(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "wifi.md").write_text("# Office\n\n## Wifi\n\nThe guest wifi network is LARK-GUEST.\n")
+    (folder / "notes.txt").write_text("Standup is at 9:45 every weekday.\n")
+    (folder / "broken.pdf").write_bytes(b"not a pdf")
+
+    first = chinwag(data, "ingest", str(folder))
+    assert first.returncode == 0, first.stderr
+    assert "2 added, 0 updated, 0 unchanged, 1 skipped" in first.stdout
+    assert "broken.pdf" in first.stderr and "Traceback" not in first.stderr
+    again = chinwag(data, "ingest", str(folder))
+    assert "0 added, 0 updated, 2 unchanged" in again.stdout
+
+    listed = chinwag(data, "docs", "list")
+    assert "wifi.md" in listed.stdout and "notes.txt" in listed.stdout and "2 documents" in listed.stdout
+    found = chinwag(data, "docs", "search", "what is the guest wifi called", "-k", "1")
+    assert found.returncode == 0 and "LARK-GUEST" in found.stdout and "Office — Office > Wifi" in found.stdout
+
+    removed = chinwag(data, "docs", "remove", str(folder / "wifi.md"))
+    assert removed.returncode == 0 and "removed" in removed.stdout
+    assert "wifi.md" not in chinwag(data, "docs", "list").stdout
+    missing = chinwag(data, "docs", "remove", str(folder / "wifi.md"))
+    assert missing.returncode != 0 and "No ingested document" in missing.stderr
+
+
+@pytest.mark.model
+def test_ask_json_lists_the_sources_with_their_text(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "wifi.md").write_text("# Office\n\n## Wifi\n\nThe guest wifi network is LARK-GUEST.\n")
+    assert chinwag(data, "ingest", str(tmp_path / "wifi.md")).returncode == 0
+    done = chinwag(data, "ask", "--json", "What is the name of the guest wifi network?")
+    assert done.returncode == 0, done.stderr
+    [source] = json.loads(done.stdout)["sources"]
+    assert source["title"] == "Office" and "LARK-GUEST" in source["text"] and source["score"] > 0.3
+    assert source["path"].endswith("wifi.md") and source["location"] == "Office > Wifi"

@@ -258,7 +258,9 @@ def test_the_onnx_embedder_matches_the_pytorch_model(settings: Settings) -> None
 
     onnx = Embedder.load("all-minilm-l6-v2", settings.model_cache_dir)
     assert onnx.runtime == "onnxruntime" and onnx.dimensions == 384
-    reference = Embedder(onnx.name, onnx.model_dir, _torch_runner(onnx.model_dir, 0), "torch", onnx.max_tokens)
+    reference = Embedder(
+        onnx.name, onnx.model_dir, _torch_runner(onnx.model_dir, 0), "torch", onnx.max_tokens
+    )
     texts = ["short", "The public API allows 120 requests per minute for each API key. " * 3, "x " * 400]
     a, b = np.array(onnx.embed(texts, batch_size=3)), np.array(reference.embed(texts, batch_size=3))
     assert np.abs(a - b).max() < 1e-4
