@@ -12,9 +12,11 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,7 +102,12 @@ def document_id(scope: str, path: Path) -> str:
 
 
 class DocumentStore:
-    """Chunks in Chroma. Sync methods block; `search`/`get` are the async `Retriever` seam."""
+    """Chunks in Chroma, one collection per scope. Sync methods block; `search`/`get` are the seam.
+
+    A collection per scope keeps scopes apart physically (a query cannot reach another scope's
+    chunks, whatever its filter) and keeps queries fast: a metadata filter over one shared
+    collection cost ~39 ms at 10k chunks, a plain nearest-neighbour query a few.
+    """
 
     def __init__(self, client: Any, settings: Settings) -> None:
         self._client = client
@@ -111,22 +118,50 @@ class DocumentStore:
             settings.model.threads,
         )
         self._lock = threading.RLock()
+        self._collections: dict[str, Any] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-chroma-write")
         name = self._settings.collection
-        # We embed ourselves (batched, with progress); the registered function lets Chroma and
-        # any other client of this collection embed the same way, offline.
-        self._chunks = client.get_or_create_collection(
-            name,
-            metadata={"hnsw:space": "cosine", "embedding_model": self._settings.embedding_model},
-            embedding_function=chroma_embedding_function(*self._embedder_args),
+        model = self._settings.embedding_model
+        self._documents = client.get_or_create_collection(
+            f"{name}_documents", metadata={"embedding_model": model}, embedding_function=None
         )
-        built_with = (self._chunks.metadata or {}).get("embedding_model")
-        if built_with and built_with != self._settings.embedding_model:
+        built_with = (self._documents.metadata or {}).get("embedding_model")
+        if built_with and built_with != model:
             raise RetrievalError(
                 f"The collection {name!r} was built with the embedding model {built_with!r}, not "
-                f"{self._settings.embedding_model!r}: set retrieval.embedding_model back, or use another "
+                f"{model!r}: set retrieval.embedding_model back, or use another "
                 "retrieval.collection and ingest again"
             )
-        self._documents = client.get_or_create_collection(f"{name}_documents", embedding_function=None)
+
+    def collection_name(self, scope: str) -> str:
+        """The Chroma collection holding one scope's chunks."""
+        slug = re.sub(r"[^A-Za-z0-9]+", "", scope)[:32] or "scope"
+        tag = hashlib.sha256(scope.encode()).hexdigest()[:8]
+        return f"{self._settings.collection}-{slug}-{tag}"
+
+    def _collection(self, scope: str, create: bool) -> Any | None:
+        with self._lock:
+            found = self._collections.get(scope)
+            if found is not None:
+                return found
+            name = self.collection_name(scope)
+            if create:
+                # We embed ourselves (batched, with progress); the registered function lets
+                # Chroma, and any other client of the collection, embed the same way offline.
+                found = self._client.get_or_create_collection(
+                    name,
+                    metadata={"hnsw:space": "cosine", "scope": scope},
+                    embedding_function=chroma_embedding_function(*self._embedder_args),
+                )
+            else:
+                try:
+                    found = self._client.get_collection(
+                        name, embedding_function=chroma_embedding_function(*self._embedder_args)
+                    )
+                except Exception:  # not created yet: this scope has no documents
+                    return None
+            self._collections[scope] = found
+            return found
 
     @classmethod
     def open(cls, settings: Settings) -> DocumentStore:
@@ -183,6 +218,7 @@ class DocumentStore:
                 report.skipped.append((str(path), str(error)))
         progress.files(len(files))
         pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]] = []
+        writing: list[Future[None]] = []
         queued = 0
         for path in files:
             shown = str(path)
@@ -206,9 +242,11 @@ class DocumentStore:
             queued += len(chunks)
             progress.chunks_queued(len(chunks))
             if queued >= _FLUSH_CHUNKS:
-                self._flush(pending, scope, report, progress)
+                self._flush(pending, scope, report, progress, writing)
                 pending, queued = [], 0
-        self._flush(pending, scope, report, progress)
+        self._flush(pending, scope, report, progress, writing)
+        for write in writing:
+            write.result()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -218,46 +256,68 @@ class DocumentStore:
         scope: str,
         report: IngestReport,
         progress: IngestProgress,
+        writing: list[Future[None]],
     ) -> None:
         if not pending:
             return
         texts = [_embedding_text(doc, chunk) for doc, _, _, chunks, _ in pending for chunk in chunks]
         report.tokens += self.embedder.count_tokens(texts)
         vectors = self.embedder.embed(texts, self._settings.batch_size, progress.chunks_done)
-        offset = 0
+        # Chroma writes while the next batch embeds; one write in flight keeps the order.
+        for previous in writing:
+            previous.result()
+        writing[:] = [self._writer.submit(self._write, pending, vectors, scope)]
+        for doc, _, _, chunks, replacing in pending:
+            report.chunks += len(chunks)
+            (report.updated if replacing else report.added).append(str(doc.path))
+            progress.file_done(str(doc.path), "updated" if replacing else "added")
+
+    def _write(
+        self,
+        pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]],
+        vectors: list[list[float]],
+        scope: str,
+    ) -> None:
+        collection = self._collection(scope, create=True)
+        assert collection is not None
         now = datetime.now(UTC).isoformat(timespec="seconds")
+        stale = [doc_id for _, doc_id, _, _, replacing in pending if replacing]
+        ids: list[str] = []
+        metadatas: list[dict[str, Any]] = []
+        documents: list[str] = []
+        for doc, doc_id, _, chunks, _ in pending:
+            ids += [f"{doc_id}:{chunk.index}" for chunk in chunks]
+            documents += [chunk.text for chunk in chunks]
+            metadatas += [_chunk_metadata(doc, doc_id, scope, chunk) for chunk in chunks]
+        step = max(1, min(5000, int(self._client.get_max_batch_size())))
         with self._lock:
-            for doc, doc_id, digest, chunks, replacing in pending:
-                these = vectors[offset : offset + len(chunks)]
-                offset += len(chunks)
-                self._chunks.delete(where={"doc_id": doc_id})
-                for start in range(0, len(chunks), 1000):
-                    batch = chunks[start : start + 1000]
-                    self._chunks.add(
-                        ids=[f"{doc_id}:{chunk.index}" for chunk in batch],
-                        embeddings=these[start : start + len(batch)],
-                        documents=[chunk.text for chunk in batch],
-                        metadatas=[_chunk_metadata(doc, doc_id, scope, chunk) for chunk in batch],
-                    )
-                self._documents.upsert(
-                    ids=[doc_id],
-                    embeddings=[[1.0]],
-                    documents=[doc.title],
-                    metadatas=[
-                        {
-                            "path": str(doc.path),
-                            "title": doc.title,
-                            "scope": scope,
-                            "kind": doc.kind,
-                            "chunks": len(chunks),
-                            "sha256": digest,
-                            "ingested_at": now,
-                        }
-                    ],
+            if stale:
+                collection.delete(where={"doc_id": {"$in": stale}})
+            for start in range(0, len(ids), step):
+                end = start + step
+                collection.add(
+                    ids=ids[start:end],
+                    embeddings=vectors[start:end],
+                    documents=documents[start:end],
+                    metadatas=metadatas[start:end],
                 )
-                report.chunks += len(chunks)
-                (report.updated if replacing else report.added).append(str(doc.path))
-                progress.file_done(str(doc.path), "updated" if replacing else "added")
+            self._documents.upsert(
+                ids=[doc_id for _, doc_id, _, _, _ in pending],
+                embeddings=[[1.0] for _ in pending],
+                documents=[doc.title for doc, _, _, _, _ in pending],
+                metadatas=[
+                    {
+                        "path": str(doc.path),
+                        "title": doc.title,
+                        "scope": scope,
+                        "kind": doc.kind,
+                        "chunks": len(chunks),
+                        "sha256": digest,
+                        "ingested_at": now,
+                    }
+                    for doc, _, digest, chunks, _ in pending
+                ],
+            )
 
     # Documents --------------------------------------------------------------------------
 
@@ -280,49 +340,61 @@ class DocumentStore:
         ]
         with self._lock:
             for doc in chosen:
-                self._chunks.delete(where={"doc_id": doc.id})
+                collection = self._collection(doc.scope, create=False)
+                if collection is not None:
+                    collection.delete(ids=[f"{doc.id}:{n}" for n in range(doc.chunks)])
                 self._documents.delete(ids=[doc.id])
         return chosen
 
     def count(self) -> int:
         """Chunks stored, in every scope."""
-        with self._lock:
-            return int(self._chunks.count())
+        return sum(doc.chunks for doc in self.documents())
 
     # Search -----------------------------------------------------------------------------
 
     def query(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:
         """The `k` chunks closest to `query` within `scopes`, best first (blocking)."""
-        if not query.strip() or not scopes:
+        collections = [c for c in (self._collection(s, create=False) for s in dict.fromkeys(scopes)) if c]
+        if not query.strip() or not collections:
             return []
         vector = self.embedder.embed([query])[0]
-        where: dict[str, Any] = {"scope": scopes[0]} if len(scopes) == 1 else {"scope": {"$in": list(scopes)}}
+        found: list[Passage] = []
         with self._lock:
-            found = self._chunks.query(
-                query_embeddings=[vector],
-                n_results=k,
-                where=where,
-                include=["documents", "metadatas", "distances"],
-            )
-        ids = found["ids"][0]
-        texts = (found["documents"] or [[]])[0]
-        metas = (found["metadatas"] or [[]])[0]
-        distances = (found["distances"] or [[]])[0]
-        return [
-            _passage(i, t, m, 1.0 - float(d))
-            for i, t, m, d in zip(ids, texts, metas, distances, strict=False)
-        ]
+            for collection in collections:
+                result = collection.query(
+                    query_embeddings=[vector], n_results=k, include=["documents", "metadatas", "distances"]
+                )
+                found += [
+                    _passage(i, t, m, 1.0 - float(d))
+                    for i, t, m, d in zip(
+                        result["ids"][0],
+                        (result["documents"] or [[]])[0],
+                        (result["metadatas"] or [[]])[0],
+                        (result["distances"] or [[]])[0],
+                        strict=False,
+                    )
+                ]
+        return sorted(found, key=lambda p: p.score, reverse=True)[:k]
 
     def passages(self, ids: Sequence[str]) -> list[Passage]:
         """Passages by id, in the order asked (missing ones left out)."""
         if not ids:
             return []
+        doc_ids = list(dict.fromkeys(i.split(":", 1)[0] for i in ids))
         with self._lock:
-            found = self._chunks.get(ids=list(ids), include=["documents", "metadatas"])
-        by_id = {
-            i: _passage(i, t, m, 0.0)
-            for i, t, m in zip(found["ids"], found["documents"] or [], found["metadatas"] or [], strict=False)
-        }
+            records = self._documents.get(ids=doc_ids, include=["metadatas"])
+        scopes = {str((m or {}).get("scope", "")) for m in records["metadatas"] or []}
+        by_id: dict[str, Passage] = {}
+        for scope in scopes:
+            collection = self._collection(scope, create=False)
+            if collection is None:
+                continue
+            with self._lock:
+                found = collection.get(ids=list(ids), include=["documents", "metadatas"])
+            for i, t, m in zip(
+                found["ids"], found["documents"] or [], found["metadatas"] or [], strict=False
+            ):
+                by_id[i] = _passage(i, t, m, 0.0)
         return [by_id[i] for i in ids if i in by_id]
 
     async def search(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:

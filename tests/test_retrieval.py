@@ -160,7 +160,7 @@ def test_a_reopened_collection_embeds_offline_with_the_registered_function(
     client = chromadb.PersistentClient(
         path=str(settings.chroma_dir), settings=ChromaSettings(anonymized_telemetry=False)
     )
-    collection = client.get_collection(settings.retrieval.collection)
+    collection = client.get_collection(store.collection_name("global"))
     found = collection.query(query_texts=["error code for an already delivered shipment"], n_results=1)
     assert "LRK-409" in found["documents"][0][0]
 
