@@ -274,3 +274,33 @@ async def test_default_model_answers_and_resumes_after_restart(tmp_path: Path) -
     )
     assert model.info.context_window == 32768
     await _turn_then_restart(DEFAULT, model, tmp_path / "data", check_answer=True)
+
+
+@pytest.mark.model
+@pytest.mark.default_model
+async def test_default_model_answers_from_an_ingested_document_and_cites_it(tmp_path: Path) -> None:
+    from retrieval.store import DocumentStore
+
+    settings = load_settings(
+        data_dir=tmp_path / "data", model={"name": DEFAULT}, generation={"temperature": 0.0, "max_tokens": 80}
+    )
+    (tmp_path / "office.md").write_text(
+        "# Larkspur office guide\n\n## Wifi\n\nThe guest wifi password is heron-42-violet. "
+        "It changes on the first Monday of every quarter.\n\n## Parking\n\nVisitors park on level -2.\n"
+    )
+    store = await asyncio.to_thread(DocumentStore.open, settings)
+    await asyncio.to_thread(store.ingest, [tmp_path / "office.md"])
+    model = await asyncio.to_thread(
+        TransformersModel.load, settings.model, settings.model_cache_dir, progress=False
+    )
+    history = await SqlHistory.open(settings)
+    try:
+        engine = Engine(model, history, settings, store)
+        incoming = Incoming(text="What is the guest wifi password?", platform="terminal", channel="t")
+        done = [event async for event in engine.handle(incoming)][-1]
+    finally:
+        await history.close()
+    assert isinstance(done, TurnDone) and done.status == "complete"
+    assert "heron-42-violet" in done.text.lower()  # only the document knows it
+    [source] = done.metadata["sources"]
+    assert source["title"] == "Larkspur office guide" and source["location"].endswith("Wifi")
