@@ -2,12 +2,12 @@
 
     python bench/retrieval_eval.py [--answers 12] [--model NAME] [--json]
 
-The corpus is `bench/corpus/` (documents of every supported format) and its questions
-`bench/corpus/questions.json` (question, document, the passage that answers it, the expected fact).
+The corpus is `bench/eval_corpus/` (26 documents we wrote: Markdown, text, HTML, Python) and its
+questions `bench/eval_questions.json` (question, document, the passage that answers it, the fact).
 A question is a hit at rank r when the r-th retrieved chunk comes from its document and contains
-its passage. Answer accuracy asks the chat model (the default one unless --model) the first
-`--answers` questions through the engine, with the real store, and checks the reply contains the
-expected fact. A table by default; one JSON object with --json.
+its passage. Answer accuracy asks the chat model (the default one unless --model) `--answers`
+questions, spread over the corpus, through the engine with the real store, and checks that the
+reply contains the expected fact. A table by default; one JSON object with --json.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from config import Settings, load_settings
 from retrieval.store import DocumentStore, Passage
 from storage import SqlHistory
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parent / "eval_corpus"
+QUESTIONS = Path(__file__).resolve().parent / "eval_questions.json"
 
 
 def _norm(text: str) -> str:
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    questions: list[dict[str, Any]] = json.loads((CORPUS / "questions.json").read_text())
+    questions: list[dict[str, Any]] = json.loads(QUESTIONS.read_text())
     result: dict[str, Any] = {"questions": len(questions)}
     with tempfile.TemporaryDirectory(prefix="chinwag-eval-") as tmp:
         settings = load_settings(
@@ -83,9 +84,7 @@ def main() -> None:
             generation={"temperature": 0.0, "max_tokens": 160},
         )
         store = DocumentStore.open(settings)
-        # The questions quote the passages: they must not be in the store.
-        files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name != "questions.json")
-        report = store.ingest(files)
+        report = store.ingest([CORPUS])
         result["documents"] = len(report.added)
         result["chunks"] = report.chunks
         result["skipped"] = len(report.skipped)
@@ -106,7 +105,8 @@ def main() -> None:
                 print(f"rank {rank}: {item['question']} ({item['doc']})", file=sys.stderr)
 
         if args.answers:
-            subset = questions[: args.answers]
+            # Spread over the corpus: every n-th question.
+            subset = questions[:: max(1, len(questions) // args.answers)][: args.answers]
             correct = asyncio.run(_answers(settings, store, subset))
             result["answered"] = len(subset)
             result["answer_accuracy"] = sum(correct) / len(correct)
