@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +75,15 @@ def _markdown(text: str, chunk_size: int, chunk_overlap: int) -> list[tuple[str,
     from langchain_text_splitters import MarkdownHeaderTextSplitter
 
     headers = [("#", "h1"), ("##", "h2"), ("###", "h3")]
-    sections = MarkdownHeaderTextSplitter(headers, strip_headers=False).split_text(text)
+    # Headings leave the text (they would otherwise become chunks of their own) and live on in
+    # `location`, which is embedded with the chunk and shown in citations.
+    sections = MarkdownHeaderTextSplitter(headers, strip_headers=True).split_text(text)
     out: list[tuple[str, str, int, int | None]] = []
     cursor = 0
     for section in sections:
         path = " > ".join(section.metadata[key] for key in ("h1", "h2", "h3") if key in section.metadata)
-        body = section.page_content
+        # The header splitter rejoins lines with Markdown hard breaks ("  \n"); undo that.
+        body = re.sub(r"[ \t]+\n", "\n", section.page_content)
         # Best-effort offset of the section in the page: the header splitter does not keep it.
         found = text.find(body[:80], cursor)
         base = found if found >= 0 else -1

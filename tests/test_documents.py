@@ -1,0 +1,146 @@
+"""Loaders and splitters on real files: PDF pages, HTML cleaning, heading paths, code lines, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from retrieval.chunking import split
+from retrieval.loaders import LoadError, UnsupportedFileError, html_to_markdown, iter_files, load
+from retrieval.store import DocumentStore
+
+
+def write_pdf(path: Path, pages: list[str], title: str | None = None) -> None:
+    """A minimal valid PDF 1.4: one Helvetica text line per page, with a correct xref table."""
+    objects: list[bytes] = []
+    kids = " ".join(f"{3 + 2 * n} 0 R" for n in range(len(pages)))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    font_id = 3 + 2 * len(pages)
+    for n, text in enumerate(pages):
+        content_id = 4 + 2 * n
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content_id} 0 R "
+            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>".encode()
+        )
+        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        stream = f"BT /F1 12 Tf 72 720 Td ({escaped}) Tj ET".encode()
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    info_id = None
+    if title:
+        objects.append(f"<< /Title ({title}) >>".encode())
+        info_id = len(objects)
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    trailer = (
+        f"<< /Size {len(objects) + 1} /Root 1 0 R" + (f" /Info {info_id} 0 R" if info_id else "") + " >>"
+    )
+    out += f"trailer\n{trailer}\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(bytes(out))
+
+
+def test_pdf_pages_become_chunks_located_by_page(tmp_path: Path) -> None:
+    pdf = tmp_path / "manual.pdf"
+    write_pdf(
+        pdf, ["Scanner batteries last eleven hours.", "Replace the belt every 900 hours."], "Depot manual"
+    )
+    doc = load(pdf)
+    assert (doc.kind, doc.title, [p.number for p in doc.pages]) == ("pdf", "Depot manual", [1, 2])
+    chunks = split(doc, 200, 20)
+    assert [(c.location, c.page, c.index) for c in chunks] == [("page 1", 1, 0), ("page 2", 2, 1)]
+    assert "eleven hours" in chunks[0].text and "900 hours" in chunks[1].text
+
+
+def test_a_pdf_is_searchable_and_cited_by_page(tmp_path: Path, settings: Settings) -> None:
+    pdf = tmp_path / "manual.pdf"
+    write_pdf(pdf, ["Scanner batteries last eleven hours.", "Replace the conveyor belt every 900 hours."])
+    store = DocumentStore.open(settings)
+    assert store.ingest([pdf]).added == [str(pdf.resolve())]
+    [best] = store.query("how often should the conveyor belt be replaced", ["global"], 1)
+    assert best.location == "page 2" and best.page == 2 and best.title == "manual"
+
+
+def test_html_keeps_headings_and_text_but_not_scripts_or_navigation() -> None:
+    title, text = html_to_markdown(
+        "<html><head><title>Ops &amp; more</title><style>p{}</style></head><body><nav>Home</nav>"
+        "<h1>Ops</h1><h2>Shifts</h2><p>Night shift   starts at <b>22:00</b>.</p>"
+        "<ul><li>Bring a vest</li></ul>"
+        "<script>alert(1)</script><footer>(c)</footer></body></html>"
+    )
+    assert title == "Ops & more"
+    assert text == "# Ops\n\n## Shifts\n\nNight shift starts at 22:00.\n- Bring a vest"
+
+
+def test_markdown_chunks_carry_their_heading_path_and_stay_within_size(tmp_path: Path) -> None:
+    guide = tmp_path / "guide.md"
+    body = " ".join(f"Sentence number {n} about installing on Linux." for n in range(60))
+    guide.write_text(f"# Guide\n\nIntro.\n\n## Install\n\n### Linux\n\n{body}\n\n## Usage\n\nRun it.\n")
+    doc = load(guide)
+    chunks = split(doc, 300, 50)
+    assert doc.title == "Guide"
+    assert {c.location for c in chunks} == {"Guide", "Guide > Install > Linux", "Guide > Usage"}
+    assert all(len(c.text) <= 300 for c in chunks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    linux = [c for c in chunks if c.location.endswith("Linux")]
+    assert len(linux) > 3
+    # Neighbours overlap, so a fact cut at a boundary is still whole in one of them.
+    assert linux[0].text[-20:] in linux[1].text or linux[1].text[:20] in linux[0].text
+
+
+def test_code_chunks_say_which_lines_they_cover(tmp_path: Path) -> None:
+    source = tmp_path / "jobs.py"
+    functions = "\n\n".join(f"def job_{n}() -> int:\n    '''Job {n}.'''\n    return {n}\n" for n in range(40))
+    source.write_text(functions)
+    doc = load(source)
+    assert (doc.kind, doc.language, doc.title) == ("code", "python", "jobs.py")
+    chunks = split(doc, 200, 0)
+    first_line = int(chunks[1].location.split()[1].split("-")[0])
+    lines = source.read_text().splitlines()
+    assert chunks[1].text.splitlines()[0] == lines[first_line - 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "error", "message"),
+    [
+        ("photo.xyz", b"abc", UnsupportedFileError, "unsupported file type .xyz"),
+        ("empty.md", b"  \n\n", LoadError, "is empty"),
+        ("blob.txt", b"abc\x00\x01\x02", LoadError, "not a text file"),
+        ("fake.pdf", b"%PDF-1.4 garbage", LoadError, "not a readable PDF"),
+    ],
+)
+def test_bad_files_are_refused_with_a_message_naming_them(
+    tmp_path: Path, name: str, data: bytes, error: type[Exception], message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(error, match=message) as raised:
+        load(path)
+    assert name in str(raised.value)
+
+
+def test_folders_are_walked_without_hidden_or_build_folders(tmp_path: Path) -> None:
+    for relative in [
+        "a.md",
+        "sub/b.txt",
+        "sub/.hidden/c.md",
+        "node_modules/d.js",
+        ".e.md",
+        "f.xyz",
+        "sub/g.py",
+    ]:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("text")
+    found = [p.relative_to(tmp_path.resolve()).as_posix() for p in iter_files([tmp_path, tmp_path / "a.md"])]
+    assert found == ["a.md", "sub/b.txt", "sub/g.py"]
+    with pytest.raises(LoadError, match="No such file"):
+        list(iter_files([tmp_path / "missing"]))
