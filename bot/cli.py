@@ -19,7 +19,7 @@ from bot.app import App, configure_logging, load_model, open_history, running
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.history import Conversation, History, StoredMessage
-from bot.retriever import sources_footer
+from bot.retriever import source_label, sources_footer
 from bot.types import CommandResult, Incoming, TextDelta, TurnDone, TurnFailed
 from config import ConfigError, Settings, load_settings
 
@@ -601,10 +601,8 @@ def docs_search(obj: Context, query: str, scope: str, k: int) -> None:
     threshold = settings.retrieval.min_score
     for n, passage in enumerate(passages, start=1):
         mark = "" if passage.score >= threshold else f"  (below min_score {threshold}: not used)"
-        where = f" — {passage.location}" if passage.location else ""
-        click.echo(
-            f"[{n}] {passage.score:.3f}  {passage.title}{where}  [{passage.scope}] {passage.path}{mark}"
-        )
+        label = source_label(passage.title, passage.location)
+        click.echo(f"[{n}] {passage.score:.3f}  {label}  [{passage.scope}] {passage.path}{mark}")
         text = " ".join(passage.text.split())
         click.echo("    " + (text if len(text) <= 400 else text[:399] + "…"))
 

@@ -11,6 +11,7 @@ from bot.errors import CommandError
 from bot.history import Conversation
 from bot.params import SETTABLE, effective_params, parse_setting
 from bot.prompt import usable_in_context
+from bot.retriever import source_label
 
 if TYPE_CHECKING:
     from bot.engine import Engine
@@ -172,9 +173,7 @@ async def _sources(engine: Engine, conv: Conversation, args: str) -> Reply:
         texts = {p.id: p.text for p in found}
     lines = ["**Passages used for the last reply**", ""]
     for source in sources:
-        label = source["title"] or source["path"]
-        if source.get("location"):
-            label += f" — {source['location']}"
+        label = source_label(source["title"] or source["path"], source.get("location") or "")
         cited = " · cited" if source.get("cited") else ""
         lines.append(f"**[{source['n']}] {label}** (score {source['score']:.2f}{cited})")
         text = texts.get(source["id"])

@@ -46,18 +46,31 @@ def scopes_for(scope: str) -> list[str]:
     return [scope] if scope == GLOBAL_SCOPE else [scope, GLOBAL_SCOPE]
 
 
-def cite_label(passage: Passage) -> str:
-    """How a source is named in a reply: title, and section or page when known."""
-    return f"{passage.title} — {passage.location}" if passage.location else passage.title
+def cite_label(passage: Passage, sep: str = " — ") -> str:
+    """How a source is named: title, and section or page when known."""
+    return source_label(passage.title or passage.path, passage.location, sep)
+
+
+def source_label(title: str, location: str, sep: str = " — ") -> str:
+    """Title and location, without repeating the title when the heading path starts with it."""
+    if location == title:
+        location = ""
+    elif location.startswith(title + " > "):
+        location = location[len(title) + 3 :]
+    return f"{title}{sep}{location}" if location else title
 
 
 # How passages enter a prompt and leave as sources --------------------------------------
 
+# Worded for small models: with a bare "[1] Title" header per passage, Qwen2.5-0.5B often answered
+# with the header alone; "Passage [1] (from ...)" and an example sentence fixed most of those
+# (6 of 8 hard questions answered instead of 4, bench/retrieval_eval.py).
 PASSAGES_INTRO = (
-    "Below are numbered passages from the team's documents. Answer the user's latest message from "
-    "them when they are relevant, and cite each passage you use by its number in square brackets, "
-    "like [1] or [2]. If they do not contain the answer, say so, then answer from your own "
-    "knowledge only if you are sure."
+    "Use the numbered passages below, taken from the team's documents, to answer the user's latest "
+    "message. Answer in your own words, in full sentences, and put the number of each passage you "
+    'used in square brackets after the fact it supports, like this: "Deploys happen on Tuesdays [2]." '
+    "If the passages do not contain the answer, say so, then answer from your own knowledge only if "
+    "you are sure."
 )
 NO_PASSAGES = (
     "No passage from the team's documents matched the user's latest message. Answer from your own "
@@ -67,7 +80,7 @@ NO_PASSAGES = (
 
 def passage_block(number: int, passage: Passage) -> str:
     """One numbered passage as the model sees it."""
-    return f"[{number}] {cite_label(passage)}\n{passage.text.strip()}"
+    return f"Passage [{number}] (from {cite_label(passage, sep=', ')}):\n{passage.text.strip()}"
 
 
 def with_passages(system_prompt: str, passages: Sequence[Passage]) -> str:
@@ -108,8 +121,6 @@ def sources_footer(sources: Sequence[dict[str, Any]]) -> str:
         return ""
     items = []
     for source in shown:
-        label = source["title"] or source["path"]
-        if source.get("location"):
-            label += f" — {source['location']}"
+        label = source_label(source["title"] or source["path"], source.get("location") or "")
         items.append(f"[{source['n']}] {label}")
     return "Sources: " + "; ".join(items)

@@ -194,11 +194,14 @@ async def test_relevant_passages_reach_the_prompt_and_sources_end_the_reply(
 
     system = model.prompts[-1][0]
     assert system.role == "system" and PASSAGES_INTRO in system.content
-    assert "[1] Shipment API — " in system.content and "120 requests per minute" in system.content
+    assert (
+        "Passage [1] (from Shipment API, Rate limits)" in system.content
+        and "120 requests per minute" in system.content
+    )
     sources = done.metadata["sources"]
     assert sources[0]["n"] == 1 and sources[0]["cited"] is True and sources[0]["title"] == "Shipment API"
     assert all(s["score"] >= 0.3 for s in sources)
-    assert sources_footer(sources).startswith("Sources: [1] Shipment API — ")
+    assert sources_footer(sources).startswith("Sources: [1] Shipment API — Rate limits")
 
     [_, reply] = await history.load(done.conversation_id)
     assert reply.metadata["sources"] == sources  # stored with the reply
