@@ -63,12 +63,13 @@ def source_label(title: str, location: str, sep: str = " — ") -> str:
 # How passages enter a prompt and leave as sources --------------------------------------
 
 # Worded for small models: with a bare "[1] Title" header per passage, Qwen2.5-0.5B often answered
-# with the header alone; "Passage [1] (from ...)" and an example sentence fixed most of those
-# (6 of 8 hard questions answered instead of 4, bench/retrieval_eval.py).
+# with the header alone, and an example sentence with a fact in it leaked into answers.
+# "Passage [1] (from ...)" and a fact-free citation example answered 14 of 16 eval questions
+# (13 and 15 with the other wordings; bench/retrieval_eval.py).
 PASSAGES_INTRO = (
     "Use the numbered passages below, taken from the team's documents, to answer the user's latest "
     "message. Answer in your own words, in full sentences, and put the number of each passage you "
-    'used in square brackets after the fact it supports, like this: "Deploys happen on Tuesdays [2]." '
+    "used in square brackets at the end of the sentence it supports, like this: [2]. "
     "If the passages do not contain the answer, say so, then answer from your own knowledge only if "
     "you are sure."
 )
