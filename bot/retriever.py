@@ -65,7 +65,7 @@ def source_label(title: str, location: str, sep: str = " — ") -> str:
 # Worded for small models: with a bare "[1] Title" header per passage, Qwen2.5-0.5B often answered
 # with the header alone, and an example sentence with a fact in it leaked into answers.
 # "Passage [1] (from ...)" and a fact-free citation example answered 14 of 16 eval questions
-# (13 and 15 with the other wordings; bench/retrieval_eval.py).
+# (13 of 16 with either other wording on the same chunks; bench/retrieval_eval.py).
 PASSAGES_INTRO = (
     "Use the numbered passages below, taken from the team's documents, to answer the user's latest "
     "message. Answer in your own words, in full sentences, and put the number of each passage you "
