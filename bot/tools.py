@@ -1,0 +1,131 @@
+"""Tools the model may call: plain typed functions whose JSON schema comes from their signature.
+
+A tool is a function with type hints and a docstring (first line: what it does; `name: text` lines
+under "Args:" describe parameters). `Tool.from_function` builds a pydantic model from the signature:
+its JSON schema goes to the chat template (`tools=`), and it validates the arguments the model
+produced, with messages a small model can act on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from bot.errors import ChinwagError
+
+
+class ToolError(ChinwagError):
+    """A tool call could not be made: unknown tool, invalid arguments, failure or timeout."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable the model may use, with its schema and policy."""
+
+    name: str
+    description: str
+    function: Callable[..., Any]
+    arguments: type[BaseModel]
+    needs_approval: bool = False
+    timeout_s: float = 10.0
+
+    @classmethod
+    def from_function(
+        cls,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        needs_approval: bool = False,
+        timeout_s: float = 10.0,
+    ) -> Tool:
+        """A tool from a typed function with a docstring; no hand-written schema."""
+        doc = inspect.getdoc(function) or ""
+        summary = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
+        if not summary:
+            raise ValueError(f"tool {function.__name__} needs a docstring saying what it does")
+        described = _arg_descriptions(doc)
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(function, eval_str=True).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ValueError(f"tool {function.__name__}: *args/**kwargs cannot be described to a model")
+            if param.annotation is inspect.Parameter.empty:
+                raise ValueError(f"tool {function.__name__}: parameter {param.name} has no type hint")
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (param.annotation, Field(default, description=described.get(param.name)))
+        model = create_model(  # type: ignore[call-overload]
+            f"{function.__name__}_arguments",
+            __config__=ConfigDict(extra="forbid"),
+            **fields,
+        )
+        return cls(name or function.__name__, summary, function, model, needs_approval, timeout_s)
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI-style function schema chat templates take in `tools=`."""
+        parameters = self.arguments.model_json_schema()
+        parameters.pop("title", None)
+        for prop in parameters.get("properties", {}).values():
+            prop.pop("title", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": parameters},
+        }
+
+    def validate(self, arguments: Any) -> dict[str, Any]:
+        """Checked, converted arguments; a ToolError says what is wrong in one line."""
+        if not isinstance(arguments, dict):
+            raise ToolError(f"{self.name}: arguments must be a JSON object, got {type(arguments).__name__}")
+        try:
+            return self.arguments.model_validate(arguments).model_dump()
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in item['loc']) or 'arguments'}: {item['msg']}"
+                for item in error.errors()
+            )
+            raise ToolError(f"{self.name}: invalid arguments ({problems})") from None
+
+
+@dataclass
+class ToolRegistry:
+    """The tools available in one place (a scope), by name."""
+
+    tools: dict[str, Tool] = field(default_factory=dict)
+
+    def add(self, tool: Tool) -> None:
+        """Register a tool; names are unique."""
+        if tool.name in self.tools:
+            raise ValueError(f"two tools are named {tool.name}")
+        self.tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool:
+        """The tool called `name`, or a ToolError listing the real ones."""
+        found = self.tools.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.tools)) or "none"
+            raise ToolError(f"There is no tool named {name!r}; the tools are: {known}")
+        return found
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """Every tool's schema, for the chat template."""
+        return [tool.schema() for tool in self.tools.values()]
+
+    def only(self, names: Sequence[str]) -> ToolRegistry:
+        """A registry with just these tools (unknown names are ignored)."""
+        return ToolRegistry({n: t for n, t in self.tools.items() if n in names})
+
+
+def _arg_descriptions(doc: str) -> dict[str, str]:
+    """`name: text` lines of a Google-style "Args:" section."""
+    match = re.search(r"^(?:Args|Arguments|Parameters):\s*\n((?:[ \t]+.*\n?)+)", doc, re.MULTILINE)
+    if not match:
+        return {}
+    found: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        item = re.match(r"\s+(\w+)(?:\s*\([^)]*\))?:\s*(.+)", line)
+        if item:
+            found[item.group(1)] = item.group(2).strip()
+    return found
