@@ -22,6 +22,7 @@ from bot.types import (
     Incoming,
     Notice,
     TextDelta,
+    ToolCall,
     TurnDone,
     TurnFailed,
     TurnStarted,
@@ -211,6 +212,10 @@ class Repl:
             view.add(event.text)
         elif isinstance(event, Notice):
             self.console.print(f"[dim]{event.text}[/dim]")
+        elif isinstance(event, ToolCall):
+            view.finish(render=False)
+            style = "dim" if event.status == "ok" else "yellow"
+            self.console.print(Text(f"⚙ {event.summary()}", style=style))
         elif isinstance(event, CommandResult):
             self.session.follow(event.conversation_id)
             style = "" if event.ok else "red"

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
+from bot.builtin_tools import builtin_tools
 from bot.engine import Engine
 from bot.history import History
 from bot.model import ChatModel
 from bot.retriever import Retriever
+from bot.tools import ToolRegistry
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,14 @@ async def open_retriever(settings: Settings) -> Retriever | None:
         return None
 
 
+def default_tools() -> ToolRegistry:
+    """The built-in tools (which ones a conversation gets is decided per turn from the settings)."""
+    registry = ToolRegistry()
+    for tool in builtin_tools():
+        registry.add(tool)
+    return registry
+
+
 @dataclass
 class App:
     """Everything one chinwag process runs on."""
@@ -87,7 +97,7 @@ async def running(
         if model is None:
             model = await asyncio.to_thread(load_model, settings, progress)
         retriever = await open_retriever(settings)
-        engine = Engine(model, history, settings, retriever)
+        engine = Engine(model, history, settings, retriever, default_tools())
         log.info("started: model=%s window=%s docs=%s", model.info.name, engine.window, retriever is not None)
         yield App(settings, model, history, engine, retriever)
     finally:

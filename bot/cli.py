@@ -20,7 +20,7 @@ from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.history import Conversation, History, StoredMessage
 from bot.retriever import source_label, sources_footer
-from bot.types import CommandResult, Incoming, TextDelta, TurnDone, TurnFailed
+from bot.types import CommandResult, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
 from config import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
@@ -234,6 +234,8 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                 if isinstance(event, TextDelta) and not as_json:
                     out.write(event.text)
                     out.flush()
+                elif isinstance(event, ToolCall) and not as_json:
+                    err.print(f"[dim]⚙ {event.summary()}[/dim]", highlight=False)
                 elif isinstance(event, TurnDone):
                     sources = event.metadata.get("sources") or []
                     if as_json:
@@ -245,6 +247,7 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                             "latency_ms": event.usage.latency_ms,
                             "model": event.model,
                             "sources": await _source_details(app, sources),
+                            "tool_calls": event.metadata.get("tool_calls", []),
                         }
                         print(json.dumps(result, ensure_ascii=False))
                     else:

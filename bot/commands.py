@@ -182,6 +182,24 @@ async def _sources(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply("\n".join(lines).rstrip(), conv)
 
 
+async def _tools(engine: Engine, conv: Conversation, args: str) -> Reply:
+    choice = args.strip().lower()
+    if choice in ("on", "off"):
+        updated = await engine.history.update_settings(conv.id, {"tools": choice == "on"})
+        return Reply(f"Tools are {choice} for this conversation.", updated)
+    if choice:
+        raise CommandError("Usage: /tools [on|off]")
+    tools = engine.tools_for(conv)
+    if not tools.tools:
+        return Reply("No tools are enabled in this conversation.", conv)
+    lines = ["**Tools the model may call here**", ""]
+    for tool in tools.tools.values():
+        params = ", ".join(tool.arguments.model_fields)
+        approval = " (asks you first)" if tool.needs_approval else ""
+        lines.append(f"- `{tool.name}({params})` — {tool.description}{approval}")
+    return Reply("\n".join(lines), conv)
+
+
 def _clip(text: str, limit: int) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -205,6 +223,9 @@ COMMANDS: dict[str, Command] = {
     "model": Command("/model", "the model: name, device, dtype, context window", _model),
     "docs": Command("/docs [on|off]", "search the team's documents for this conversation, or not", _docs),
     "sources": Command("/sources", "the passages the last reply drew on, with their scores", _sources),
+    "tools": Command(
+        "/tools [on|off]", "the tools the model may call here; on/off for this conversation", _tools
+    ),
 }
 
 

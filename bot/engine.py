@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import asdict
 from typing import Any
 
 from bot.commands import parse_command, run_command
@@ -26,6 +28,8 @@ from bot.retriever import (
     source_record,
     with_passages,
 )
+from bot.toolcalls import parse_tool_calls
+from bot.tools import ToolError, ToolRegistry
 from bot.types import (
     ChatMessage,
     CommandResult,
@@ -35,6 +39,8 @@ from bot.types import (
     Notice,
     Status,
     TextDelta,
+    ToolCall,
+    ToolStatus,
     TurnDone,
     TurnFailed,
     TurnStarted,
@@ -63,11 +69,13 @@ class Engine:
         history: History,
         settings: Settings,
         retriever: Retriever | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.model = model
         self.history = history
         self.settings = settings
         self.retriever = retriever
+        self.tools = tools
         self.window = min(model.info.context_window, settings.context.max_tokens)
         self.budget = PromptBudget(
             model,
@@ -185,7 +193,13 @@ class Engine:
         prompt_tokens = 0
         # Every nested stream is closed explicitly, so that an adapter closing this one reaches
         # the model at once (and the partial reply is stored) instead of at garbage collection.
-        async with aclosing(self._fit_prompt(conv, system_prompt, params)) as planning:
+        # Tool schemas ride in the prompt (the chat template renders them): keep room for them.
+        tools = self.tools_for(conv)
+        reserve = 0
+        if tools.tools:
+            probe = [ChatMessage("system", system_prompt)]
+            reserve = self.model.count_tokens(probe, tools.schemas()) - self.model.count_tokens(probe)
+        async with aclosing(self._fit_prompt(conv, system_prompt, params, reserve)) as planning:
             async for item in planning:
                 if isinstance(item, Notice):
                     yield item
@@ -223,13 +237,13 @@ class Engine:
         return kept
 
     async def _fit_prompt(
-        self, conv: Conversation, system_prompt: str, params: GenerationParams
+        self, conv: Conversation, system_prompt: str, params: GenerationParams, reserve: int = 0
     ) -> AsyncGenerator[Notice | tuple[list[ChatMessage], int], None]:
         """Plan the prompt; fold older turns into the running summary while they do not fit."""
         summary, until = conv.summary, conv.summary_until
         for _ in range(_MAX_FOLDS):
             turns = await self.history.load(conv.id, after_id=until)
-            plan = self.budget.plan(system_prompt, summary, turns, params.max_tokens)
+            plan = self.budget.plan(system_prompt, summary, turns, params.max_tokens + reserve)
             if not plan.fold:
                 yield plan.messages, plan.prompt_tokens
                 return
@@ -272,37 +286,99 @@ class Engine:
         params: GenerationParams,
         extra: dict[str, Any] | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """Stream the reply and store it: complete, interrupted (cancelled) or failed."""
-        extra = extra or {}
+        """Stream the reply, with tool rounds, and store it: complete, interrupted or failed."""
+        extra = dict(extra or {})
         model_name = self.model.info.name
         started = time.monotonic()
         first_token: float | None = None
         parts: list[str] = []
         finish: Finish | None = None
+        completion = 0
+        calls: list[ToolCall] = []
+        tools = self.tools_for(conv)
+        messages = list(prompt)
+        corrections = 0
 
         def usage() -> Usage:
             now = time.monotonic()
             return Usage(
                 prompt_tokens=finish.prompt_tokens if finish else prompt_tokens,
-                completion_tokens=finish.completion_tokens if finish else 0,
+                completion_tokens=completion + (0 if finish else len(parts)),
                 latency_ms=int((now - started) * 1000),
                 first_token_ms=int((first_token - started) * 1000) if first_token else None,
             )
 
+        def metadata() -> dict[str, Any]:
+            meta = dict(extra)
+            if calls:
+                meta["tool_calls"] = [asdict(call) for call in calls]
+            return meta
+
         try:
-            async with aclosing(self.model.stream(prompt, params)) as stream:
-                async for item in stream:
-                    if isinstance(item, Chunk):
-                        if first_token is None:
-                            first_token = time.monotonic()
-                        parts.append(item.text)
-                        yield TextDelta(item.text)
+            for round_number in range(self.settings.tools.max_rounds + 1):
+                offer = tools if tools.tools and round_number < self.settings.tools.max_rounds else None
+                schemas = offer.schemas() if offer else None
+                parts, finish = [], None
+                # With tools offered, text that starts like a call is held back until we know.
+                held: list[str] = []
+                streaming = offer is None
+                async with aclosing(self.model.stream(messages, params, schemas)) as stream:
+                    async for item in stream:
+                        if isinstance(item, Chunk):
+                            if first_token is None:
+                                first_token = time.monotonic()
+                            parts.append(item.text)
+                            if streaming:
+                                yield TextDelta(item.text)
+                                continue
+                            held.append(item.text)
+                            decided = _call_prefix("".join(held))
+                            if decided is False:
+                                streaming = True
+                                yield TextDelta("".join(held))
+                                held = []
+                        else:
+                            finish = item
+                completion += finish.completion_tokens if finish else len(parts)
+                output = "".join(parts)
+                parsed = parse_tool_calls(output) if offer is not None else None
+                if parsed is None or not (parsed.calls or parsed.malformed) or streaming:
+                    if held:
+                        yield TextDelta("".join(held))
+                    break
+                # A tool round: run the calls, hand the results back, generate again.
+                assert offer is not None
+                messages.append(ChatMessage("assistant", output))
+                problems = list(parsed.malformed and ["the tool call is not valid JSON"])
+                for found in parsed.calls:
+                    call = await self._call_tool(offer, found.name, found.arguments)
+                    calls.append(call)
+                    yield call
+                    if call.status == "invalid":
+                        problems.append(call.result)
                     else:
-                        finish = item
+                        messages.append(ChatMessage("tool", call.result))
+                if problems:
+                    corrections += 1
+                    hint = (
+                        "Your tool call could not be used: "
+                        + "; ".join(problems)
+                        + ". "
+                        + (
+                            "Call a tool again with valid JSON arguments, or answer directly."
+                            if corrections == 1
+                            else "Answer the user directly now, without tools."
+                        )
+                    )
+                    messages.append(ChatMessage("tool", hint))
+                    if corrections > 1:
+                        tools = ToolRegistry()
         except (asyncio.CancelledError, GeneratorExit):
             # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
             await asyncio.shield(
-                self._store_reply(conv, "".join(parts), "interrupted", usage(), model_name, params, extra)
+                self._store_reply(
+                    conv, "".join(parts), "interrupted", usage(), model_name, params, metadata()
+                )
             )
             raise
         except Exception as error:
@@ -314,7 +390,7 @@ class Engine:
                 usage(),
                 model_name,
                 params,
-                extra,
+                metadata(),
                 error=str(error) or type(error).__name__,
             )
             yield TurnFailed(
@@ -326,11 +402,46 @@ class Engine:
 
         status: Status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
         text = "".join(parts)
-        metadata: dict[str, Any] = {**extra, "finish_reason": finish.reason if finish else "stop"}
-        if "sources" in metadata:
-            metadata["sources"] = mark_cited(metadata["sources"], text)
-        stored = await self._store_reply(conv, text, status, usage(), model_name, params, metadata)
-        yield TurnDone(conv.id, stored.id, text, status, usage(), model_name, metadata)
+        meta: dict[str, Any] = {**metadata(), "finish_reason": finish.reason if finish else "stop"}
+        if "sources" in meta:
+            meta["sources"] = mark_cited(meta["sources"], text)
+        stored = await self._store_reply(conv, text, status, usage(), model_name, params, meta)
+        yield TurnDone(conv.id, stored.id, text, status, usage(), model_name, meta)
+
+    def tools_for(self, conv: Conversation) -> ToolRegistry:
+        """The tools this conversation may use (none when tools are off)."""
+        if self.tools is None or not self.settings.tools.enabled or not conv.settings.get("tools", True):
+            return ToolRegistry()
+        disabled = set(self.settings.tools.disabled)
+        return self.tools.only([name for name in self.tools.tools if name not in disabled])
+
+    async def _call_tool(self, tools: ToolRegistry, name: str, arguments: Any) -> ToolCall:
+        """Validate and run one call off the event loop, with a timeout; never raises."""
+        started = time.monotonic()
+
+        def done(result: str, status: ToolStatus, args: dict[str, Any]) -> ToolCall:
+            limit = self.settings.tools.result_max_chars
+            if len(result) > limit:
+                result = result[:limit] + f"… [cut at {limit} characters]"
+            return ToolCall(name, args, result, status, int((time.monotonic() - started) * 1000))
+
+        shown = arguments if isinstance(arguments, dict) else {"_": arguments}
+        try:
+            tool = tools.get(name)
+            checked = tool.validate(arguments)
+        except ToolError as error:
+            return done(str(error), "invalid", shown)
+        timeout = min(tool.timeout_s, self.settings.tools.timeout_s)
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(tool.function, **checked), timeout)
+        except TimeoutError:
+            return done(f"{name} did not finish within {timeout:g} s", "timeout", checked)
+        except ToolError as error:
+            return done(f"Error: {error}", "error", checked)
+        except Exception as error:
+            log.exception("tool %s failed", name)
+            return done(f"Error: {name} failed ({type(error).__name__})", "error", checked)
+        return done(result if isinstance(result, str) else json.dumps(result, default=str), "ok", checked)
 
     async def _store_reply(
         self,
@@ -369,6 +480,17 @@ class Engine:
                 metadata=meta,
             ),
         )
+
+
+def _call_prefix(text: str) -> bool | None:
+    """Whether a reply that starts with `text` is a tool call (True), is not (False), or may be (None)."""
+    start = text.lstrip()
+    if not start:
+        return None
+    for prefix in ("<tool_call>", "```", "{", "["):
+        if start.startswith(prefix) or (len(start) < len(prefix) and prefix.startswith(start)):
+            return True
+    return False
 
 
 def key_of(incoming: Incoming) -> ConversationKey:

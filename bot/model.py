@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 
@@ -36,8 +36,10 @@ class ChatModel(Protocol):
         """Name, device, dtype and context window."""
         ...
 
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of the prompt these messages render to (chat template and generation prompt)."""
+    def count_tokens(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        """Tokens of the prompt these messages (and tool schemas) render to, generation prompt included."""
         ...
 
     def count_text_tokens(self, text: str) -> int:
@@ -45,7 +47,10 @@ class ChatModel(Protocol):
         ...
 
     def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncGenerator[Chunk | Finish, None]:
-        """Generate a reply: `Chunk`s as text arrives, then exactly one `Finish`."""
+        """Generate a reply (`tools`: schemas for the chat template): `Chunk`s, then one `Finish`."""
         ...

@@ -80,16 +80,21 @@ class TransformersModel:
         """Name, device, dtype and context window."""
         return self._info
 
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of the prompt these messages render to, generation prompt included."""
-        return len(self._encode(messages))
+    def count_tokens(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        """Tokens of the prompt these messages (and tool schemas) render to, generation prompt included."""
+        return len(self._encode(messages, tools))
 
     def count_text_tokens(self, text: str) -> int:
         """Tokens of a bare piece of text."""
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncGenerator[Chunk | Finish, None]:
         """Generate in the worker thread; deltas arrive through a queue; closing cancels."""
         loop = asyncio.get_running_loop()
@@ -99,7 +104,9 @@ class TransformersModel:
         def emit(item: Chunk | Finish | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = loop.run_in_executor(self._executor, self._generate, list(messages), params, cancel, emit)
+        job = loop.run_in_executor(
+            self._executor, self._generate, list(messages), params, cancel, emit, list(tools or [])
+        )
         try:
             while True:
                 item = await queue.get()
@@ -122,6 +129,7 @@ class TransformersModel:
         params: GenerationParams,
         cancel: threading.Event,
         emit: Any,
+        tools: list[dict[str, Any]],
     ) -> None:
         try:
             if cancel.is_set():
@@ -133,7 +141,7 @@ class TransformersModel:
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                     return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
 
-            prompt = self._encode(messages)
+            prompt = self._encode(messages, tools)
             streamer = _DeltaStreamer(self._tokenizer, emit)
             input_ids = torch.tensor([prompt], device=self._model.device)
             config = self._generation_config(params)
@@ -186,10 +194,20 @@ class TransformersModel:
             config.top_k = params.top_k if params.top_k > 0 else None
         return config
 
-    def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(
-            [message.as_dict() for message in messages], tokenize=False, add_generation_prompt=True
-        )
+    def _encode(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        rendered = [message.as_dict() for message in messages]
+        try:
+            text = self._tokenizer.apply_chat_template(
+                rendered, tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # a template without a "tool" role or without tools support
+            plain = [
+                {"role": "user", "content": f"Tool result:\n{m['content']}"} if m["role"] == "tool" else m
+                for m in rendered
+            ]
+            text = self._tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
         # The template already wrote any BOS it wants.
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 

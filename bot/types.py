@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -97,6 +98,29 @@ class Notice:
     text: str
 
 
+ToolStatus = Literal["ok", "error", "timeout", "invalid"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model called a tool: what with, what came back, how it went."""
+
+    name: str
+    arguments: dict[str, Any]
+    result: str
+    status: ToolStatus
+    duration_ms: int
+
+    def summary(self, limit: int = 120) -> str:
+        """One line: `calculator(expression="1234*5678") → 7006652`."""
+        args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in self.arguments.items())
+        result = " ".join(self.result.split())
+        if len(result) > limit:
+            result = result[: limit - 1] + "…"
+        mark = "→" if self.status == "ok" else f"✗ {self.status}:"
+        return f"{self.name}({args}) {mark} {result}"
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """The answer to a /command (Markdown)."""
@@ -129,4 +153,4 @@ class TurnFailed:
     message_id: int | None = None
 
 
-Event = TurnStarted | TextDelta | Notice | CommandResult | TurnDone | TurnFailed
+Event = TurnStarted | TextDelta | Notice | ToolCall | CommandResult | TurnDone | TurnFailed

@@ -92,6 +92,16 @@ class RetrievalSettings(_Section):
         return self
 
 
+class ToolsSettings(_Section):
+    """Tools the model may call during a turn."""
+
+    enabled: bool = True
+    disabled: list[str] = Field(default_factory=list)
+    max_rounds: int = Field(default=3, ge=1, le=10)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    result_max_chars: int = Field(default=2000, ge=100, le=50_000)
+
+
 class StorageSettings(_Section):
     """Where the conversation history lives."""
 
@@ -127,6 +137,7 @@ class Settings(BaseSettings):
     chat: ChatSettings = ChatSettings()
     context: ContextSettings = ContextSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    tools: ToolsSettings = ToolsSettings()
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
 

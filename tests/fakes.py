@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.model import Chunk, Finish
 from bot.types import ChatMessage, GenerationParams, ModelInfo
@@ -37,6 +39,7 @@ class FakeModel:
     responder: Callable[[list[ChatMessage]], list[str] | None] | None = None
     before_stream: Callable[[], Awaitable[None]] | None = None
     cancelled: int = 0
+    tools: list[list[dict[str, Any]] | None] = field(default_factory=list)
 
     @property
     def info(self) -> ModelInfo:
@@ -54,16 +57,24 @@ class FakeModel:
     def count_text_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        # "<|im_start|>role\n" + content + "<|im_end|>\n" per message, plus the generation prompt.
-        return sum(self.count_text_tokens(m.content) + 3 for m in messages) + 2
+    def count_tokens(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        # "<|im_start|>role\n" + content + "<|im_end|>\n" per message, plus the generation prompt;
+        # tool schemas cost their JSON's words.
+        schemas = sum(self.count_text_tokens(json.dumps(t)) for t in tools or [])
+        return sum(self.count_text_tokens(m.content) + 3 for m in messages) + 2 + schemas
 
     async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncGenerator[Chunk | Finish, None]:
         prompt = list(messages)
         self.prompts.append(prompt)
         self.params.append(params)
+        self.tools.append(list(tools) if tools else None)
         if self.before_stream is not None:
             await self.before_stream()
         answer = self.responder(prompt) if self.responder else None

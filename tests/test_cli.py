@@ -62,6 +62,7 @@ def test_ask_json_then_continue_from_stdin(tmp_path: Path) -> None:
         "latency_ms",
         "model",
         "sources",
+        "tool_calls",
     }
     assert answer["sources"] == []  # nothing ingested in this data dir
     assert answer["text"].strip() and answer["completion_tokens"] > 0

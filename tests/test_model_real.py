@@ -304,3 +304,31 @@ async def test_default_model_answers_from_an_ingested_document_and_cites_it(tmp_
     assert "heron-42-violet" in done.text.lower()  # only the document knows it
     [source] = done.metadata["sources"]
     assert source["title"] == "Larkspur office guide" and source["location"].endswith("Wifi")
+
+
+@pytest.mark.model
+@pytest.mark.default_model
+async def test_default_model_uses_the_calculator(tmp_path: Path) -> None:
+    from bot.app import default_tools
+    from bot.types import ToolCall
+
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        model={"name": DEFAULT},
+        generation={"temperature": 0.0, "max_tokens": 120},
+        retrieval={"enabled": False},
+    )
+    model = await asyncio.to_thread(
+        TransformersModel.load, settings.model, settings.model_cache_dir, progress=False
+    )
+    history = await SqlHistory.open(settings)
+    try:
+        engine = Engine(model, history, settings, tools=default_tools())
+        incoming = Incoming(text="What is 1234 * 5678?", platform="terminal", channel="t")
+        events = [event async for event in engine.handle(incoming)]
+    finally:
+        await history.close()
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert calls and calls[0].name == "calculator" and calls[0].result == "7006652", calls
+    done = events[-1]
+    assert isinstance(done, TurnDone) and "7006652" in done.text.replace(",", "")

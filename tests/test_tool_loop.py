@@ -1,0 +1,162 @@
+"""The tool loop in the engine, with scripted FakeModel calls in every syntax and every way to fail."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bot.app import default_tools
+from bot.engine import Engine
+from bot.tools import Tool, ToolRegistry
+from bot.types import CommandResult, Event, Incoming, TextDelta, ToolCall, TurnDone
+from config import Settings
+from storage import SqlHistory
+from tests.fakes import FakeModel
+
+CALL = '{"name": "calculator", "arguments": {"expression": "1234*5678"}}'
+
+
+def said(text: str) -> Incoming:
+    return Incoming(text=text, platform="terminal", channel="c", thread="t")
+
+
+async def run(engine: Engine, text: str) -> list[Event]:
+    return [event async for event in engine.handle(said(text))]
+
+
+@pytest.fixture
+def tool_engine(model: FakeModel, history: SqlHistory, settings: Settings) -> Engine:
+    return Engine(model, history, settings, tools=default_tools())
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        f"```json\n{CALL}\n```",
+        f"<tool_call>\n{CALL}\n</tool_call>",
+        CALL,
+    ],
+)
+async def test_a_call_in_any_syntax_runs_the_tool_and_the_model_answers_with_its_result(
+    tool_engine: Engine, model: FakeModel, history: SqlHistory, call: str
+) -> None:
+    model.enqueue(*call.split(" "))
+    model.enqueue("1234", " times", " 5678", " is", " 7006652.")
+    events = await run(tool_engine, "What is 1234 * 5678?")
+
+    [tool] = [e for e in events if isinstance(e, ToolCall)]
+    assert (tool.name, tool.arguments, tool.result, tool.status) == (
+        "calculator",
+        {"expression": "1234*5678"},
+        "7006652",
+        "ok",
+    )
+    assert tool.summary() == 'calculator(expression="1234*5678") → 7006652'
+    streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert streamed == "1234 times 5678 is 7006652."  # the call itself never reaches the chat
+    done = events[-1]
+    assert isinstance(done, TurnDone) and done.text == streamed
+
+    assert model.tools[0] is not None and {t["function"]["name"] for t in model.tools[0]} >= {"calculator"}
+    second = model.prompts[1]
+    assert (second[-2].role, second[-1].role, second[-1].content) == ("assistant", "tool", "7006652")
+    [_, reply] = await history.load(done.conversation_id)
+    [stored] = reply.metadata["tool_calls"]
+    assert stored["name"] == "calculator" and stored["status"] == "ok" and stored["duration_ms"] >= 0
+    assert done.usage.completion_tokens == len(call.split(" ")) + 5
+
+
+async def test_an_invented_tool_gets_one_correction_naming_the_real_ones(
+    tool_engine: Engine, model: FakeModel
+) -> None:
+    model.enqueue('{"name": "weather", "arguments": {"city": "Oslo"}}')
+    model.enqueue("I cannot check the weather.")
+    events = await run(tool_engine, "Weather in Oslo?")
+    [tool] = [e for e in events if isinstance(e, ToolCall)]
+    assert tool.status == "invalid" and "the tools are: calculator, clock, days_between" in tool.result
+    hint = model.prompts[1][-1]
+    assert hint.role == "tool" and "Call a tool again with valid JSON" in hint.content
+    assert isinstance(events[-1], TurnDone) and events[-1].text == "I cannot check the weather."
+
+
+async def test_bad_arguments_then_broken_json_end_with_an_answer_without_tools(
+    tool_engine: Engine, model: FakeModel
+) -> None:
+    model.enqueue('{"name": "calculator", "arguments": {"expr": "2+2"}}')
+    model.enqueue('<tool_call>{"name": "calculator", "arguments": {"expression": 2+</tool_call>')
+    model.enqueue("It is 4.")
+    events = await run(tool_engine, "2+2?")
+    [tool] = [e for e in events if isinstance(e, ToolCall)]
+    assert tool.status == "invalid" and "expression: Field required" in tool.result
+    assert "Answer the user directly now, without tools" in model.prompts[2][-1].content
+    assert model.tools[2] is None  # the last round offers no tools
+    assert isinstance(events[-1], TurnDone) and events[-1].text == "It is 4."
+
+
+async def test_a_slow_or_failing_tool_never_breaks_the_turn(
+    model: FakeModel, history: SqlHistory, settings: Settings
+) -> None:
+    def slow(seconds: float) -> str:
+        """Sleep a while."""
+        time.sleep(seconds)
+        return "awake"
+
+    def broken(value: int) -> str:
+        """Always fails."""
+        raise RuntimeError("disk on fire")
+
+    registry = ToolRegistry()
+    registry.add(Tool.from_function(slow, timeout_s=0.2))
+    registry.add(Tool.from_function(broken))
+    engine = Engine(model, history, settings, tools=registry)
+    model.enqueue('<tool_call>{"name": "slow", "arguments": {"seconds": 3}}</tool_call>')
+    model.enqueue('<tool_call>{"name": "broken", "arguments": {"value": 1}}</tool_call>')
+    model.enqueue("Sorry, the tools failed.")
+    started = time.monotonic()
+    events = await run(engine, "try the tools")
+    assert time.monotonic() - started < 2.5
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert [(c.name, c.status) for c in calls] == [("slow", "timeout"), ("broken", "error")]
+    assert "did not finish within 0.2 s" in calls[0].result and "RuntimeError" in calls[1].result
+    assert "disk on fire" not in calls[1].result  # internals stay in the log
+    assert isinstance(events[-1], TurnDone) and events[-1].text == "Sorry, the tools failed."
+
+
+async def test_rounds_are_bounded(tool_engine: Engine, model: FakeModel, settings: Settings) -> None:
+    for _ in range(settings.tools.max_rounds):
+        model.enqueue(CALL)
+    model.enqueue("Done calculating.")
+    events = await run(tool_engine, "keep calculating")
+    assert len([e for e in events if isinstance(e, ToolCall)]) == settings.tools.max_rounds
+    assert model.tools[-1] is None and len(model.prompts) == settings.tools.max_rounds + 1
+    assert isinstance(events[-1], TurnDone) and events[-1].text == "Done calculating."
+
+
+async def test_a_tool_result_cannot_grant_new_tools(tool_engine: Engine, model: FakeModel) -> None:
+    model.enqueue('{"name": "clock", "arguments": {"timezone": "UTC"}}')
+    # As if the result had told the model to do something else: the tool set does not change.
+    model.enqueue('{"name": "delete_everything", "arguments": {}}')
+    model.enqueue("I will not do that.")
+    events = await run(tool_engine, "what time is it")
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert [(c.name, c.status) for c in calls] == [("clock", "ok"), ("delete_everything", "invalid")]
+
+
+async def test_plain_answers_still_stream_while_tools_are_offered(
+    tool_engine: Engine, model: FakeModel
+) -> None:
+    model.enqueue("Hello", " there,", " friend!")
+    events = await run(tool_engine, "hi")
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert "".join(deltas) == "Hello there, friend!" and len(deltas) == 3
+    assert not any(isinstance(e, ToolCall) for e in events)
+
+
+async def test_tools_command_lists_and_switches_tools(tool_engine: Engine, model: FakeModel) -> None:
+    listed = (await run(tool_engine, "/tools"))[-1]
+    assert isinstance(listed, CommandResult) and "`calculator(expression)`" in listed.text
+    off = (await run(tool_engine, "/tools off"))[-1]
+    assert isinstance(off, CommandResult) and "off" in off.text
+    await run(tool_engine, "hello")
+    assert model.tools[-1] is None
