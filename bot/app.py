@@ -12,10 +12,11 @@ from logging.handlers import RotatingFileHandler
 
 from bot.builtin_tools import builtin_tools
 from bot.engine import Engine
+from bot.errors import ChinwagError
 from bot.history import History
 from bot.model import ChatModel
 from bot.retriever import Retriever
-from bot.tools import ToolRegistry
+from bot.tools import ToolRegistry, tools_from_module
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,17 @@ async def open_retriever(settings: Settings) -> Retriever | None:
         return None
 
 
-def default_tools() -> ToolRegistry:
-    """The built-in tools (which ones a conversation gets is decided per turn from the settings)."""
+def default_tools(settings: Settings | None = None) -> ToolRegistry:
+    """The built-in tools and the operator's (which ones a conversation gets is decided per turn)."""
     registry = ToolRegistry()
     for tool in builtin_tools():
         registry.add(tool)
+    for module in settings.tools.modules if settings else []:
+        for tool in tools_from_module(module):
+            try:
+                registry.add(tool)
+            except ValueError as error:
+                raise ChinwagError(f"tools.modules: {module}: {error}") from None
     return registry
 
 
@@ -97,7 +104,7 @@ async def running(
         if model is None:
             model = await asyncio.to_thread(load_model, settings, progress)
         retriever = await open_retriever(settings)
-        engine = Engine(model, history, settings, retriever, default_tools())
+        engine = Engine(model, history, settings, retriever, default_tools(settings))
         log.info("started: model=%s window=%s docs=%s", model.info.name, engine.window, retriever is not None)
         yield App(settings, model, history, engine, retriever)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from bot.retriever import (
     PASSAGES_INTRO,
     Passage,
     Retriever,
+    cite_label,
     mark_cited,
     passage_block,
     scopes_for,
@@ -29,7 +31,7 @@ from bot.retriever import (
     with_passages,
 )
 from bot.toolcalls import parse_tool_calls
-from bot.tools import ToolError, ToolRegistry
+from bot.tools import Tool, ToolError, ToolRegistry
 from bot.types import (
     ChatMessage,
     CommandResult,
@@ -413,7 +415,33 @@ class Engine:
         if self.tools is None or not self.settings.tools.enabled or not conv.settings.get("tools", True):
             return ToolRegistry()
         disabled = set(self.settings.tools.disabled)
-        return self.tools.only([name for name in self.tools.tools if name not in disabled])
+        tools = self.tools.only([name for name in self.tools.tools if name not in disabled])
+        if self.docs_enabled(conv) and "search_documents" not in disabled:
+            tools.add(self._document_search(conv))
+        return tools
+
+    def _document_search(self, conv: Conversation) -> Tool:
+        """The document store as a tool, bound to the scopes this conversation may see."""
+        retriever = self.retriever
+        assert retriever is not None
+        scopes = scopes_for(conv.key.scope)
+        min_score = self.settings.retrieval.min_score
+
+        async def search_documents(query: str, k: int = 4) -> str:
+            """Search the team's documents and return the best passages with their sources.
+
+            Args:
+                query: what to look for, in a few words.
+                k: how many passages to return (1-8).
+            """
+            found = [
+                p for p in await retriever.search(query, scopes, max(1, min(k, 8))) if p.score >= min_score
+            ]
+            if not found:
+                return "No passage in the team's documents matches that."
+            return "\n\n".join(f"[{cite_label(p)}] (score {p.score:.2f})\n{p.text.strip()}" for p in found)
+
+        return Tool.from_function(search_documents, timeout_s=10.0)
 
     async def _call_tool(self, tools: ToolRegistry, name: str, arguments: Any) -> ToolCall:
         """Validate and run one call off the event loop, with a timeout; never raises."""
@@ -431,9 +459,15 @@ class Engine:
             checked = tool.validate(arguments)
         except ToolError as error:
             return done(str(error), "invalid", shown)
+        if tool.needs_approval:
+            # Asking the user (REPL y/N, chat buttons) is not built yet: never run it unasked.
+            return done(f"{name} needs the user's approval, which cannot be asked here", "error", checked)
         timeout = min(tool.timeout_s, self.settings.tools.timeout_s)
         try:
-            result = await asyncio.wait_for(asyncio.to_thread(tool.function, **checked), timeout)
+            if inspect.iscoroutinefunction(tool.function):
+                result = await asyncio.wait_for(tool.function(**checked), timeout)
+            else:
+                result = await asyncio.wait_for(asyncio.to_thread(tool.function, **checked), timeout)
         except TimeoutError:
             return done(f"{name} did not finish within {timeout:g} s", "timeout", checked)
         except ToolError as error:

@@ -118,6 +118,59 @@ class ToolRegistry:
         return ToolRegistry({n: t for n, t in self.tools.items() if n in names})
 
 
+def tool(
+    function: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    needs_approval: bool = False,
+    timeout_s: float = 10.0,
+) -> Any:
+    """Mark a function in an operator's module as a tool, with options (usable bare: `@tool`)."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__chinwag_tool__ = {  # type: ignore[attr-defined]
+            "name": name,
+            "needs_approval": needs_approval,
+            "timeout_s": timeout_s,
+        }
+        return fn
+
+    return mark(function) if function is not None else mark
+
+
+def tools_from_module(module_name: str) -> list[Tool]:
+    """The tools an operator's module offers: functions marked with `@tool`, else its public functions."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ChinwagError(
+            f"tools.modules: cannot import {module_name!r} ({type(error).__name__}: {error})"
+        ) from None
+    functions = [
+        value
+        for key, value in vars(module).items()
+        if inspect.isfunction(value) and value.__module__ == module.__name__ and not key.startswith("_")
+    ]
+    marked = [f for f in functions if hasattr(f, "__chinwag_tool__")]
+    found = []
+    for function in marked or functions:
+        options = getattr(function, "__chinwag_tool__", {})
+        try:
+            found.append(
+                Tool.from_function(
+                    function,
+                    name=options.get("name"),
+                    needs_approval=options.get("needs_approval", False),
+                    timeout_s=options.get("timeout_s", 10.0),
+                )
+            )
+        except ValueError as error:
+            raise ChinwagError(f"tools.modules: {module_name}.{function.__name__}: {error}") from None
+    return found
+
+
 def _arg_descriptions(doc: str) -> dict[str, str]:
     """`name: text` lines of a Google-style "Args:" section."""
     match = re.search(r"^(?:Args|Arguments|Parameters):\s*\n((?:[ \t]+.*\n?)+)", doc, re.MULTILINE)

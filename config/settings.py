@@ -97,6 +97,7 @@ class ToolsSettings(_Section):
 
     enabled: bool = True
     disabled: list[str] = Field(default_factory=list)
+    modules: list[str] = Field(default_factory=list)
     max_rounds: int = Field(default=3, ge=1, le=10)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     result_max_chars: int = Field(default=2000, ge=100, le=50_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,64 @@ async def test_tools_command_lists_and_switches_tools(tool_engine: Engine, model
     assert isinstance(off, CommandResult) and "off" in off.text
     await run(tool_engine, "hello")
     assert model.tools[-1] is None
+
+
+async def test_document_search_is_a_tool_bound_to_the_conversations_scopes(
+    model: FakeModel, history: SqlHistory, settings: Settings, tmp_path: Path
+) -> None:
+    from retrieval.store import DocumentStore
+
+    (tmp_path / "mine.md").write_text("# Depot\n\nThe depot gate code is 7781.\n")
+    (tmp_path / "theirs.md").write_text("# Depot\n\nThe other depot gate code is 5520.\n")
+    store = DocumentStore.open(settings)
+    store.ingest([tmp_path / "mine.md"], scope="local")
+    store.ingest([tmp_path / "theirs.md"], scope="T-other")
+    engine = Engine(model, history, settings, store, default_tools())
+    model.enqueue('{"name": "search_documents", "arguments": {"query": "depot gate code"}}')
+    model.enqueue("The code is 7781.")
+    events = await run(engine, "What is the depot gate code?")
+    [call] = [e for e in events if isinstance(e, ToolCall)]
+    assert call.status == "ok" and "7781" in call.result and "5520" not in call.result
+    assert "[Depot]" in call.result
+
+
+async def test_operator_tools_come_from_a_module(
+    model: FakeModel, history: SqlHistory, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "acme_tools.py").write_text(
+        "from bot.tools import tool\n\n\n"
+        "@tool\n"
+        "def stock_level(sku: str) -> int:\n"
+        '    """Units of a product in the warehouse."""\n'
+        "    return {'A-1': 12}.get(sku, 0)\n\n\n"
+        "@tool(needs_approval=True)\n"
+        "def cancel_order(order_id: int) -> str:\n"
+        '    """Cancel an order."""\n'
+        "    raise AssertionError('must not run without approval')\n\n\n"
+        "def helper(x: int) -> int:\n"
+        '    """Not marked, so not a tool when others are marked."""\n'
+        "    return x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    configured = settings.model_copy(
+        update={"tools": settings.tools.model_copy(update={"modules": ["acme_tools"]})}
+    )
+    registry = default_tools(configured)
+    assert {"stock_level", "cancel_order"} <= set(registry.tools) and "helper" not in registry.tools
+    engine = Engine(model, history, configured, tools=registry)
+    model.enqueue('{"name": "stock_level", "arguments": {"sku": "A-1"}}')
+    model.enqueue('{"name": "cancel_order", "arguments": {"order_id": 9}}')
+    model.enqueue("Done.")
+    calls = [e for e in await run(engine, "check stock then cancel 9") if isinstance(e, ToolCall)]
+    assert (calls[0].name, calls[0].status, calls[0].result) == ("stock_level", "ok", "12")
+    assert calls[1].status == "error" and "needs the user's approval" in calls[1].result
+
+
+def test_a_broken_tools_module_is_a_clear_error(settings: Settings) -> None:
+    from bot.errors import ChinwagError
+
+    configured = settings.model_copy(
+        update={"tools": settings.tools.model_copy(update={"modules": ["no_such_mod"]})}
+    )
+    with pytest.raises(ChinwagError, match="tools.modules: cannot import 'no_such_mod'"):
+        default_tools(configured)
