@@ -220,5 +220,5 @@ def test_a_broken_tools_module_is_a_clear_error(settings: Settings) -> None:
     configured = settings.model_copy(
         update={"tools": settings.tools.model_copy(update={"modules": ["no_such_mod"]})}
     )
-    with pytest.raises(ChinwagError, match="tools.modules: cannot import 'no_such_mod'"):
+    with pytest.raises(ChinwagError, match=r"tools\.modules: cannot import 'no_such_mod'"):
         default_tools(configured)
