@@ -14,6 +14,7 @@ from bot.builtin_tools import builtin_tools
 from bot.engine import Engine
 from bot.errors import ChinwagError
 from bot.history import History
+from bot.http_tool import http_tool
 from bot.model import ChatModel
 from bot.retriever import Retriever
 from bot.tools import ToolRegistry, tools_from_module
@@ -74,6 +75,8 @@ def default_tools(settings: Settings | None = None) -> ToolRegistry:
     registry = ToolRegistry()
     for tool in builtin_tools():
         registry.add(tool)
+    if settings is not None and (http := http_tool(settings.tools)) is not None:
+        registry.add(http)
     for module in settings.tools.modules if settings else []:
         for tool in tools_from_module(module):
             try:

@@ -101,6 +101,10 @@ class ToolsSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=10)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     result_max_chars: int = Field(default=2000, ge=100, le=50_000)
+    http_allow_hosts: list[str] = Field(default_factory=list)
+    http_allow_private: bool = False
+    http_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    http_max_bytes: int = Field(default=200_000, ge=1000, le=10_000_000)
 
 
 class StorageSettings(_Section):

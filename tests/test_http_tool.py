@@ -1,0 +1,109 @@
+"""http_get_json against a real local HTTP server: allowed and blocked hosts, redirects, size, time."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bot.http_tool import fetch_json, http_tool
+from bot.tools import ToolError
+from config.settings import ToolsSettings
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        routes = {
+            "/shipments/42": (200, {"id": 42, "status": "in_transit"}),
+            "/missing": (404, {"error": "not found"}),
+        }
+        if self.path == "/moved":
+            self._send(302, b"", {"Location": "/shipments/42"})
+        elif self.path == "/escape":
+            self._send(302, b"", {"Location": f"http://localhost:{port}/shipments/42"})
+        elif self.path == "/big":
+            self._send(200, json.dumps({"data": "x" * 50_000}).encode())
+        elif self.path == "/slow":
+            time.sleep(2)
+            self._send(200, b"{}")
+        elif self.path == "/html":
+            self._send(200, b"<html>hi</html>", {"Content-Type": "text/html"})
+        else:
+            status, body = routes.get(self.path, (404, {"error": "no route"}))
+            self._send(status, json.dumps(body).encode())
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {"Content-Type": "application/json"}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+ALLOWED = {"127.0.0.1"}
+
+
+def get(url: str, allow_private: bool = True, timeout: float = 1.0, max_bytes: int = 10_000) -> str:
+    return fetch_json(url, ALLOWED, allow_private, timeout, max_bytes)
+
+
+def test_json_from_an_allowed_host(server: str) -> None:
+    assert json.loads(get(f"{server}/shipments/42")) == {"id": 42, "status": "in_transit"}
+    assert json.loads(get(f"{server}/moved")) == {"id": 42, "status": "in_transit"}  # redirect kept in bounds
+
+
+def test_hosts_off_the_list_and_redirects_to_them_are_refused(server: str) -> None:
+    with pytest.raises(ToolError, match=r"'example\.org' is not an allowed host"):
+        get("http://example.org/x")
+    port = server.rsplit(":", 1)[1]
+    with pytest.raises(ToolError, match="'localhost' is not an allowed host"):
+        get(f"{server}/escape")
+    with pytest.raises(ToolError, match="only http and https"):
+        get(f"file:///etc/passwd?{port}")
+
+
+def test_private_addresses_need_to_be_allowed_explicitly(server: str) -> None:
+    with pytest.raises(ToolError, match=r"resolves to a private address \(127\.0\.0\.1\)"):
+        get(f"{server}/shipments/42", allow_private=False)
+
+
+def test_size_time_status_and_content_are_checked(server: str) -> None:
+    with pytest.raises(ToolError, match="larger than 10,000 bytes"):
+        get(f"{server}/big")
+    started = time.monotonic()
+    with pytest.raises(ToolError, match=r"no answer within 0\.3 s"):
+        get(f"{server}/slow", timeout=0.3)
+    assert time.monotonic() - started < 1.5
+    with pytest.raises(ToolError, match="HTTP 404"):
+        get(f"{server}/missing")
+    with pytest.raises(ToolError, match="not JSON"):
+        get(f"{server}/html")
+
+
+def test_the_tool_exists_only_with_allowed_hosts_and_says_which() -> None:
+    assert http_tool(ToolsSettings()) is None
+    tool = http_tool(ToolsSettings(http_allow_hosts=["api.example.com"]))
+    assert tool is not None and tool.name == "http_get_json"
+    assert "Allowed hosts: api.example.com." in tool.description
+    assert tool.schema()["function"]["parameters"]["required"] == ["url"]
