@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.markdown import Markdown
@@ -35,8 +35,10 @@ PROMPT = "you › "
 class Handler(Protocol):
     """What the REPL needs of the engine."""
 
-    def handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
-        """Answer one message as a stream of events."""
+    def handle(
+        self, incoming: Incoming, approve: Callable[[Any], Awaitable[bool]] | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """Answer one message as a stream of events; `approve` is asked before sensitive tools run."""
         ...
 
 
@@ -193,8 +195,21 @@ class Repl:
         waiting = self.console.is_terminal and not text.startswith("/")
         if waiting:
             status.start()
+
+        async def approve(request: Any) -> bool:
+            # The spinner would draw over the question.
+            nonlocal waiting
+            if waiting:
+                status.stop()
+                waiting = False
+            view.finish(render=False)
+            args = ", ".join(f"{k}={v!r}" for k, v in request.arguments.items())
+            question = f"⚙ {request.name}({args}) needs your approval. Run it? [y/N] "
+            answer = await asyncio.to_thread(self._ask, question)
+            return answer.strip().lower() in ("y", "yes")
+
         try:
-            async with aclosing(self.handler.handle(self.session.incoming(text))) as events:
+            async with aclosing(self.handler.handle(self.session.incoming(text), approve)) as events:
                 async for event in events:
                     if waiting and isinstance(event, (TextDelta, TurnDone, TurnFailed, CommandResult)):
                         status.stop()
@@ -204,6 +219,12 @@ class Repl:
             if waiting:
                 status.stop()
             view.finish(render=False)  # no-op when the reply already finished
+
+    def _ask(self, question: str) -> str:
+        """One line from the user (no prompt_toolkit session is reading while a reply runs)."""
+        self.console.print(Text(question, style="yellow"), end="")
+        line = sys.stdin.readline()
+        return line
 
     def _on(self, event: Event, view: StreamView) -> None:
         if isinstance(event, TurnStarted):

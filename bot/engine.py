@@ -8,9 +8,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bot.commands import parse_command, run_command
@@ -113,10 +113,16 @@ class Engine:
 
     # One turn -------------------------------------------------------------------------
 
-    async def handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
-        """Answer one incoming message (or command) as a stream of events."""
+    async def handle(
+        self, incoming: Incoming, approve: Approver | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """Answer one incoming message (or command) as a stream of events.
+
+        `approve` asks the user whether a tool marked `needs_approval` may run (the REPL asks y/N);
+        without it such tools never run.
+        """
         try:
-            async with aclosing(self._handle(incoming)) as events:
+            async with aclosing(self._handle(incoming, approve)) as events:
                 async for event in events:
                     yield event
         except ChinwagError as error:
@@ -126,7 +132,7 @@ class Engine:
             log.exception("turn failed unexpectedly (platform=%s)", incoming.platform)
             yield TurnFailed("Something went wrong on our side and was logged; your message was kept.")
 
-    async def _handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
+    async def _handle(self, incoming: Incoming, approve: Approver | None) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)
         text = incoming.text.strip()
 
@@ -208,7 +214,7 @@ class Engine:
                 else:
                     prompt, prompt_tokens = item
         extra = {"sources": sources} if self.docs_enabled(conv) else {}
-        async with aclosing(self._generate(conv, prompt, prompt_tokens, params, extra)) as answer:
+        async with aclosing(self._generate(conv, prompt, prompt_tokens, params, extra, approve)) as answer:
             async for event in answer:
                 yield event
 
@@ -287,6 +293,7 @@ class Engine:
         prompt_tokens: int,
         params: GenerationParams,
         extra: dict[str, Any] | None = None,
+        approve: Approver | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Stream the reply, with tool rounds, and store it: complete, interrupted or failed."""
         extra = dict(extra or {})
@@ -353,7 +360,7 @@ class Engine:
                 messages.append(ChatMessage("assistant", output))
                 problems = list(parsed.malformed and ["the tool call is not valid JSON"])
                 for found in parsed.calls:
-                    call = await self._call_tool(offer, found.name, found.arguments)
+                    call = await self._call_tool(offer, found.name, found.arguments, approve)
                     calls.append(call)
                     yield call
                     if call.status == "invalid":
@@ -443,7 +450,9 @@ class Engine:
 
         return Tool.from_function(search_documents, timeout_s=10.0)
 
-    async def _call_tool(self, tools: ToolRegistry, name: str, arguments: Any) -> ToolCall:
+    async def _call_tool(
+        self, tools: ToolRegistry, name: str, arguments: Any, approve: Approver | None = None
+    ) -> ToolCall:
         """Validate and run one call off the event loop, with a timeout; never raises."""
         started = time.monotonic()
 
@@ -460,8 +469,12 @@ class Engine:
         except ToolError as error:
             return done(str(error), "invalid", shown)
         if tool.needs_approval:
-            # Asking the user (REPL y/N, chat buttons) is not built yet: never run it unasked.
-            return done(f"{name} needs the user's approval, which cannot be asked here", "error", checked)
+            if approve is None:
+                return done(f"{name} needs the user's approval, which cannot be asked here", "error", checked)
+            asked = time.monotonic()
+            if not await approve(ApprovalRequest(name, checked, tool.description)):
+                return done(f"The user declined to run {name}", "error", checked)
+            started += time.monotonic() - asked  # the user's thinking time is not the tool's
         timeout = min(tool.timeout_s, self.settings.tools.timeout_s)
         try:
             if inspect.iscoroutinefunction(tool.function):
@@ -514,6 +527,18 @@ class Engine:
                 metadata=meta,
             ),
         )
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """A tool call waiting for the user's yes or no."""
+
+    name: str
+    arguments: dict[str, Any]
+    description: str
+
+
+Approver = Callable[[ApprovalRequest], Awaitable[bool]]
 
 
 def _call_prefix(text: str) -> bool | None:

@@ -222,3 +222,40 @@ def test_a_broken_tools_module_is_a_clear_error(settings: Settings) -> None:
     )
     with pytest.raises(ChinwagError, match=r"tools\.modules: cannot import 'no_such_mod'"):
         default_tools(configured)
+
+
+async def test_a_tool_that_needs_approval_runs_only_when_the_user_says_yes(
+    model: FakeModel, history: SqlHistory, settings: Settings
+) -> None:
+    ran: list[int] = []
+
+    def cancel_order(order_id: int) -> str:
+        """Cancel an order."""
+        ran.append(order_id)
+        return f"order {order_id} cancelled"
+
+    registry = ToolRegistry()
+    registry.add(Tool.from_function(cancel_order, needs_approval=True))
+    engine = Engine(model, history, settings, tools=registry)
+    asked: list[tuple[str, dict[str, object]]] = []
+
+    def answering(answer: bool):  # type: ignore[no-untyped-def]
+        async def approve(request):  # type: ignore[no-untyped-def]
+            asked.append((request.name, request.arguments))
+            return answer
+
+        return approve
+
+    call = '{"name": "cancel_order", "arguments": {"order_id": 7}}'
+    model.enqueue(call)
+    model.enqueue("Not cancelled.")
+    no = [e async for e in engine.handle(said("cancel 7"), answering(False))]
+    model.enqueue(call)
+    model.enqueue("Cancelled.")
+    yes = [e async for e in engine.handle(said("cancel 7, really"), answering(True))]
+
+    assert asked == [("cancel_order", {"order_id": 7})] * 2
+    [declined] = [e for e in no if isinstance(e, ToolCall)]
+    [accepted] = [e for e in yes if isinstance(e, ToolCall)]
+    assert (declined.status, declined.result) == ("error", "The user declined to run cancel_order")
+    assert (accepted.status, accepted.result) == ("ok", "order 7 cancelled") and ran == [7]
