@@ -324,13 +324,15 @@ class Engine:
             return meta
 
         try:
+            ran: dict[str, ToolCall] = {}
             for round_number in range(self.settings.tools.max_rounds + 1):
                 offer = tools if tools.tools and round_number < self.settings.tools.max_rounds else None
                 schemas = offer.schemas() if offer else None
                 parts, finish = [], None
-                # With tools offered, text that starts like a call is held back until we know.
+                # While a call is possible (tools offered, or tools already used this turn), text
+                # that starts like a call is held back until we know.
                 held: list[str] = []
-                streaming = offer is None
+                streaming = offer is None and not calls
                 async with aclosing(self.model.stream(messages, params, schemas)) as stream:
                     async for item in stream:
                         if isinstance(item, Chunk):
@@ -341,8 +343,7 @@ class Engine:
                                 yield TextDelta(item.text)
                                 continue
                             held.append(item.text)
-                            decided = _call_prefix("".join(held))
-                            if decided is False:
+                            if _call_prefix("".join(held)) is False:
                                 streaming = True
                                 yield TextDelta("".join(held))
                                 held = []
@@ -350,23 +351,43 @@ class Engine:
                             finish = item
                 completion += finish.completion_tokens if finish else len(parts)
                 output = "".join(parts)
-                parsed = parse_tool_calls(output) if offer is not None else None
-                if parsed is None or not (parsed.calls or parsed.malformed) or streaming:
+                parsed = parse_tool_calls(output) if not streaming else None
+                if offer is None or parsed is None or not (parsed.calls or parsed.malformed):
+                    if parsed is not None and (parsed.calls or parsed.malformed) and calls:
+                        # Out of rounds and still calling: say what the tools found instead of JSON.
+                        parts = [_results_reply(calls)]
+                        held = parts
                     if held:
                         yield TextDelta("".join(held))
                     break
                 # A tool round: run the calls, hand the results back, generate again.
-                assert offer is not None
                 messages.append(ChatMessage("assistant", output))
                 problems = list(parsed.malformed and ["the tool call is not valid JSON"])
+                repeated = 0
                 for found in parsed.calls:
+                    key = f"{found.name}:{json.dumps(found.arguments, sort_keys=True, default=str)}"
+                    if key in ran:
+                        # Small models often repeat a call after its result; do not run it again.
+                        repeated += 1
+                        messages.append(ChatMessage("tool", ran[key].result))
+                        continue
                     call = await self._call_tool(offer, found.name, found.arguments, approve)
+                    ran[key] = call
                     calls.append(call)
                     yield call
                     if call.status == "invalid":
                         problems.append(call.result)
                     else:
                         messages.append(ChatMessage("tool", call.result))
+                if repeated and repeated == len(parsed.calls):
+                    messages.append(
+                        ChatMessage(
+                            "tool",
+                            "You already have that result. Answer the user's question now, in words, "
+                            "using it; do not call a tool again.",
+                        )
+                    )
+                    tools = ToolRegistry()
                 if problems:
                     corrections += 1
                     hint = (
@@ -539,6 +560,14 @@ class ApprovalRequest:
 
 
 Approver = Callable[[ApprovalRequest], Awaitable[bool]]
+
+
+def _results_reply(calls: list[ToolCall]) -> str:
+    """A plain reply from the tool results, for a model that keeps calling instead of answering."""
+    found = [call for call in calls if call.status == "ok"]
+    if not found:
+        return "I could not get an answer from the tools."
+    return "\n".join(f"{call.summary(limit=500)}" for call in found)
 
 
 def _call_prefix(text: str) -> bool | None:

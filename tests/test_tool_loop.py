@@ -125,13 +125,28 @@ async def test_a_slow_or_failing_tool_never_breaks_the_turn(
 
 
 async def test_rounds_are_bounded(tool_engine: Engine, model: FakeModel, settings: Settings) -> None:
-    for _ in range(settings.tools.max_rounds):
-        model.enqueue(CALL)
+    for n in range(settings.tools.max_rounds):
+        model.enqueue(f'{{"name": "calculator", "arguments": {{"expression": "{n}+1"}}}}')
     model.enqueue("Done calculating.")
     events = await run(tool_engine, "keep calculating")
     assert len([e for e in events if isinstance(e, ToolCall)]) == settings.tools.max_rounds
     assert model.tools[-1] is None and len(model.prompts) == settings.tools.max_rounds + 1
     assert isinstance(events[-1], TurnDone) and events[-1].text == "Done calculating."
+
+
+async def test_a_repeated_call_is_not_run_again_and_json_never_becomes_the_answer(
+    tool_engine: Engine, model: FakeModel
+) -> None:
+    model.enqueue(CALL)
+    model.enqueue(f"```json\n{CALL}\n```")  # the same call again, after its result
+    model.enqueue(CALL)  # and again, with no tools offered any more
+    events = await run(tool_engine, "What is 1234 * 5678?")
+    assert len([e for e in events if isinstance(e, ToolCall)]) == 1
+    assert "do not call a tool again" in model.prompts[2][-1].content and model.tools[2] is None
+    streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
+    done = events[-1]
+    assert isinstance(done, TurnDone)
+    assert streamed == done.text == 'calculator(expression="1234*5678") → 7006652'
 
 
 async def test_a_tool_result_cannot_grant_new_tools(tool_engine: Engine, model: FakeModel) -> None:
