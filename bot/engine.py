@@ -366,10 +366,11 @@ class Engine:
                 repeated = 0
                 for found in parsed.calls:
                     key = f"{found.name}:{json.dumps(found.arguments, sort_keys=True, default=str)}"
-                    if key in ran:
+                    if (key in ran and ran[key].status == "ok") or _echoes(found.arguments, calls):
                         # Small models often repeat a call after its result; do not run it again.
                         repeated += 1
-                        messages.append(ChatMessage("tool", ran[key].result))
+                        previous = ran.get(key) or next(c for c in reversed(calls) if c.status == "ok")
+                        messages.append(ChatMessage("tool", previous.result))
                         continue
                     call = await self._call_tool(offer, found.name, found.arguments, approve)
                     ran[key] = call
@@ -560,6 +561,16 @@ class ApprovalRequest:
 
 
 Approver = Callable[[ApprovalRequest], Awaitable[bool]]
+
+
+def _echoes(arguments: Any, calls: list[ToolCall]) -> bool:
+    """A call whose only input is an earlier result: the model is done, and restating it."""
+    results = {call.result.strip() for call in calls if call.status == "ok"}
+    if not results or not isinstance(arguments, dict) or not arguments:
+        return False
+    # Schema words small models copy into calls ("type": "string") are not inputs.
+    values = [v for k, v in arguments.items() if k not in ("type", "description", "title")]
+    return bool(values) and all(str(value).strip() in results for value in values)
 
 
 def _results_reply(calls: list[ToolCall]) -> str:

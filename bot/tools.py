@@ -79,6 +79,10 @@ class Tool:
         """Checked, converted arguments; a ToolError says what is wrong in one line."""
         if not isinstance(arguments, dict):
             raise ToolError(f"{self.name}: arguments must be a JSON object, got {type(arguments).__name__}")
+        # Small models copy schema words ("type": "string") into calls: unknown keys are dropped,
+        # while missing or mistyped parameters still fail.
+        known = self.arguments.model_fields
+        arguments = {key: value for key, value in arguments.items() if key in known}
         try:
             return self.arguments.model_validate(arguments).model_dump()
         except ValidationError as error:

@@ -274,3 +274,15 @@ async def test_a_tool_that_needs_approval_runs_only_when_the_user_says_yes(
     [accepted] = [e for e in yes if isinstance(e, ToolCall)]
     assert (declined.status, declined.result) == ("error", "The user declined to run cancel_order")
     assert (accepted.status, accepted.result) == ("ok", "order 7 cancelled") and ran == [7]
+
+
+async def test_a_call_that_only_restates_a_result_ends_the_tool_rounds(
+    tool_engine: Engine, model: FakeModel
+) -> None:
+    model.enqueue(CALL)
+    model.enqueue('{"name": "calculator", "arguments": {"expression": "7006652", "type": "string"}}')
+    model.enqueue("It is 7006652.")
+    events = await run(tool_engine, "What is 1234 * 5678?")
+    assert len([e for e in events if isinstance(e, ToolCall)]) == 1
+    assert model.tools[2] is None
+    assert isinstance(events[-1], TurnDone) and events[-1].text == "It is 7006652."
