@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -79,6 +79,14 @@ class StoredMessage:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """One person's rating of a message: +1 (helpful) or -1 (not)."""
+
+    user: UserRef
+    value: int
+
+
 @runtime_checkable
 class History(Protocol):
     """Conversations and messages. Every method is one short transaction."""
@@ -99,8 +107,19 @@ class History(Protocol):
         """The most recently updated conversation (of one platform, if given)."""
         ...
 
-    async def list(self, *, platform: str | None = None, limit: int = 50) -> builtins.list[Conversation]:
-        """Conversations, most recently updated first, with their message counts."""
+    async def list(
+        self,
+        *,
+        platform: str | None = None,
+        limit: int = 50,
+        scope: str | None = None,
+        channel: str | None = None,
+    ) -> builtins.list[Conversation]:
+        """Conversations, most recently updated first, with their message counts (filtered when asked)."""
+        ...
+
+    async def find(self, key: ConversationKey) -> Conversation | None:
+        """The active conversation for `key`, or None (never creates one)."""
         ...
 
     async def delete(self, conversation_id: int) -> bool:
@@ -123,6 +142,26 @@ class History(Protocol):
 
     async def set_summary(self, conversation_id: int, summary: str, until_message_id: int) -> None:
         """Store the running summary, covering messages up to `until_message_id`."""
+        ...
+
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        """Record a platform event as taken in; False when it already was (a redelivery)."""
+        ...
+
+    async def link_message(self, message_id: int, platform: str, external_ids: Sequence[str]) -> None:
+        """Record the platform's ids of a stored message (a long reply may be several posts)."""
+        ...
+
+    async def find_message(self, platform: str, external_id: str) -> StoredMessage | None:
+        """The stored message a platform id belongs to, or None."""
+        ...
+
+    async def set_feedback(self, message_id: int, user: UserRef, value: int | None) -> None:
+        """Store a person's rating of a message (+1 or -1); None withdraws it."""
+        ...
+
+    async def feedback(self, message_id: int) -> builtins.list[Feedback]:
+        """The ratings of a message."""
         ...
 
     async def close(self) -> None:

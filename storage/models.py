@@ -154,3 +154,41 @@ class MessageRow(Base):
 
     # Loaded with the message in the same SELECT: async sessions cannot lazy-load.
     user: Mapped[UserRow | None] = relationship(lazy="joined")
+
+
+class EventRow(Base):
+    """A platform event already taken in, so that a redelivery (a retry) is not handled twice."""
+
+    __tablename__ = "processed_events"
+
+    platform: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Indexed: old claims are pruned by age.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class MessageRefRow(Base):
+    """A platform's id for (part of) a stored message: one reply may be posted as several messages."""
+
+    __tablename__ = "message_refs"
+    __table_args__ = (UniqueConstraint("platform", "external_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(255))
+
+
+class FeedbackRow(Base):
+    """One person's rating of a message: +1 or -1 (the latest one counts)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("message_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    value: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[UserRow] = relationship(lazy="joined")

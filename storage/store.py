@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, cast
 
@@ -18,14 +19,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.errors import ChinwagError, ConversationNotFoundError
-from bot.history import Conversation, ConversationKey, NewMessage, StoredMessage, UserRef
+from bot.history import Conversation, ConversationKey, Feedback, NewMessage, StoredMessage, UserRef
 from bot.types import Role, Status
 from config import Settings
 from storage.db import create_engine, upgrade
-from storage.models import ConversationRow, MessageRow, UserRow, utcnow
+from storage.models import (
+    ConversationRow,
+    EventRow,
+    FeedbackRow,
+    MessageRefRow,
+    MessageRow,
+    UserRow,
+    utcnow,
+)
 
 # Titles are for lists and pickers: one short line.
 TITLE_LENGTH = 60
+
+# How long a claimed event is remembered (platforms redeliver within minutes).
+EVENT_MEMORY = timedelta(days=1)
 
 # How many times `resolve`/`start_new` run when a concurrent writer created the same conversation
 # first (possible on PostgreSQL; on SQLite BEGIN IMMEDIATE serialises them).
@@ -135,6 +147,13 @@ class SqlHistory:
                     raise
         raise AssertionError("unreachable")
 
+    async def find(self, key: ConversationKey) -> Conversation | None:
+        """The active conversation for `key`, or None (never creates one)."""
+        async with self._transaction() as session:
+            query = _WITH_COUNT.where(*_active(key)).order_by(ConversationRow.id.desc())
+            found = (await session.execute(query.limit(1))).first()
+            return _conversation(*found) if found is not None else None
+
     async def get(self, conversation_id: int) -> Conversation | None:
         """One conversation, or None."""
         async with self._transaction() as session:
@@ -147,11 +166,22 @@ class SqlHistory:
         found = await self.list(platform=platform, limit=1)
         return found[0] if found else None
 
-    async def list(self, *, platform: str | None = None, limit: int = 50) -> builtins.list[Conversation]:
-        """Conversations, most recently updated first, with their message counts."""
+    async def list(
+        self,
+        *,
+        platform: str | None = None,
+        limit: int = 50,
+        scope: str | None = None,
+        channel: str | None = None,
+    ) -> builtins.list[Conversation]:
+        """Conversations, most recently updated first, with their message counts (filtered when asked)."""
         query = _WITH_COUNT.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
         if platform is not None:
             query = query.where(ConversationRow.platform == platform)
+        if scope is not None:
+            query = query.where(ConversationRow.scope == scope)
+        if channel is not None:
+            query = query.where(ConversationRow.channel == channel)
         async with self._transaction() as session:
             rows = (await session.execute(query.limit(limit))).all()
             return [_conversation(row, count) for row, count in rows]
@@ -224,6 +254,90 @@ class SqlHistory:
         async with self._transaction() as session:
             rows = (await session.scalars(query.order_by(MessageRow.id))).all()
             return [_stored(row, _user_ref(row.user)) for row in rows]
+
+    # Platform events, message ids, feedback ----------------------------------------------
+
+    async def claim_event(self, platform: str, event_id: str) -> bool:
+        """Record a platform event as taken in; False when it already was (a redelivery)."""
+        try:
+            async with self._transaction() as session:
+                # Platforms redeliver within minutes; a day of claims is plenty, and the table stays small.
+                cutoff = utcnow() - EVENT_MEMORY
+                await session.execute(delete(EventRow).where(EventRow.created_at < cutoff))
+                if await session.get(EventRow, (platform, event_id)) is not None:
+                    return False
+                session.add(EventRow(platform=platform, event_id=event_id, created_at=utcnow()))
+                await session.flush()
+                return True
+        except IntegrityError:
+            # A concurrent writer claimed it first (PostgreSQL; SQLite serialises writers).
+            return False
+
+    async def link_message(self, message_id: int, platform: str, external_ids: Sequence[str]) -> None:
+        """Record the platform's ids of a stored message (also listed in its metadata)."""
+        async with self._transaction() as session:
+            row = await session.get(MessageRow, message_id, with_for_update=True)
+            if row is None:
+                raise ChinwagError(f"No message #{message_id}.")
+            known = set(
+                await session.scalars(
+                    select(MessageRefRow.external_id).where(
+                        MessageRefRow.message_id == message_id, MessageRefRow.platform == platform
+                    )
+                )
+            )
+            fresh = [i for i in dict.fromkeys(external_ids) if i not in known]
+            for external_id in fresh:
+                session.add(MessageRefRow(message_id=message_id, platform=platform, external_id=external_id))
+            if fresh:
+                meta = dict(row.meta)
+                meta["platform_message_ids"] = [*meta.get("platform_message_ids", []), *fresh]
+                row.meta = meta
+
+    async def find_message(self, platform: str, external_id: str) -> StoredMessage | None:
+        """The stored message a platform id belongs to, or None."""
+        async with self._transaction() as session:
+            query = (
+                select(MessageRow)
+                .join(MessageRefRow, MessageRefRow.message_id == MessageRow.id)
+                .where(MessageRefRow.platform == platform, MessageRefRow.external_id == external_id)
+            )
+            row = (await session.scalars(query)).first()
+            return _stored(row, _user_ref(row.user)) if row is not None else None
+
+    async def set_feedback(self, message_id: int, user: UserRef, value: int | None) -> None:
+        """Store a person's rating of a message (+1 or -1); None withdraws it."""
+        if value not in (None, 1, -1):
+            raise ValueError("feedback is +1, -1 or None")
+        async with self._transaction() as session:
+            if await session.get(MessageRow, message_id) is None:
+                raise ChinwagError(f"No message #{message_id}.")
+            user_id, _ = await self._upsert_user(session, user)
+            found = await session.scalar(
+                select(FeedbackRow).where(
+                    FeedbackRow.message_id == message_id, FeedbackRow.user_id == user_id
+                )
+            )
+            if value is None:
+                if found is not None:
+                    await session.delete(found)
+            elif found is None:
+                session.add(
+                    FeedbackRow(message_id=message_id, user_id=user_id, value=value, created_at=utcnow())
+                )
+            else:
+                found.value = value
+                found.created_at = utcnow()
+
+    async def feedback(self, message_id: int) -> builtins.list[Feedback]:
+        """The ratings of a message."""
+        async with self._transaction() as session:
+            query = select(FeedbackRow).where(FeedbackRow.message_id == message_id).order_by(FeedbackRow.id)
+            rows = (await session.scalars(query)).all()
+            return [
+                Feedback(UserRef(r.user.platform, r.user.external_id, r.user.display_name), r.value)
+                for r in rows
+            ]
 
     async def _upsert_user(self, session: AsyncSession, user: UserRef) -> tuple[int, UserRef]:
         """The user's row id (created or its display name refreshed) and the user as stored."""

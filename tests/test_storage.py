@@ -41,8 +41,10 @@ async def test_open_migrates_a_new_file_and_reopening_is_a_no_op(settings: Setti
             "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master "
             "WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
         )
-        assert tables == "alembic_version,conversations,messages,users"
-        assert await scalar(store, "SELECT version_num FROM alembic_version") == "0001"
+        assert tables == (
+            "alembic_version,conversations,feedback,message_refs,messages,processed_events,users"
+        )
+        assert await scalar(store, "SELECT version_num FROM alembic_version") == "0002"
         conv = await store.resolve(KEY)
         await store.append(conv.id, NewMessage("user", "still here?"))
     finally:
@@ -363,3 +365,76 @@ async def test_concurrent_update_settings_keep_every_key(settings: Settings) -> 
     finally:
         for store in stores:
             await store.close()
+
+
+# Platform events, message ids, feedback -------------------------------------------------
+
+
+async def test_an_event_is_claimed_once_even_after_reopening(settings: Settings) -> None:
+    store = await SqlHistory.open(settings)
+    try:
+        assert await store.claim_event("slack", "Ev1")
+        assert not await store.claim_event("slack", "Ev1")
+        assert await store.claim_event("discord", "Ev1")
+        results = await asyncio.gather(*(store.claim_event("slack", "Ev2") for _ in range(10)))
+        assert sorted(results) == [False] * 9 + [True]
+    finally:
+        await store.close()
+    again = await SqlHistory.open(settings)
+    try:
+        assert not await again.claim_event("slack", "Ev1")
+    finally:
+        await again.close()
+
+
+async def test_old_event_claims_are_forgotten(history: SqlHistory) -> None:
+    assert await history.claim_event("slack", "old")
+    async with history.engine.begin() as connection:
+        await connection.exec_driver_sql("UPDATE processed_events SET created_at = '2000-01-01 00:00:00'")
+    assert await history.claim_event("slack", "new")
+    assert await scalar(history, "SELECT count(*) FROM processed_events") == 1
+
+
+async def test_platform_ids_find_their_message(history: SqlHistory) -> None:
+    conv = await history.resolve(KEY)
+    reply = await history.append(conv.id, NewMessage("assistant", "a long reply"))
+    await history.link_message(reply.id, "slack", ["C1/1.1", "C1/1.2"])
+    await history.link_message(reply.id, "slack", ["C1/1.2", "C1/1.3"])
+    for external_id in ("C1/1.1", "C1/1.3"):
+        found = await history.find_message("slack", external_id)
+        assert found is not None and found.id == reply.id
+    assert await history.find_message("slack", "C1/9.9") is None
+    assert await history.find_message("discord", "C1/1.1") is None
+    stored = (await history.load(conv.id))[-1]
+    assert stored.metadata["platform_message_ids"] == ["C1/1.1", "C1/1.2", "C1/1.3"]
+
+
+async def test_feedback_is_one_per_person_and_can_be_withdrawn(history: SqlHistory) -> None:
+    conv = await history.resolve(KEY)
+    reply = await history.append(conv.id, NewMessage("assistant", "answer"))
+    ann, bob = UserRef("slack", "U1", "ann"), UserRef("slack", "U2")
+    await history.set_feedback(reply.id, ann, 1)
+    await history.set_feedback(reply.id, bob, 1)
+    await history.set_feedback(reply.id, bob, -1)
+    assert [(f.user.external_id, f.value) for f in await history.feedback(reply.id)] == [
+        ("U1", 1),
+        ("U2", -1),
+    ]
+    await history.set_feedback(reply.id, ann, None)
+    assert [(f.user.external_id, f.value) for f in await history.feedback(reply.id)] == [("U2", -1)]
+    with pytest.raises(ValueError):
+        await history.set_feedback(reply.id, ann, 5)
+    with pytest.raises(ChinwagError):
+        await history.set_feedback(reply.id + 100, ann, 1)
+
+
+async def test_find_never_creates_and_list_filters_by_scope_and_channel(history: SqlHistory) -> None:
+    key = ConversationKey("slack", "T1", "C1", "1.5")
+    assert await history.find(key) is None
+    created = await history.resolve(key)
+    found = await history.find(key)
+    assert found is not None and found.id == created.id
+    await history.resolve(ConversationKey("slack", "T2", "C1", "1.5"))
+    await history.resolve(ConversationKey("slack", "T1", "C2"))
+    assert [c.id for c in await history.list(platform="slack", scope="T1", channel="C1")] == [created.id]
+    assert len(await history.list(scope="T1")) == 2
