@@ -9,6 +9,7 @@ from config.settings import (
     LoggingSettings,
     ModelSettings,
     Settings,
+    SlackSettings,
     StorageSettings,
     load_settings,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "LoggingSettings",
     "ModelSettings",
     "Settings",
+    "SlackSettings",
     "StorageSettings",
     "load_settings",
 ]

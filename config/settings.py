@@ -114,6 +114,34 @@ class StorageSettings(_Section):
     busy_timeout_ms: int = Field(default=5000, ge=0)
 
 
+class SlackSettings(_Section):
+    """The Slack app: how it connects, where it answers, how fast it edits. Tokens: environment only."""
+
+    mode: Literal["socket", "http"] = "socket"
+    api_base_url: str = "https://slack.com/api/"
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=3000, ge=0, le=65535)
+    http_path: str = "/slack/events"
+    allowed_channels: list[str] = Field(default_factory=list)
+    allowed_users: list[str] = Field(default_factory=list)
+    update_interval_s: float = Field(default=1.2, ge=0.0, le=60.0)
+    updates_per_minute: int = Field(default=50, ge=1, le=10_000)
+    max_message_chars: int = Field(default=3900, ge=200, le=12_000)
+    thinking_text: str = "_Thinking…_"
+    shutdown_timeout_s: float = Field(default=30.0, ge=0.0, le=600.0)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        # slack_sdk appends the method name to the base URL as it is.
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("http_path")
+    @classmethod
+    def _leading_slash(cls, value: str) -> str:
+        return value if value.startswith("/") else "/" + value
+
+
 class LoggingSettings(_Section):
     """Log level and file (the terminal stays clean for the chat)."""
 
@@ -144,6 +172,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     tools: ToolsSettings = ToolsSettings()
     storage: StorageSettings = StorageSettings()
+    slack: SlackSettings = SlackSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
