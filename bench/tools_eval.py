@@ -13,8 +13,8 @@ do not exist. Each runs through the engine (greedy) with the built-in tools and 
 - answer_accuracy: replies containing the expected fact, of prompts that have one.
 - false_call_rate: no-tool prompts on which the model called a tool anyway.
 
-Constrained decoding is not built yet, so only the `unconstrained` figures exist; `constrained`
-is null. A table by default; one JSON object with --json.
+Every prompt runs twice on the same loaded model, with constrained decoding off and on
+(`tools.constrained`). A table by default; one JSON object with --json.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _is_document_answer(case: Case, calls: list[ToolCall]) -> bool:
     return case.kind == "documents" and not calls
 
 
-async def _run(model_name: str | None, limit: int | None) -> dict[str, Any]:
+async def _run(model_name: str | None, limit: int | None) -> dict[str, dict[str, Any]]:
     from bot.transformers_model import TransformersModel
 
     cases = CASES[:limit] if limit else CASES
@@ -152,23 +152,27 @@ async def _run(model_name: str | None, limit: int | None) -> dict[str, Any]:
             TransformersModel.load, settings.model, settings.model_cache_dir, progress=False
         )
         history = await SqlHistory.open(settings)
+        results: dict[str, dict[str, Any]] = {}
         try:
-            engine = Engine(model, history, settings, store, default_tools(settings))
-            rows = []
-            for n, case in enumerate(cases):
-                started = time.perf_counter()
-                incoming = Incoming(text=case.prompt, platform="bench", channel="tools", thread=str(n))
-                events = [event async for event in engine.handle(incoming)]
-                calls = [e for e in events if isinstance(e, ToolCall)]
-                done = events[-1]
-                reply = done.text if isinstance(done, TurnDone) else ""
-                rows.append(_score(case, calls, reply, time.perf_counter() - started))
+            for mode in ("unconstrained", "constrained"):
+                settings.tools.constrained = mode == "constrained"
+                engine = Engine(model, history, settings, store, default_tools(settings))
+                rows = []
+                for n, case in enumerate(cases):
+                    started = time.perf_counter()
+                    incoming = Incoming(text=case.prompt, platform="bench", channel=mode, thread=str(n))
+                    events = [event async for event in engine.handle(incoming)]
+                    calls = [e for e in events if isinstance(e, ToolCall)]
+                    done = events[-1]
+                    reply = done.text if isinstance(done, TurnDone) else ""
+                    rows.append(_score(case, calls, reply, time.perf_counter() - started, mode))
+                results[mode] = _summary(rows, settings.model.name)
         finally:
             await history.close()
-    return _summary(rows, settings.model.name)
+    return results
 
 
-def _score(case: Case, calls: list[ToolCall], reply: str, seconds: float) -> dict[str, Any]:
+def _score(case: Case, calls: list[ToolCall], reply: str, seconds: float, mode: str) -> dict[str, Any]:
     names = [c.name for c in calls]
     if case.tool is None:
         chose = not any(c.status == "ok" for c in calls)
@@ -180,7 +184,10 @@ def _score(case: Case, calls: list[ToolCall], reply: str, seconds: float) -> dic
     elif case.answer is not None:
         answered = case.answer.lower() in reply.replace(",", "").lower()
     mark = "ok  " if chose and answered is not False else "MISS"
-    print(f"{mark} [{case.kind}] {case.prompt} -> calls={names} reply={reply[:120]!r}", file=sys.stderr)
+    print(
+        f"{mark} {mode[:5]} [{case.kind}] {case.prompt} -> calls={names} reply={reply[:120]!r}",
+        file=sys.stderr,
+    )
     return {
         "kind": case.kind,
         "chose": chose,
@@ -216,17 +223,25 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    unconstrained = asyncio.run(_run(args.model, args.limit))
-    result = {"unconstrained": unconstrained, "constrained": None}
+    result = asyncio.run(_run(args.model, args.limit))
     if args.json:
         print(json.dumps(result))
         return
-    for key in ("tool_choice_accuracy", "args_valid_rate", "answer_accuracy", "false_call_rate"):
-        value = unconstrained[key]
-        print(f"{key:<22}  {'n/a' if value is None else f'{value:.3f}'}  (constrained: not built yet)")
-    print(f"{'prompts':<22}  {unconstrained['prompts']} ({unconstrained['calls']} tool calls)")
-    print(f"{'seconds per prompt':<22}  {unconstrained['seconds_per_prompt']:.1f}")
-    print(f"{'model':<22}  {unconstrained['model']}")
+
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    print(f"{'':<22}  {'unconstrained':>13}  {'constrained':>13}")
+    for key in (
+        "tool_choice_accuracy",
+        "args_valid_rate",
+        "answer_accuracy",
+        "false_call_rate",
+        "calls",
+        "seconds_per_prompt",
+    ):
+        print(f"{key:<22}  {cell(result['unconstrained'][key]):>13}  {cell(result['constrained'][key]):>13}")
+    print(f"{'prompts':<22}  {result['unconstrained']['prompts']}, model {result['unconstrained']['model']}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from bot.history import History
 from bot.http_tool import http_tool
 from bot.model import ChatModel
 from bot.retriever import Retriever
-from bot.tools import ToolRegistry, tools_from_module
+from bot.tools import ToolRegistry, tools_from_entry_points, tools_from_module
 from config import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,21 @@ def default_tools(settings: Settings | None = None) -> ToolRegistry:
                 registry.add(tool)
             except ValueError as error:
                 raise ChinwagError(f"tools.modules: {module}: {error}") from None
+    for tool in tools_from_entry_points():
+        try:
+            registry.add(tool)
+        except ValueError as error:
+            raise ChinwagError(f"tool entry points: {error}") from None
+    if settings is not None:
+        # A misspelt tool name in a scope's list would silently switch that tool off there.
+        known = set(registry.tools) | {"search_documents"}
+        for scope, enabled in settings.tools.scopes.items():
+            for name in enabled if isinstance(enabled, list) else []:
+                if name not in known:
+                    raise ChinwagError(
+                        f"tools.scopes.{scope}: there is no tool named {name!r}; "
+                        f"the tools are: {', '.join(sorted(known))}"
+                    )
     return registry
 
 

@@ -333,7 +333,8 @@ class Engine:
                 # that starts like a call is held back until we know.
                 held: list[str] = []
                 streaming = offer is None and not calls
-                async with aclosing(self.model.stream(messages, params, schemas)) as stream:
+                constrain = bool(schemas) and self.settings.tools.constrained
+                async with aclosing(self.model.stream(messages, params, schemas, constrain)) as stream:
                     async for item in stream:
                         if isinstance(item, Chunk):
                             if first_token is None:
@@ -404,6 +405,10 @@ class Engine:
                     messages.append(ChatMessage("tool", hint))
                     if corrections > 1:
                         tools = ToolRegistry()
+                        if not any(call.status == "ok" for call in calls):
+                            # Nothing useful came of the tools: answer as if none had been offered,
+                            # from the original prompt, without the failed attempts in it.
+                            messages = list(prompt)
         except (asyncio.CancelledError, GeneratorExit):
             # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
             await asyncio.shield(
@@ -441,11 +446,16 @@ class Engine:
 
     def tools_for(self, conv: Conversation) -> ToolRegistry:
         """The tools this conversation may use (none when tools are off)."""
-        if self.tools is None or not self.settings.tools.enabled or not conv.settings.get("tools", True):
+        config = self.settings.tools
+        enabled = config.scopes.get(conv.key.scope, config.enabled)
+        if self.tools is None or enabled is False or not conv.settings.get("tools", True):
             return ToolRegistry()
-        disabled = set(self.settings.tools.disabled)
-        tools = self.tools.only([name for name in self.tools.tools if name not in disabled])
-        if self.docs_enabled(conv) and "search_documents" not in disabled:
+
+        def allowed(name: str) -> bool:
+            return name not in config.disabled and (enabled is True or name in enabled)
+
+        tools = self.tools.only([name for name in self.tools.tools if allowed(name)])
+        if self.docs_enabled(conv) and allowed("search_documents"):
             tools.add(self._document_search(conv))
         return tools
 

@@ -51,6 +51,11 @@ class ChatModel(Protocol):
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
+        constrain: bool = False,
     ) -> AsyncGenerator[Chunk | Finish, None]:
-        """Generate a reply (`tools`: schemas for the chat template): `Chunk`s, then one `Finish`."""
+        """Generate a reply: `Chunk`s, then one `Finish`.
+
+        `tools`: schemas for the chat template; `constrain`: a reply that starts a tool call must
+        be a well-formed call of one of them (backends that cannot constrain ignore it).
+        """
         ...

@@ -142,6 +142,49 @@ def tool(
     return mark(function) if function is not None else mark
 
 
+ENTRY_POINT_GROUP = "chinwag.tools"
+
+
+def tools_from_entry_points(group: str = ENTRY_POINT_GROUP) -> list[Tool]:
+    """Tools installed packages offer through entry points: a module, a function or a `Tool`.
+
+    In a package's pyproject.toml: `[project.entry-points."chinwag.tools"] acme = "acme.tools"`.
+    """
+    from importlib.metadata import entry_points
+
+    found: list[Tool] = []
+    for point in entry_points(group=group):
+        try:
+            value = point.load()
+        except Exception as error:
+            raise ChinwagError(
+                f"tool entry point {point.name!r} ({point.value}): cannot load it "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        if inspect.ismodule(value):
+            found += tools_from_module(value.__name__)
+        elif isinstance(value, Tool):
+            found.append(value)
+        elif inspect.isfunction(value):
+            options = getattr(value, "__chinwag_tool__", {})
+            try:
+                found.append(
+                    Tool.from_function(
+                        value,
+                        name=options.get("name"),
+                        needs_approval=options.get("needs_approval", False),
+                        timeout_s=options.get("timeout_s", 10.0),
+                    )
+                )
+            except ValueError as error:
+                raise ChinwagError(f"tool entry point {point.name!r}: {error}") from None
+        else:
+            raise ChinwagError(
+                f"tool entry point {point.name!r} ({point.value}) is not a module, a function or a Tool"
+            )
+    return found
+
+
 def tools_from_module(module_name: str) -> list[Tool]:
     """The tools an operator's module offers: functions marked with `@tool`, else its public functions."""
     import importlib
@@ -181,8 +224,15 @@ def _arg_descriptions(doc: str) -> dict[str, str]:
     if not match:
         return {}
     found: dict[str, str] = {}
+    indent: int | None = None
+    current: str | None = None
     for line in match.group(1).splitlines():
+        depth = len(line) - len(line.lstrip())
         item = re.match(r"\s+(\w+)(?:\s*\([^)]*\))?:\s*(.+)", line)
-        if item:
-            found[item.group(1)] = item.group(2).strip()
+        if item and (indent is None or depth <= indent):
+            indent, current = depth, item.group(1)
+            found[current] = item.group(2).strip()
+        elif current is not None and line.strip():
+            # A description that goes on over more lines.
+            found[current] += " " + line.strip()
     return found

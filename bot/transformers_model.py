@@ -16,6 +16,7 @@ from typing import Any
 from bot.errors import ModelError
 from bot.model import Chunk, Finish, FinishReason
 from bot.models import prepare_model, quiet_transformers
+from bot.toolgrammar import RELEASED, ToolCallGrammar
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 from config.settings import ModelSettings
 
@@ -45,6 +46,7 @@ class TransformersModel:
         self._pad_id = pad if pad is not None else self._eos_ids[0]
         # One worker thread: forward passes of one model are serialised (batching comes later).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-generate")
+        self._pieces: list[str] | None = None
 
     @classmethod
     def load(cls, settings: ModelSettings, cache_dir: Path, progress: bool = True) -> TransformersModel:
@@ -95,8 +97,13 @@ class TransformersModel:
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
+        constrain: bool = False,
     ) -> AsyncGenerator[Chunk | Finish, None]:
-        """Generate in the worker thread; deltas arrive through a queue; closing cancels."""
+        """Generate in the worker thread; deltas arrive through a queue; closing cancels.
+
+        With `constrain`, a reply that starts a tool call can only be a well-formed call of one
+        of `tools` (see `bot.toolgrammar`); any other reply is generated freely.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
         cancel = threading.Event()
@@ -105,7 +112,14 @@ class TransformersModel:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         job = loop.run_in_executor(
-            self._executor, self._generate, list(messages), params, cancel, emit, list(tools or [])
+            self._executor,
+            self._generate,
+            list(messages),
+            params,
+            cancel,
+            emit,
+            list(tools or []),
+            constrain,
         )
         try:
             while True:
@@ -130,12 +144,13 @@ class TransformersModel:
         cancel: threading.Event,
         emit: Any,
         tools: list[dict[str, Any]],
+        constrain: bool = False,
     ) -> None:
         try:
             if cancel.is_set():
                 return
             import torch
-            from transformers import StoppingCriteria, StoppingCriteriaList
+            from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
             class Cancelled(StoppingCriteria):
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -147,6 +162,13 @@ class TransformersModel:
             config = self._generation_config(params)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
+            processors = LogitsProcessorList()
+            if constrain and tools:
+                processors.append(
+                    ToolCallConstraint(
+                        ToolCallGrammar(tools), self._token_pieces(), self._eos_ids, params.temperature <= 0
+                    )
+                )
             with torch.inference_mode():
                 output = self._model.generate(
                     input_ids=input_ids,
@@ -154,6 +176,7 @@ class TransformersModel:
                     generation_config=config,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    logits_processor=processors,
                 )
             generated = output[0, len(prompt) :].tolist()
             streamer.flush()
@@ -171,6 +194,15 @@ class TransformersModel:
         except BaseException as error:
             log.exception("generation failed")
             emit(error)
+
+    def _token_pieces(self) -> list[str]:
+        """The text of every token on its own (built once, about a second for a 150k vocabulary)."""
+        if self._pieces is None:
+            size = max(len(self._tokenizer), int(self._model.config.vocab_size))
+            known = len(self._tokenizer)
+            pieces = self._tokenizer.batch_decode([[i] for i in range(known)], skip_special_tokens=False)
+            self._pieces = list(pieces) + [""] * (size - known)
+        return self._pieces
 
     def _generation_config(self, params: GenerationParams) -> Any:
         config = copy.deepcopy(self._model.generation_config)
@@ -229,6 +261,94 @@ class TransformersModel:
         if not ids:
             raise ModelError("The model defines no end-of-turn token")
         return ids
+
+
+class ToolCallConstraint:
+    """A transformers logits processor that keeps a tool call well-formed (batch of one).
+
+    Candidates are tried in order of score against the grammar, so the usual cost is a few dozen
+    grammar steps per token; when none of the best `scan` is allowed, every token is tried, those
+    sharing a first character that cannot follow being skipped together. Once the grammar is
+    released (the reply is not a call) it costs nothing more.
+    """
+
+    def __init__(
+        self,
+        grammar: ToolCallGrammar,
+        pieces: list[str],
+        eos_ids: Sequence[int],
+        greedy: bool,
+        want: int = 40,
+        scan: int = 256,
+    ) -> None:
+        self._grammar = grammar
+        self._pieces = pieces
+        self._eos = set(eos_ids)
+        self._greedy = greedy
+        self._want = want
+        self._scan = min(scan, len(pieces))
+        self._state: Any = grammar.start()
+        self._prompt_length: int | None = None
+        self._consumed = 0
+        self._by_first: dict[str, list[int]] | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """Mask every token that cannot continue the call."""
+        if self._prompt_length is None:
+            self._prompt_length = int(input_ids.shape[1])
+        new = input_ids[0, self._prompt_length + self._consumed :].tolist()
+        self._consumed += len(new)
+        for token in new:
+            if self._state == RELEASED:
+                break
+            self._state = self._grammar.feed(
+                self._state, self._pieces[token] if token < len(self._pieces) else ""
+            )
+            if self._state is None:  # cannot happen with the mask applied; never block a reply on it
+                self._state = RELEASED
+        if self._state == RELEASED:
+            return scores
+        import torch
+
+        row = scores[0]
+        allowed: list[int] = []
+        for token in torch.topk(row, self._scan).indices.tolist():
+            if self._allows(token):
+                allowed.append(token)
+                if self._greedy or len(allowed) >= self._want:
+                    break
+        if not allowed:
+            allowed = self._all_allowed()
+        if not allowed:  # the grammar is stuck (it never should be): let the model finish freely
+            self._state = RELEASED
+            return scores
+        masked = torch.full_like(row, float("-inf"))
+        index = torch.tensor(allowed, device=row.device)
+        kept = row[index]
+        masked[index] = torch.where(torch.isfinite(kept), kept, torch.zeros_like(kept))
+        out = scores.clone()
+        out[0] = masked
+        return out
+
+    def _allows(self, token: int) -> bool:
+        if token in self._eos:
+            return self._grammar.complete(self._state)
+        piece = self._pieces[token] if token < len(self._pieces) else ""
+        return bool(piece) and self._grammar.feed(self._state, piece) is not None
+
+    def _all_allowed(self) -> list[int]:
+        if self._by_first is None:
+            groups: dict[str, list[int]] = {}
+            for token, piece in enumerate(self._pieces):
+                if piece and token not in self._eos:
+                    groups.setdefault(piece[0], []).append(token)
+            self._by_first = groups
+        allowed = [token for token in self._eos if self._grammar.complete(self._state)]
+        for first, tokens in self._by_first.items():
+            if self._grammar.feed(self._state, first) is None:
+                continue
+            allowed += [token for token in tokens if self._allows(token)]
+        return allowed
 
 
 class _DeltaStreamer:

@@ -95,9 +95,11 @@ class RetrievalSettings(_Section):
 class ToolsSettings(_Section):
     """Tools the model may call during a turn."""
 
-    enabled: bool = True
+    enabled: bool | list[str] = True
+    scopes: dict[str, bool | list[str]] = Field(default_factory=dict)
     disabled: list[str] = Field(default_factory=list)
     modules: list[str] = Field(default_factory=list)
+    constrained: bool = True
     max_rounds: int = Field(default=3, ge=1, le=10)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     result_max_chars: int = Field(default=2000, ge=100, le=50_000)

@@ -40,6 +40,7 @@ class FakeModel:
     before_stream: Callable[[], Awaitable[None]] | None = None
     cancelled: int = 0
     tools: list[list[dict[str, Any]] | None] = field(default_factory=list)
+    constrained: list[bool] = field(default_factory=list)
 
     @property
     def info(self) -> ModelInfo:
@@ -70,8 +71,10 @@ class FakeModel:
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
+        constrain: bool = False,
     ) -> AsyncGenerator[Chunk | Finish, None]:
         prompt = list(messages)
+        self.constrained.append(constrain)
         self.prompts.append(prompt)
         self.params.append(params)
         self.tools.append(list(tools) if tools else None)

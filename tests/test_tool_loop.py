@@ -90,8 +90,9 @@ async def test_bad_arguments_then_broken_json_end_with_an_answer_without_tools(
     events = await run(tool_engine, "2+2?")
     [tool] = [e for e in events if isinstance(e, ToolCall)]
     assert tool.status == "invalid" and "expression: Field required" in tool.result
-    assert "Answer the user directly now, without tools" in model.prompts[2][-1].content
-    assert model.tools[2] is None  # the last round offers no tools
+    # Nothing came of the tools: the answer is generated from the original prompt, without tools.
+    assert model.prompts[2] == model.prompts[0]
+    assert model.tools[2] is None
     assert isinstance(events[-1], TurnDone) and events[-1].text == "It is 4."
 
 
@@ -286,3 +287,75 @@ async def test_a_call_that_only_restates_a_result_ends_the_tool_rounds(
     assert len([e for e in events if isinstance(e, ToolCall)]) == 1
     assert model.tools[2] is None
     assert isinstance(events[-1], TurnDone) and events[-1].text == "It is 7006652."
+
+
+async def test_tool_rounds_are_constrained_by_config_and_plain_rounds_never(
+    model: FakeModel, history: SqlHistory, settings: Settings
+) -> None:
+    engine = Engine(model, history, settings, tools=default_tools())
+    model.enqueue(CALL)
+    model.enqueue("7006652.")
+    await run(engine, "1234*5678?")
+    assert model.constrained == [True, True]
+    settings.tools.constrained = False
+    model.enqueue("Hi.")
+    await run(engine, "hello")
+    assert model.constrained[-1] is False
+    settings.tools.constrained = True
+    settings.tools.enabled = False
+    model.enqueue("Hi.")
+    await run(engine, "hello")
+    assert model.constrained[-1] is False and model.tools[-1] is None
+
+
+async def test_tools_enabled_per_scope(model: FakeModel, history: SqlHistory, settings: Settings) -> None:
+    settings.tools.scopes = {"T-acme": ["clock"], "T-locked": False}
+    engine = Engine(model, history, settings, tools=default_tools(settings))
+
+    async def offered(scope: str) -> list[str]:
+        conv = await engine.conversation(Incoming(text="x", platform="slack", scope=scope, channel="c"))
+        return sorted(engine.tools_for(conv).tools)
+
+    assert await offered("T-acme") == ["clock"]
+    assert await offered("T-locked") == []
+    assert await offered("T-other") == ["calculator", "clock", "days_between"]
+    settings.tools.enabled = ["calculator"]
+    assert await offered("T-other") == ["calculator"]
+    assert await offered("T-acme") == ["clock"]
+
+
+def test_a_misspelt_tool_in_a_scope_is_a_clear_error(settings: Settings) -> None:
+    from bot.errors import ChinwagError
+
+    settings.tools.scopes = {"T1": ["calculater"]}
+    with pytest.raises(ChinwagError, match=r"tools\.scopes\.T1: there is no tool named 'calculater'"):
+        default_tools(settings)
+
+
+async def test_installed_packages_offer_tools_through_entry_points(
+    model: FakeModel, history: SqlHistory, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real installed distribution (a .dist-info on sys.path), found by importlib.metadata.
+    (tmp_path / "acme_plugin.py").write_text(
+        "def shipping_days(country: str) -> int:\n"
+        '    """Days a parcel takes to reach a country.\n\n'
+        "    Args:\n"
+        "        country: the destination, as an ISO code\n"
+        '            such as "PL" or "PT".\n'
+        '    """\n'
+        "    return {'PL': 3}.get(country, 7)\n"
+    )
+    info = tmp_path / "acme_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[chinwag.tools]\nshipping = acme_plugin:shipping_days\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = default_tools(settings)
+    shipping = registry.get("shipping_days")
+    described = shipping.schema()["function"]["parameters"]["properties"]["country"]["description"]
+    assert described == 'the destination, as an ISO code such as "PL" or "PT".'
+    engine = Engine(model, history, settings, tools=registry)
+    model.enqueue('{"name": "shipping_days", "arguments": {"country": "PL"}}')
+    model.enqueue("Three days.")
+    [call] = [e for e in await run(engine, "How long to Poland?") if isinstance(e, ToolCall)]
+    assert (call.status, call.result) == ("ok", "3")
