@@ -1,0 +1,205 @@
+"""A fake Slack on 127.0.0.1: the Web API methods chinwag calls, response URLs, a Socket Mode websocket.
+
+Every call is recorded with its arguments. `fail_once` answers one call of a method with an HTTP
+status (429 with Retry-After, 500…); `errors` makes a method answer `ok: false` every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import WSMsgType, web
+
+BOT_USER = "UBOT"
+BOT_ID = "BBOT"
+TEAM = "T1"
+
+
+@dataclass
+class Call:
+    """One Web API call as the fake received it."""
+
+    method: str
+    args: dict[str, Any]
+    at: float
+    status: int = 200
+
+
+@dataclass
+class FakeSlack:
+    """The fake server; `url` is set once started."""
+
+    url: str = ""
+    calls: list[Call] = field(default_factory=list)
+    responses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    acks: list[dict[str, Any]] = field(default_factory=list)
+    fail_once: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # ts -> the message as it is now
+    _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _runner: web.AppRunner | None = None
+    _sockets: list[web.WebSocketResponse] = field(default_factory=list)
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> FakeSlack:
+        """Listen on an ephemeral loopback port."""
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post("/response/{id}", self._response)
+        app.router.add_get("/ws", self._ws)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def close(self) -> None:
+        """Close sockets and stop listening."""
+        for socket in list(self._sockets):
+            await socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        """The Web API base URL (slack.api_base_url)."""
+        return self.url + "/api/"
+
+    # The Web API ------------------------------------------------------------------------
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        raw = await request.text()
+        if request.content_type == "application/json":
+            args: dict[str, Any] = json.loads(raw or "{}")
+        else:
+            args = dict(parse_qsl(raw))
+        if method in self.fail_once:
+            status, headers = self.fail_once.pop(method)
+            self.calls.append(Call(method, args, time.monotonic(), status))
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=status, headers=headers)
+        self.calls.append(Call(method, args, time.monotonic()))
+        if method in self.errors:
+            return web.json_response({"ok": False, "error": self.errors[method]})
+        return web.json_response(self._answer(method, args))
+
+    def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, "user_id": BOT_USER, "user": "chinwag", "team_id": TEAM, "bot_id": BOT_ID}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": self.url.replace("http://", "ws://") + "/ws"}
+        if method == "chat.postMessage":
+            ts = f"1700000{next(self._ts):03d}.000100"
+            self.messages[ts] = {**args, "ts": ts}
+            return {
+                "ok": True,
+                "channel": args.get("channel"),
+                "ts": ts,
+                "message": {"text": args.get("text")},
+            }
+        if method == "chat.update":
+            ts = str(args.get("ts"))
+            if ts not in self.messages:
+                return {"ok": False, "error": "message_not_found"}
+            self.messages[ts] = {**self.messages[ts], "text": args.get("text")}
+            return {"ok": True, "channel": args.get("channel"), "ts": ts, "text": args.get("text")}
+        return {"ok": True}
+
+    async def _response(self, request: web.Request) -> web.Response:
+        self.responses.append((request.match_info["id"], await request.json()))
+        return web.Response(text="ok")
+
+    # Queries ------------------------------------------------------------------------------
+
+    def called(self, method: str) -> list[Call]:
+        """The calls of one method, in order."""
+        return [call for call in self.calls if call.method == method]
+
+    def web_calls(self) -> list[Call]:
+        """Every call but auth.test (which the app makes when it starts)."""
+        return [call for call in self.calls if call.method != "auth.test"]
+
+    def thread(self, channel: str, thread_ts: str | None) -> list[dict[str, Any]]:
+        """The bot's messages in a thread (or at the top of a channel), as they read now."""
+        return [
+            m
+            for m in self.messages.values()
+            if m.get("channel") == channel and (m.get("thread_ts") or None) == thread_ts
+        ]
+
+    async def wait_for(self, condition: Callable[[], Any], within: float = 10.0) -> Any:
+        """Poll until `condition()` is truthy; its value, or AssertionError after `within` seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting; calls: {[c.method for c in self.calls]}")
+            await asyncio.sleep(0.01)
+
+    # Socket Mode ---------------------------------------------------------------------------
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(autoping=True)
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        await socket.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A1"}})
+        self._connected.set()
+        try:
+            async for message in socket:
+                if message.type == WSMsgType.TEXT:
+                    self.acks.append(json.loads(message.data))
+        finally:
+            self._sockets.remove(socket)
+        return socket
+
+    async def connected(self) -> None:
+        """Wait until the app has opened the websocket."""
+        await asyncio.wait_for(self._connected.wait(), 10)
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], retry_attempt: int = 0) -> str:
+        """Send one Socket Mode envelope; its envelope_id."""
+        envelope_id = f"env-{next(self._ts)}"
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": kind != "events_api",
+            "retry_attempt": retry_attempt,
+            "retry_reason": "timeout" if retry_attempt else "",
+        }
+        await self._sockets[-1].send_json(envelope)
+        return envelope_id
+
+
+def sign(secret: str, body: str, timestamp: int | None = None) -> dict[str, str]:
+    """The headers of a correctly signed Slack request: v0=HMAC-SHA256 of `v0:{ts}:{body}`."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}
+
+
+def event_body(event: dict[str, Any], *, event_id: str, team: str = TEAM) -> dict[str, Any]:
+    """An Events API envelope around one event."""
+    return {
+        "token": "legacy-unused",
+        "team_id": team,
+        "api_app_id": "A1",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
+    }
