@@ -328,6 +328,11 @@ class Engine:
             for round_number in range(self.settings.tools.max_rounds + 1):
                 offer = tools if tools.tools and round_number < self.settings.tools.max_rounds else None
                 schemas = offer.schemas() if offer else None
+                if offer is None and any(call.status == "ok" for call in calls):
+                    # The answer round. Small models that see their own calls in the prompt tend
+                    # to call again instead of answering; given the results as plain context,
+                    # they answer.
+                    messages = _results_prompt(prompt, calls)
                 parts, finish = [], None
                 # While a call is possible (tools offered, or tools already used this turn), text
                 # that starts like a call is held back until we know.
@@ -382,13 +387,7 @@ class Engine:
                     else:
                         messages.append(ChatMessage("tool", call.result))
                 if repeated and repeated == len(parsed.calls):
-                    messages.append(
-                        ChatMessage(
-                            "tool",
-                            "You already have that result. Answer the user's question now, in words, "
-                            "using it; do not call a tool again.",
-                        )
-                    )
+                    # The model has what it needs and is going round in circles: answer now.
                     tools = ToolRegistry()
                 if problems:
                     corrections += 1
@@ -581,6 +580,19 @@ def _echoes(arguments: Any, calls: list[ToolCall]) -> bool:
     # Schema words small models copy into calls ("type": "string") are not inputs.
     values = [v for k, v in arguments.items() if k not in ("type", "description", "title")]
     return bool(values) and all(str(value).strip() in results for value in values)
+
+
+def _results_prompt(prompt: list[ChatMessage], calls: list[ToolCall]) -> list[ChatMessage]:
+    """The original prompt with the tools' results in the system message, for the answer round."""
+    results = "\n".join(f"- {call.summary(limit=1500)}" for call in calls if call.status == "ok")
+    note = (
+        "Tools were run for the user's last message. Their results:\n"
+        f"{results}\n"
+        "Answer the user's last message in plain words, using these results. Do not write a tool call."
+    )
+    if prompt and prompt[0].role == "system":
+        return [ChatMessage("system", f"{prompt[0].content}\n\n{note}"), *prompt[1:]]
+    return [ChatMessage("system", note), *prompt]
 
 
 def _results_reply(calls: list[ToolCall]) -> str:

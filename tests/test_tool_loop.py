@@ -143,7 +143,11 @@ async def test_a_repeated_call_is_not_run_again_and_json_never_becomes_the_answe
     model.enqueue(CALL)  # and again, with no tools offered any more
     events = await run(tool_engine, "What is 1234 * 5678?")
     assert len([e for e in events if isinstance(e, ToolCall)]) == 1
-    assert "do not call a tool again" in model.prompts[2][-1].content and model.tools[2] is None
+    # The answer round: the original prompt, the result as plain context, no tools.
+    answer_prompt = model.prompts[2]
+    assert model.tools[2] is None and answer_prompt[1:] == model.prompts[0][1:]
+    assert 'calculator(expression="1234*5678") → 7006652' in answer_prompt[0].content
+    assert "Do not write a tool call" in answer_prompt[0].content
     streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
     done = events[-1]
     assert isinstance(done, TurnDone)
