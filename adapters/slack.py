@@ -47,7 +47,7 @@ from bot.types import (
     TurnDone,
     TurnFailed,
 )
-from config import SlackSettings
+from config import Settings, SlackSettings
 
 log = logging.getLogger(__name__)
 
@@ -564,6 +564,11 @@ async def serve(
         adapter.accepting = False
         await handler.close_async()
         await adapter.drain(settings.shutdown_timeout_s)
+
+
+def check(settings: Settings) -> None:
+    """Raise ChinwagError when Slack cannot run here: a token its mode needs is not in the environment."""
+    SlackCredentials.from_env(settings.slack.mode)
 
 
 async def run(app: App, stop: asyncio.Event) -> None:

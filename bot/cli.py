@@ -298,6 +298,68 @@ async def _source_details(app: App, sources: list[dict[str, Any]]) -> list[dict[
     ]
 
 
+# serve ----------------------------------------------------------------------------------
+
+# The chat platforms `serve` knows: each is a module with `check(settings)` (raises ChinwagError
+# when the platform cannot run here, e.g. a token missing from the environment) and
+# `async def run(app, stop)` (serves until `stop` is set, then lets answers in flight finish).
+PLATFORMS: dict[str, str] = {"slack": "adapters.slack"}
+
+
+@main.command()
+@click.option("--slack", "only", flag_value="slack", multiple=True, help="Serve Slack.")
+@click.option("--model", help="Model: embedded name, local path or Hugging Face id.")
+@click.pass_obj
+def serve(obj: Context, only: tuple[str, ...], model: str | None) -> None:
+    """Serve the chat platforms: those named, else every one configured in the environment."""
+    settings = obj.settings(**_model_overrides(model, None, None))
+    _run(_serve(settings, list(only)))
+
+
+async def _serve(settings: Settings, only: list[str]) -> None:
+    import importlib
+    import signal
+
+    chosen: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    for name in only or list(PLATFORMS):
+        module = importlib.import_module(PLATFORMS[name])
+        try:
+            module.check(settings)
+        except ChinwagError as error:
+            problems.append(str(error))
+            continue
+        chosen.append((name, module))
+    # Checked before the model loads: a missing token should not cost a minute of loading.
+    if (only and problems) or not chosen:
+        raise ChinwagError(" ".join(problems) or "No platform to serve.")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    try:
+        async with running(settings) as app:
+            names = ", ".join(name for name, _ in chosen)
+            err.print(f"chinwag: serving {names} with {app.model.info.name}; Ctrl-C or SIGTERM stops.")
+
+            async def guarded(module: Any) -> None:
+                try:
+                    await module.run(app, stop)
+                finally:
+                    # One platform down takes the process down (a supervisor restarts it whole).
+                    stop.set()
+
+            results = await asyncio.gather(*(guarded(m) for _, m in chosen), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(number)
+    err.print("chinwag: stopped.")
+
+
 # history --------------------------------------------------------------------------------
 
 
