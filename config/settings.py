@@ -144,6 +144,36 @@ class SlackSettings(_Section):
         return value if value.startswith("/") else "/" + value
 
 
+class DiscordSettings(_Section):
+    """The Discord bot: where it answers, how fast it edits, which servers. Token: DISCORD_TOKEN only."""
+
+    api_base_url: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    reply_in_thread: bool = True
+    thread_auto_archive_minutes: Literal[60, 1440, 4320, 10080] = 1440
+    message_content_intent: bool = False
+    allowed_guilds: list[str] = Field(default_factory=list)
+    allowed_channels: list[str] = Field(default_factory=list)
+    allowed_roles: list[str] = Field(default_factory=list)
+    allow_dms: bool = True
+    edit_interval_s: float = Field(default=1.0, ge=0.0, le=60.0)
+    max_message_chars: int = Field(default=2000, ge=100, le=2000)
+    sync_commands: bool = True
+    shutdown_timeout_s: float = Field(default=30.0, ge=0.0, le=600.0)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        # discord.py appends paths that start with a slash.
+        return value.rstrip("/")
+
+    @field_validator("allowed_guilds", "allowed_channels", "allowed_roles", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: Any) -> Any:
+        # Snowflakes are often written as TOML integers; compare them as text.
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+
 class LoggingSettings(_Section):
     """Log level and file (the terminal stays clean for the chat)."""
 
@@ -175,6 +205,7 @@ class Settings(BaseSettings):
     tools: ToolsSettings = ToolsSettings()
     storage: StorageSettings = StorageSettings()
     slack: SlackSettings = SlackSettings()
+    discord: DiscordSettings = DiscordSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

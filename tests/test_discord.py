@@ -1,0 +1,424 @@
+"""The Discord adapter: real discord.py against a fake Discord on 127.0.0.1, the engine with a FakeModel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from adapters.discord import DiscordAdapter, serve
+from bot.app import default_tools
+from bot.engine import Engine
+from bot.history import ConversationKey
+from config import Settings
+from config.settings import DiscordSettings
+from storage import SqlHistory
+from tests.fake_discord import BOT_ID, FakeDiscord
+from tests.fakes import FakeModel
+
+GUILD = 111_000_000_000_000_001
+CHANNEL = 222_000_000_000_000_001
+OTHER_GUILD = 111_000_000_000_000_002
+OTHER_CHANNEL = 222_000_000_000_000_002
+DM_CHANNEL = 333_000_000_000_000_001
+
+
+@pytest.fixture(autouse=True)
+def _fast_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """discord.py waits for guilds to stream in before on_ready: no need against the fake."""
+    import discord.state
+
+    monkeypatch.setattr(discord.state.ConnectionState, "guild_ready_timeout", 0.05, raising=False)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    server.add_guild(GUILD, [CHANNEL])
+    server.add_guild(OTHER_GUILD, [OTHER_CHANNEL], name="other")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class Running:
+    """An adapter serving the fake Discord until the test ends."""
+
+    def __init__(self, adapter: DiscordAdapter, fake: FakeDiscord) -> None:
+        self.adapter = adapter
+        self.fake = fake
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Running:
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(serve(self.adapter, self.stop, ready.set))
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({self.task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            self.task.result()
+        assert ready.is_set(), "the bot did not connect"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, timeout=10)
+
+    async def idle(self) -> None:
+        await asyncio.wait_for(self.adapter.idle(), timeout=10)
+
+
+def make_adapter(engine: Engine, history: SqlHistory, fake: FakeDiscord, **overrides: Any) -> DiscordAdapter:
+    options: dict[str, Any] = {
+        "api_base_url": fake.api_base_url,
+        "gateway_url": fake.gateway_url,
+        "edit_interval_s": 0.05,
+        "shutdown_timeout_s": 5,
+        **overrides,
+    }
+    adapter = DiscordAdapter(engine, history, DiscordSettings(**options), token="test-token")
+    adapter.client._connection.guild_ready_timeout = 0.05
+    return adapter
+
+
+@pytest.fixture
+async def bot(engine: Engine, history: SqlHistory, fake: FakeDiscord) -> AsyncIterator[Running]:
+    async with Running(make_adapter(engine, history, fake), fake) as running:
+        yield running
+
+
+def contents(fake: FakeDiscord, channel: int) -> list[str]:
+    return [m["content"] for m in fake.bot_messages(channel)]
+
+
+# Mentions, threads, streaming ---------------------------------------------------------------
+
+
+async def test_mention_opens_a_thread_and_streams_edits(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    words = [f"word{n} " for n in range(30)]
+    model.enqueue(*words, delay=0.01)
+    question = await fake.user_says("tell me things", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+    thread = int(question["id"])
+    await fake.wait_for(lambda: len(fake.bot_messages(thread)) == 1)
+    await bot.idle()
+
+    assert fake.sent("POST", f"/channels/{CHANNEL}/messages/{thread}/threads")
+    assert fake.sent("POST", f"/channels/{thread}/typing")
+    assert contents(fake, thread) == ["".join(words).strip()]
+    edits = fake.sent("PATCH", f"/channels/{thread}/messages/")
+    # Streamed: edited while generating, but coalesced well below one edit per word.
+    assert 1 <= len(edits) < len(words) // 2
+    # The mention is not part of what the model was asked.
+    assert model.prompts[0][-1].content == "tell me things"
+    conv = await history.find(ConversationKey("discord", str(GUILD), str(CHANNEL), str(thread)))
+    assert conv is not None
+    stored = await history.load(conv.id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    posted = fake.bot_messages(thread)[0]
+    assert (await history.find_message("discord", posted["id"])) == stored[1]
+
+
+async def test_thread_follow_up_continues_without_a_mention(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord, model: FakeModel
+) -> None:
+    async with Running(make_adapter(engine, history, fake, message_content_intent=True), fake) as bot:
+        model.enqueue("Paris.")
+        question = await fake.user_says(
+            "capital of France?", channel_id=CHANNEL, guild_id=GUILD, mention=True
+        )
+        await fake.wait_for(lambda: int(question["id"]) in fake.threads)
+        await bot.idle()
+        thread = int(question["id"])
+        # A message in a channel without a mention is not for the bot.
+        await fake.user_says("just chatting", channel_id=CHANNEL, guild_id=GUILD)
+        model.enqueue("About 2 million.")
+        await fake.user_says("and its population?", channel_id=thread, guild_id=GUILD)
+        await fake.wait_for(lambda: len(fake.bot_messages(thread)) == 2)
+        await bot.idle()
+
+    assert contents(fake, thread) == ["Paris.", "About 2 million."]
+    second = [m.content for m in model.prompts[1]]
+    assert "capital of France?" in second and "Paris." in second and second[-1] == "and its population?"
+    assert len(model.prompts) == 2
+
+
+async def test_without_content_intent_an_unmentioned_thread_message_is_skipped(
+    bot: Running, fake: FakeDiscord, model: FakeModel
+) -> None:
+    question = await fake.user_says("hello", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+    await fake.wait_for(lambda: len(fake.bot_messages(int(question["id"]))) == 1)
+    await bot.idle()
+    thread = int(question["id"])
+    # What Discord delivers without the Message Content intent: no text.
+    await fake.user_says("", channel_id=thread, guild_id=GUILD)
+    model.enqueue("still here")
+    await fake.user_says("are you there?", channel_id=thread, guild_id=GUILD, mention=True)
+    await fake.wait_for(lambda: len(fake.bot_messages(thread)) == 2)
+    await bot.idle()
+    assert contents(fake, thread)[-1] == "still here"
+    assert len(model.prompts) == 2
+
+
+async def test_reply_in_channel_when_threads_are_off(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord, model: FakeModel
+) -> None:
+    async with Running(make_adapter(engine, history, fake, reply_in_thread=False), fake) as bot:
+        model.enqueue("Right here.")
+        question = await fake.user_says("where?", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+        await fake.wait_for(lambda: len(fake.bot_messages(CHANNEL)) == 1)
+        await bot.idle()
+    assert not fake.threads
+    posted = fake.sent("POST", f"/channels/{CHANNEL}/messages")
+    assert str(posted[0].body["message_reference"]["message_id"]) == question["id"]
+    assert posted[0].body["allowed_mentions"]["parse"] == []
+    assert contents(fake, CHANNEL) == ["Right here."]
+
+
+async def test_dm_needs_no_mention_and_has_its_own_scope(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("Hello in private.")
+    await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await bot.idle()
+    assert contents(fake, DM_CHANNEL) == ["Hello in private."]
+    assert await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL))) is not None
+
+
+async def test_bots_and_itself_are_ignored(bot: Running, fake: FakeDiscord, model: FakeModel) -> None:
+    await fake.user_says("hi bot", channel_id=DM_CHANNEL, user_id=55, bot=True)
+    await fake.user_says("me again", channel_id=DM_CHANNEL, user_id=BOT_ID, bot=True)
+    model.enqueue("only to people")
+    await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: "only to people" in contents(fake, DM_CHANNEL))
+    await bot.idle()
+    assert len(model.prompts) == 1
+
+
+async def test_long_answer_is_split_with_code_blocks_closed_and_reopened(
+    bot: Running, fake: FakeDiscord, model: FakeModel
+) -> None:
+    code = "\n".join(f"print('line {n:04d} of a long program')" for n in range(80))
+    answer = "Here it is:\n\n```python\n" + code + "\n```\n\nDone."
+    assert len(answer) > 2000
+    model.enqueue(*[answer[i : i + 200] for i in range(0, len(answer), 200)])
+    await fake.user_says("write a long program", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) >= 2)
+    await bot.idle()
+    parts = contents(fake, DM_CHANNEL)
+    assert len(parts) >= 2
+    assert all(len(p) <= 2000 for p in parts)
+    for part in parts:
+        assert part.count("```") % 2 == 0
+    assert parts[1].lstrip().startswith("```python")
+    assert parts[-1].endswith("Done.")
+    assert "".join(parts).count("line 0079") == 1
+
+
+async def test_typing_is_shown_while_waiting(bot: Running, fake: FakeDiscord, model: FakeModel) -> None:
+    model.enqueue("slow", " answer", delay=0.2)
+    await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: bool(fake.sent("POST", f"/channels/{DM_CHANNEL}/typing")))
+    assert not fake.bot_messages(DM_CHANNEL)  # typing came before any words
+    await bot.idle()
+    assert contents(fake, DM_CHANNEL) == ["slow answer"]
+
+
+async def test_a_replayed_message_is_answered_once(bot: Running, fake: FakeDiscord, model: FakeModel) -> None:
+    first = await fake.user_says("once", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await bot.idle()
+    await fake.dispatch("MESSAGE_CREATE", first)
+    model.enqueue("second")
+    await fake.user_says("twice", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 2)
+    await bot.idle()
+    assert len(model.prompts) == 2
+
+
+# Tool calls and sources ------------------------------------------------------------------------
+
+
+async def test_tool_calls_show_under_the_answer(
+    history: SqlHistory, settings: Settings, fake: FakeDiscord, model: FakeModel
+) -> None:
+    engine = Engine(model, history, settings, tools=default_tools())
+    model.enqueue('<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>')
+    model.enqueue("It is 42.")
+    async with Running(make_adapter(engine, history, fake), fake) as bot:
+        await fake.user_says("what is 6*7?", channel_id=DM_CHANNEL, user_id=77)
+        await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+        await bot.idle()
+    [text] = contents(fake, DM_CHANNEL)
+    assert text.startswith("It is 42.")
+    assert '-# ⚙ `calculator(expression="6*7") → 42`' in text
+
+
+# Slash commands -----------------------------------------------------------------------------
+
+
+async def test_slash_chat_defers_then_follows_up(bot: Running, fake: FakeDiscord, model: FakeModel) -> None:
+    model.enqueue("An answer", " to /chat.", delay=0.05)
+    interaction = await fake.slash("chat", {"question": "hello?"}, channel_id=CHANNEL, guild_id=GUILD)
+    token = interaction["token"]
+    await fake.wait_for(
+        lambda: bool(fake.sent("POST", f"/interactions/{interaction['id']}/{token}/callback"))
+    )
+    await bot.idle()
+    [callback] = fake.sent("POST", "/callback")
+    assert callback.body["type"] == 5  # deferred: "chinwag is thinking…"
+    assert fake.sent("PATCH", f"/webhooks/{interaction['application_id']}/{token}/messages/@original")
+    [message] = [m for m in fake.messages.values() if m.get("interaction_token") == token]
+    assert message["content"] == "An answer to /chat."
+    assert model.prompts[0][-1].content == "hello?"
+
+
+async def test_slash_reset_routes_to_the_engine_command(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("first")
+    question = await fake.user_says("hi", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+    await fake.wait_for(lambda: len(fake.bot_messages(int(question["id"]))) == 1)
+    await bot.idle()
+    thread = int(question["id"])
+    key = ConversationKey("discord", str(GUILD), str(CHANNEL), str(thread))
+    before = await history.find(key)
+    interaction = await fake.slash("reset", channel_id=thread, guild_id=GUILD)
+    await fake.wait_for(
+        lambda: any(m.get("interaction_token") == interaction["token"] for m in fake.messages.values())
+    )
+    await bot.idle()
+    [callback] = fake.sent("POST", "/callback")
+    assert callback.body["data"]["flags"] == 64  # ephemeral
+    after = await history.find(key)
+    assert before is not None and after is not None and after.id != before.id
+
+
+async def test_slash_command_sync_registers_the_commands(bot: Running, fake: FakeDiscord) -> None:
+    [sync] = fake.sent("PUT", "/commands")
+    assert {c["name"] for c in sync.body} == {"chat", "reset", "sources", "settings", "set"}
+
+
+# Reactions ----------------------------------------------------------------------------------
+
+
+async def test_reactions_on_a_reply_are_feedback(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("rate me")
+    await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await bot.idle()
+    reply = fake.bot_messages(DM_CHANNEL)[0]
+    stored = await history.find_message("discord", reply["id"])
+    assert stored is not None
+    await fake.react("👎", message_id=int(reply["id"]), channel_id=DM_CHANNEL, user_id=77)
+    await fake.react("👍", message_id=int(reply["id"]), channel_id=DM_CHANNEL, user_id=78)
+    await fake.react("🎉", message_id=int(reply["id"]), channel_id=DM_CHANNEL, user_id=79)
+
+    async def rated() -> list[tuple[str, int]]:
+        return sorted((f.user.external_id, f.value) for f in await history.feedback(stored.id))
+
+    for _ in range(200):
+        if len(await rated()) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert await rated() == [("77", -1), ("78", 1)]
+
+
+# Reconnects and rate limits ---------------------------------------------------------------------
+
+
+async def test_an_answer_survives_a_gateway_reconnect(
+    bot: Running, fake: FakeDiscord, model: FakeModel
+) -> None:
+    words = [f"w{n} " for n in range(20)]
+    model.enqueue(*words, delay=0.03)
+    await fake.user_says("long one", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await fake.drop_gateway(4000)
+    await fake.wait_for(lambda: fake.resumed == 1)
+    await bot.idle()
+    assert contents(fake, DM_CHANNEL) == ["".join(words).strip()]
+    # The session is usable after the resume.
+    model.enqueue("after")
+    await fake.user_says("again", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 2)
+    await bot.idle()
+
+
+async def test_a_429_on_edit_is_waited_out(
+    bot: Running, fake: FakeDiscord, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.rate_limit_edits = 1
+    words = [f"w{n} " for n in range(10)]
+    model.enqueue(*words, delay=0.03)
+    with caplog.at_level(logging.WARNING, logger="discord.http"):
+        await fake.user_says("go", channel_id=DM_CHANNEL, user_id=77)
+        await fake.wait_for(lambda: fake.rate_limit_edits == 0)
+        await bot.idle()
+    assert contents(fake, DM_CHANNEL) == ["".join(words).strip()]
+    assert "rate limited" in caplog.text
+
+
+async def test_a_failed_send_is_logged_and_the_reply_kept(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.fail_posts = 1
+    model.enqueue("lost on the way")
+    with caplog.at_level(logging.ERROR, logger="adapters.discord"):
+        await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
+        await fake.wait_for(lambda: fake.fail_posts == 0)
+        await bot.idle()
+    assert not fake.bot_messages(DM_CHANNEL)
+    assert "kept" in caplog.text or "history keeps it" in caplog.text
+    conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
+    assert conv is not None
+    assert [m.content for m in await history.load(conv.id)] == ["hi", "lost on the way"]
+
+
+# Scope and limits -------------------------------------------------------------------------------
+
+
+async def test_guilds_are_isolated(bot: Running, fake: FakeDiscord, model: FakeModel) -> None:
+    model.enqueue("The code word is swordfish.")
+    await fake.user_says("remember swordfish", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+    await fake.wait_for(lambda: len(fake.bot_messages()) == 1)
+    await bot.idle()
+    model.enqueue("I don't know.")
+    await fake.user_says(
+        "what is the code word?", channel_id=OTHER_CHANNEL, guild_id=OTHER_GUILD, mention=True
+    )
+    await fake.wait_for(lambda: len(fake.bot_messages()) == 2)
+    await bot.idle()
+    second = " ".join(m.content for m in model.prompts[1])
+    assert "swordfish" not in second
+
+
+async def test_allowed_guilds_channels_and_roles(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord, model: FakeModel
+) -> None:
+    role = 444_000_000_000_000_001
+    adapter = make_adapter(
+        engine, history, fake, allowed_guilds=[GUILD], allowed_channels=[str(CHANNEL)], allowed_roles=[role]
+    )
+    fake.guilds[GUILD]["roles"] = [role]
+    async with Running(adapter, fake) as bot:
+        await fake.user_says("other guild", channel_id=OTHER_CHANNEL, guild_id=OTHER_GUILD, mention=True)
+        await fake.user_says("no role", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+        model.enqueue("welcome")
+        question = await fake.user_says(
+            "with role", channel_id=CHANNEL, guild_id=GUILD, mention=True, roles=[role]
+        )
+        await fake.wait_for(lambda: len(fake.bot_messages()) == 1)
+        await bot.idle()
+    assert [p[-1].content for p in model.prompts] == ["with role"]
+    assert fake.bot_messages()[0]["channel_id"] == question["id"]
