@@ -136,7 +136,8 @@ class Reply:
 
     def parts(self, limit: int) -> list[str]:
         """The messages the reply is now: the text, notes under it, split at the limit."""
-        body = self.text.strip() or self.status or ("*(no answer)*" if self.finished else "")
+        empty = self.finished and not self.notes
+        body = self.text.strip() or self.status or ("*(no answer)*" if empty else "")
         whole = "\n\n".join(p for p in (body, "\n".join(self.notes)) if p.strip())
         return split_message(whole, limit)
 
@@ -355,9 +356,7 @@ class DiscordAdapter:
             elif not mentioned:
                 return  # a channel message not for us
             else:
-                new_thread = self.settings.reply_in_thread and isinstance(
-                    channel, discord.TextChannel | discord.ForumChannel
-                )
+                new_thread = self.settings.reply_in_thread and isinstance(channel, discord.TextChannel)
         text = self._text(message)
         if not text and not mentioned and guild_id is not None:
             # Without the Message Content intent a thread message that does not mention us is empty.
@@ -532,7 +531,8 @@ class DiscordAdapter:
         if added:
             await self.history.set_feedback(stored.id, user, value)
         else:
-            current = [f.value for f in await self.history.feedback(stored.id) if f.user == user]
+            ratings = await self.history.feedback(stored.id)
+            current = [f.value for f in ratings if f.user.external_id == user.external_id]
             if current != [value]:
                 return
             await self.history.set_feedback(stored.id, user, None)

@@ -252,9 +252,16 @@ class FakeDiscord:
         return payload
 
     async def react(
-        self, emoji: str, *, message_id: int, channel_id: int, guild_id: int | None = None, user_id: int = 42
+        self,
+        emoji: str,
+        *,
+        message_id: int,
+        channel_id: int,
+        guild_id: int | None = None,
+        user_id: int = 42,
+        removed: bool = False,
     ) -> None:
-        """A person adds a reaction (MESSAGE_REACTION_ADD)."""
+        """A person adds a reaction (MESSAGE_REACTION_ADD), or takes it back (MESSAGE_REACTION_REMOVE)."""
         data: dict[str, Any] = {
             "user_id": str(user_id),
             "channel_id": str(channel_id),
@@ -265,15 +272,16 @@ class FakeDiscord:
         }
         if guild_id is not None:
             data["guild_id"] = str(guild_id)
-            data["member"] = {
-                "user": user_payload(user_id, f"user{user_id}"),
-                "roles": [],
-                "joined_at": TIMESTAMP,
-                "deaf": False,
-                "mute": False,
-                "flags": 0,
-            }
-        await self.dispatch("MESSAGE_REACTION_ADD", data)
+            if not removed:
+                data["member"] = {
+                    "user": user_payload(user_id, f"user{user_id}"),
+                    "roles": [],
+                    "joined_at": TIMESTAMP,
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                }
+        await self.dispatch("MESSAGE_REACTION_REMOVE" if removed else "MESSAGE_REACTION_ADD", data)
 
     async def slash(
         self,

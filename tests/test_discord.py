@@ -12,8 +12,9 @@ import pytest
 from adapters.discord import DiscordAdapter, serve
 from bot.app import default_tools
 from bot.engine import Engine
+from bot.errors import ChinwagError
 from bot.history import ConversationKey
-from config import Settings
+from config import Settings, load_settings
 from config.settings import DiscordSettings
 from storage import SqlHistory
 from tests.fake_discord import BOT_ID, FakeDiscord
@@ -24,14 +25,6 @@ CHANNEL = 222_000_000_000_000_001
 OTHER_GUILD = 111_000_000_000_000_002
 OTHER_CHANNEL = 222_000_000_000_000_002
 DM_CHANNEL = 333_000_000_000_000_001
-
-
-@pytest.fixture(autouse=True)
-def _fast_ready(monkeypatch: pytest.MonkeyPatch) -> None:
-    """discord.py waits for guilds to stream in before on_ready: no need against the fake."""
-    import discord.state
-
-    monkeypatch.setattr(discord.state.ConnectionState, "guild_ready_timeout", 0.05, raising=False)
 
 
 @pytest.fixture
@@ -83,6 +76,7 @@ def make_adapter(engine: Engine, history: SqlHistory, fake: FakeDiscord, **overr
         **overrides,
     }
     adapter = DiscordAdapter(engine, history, DiscordSettings(**options), token="test-token")
+    # discord.py waits this long for guilds to stream in before it is ready: no need against the fake.
     adapter.client._connection.guild_ready_timeout = 0.05
     return adapter
 
@@ -327,11 +321,16 @@ async def test_reactions_on_a_reply_are_feedback(
     async def rated() -> list[tuple[str, int]]:
         return sorted((f.user.external_id, f.value) for f in await history.feedback(stored.id))
 
-    for _ in range(200):
-        if len(await rated()) == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert await rated() == [("77", -1), ("78", 1)]
+    async def until(expected: list[tuple[str, int]]) -> None:
+        async with asyncio.timeout(10):
+            while await rated() != expected:
+                await asyncio.sleep(0.01)
+
+    await until([("77", -1), ("78", 1)])
+    # Taking back a reaction that is not the rating given changes nothing; taking back the rating does.
+    await fake.react("👍", message_id=int(reply["id"]), channel_id=DM_CHANNEL, user_id=77, removed=True)
+    await fake.react("👎", message_id=int(reply["id"]), channel_id=DM_CHANNEL, user_id=77, removed=True)
+    await until([("78", 1)])
 
 
 # Reconnects and rate limits ---------------------------------------------------------------------
@@ -422,3 +421,75 @@ async def test_allowed_guilds_channels_and_roles(
         await bot.idle()
     assert [p[-1].content for p in model.prompts] == ["with role"]
     assert fake.bot_messages()[0]["channel_id"] == question["id"]
+
+
+# Lifecycle, secrets, the real model ----------------------------------------------------------
+
+
+async def test_shutdown_marks_an_unfinished_answer(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord, model: FakeModel
+) -> None:
+    model.enqueue(*[f"w{n} " for n in range(200)], delay=0.05)
+    async with Running(make_adapter(engine, history, fake, shutdown_timeout_s=0.2), fake):
+        await fake.user_says("a long story", channel_id=DM_CHANNEL, user_id=77)
+        await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    [text] = contents(fake, DM_CHANNEL)
+    assert text.startswith("w0") and text.endswith("*(interrupted: chinwag is restarting)*")
+    conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
+    assert conv is not None
+    stored = await history.load(conv.id)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    assert stored[1].status == "interrupted"
+
+
+async def test_the_token_comes_from_the_environment_and_is_never_logged(
+    engine: Engine,
+    history: SqlHistory,
+    fake: FakeDiscord,
+    model: FakeModel,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from adapters.discord import check, token_from_env
+
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    with pytest.raises(ChinwagError, match="DISCORD_TOKEN"):
+        check(load_settings())
+    secret = "MTIzNDU2.secret-token-value"
+    monkeypatch.setenv("DISCORD_TOKEN", secret)
+    assert token_from_env() == secret
+    options = {"api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "edit_interval_s": 0.05}
+    adapter = DiscordAdapter(engine, history, DiscordSettings(**options), token_from_env())
+    assert secret not in repr(adapter)
+    adapter.client._connection.guild_ready_timeout = 0.05
+    with caplog.at_level(logging.DEBUG):
+        async with Running(adapter, fake) as bot:
+            await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
+            await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+            await bot.idle()
+    assert caplog.records and secret not in caplog.text
+
+
+@pytest.mark.model
+async def test_the_real_small_model_answers_in_a_thread(
+    history: SqlHistory, settings: Settings, fake: FakeDiscord
+) -> None:
+    from bot.transformers_model import TransformersModel
+
+    real = load_settings(model={"name": "smollm2-135m-instruct", "threads": 0})
+    small = await asyncio.to_thread(TransformersModel.load, real.model, real.model_cache_dir, False)
+    settings.generation.max_tokens = 24
+    settings.generation.temperature = 0.0
+    engine = Engine(small, history, settings)
+    async with Running(make_adapter(engine, history, fake), fake) as bot:
+        question = await fake.user_says("Say hello.", channel_id=CHANNEL, guild_id=GUILD, mention=True)
+        thread = int(question["id"])
+        await fake.wait_for(lambda: len(fake.bot_messages(thread)) == 1, within=120)
+        await asyncio.wait_for(bot.adapter.idle(), timeout=120)
+    [text] = contents(fake, thread)
+    assert text.strip() and "<|im_end|>" not in text
+    conv = await history.find(ConversationKey("discord", str(GUILD), str(CHANNEL), str(thread)))
+    assert conv is not None
+    stored = await history.load(conv.id)
+    assert stored[-1].role == "assistant" and stored[-1].model == "smollm2-135m-instruct"
+    assert stored[-1].content.strip() == text.strip()
