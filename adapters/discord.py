@@ -326,11 +326,12 @@ class DiscordAdapter:
         return ConversationKey(PLATFORM, scope, str(channel.id), None)
 
     def _text(self, message: discord.Message) -> str:
-        """The message's words, without the mention of the bot."""
+        """The message's words: the bot's mention dropped, other people's as @name (the model reads names)."""
         me = self.client.user
         text = message.content
-        if me is not None:
-            text = re.sub(rf"<@!?{me.id}>", "", text)
+        for user in message.mentions:
+            name = "" if me is not None and user.id == me.id else f"@{user.display_name}"
+            text = re.sub(rf"<@!?{user.id}>", name, text)
         return text.strip()
 
     # Messages -------------------------------------------------------------------------
