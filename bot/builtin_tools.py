@@ -8,7 +8,7 @@ import operator
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from bot.tools import Tool, ToolError
 
@@ -164,13 +164,46 @@ def clock(timezone: str = "UTC") -> str:
     Args:
         timezone: an IANA time zone name such as "Europe/Lisbon", "America/New_York" or "UTC".
     """
-    try:
-        zone = ZoneInfo(timezone.strip())
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ToolError(f"unknown time zone {timezone!r}; use an IANA name like Europe/Berlin") from None
-    now = datetime.now(zone)
+    name = resolve_zone(timezone)
+    now = datetime.now(ZoneInfo(name))
     offset = now.strftime("%z")
-    return f"{now:%Y-%m-%d %H:%M:%S} ({now:%A}) in {timezone.strip()}, UTC{offset[:3]}:{offset[3:]}"
+    return f"{now:%Y-%m-%d %H:%M:%S} ({now:%A}) in {name}, UTC{offset[:3]}:{offset[3:]}"
+
+
+def resolve_zone(text: str) -> str:
+    """An IANA zone from a name or a city ("Berlin", "new york", "Asia/Tokyo"): small models pass cities."""
+    wanted = text.strip()
+    if not wanted:
+        raise ToolError("no time zone given; use an IANA name like Europe/Berlin")
+    try:
+        ZoneInfo(wanted)
+        return wanted
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    key = wanted.lower().replace(" ", "_")
+    matches = sorted(
+        zone
+        for zone in available_timezones()
+        if zone.lower() == key or zone.lower().rsplit("/", 1)[-1] == key.rsplit("/", 1)[-1]
+    )
+    # Prefer the canonical continent zones over legacy aliases ("Europe/Berlin", not "Etc/...").
+    canonical = [z for z in matches if z.split("/", 1)[0] in _CONTINENTS]
+    if canonical or matches:
+        return (canonical or matches)[0]
+    raise ToolError(f"unknown time zone {text!r}; use an IANA name like Europe/Berlin")
+
+
+_CONTINENTS = {
+    "Africa",
+    "America",
+    "Antarctica",
+    "Asia",
+    "Atlantic",
+    "Australia",
+    "Europe",
+    "Indian",
+    "Pacific",
+}
 
 
 def days_between(start: str, end: str) -> str:

@@ -328,11 +328,12 @@ class Engine:
             for round_number in range(self.settings.tools.max_rounds + 1):
                 offer = tools if tools.tools and round_number < self.settings.tools.max_rounds else None
                 schemas = offer.schemas() if offer else None
-                if offer is None and any(call.status == "ok" for call in calls):
+                if offer is None and calls:
                     # The answer round. Small models that see their own calls in the prompt tend
-                    # to call again instead of answering; given the results as plain context,
-                    # they answer.
-                    messages = _results_prompt(prompt, calls)
+                    # to call again instead of answering; given the results as plain context (or,
+                    # when no tool gave one, the original prompt), they answer.
+                    ok = any(call.status == "ok" for call in calls)
+                    messages = _results_prompt(prompt, calls) if ok else list(prompt)
                 parts, finish = [], None
                 # While a call is possible (tools offered, or tools already used this turn), text
                 # that starts like a call is held back until we know.

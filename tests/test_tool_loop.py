@@ -363,3 +363,26 @@ async def test_installed_packages_offer_tools_through_entry_points(
     model.enqueue("Three days.")
     [call] = [e for e in await run(engine, "How long to Poland?") if isinstance(e, ToolCall)]
     assert (call.status, call.result) == ("ok", "3")
+
+
+async def test_a_tool_that_fails_every_round_ends_in_a_plain_answer(
+    tool_engine: Engine, model: FakeModel, settings: Settings
+) -> None:
+    bad = '{"name": "clock", "arguments": {"timezone": "Atlantis"}}'
+    for _ in range(settings.tools.max_rounds):
+        model.enqueue(bad)
+    model.enqueue("I could not find that time zone.")
+    events = await run(tool_engine, "Time in Atlantis?")
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert calls and all(c.status == "error" for c in calls)
+    last = settings.tools.max_rounds
+    assert model.prompts[last] == model.prompts[0] and model.tools[last] is None
+    assert isinstance(events[-1], TurnDone) and events[-1].text == "I could not find that time zone."
+
+
+def test_the_clock_understands_city_names() -> None:
+    from bot.builtin_tools import clock
+
+    assert " in Europe/Berlin, UTC+0" in clock("Berlin")
+    assert " in America/New_York, UTC-0" in clock("new york")
+    assert " in Asia/Tokyo, " in clock("Asia/Tokyo")
