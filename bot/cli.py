@@ -303,11 +303,12 @@ async def _source_details(app: App, sources: list[dict[str, Any]]) -> list[dict[
 # The chat platforms `serve` knows: each is a module with `check(settings)` (raises ChinwagError
 # when the platform cannot run here, e.g. a token missing from the environment) and
 # `async def run(app, stop)` (serves until `stop` is set, then lets answers in flight finish).
-PLATFORMS: dict[str, str] = {"slack": "adapters.slack"}
+PLATFORMS: dict[str, str] = {"slack": "adapters.slack", "discord": "adapters.discord"}
 
 
 @main.command()
 @click.option("--slack", "only", flag_value="slack", multiple=True, help="Serve Slack.")
+@click.option("--discord", "only", flag_value="discord", multiple=True, help="Serve Discord.")
 @click.option("--model", help="Model: embedded name, local path or Hugging Face id.")
 @click.pass_obj
 def serve(obj: Context, only: tuple[str, ...], model: str | None) -> None:

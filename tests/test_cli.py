@@ -179,3 +179,23 @@ def test_ask_json_lists_the_sources_with_their_text(tmp_path: Path) -> None:
     [source] = json.loads(done.stdout)["sources"]
     assert source["title"] == "Office" and "LARK-GUEST" in source["text"] and source["score"] > 0.3
     assert source["path"].endswith("wifi.md") and source["location"] == "Office > Wifi"
+
+
+def test_serve_with_no_platform_configured_names_every_missing_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in cli_env(tmp_path / "data").items() if not k.startswith(("SLACK_", "DISCORD_"))}
+    result = subprocess.run(
+        [chinwag_bin(), "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "SLACK_BOT_TOKEN" in result.stderr and "DISCORD_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+    discord_only = subprocess.run(
+        [chinwag_bin(), "serve", "--discord"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert discord_only.returncode != 0 and "DISCORD_TOKEN" in discord_only.stderr
+    assert "SLACK" not in discord_only.stderr
