@@ -192,8 +192,13 @@ class Engine:
         yield TurnStarted(conv.id, stored.id)
 
         passages: list[Passage] = []
+        tools = self.tools_for(conv)
         if self.docs_enabled(conv):
-            passages = await self._retrieve(conv, text, system_prompt, length, params.max_tokens)
+            config = self.settings.retrieval
+            # With the search tool at hand, only clear matches go into the prompt.
+            searchable = "search_documents" in tools.tools
+            floor = max(config.min_score, config.min_score_with_tools) if searchable else config.min_score
+            passages = await self._retrieve(conv, text, system_prompt, length, params.max_tokens, floor)
             system_prompt = with_passages(system_prompt, passages)
         sources = [source_record(n, p) for n, p in enumerate(passages, start=1)]
 
@@ -202,7 +207,6 @@ class Engine:
         # Every nested stream is closed explicitly, so that an adapter closing this one reaches
         # the model at once (and the partial reply is stored) instead of at garbage collection.
         # Tool schemas ride in the prompt (the chat template renders them): keep room for them.
-        tools = self.tools_for(conv)
         reserve = 0
         if tools.tools:
             probe = [ChatMessage("system", system_prompt)]
@@ -219,7 +223,13 @@ class Engine:
                 yield event
 
     async def _retrieve(
-        self, conv: Conversation, text: str, system_prompt: str, message_tokens: int, max_tokens: int
+        self,
+        conv: Conversation,
+        text: str,
+        system_prompt: str,
+        message_tokens: int,
+        max_tokens: int,
+        min_score: float,
     ) -> list[Passage]:
         """Relevant passages for this message, within the conversation's scopes and the token budget."""
         assert self.retriever is not None
@@ -230,7 +240,7 @@ class Engine:
             # A broken store must not cost the user an answer: say nothing of documents this turn.
             log.exception("retrieval failed in conversation %s", conv.id)
             return []
-        relevant = [p for p in found if p.score >= config.min_score]
+        relevant = [p for p in found if p.score >= min_score]
         # Passages share the window with the persona, the message and the reply; the weakest go first.
         room = self.window - max_tokens - message_tokens - self.model.count_text_tokens(system_prompt)
         budget = min(config.max_context_tokens, room - _PASSAGE_SLACK)

@@ -82,6 +82,7 @@ class RetrievalSettings(_Section):
     chunk_overlap: int = Field(default=150, ge=0, le=2000)
     top_k: int = Field(default=4, ge=1, le=20)
     min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
+    min_score_with_tools: float = Field(default=0.5, ge=-1.0, le=1.0)
     max_context_tokens: int = Field(default=1500, ge=100)
     batch_size: int = Field(default=16, ge=1, le=512)
 
@@ -174,6 +175,15 @@ class DiscordSettings(_Section):
         return [str(v) for v in value] if isinstance(value, list) else value
 
 
+class SchedulerSettings(_Section):
+    """How one model serves many conversations at once: batch size, queue, prefix cache."""
+
+    enabled: bool = True
+    max_batch: int = Field(default=8, ge=1, le=256)
+    max_queue: int = Field(default=64, ge=0, le=100_000)
+    prefix_cache_mb: int = Field(default=256, ge=0, le=65_536)
+
+
 class LoggingSettings(_Section):
     """Log level and file (the terminal stays clean for the chat)."""
 
@@ -206,6 +216,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -220,6 +220,22 @@ async def test_when_nothing_is_relevant_the_model_is_told_so(
     assert NO_PASSAGES in system and PASSAGES_INTRO not in system
 
 
+async def test_with_the_search_tool_offered_only_clear_matches_enter_the_prompt(
+    model: FakeModel, history: SqlHistory, settings: Settings, store: DocumentStore, docs: Path
+) -> None:
+    from bot.app import default_tools
+
+    store.ingest([docs])
+    settings.retrieval.min_score_with_tools = 0.99
+    engine = Engine(model, history, settings, store, default_tools(settings))
+    await run(engine, said("What is the API rate limit per key?"))
+    assert "120 requests" not in model.prompts[-1][0].content
+    assert "search_documents" in [t["function"]["name"] for t in model.tools[-1] or []]
+    settings.tools.enabled = False  # no tool to search with: the passages come to the model
+    await run(engine, said("What is the API rate limit per key?"))
+    assert "120 requests" in model.prompts[-1][0].content
+
+
 async def test_docs_off_keeps_the_documents_out_of_the_conversation(
     engine_with_docs: Engine, model: FakeModel
 ) -> None:
