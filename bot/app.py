@@ -47,7 +47,9 @@ def load_model(settings: Settings, progress: bool = True) -> ChatModel:
     """Prepare (first time: assemble, verify, convert, with a progress bar) and load the model."""
     from bot.transformers_model import TransformersModel
 
-    return TransformersModel.load(settings.model, settings.model_cache_dir, progress=progress)
+    return TransformersModel.load(
+        settings.model, settings.model_cache_dir, progress=progress, scheduler=settings.scheduler
+    )
 
 
 async def open_history(settings: Settings) -> History:

@@ -29,3 +29,7 @@ class CommandError(ChinwagError):
 
 class ConversationNotFoundError(ChinwagError):
     """No stored conversation with that id."""
+
+
+class BusyError(ChinwagError):
+    """The model's queue is full (or it is shutting down): try again in a moment."""

@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bot.errors import ModelError
+from bot.errors import ChinwagError, ModelError
 from bot.model import Chunk, Finish, FinishReason
 from bot.models import prepare_model, quiet_transformers
+from bot.scheduler import Request, RowProcessor, Scheduler
 from bot.toolgrammar import RELEASED, ToolCallGrammar
 from bot.types import ChatMessage, GenerationParams, ModelInfo
-from config.settings import ModelSettings
+from config.settings import ModelSettings, SchedulerSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,16 @@ _DEFAULT_CONTEXT = 2048
 
 
 class TransformersModel:
-    """A `ChatModel` backed by a transformers causal LM; one generation at a time."""
+    """A `ChatModel` backed by a transformers causal LM; concurrent replies batched by a `Scheduler`."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, device: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        device: str,
+        scheduler: SchedulerSettings | None = None,
+    ) -> None:
         self._model = model
         self._tokenizer = tokenizer
         config = model.config
@@ -44,12 +52,30 @@ class TransformersModel:
         self._eos_ids = self._end_of_turn_ids()
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
-        # One worker thread: forward passes of one model are serialised (batching comes later).
+        # Without the scheduler (scheduler.enabled = false, or a model whose cache it cannot
+        # batch), one worker thread runs one `generate` at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-generate")
         self._pieces: list[str] | None = None
+        self._scheduler: Scheduler | None = None
+        config = scheduler or SchedulerSettings()
+        if config.enabled and Scheduler.supports(model):
+            self._scheduler = Scheduler(
+                model,
+                tokenizer,
+                self._eos_ids,
+                max_batch=config.max_batch,
+                max_queue=config.max_queue,
+                prefix_cache_mb=config.prefix_cache_mb,
+            )
 
     @classmethod
-    def load(cls, settings: ModelSettings, cache_dir: Path, progress: bool = True) -> TransformersModel:
+    def load(
+        cls,
+        settings: ModelSettings,
+        cache_dir: Path,
+        progress: bool = True,
+        scheduler: SchedulerSettings | None = None,
+    ) -> TransformersModel:
         """Prepare the model if needed and load it on the configured device."""
         path = prepare_model(settings, cache_dir, progress)
         quiet_transformers()
@@ -75,7 +101,17 @@ class TransformersModel:
         if tokenizer.chat_template is None:
             raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
         log.info("loaded %s from %s in %.1f s", settings.name, path, time.perf_counter() - started)
-        return cls(model, tokenizer, Path(settings.name).name, device)
+        return cls(model, tokenizer, Path(settings.name).name, device, scheduler)
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The scheduler batching this model's replies (None when it runs one at a time)."""
+        return self._scheduler
+
+    def close(self) -> None:
+        """Stop the scheduler's worker; unfinished replies end with an error."""
+        if self._scheduler is not None:
+            self._scheduler.close()
 
     @property
     def info(self) -> ModelInfo:
@@ -104,6 +140,13 @@ class TransformersModel:
         With `constrain`, a reply that starts a tool call can only be a well-formed call of one
         of `tools` (see `bot.toolgrammar`); any other reply is generated freely.
         """
+        if self._scheduler is not None:
+            async with contextlib.aclosing(
+                self._stream_scheduled(self._scheduler, messages, params, tools, constrain)
+            ) as scheduled:
+                async for produced in scheduled:
+                    yield produced
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
         cancel = threading.Event()
@@ -134,6 +177,66 @@ class TransformersModel:
             # Let the worker stop at its next token before returning, without blocking the loop.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([job])
+
+    async def _stream_scheduled(
+        self,
+        scheduler: Scheduler,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[dict[str, Any]] | None,
+        constrain: bool,
+    ) -> AsyncGenerator[Chunk | Finish, None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
+
+        def emit(item: Chunk | Finish | BaseException) -> None:
+            # A closed loop has nobody left to read; the worker must carry on for the others.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        # Templating, tokenising and (once) the token table take real CPU time: off the loop.
+        prompt, processors = await asyncio.to_thread(
+            self._prepare, list(messages), params, list(tools or []), constrain
+        )
+        request = Request(prompt, params, emit, processors)
+        scheduler.submit(request)  # BusyError (a ChinwagError) when the queue is full
+        over = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    over = True
+                    if isinstance(item, ChinwagError):
+                        raise item
+                    raise ModelError(f"The model failed: {type(item).__name__}: {item}") from item
+                yield item
+                if isinstance(item, Finish):
+                    over = True
+                    return
+        finally:
+            if not over:
+                scheduler.cancel(request)
+                # The worker answers a cancel with a last Finish; waiting for it means the request
+                # has left the batch when the stream is closed.
+                with contextlib.suppress(asyncio.CancelledError):
+                    while not isinstance(await queue.get(), Finish | BaseException):
+                        pass
+
+    def _prepare(
+        self,
+        messages: list[ChatMessage],
+        params: GenerationParams,
+        tools: list[dict[str, Any]],
+        constrain: bool,
+    ) -> tuple[list[int], list[RowProcessor]]:
+        processors: list[RowProcessor] = []
+        if constrain and tools:
+            processors.append(
+                ToolCallConstraint(
+                    ToolCallGrammar(tools), self._token_pieces(), self._eos_ids, params.temperature <= 0
+                )
+            )
+        return self._encode(messages, tools), processors
 
     # Inside the worker thread ----------------------------------------------------------
 

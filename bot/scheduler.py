@@ -1,0 +1,455 @@
+"""The generation scheduler: requests from many conversations decoded together (continuous batching).
+
+One worker thread owns the model. Each request is prefilled on its own KV cache (in chunks, between
+decode steps, so a long prompt never stalls the others for long), then joins a shared, left-padded
+batch cache; every decode step feeds one token per active request in a single forward pass, and a
+request leaves the batch as soon as it stops, is cancelled or fails. Admission is first come, first
+served; every active request gets one token per step, so a long answer cannot starve a short one.
+
+transformers' own continuous batching (v5 `ContinuousBatchingManager`) was not used: it supports only
+temperature/top-k/top-p per request, not a per-request seed, repetition penalty or a stateful logits
+processor such as `ToolCallConstraint`.
+
+Finished requests leave their KV cache in a small LRU (`prefix_cache_mb`): a later prompt sharing a
+token prefix with one of them (the next turn of the same conversation) encodes only what is new. A
+changed history (a summary, an edit) shares a shorter prefix, or none, and simply misses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.errors import BusyError
+from bot.model import Chunk, Finish, FinishReason
+from bot.types import GenerationParams
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Chunk | Finish | BaseException], None]
+# A per-request logits processor: (that request's prompt and generated ids [1, n], its scores [1, vocab]).
+RowProcessor = Callable[[Any, Any], Any]
+
+# Prompts shorter than this are not worth a prefix-cache lookup.
+_MIN_PREFIX = 16
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: a tokenised prompt, its sampling parameters, and where its output goes."""
+
+    prompt: list[int]
+    params: GenerationParams
+    emit: Emit
+    processors: Sequence[RowProcessor] = ()
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # Worker-side state.
+    generated: list[int] = field(default_factory=list)
+    fed: int = 0  # tokens already in this request's KV cache
+    cache: Any = None  # the request's own cache while it is prefilled
+    reused: int = 0  # prompt tokens taken from the prefix cache
+    generator: Any = None
+    text_sent: int = 0
+
+
+class Scheduler:
+    """Continuous batching over one causal LM; thread-safe `submit`, one worker thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: Sequence[int],
+        max_batch: int = 8,
+        max_queue: int = 64,
+        prefix_cache_mb: int = 256,
+        prefill_chunk: int = 512,
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._eos = set(eos_ids)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._prefill_chunk = prefill_chunk
+        self._prefix = _PrefixCache(prefix_cache_mb * 1024 * 1024)
+        self._lock = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._prefilling: list[Request] = []
+        self._rows: list[Request] = []
+        self._cache: Any = None  # the batch's cache: every layer [rows, heads, columns, dim]
+        self._mask: Any = None  # [rows, columns]: 0 for left padding
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        """Whether this model's KV cache is one the batch can pad and stack (full attention only)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        try:
+            layers = DynamicCache(config=model.config).layers
+        except Exception:  # an architecture with its own cache type
+            return False
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    @property
+    def prefix_hits(self) -> int:
+        """Prompt tokens served from the prefix cache so far (for tests and benchmarks)."""
+        return self._prefix.tokens_reused
+
+    def load(self) -> tuple[int, int]:
+        """(requests waiting for a slot, requests being generated)."""
+        with self._lock:
+            return len(self._waiting), len(self._prefilling) + len(self._rows)
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; `BusyError` when `max_batch` are running and `max_queue` more are waiting."""
+        with self._lock:
+            if self._closed:
+                raise BusyError("The model is shutting down; try again in a moment.")
+            running = len(self._prefilling) + len(self._rows)
+            if len(self._waiting) + running >= self.max_batch + self.max_queue:
+                raise BusyError(
+                    f"The bot is busy ({len(self._waiting)} requests already waiting); "
+                    "please try again in a moment."
+                )
+            if running >= self.max_batch:
+                log.info("request queued at position %d", len(self._waiting) + 1)
+            self._waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="chinwag-scheduler", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request at the next step; it still ends with a `Finish(reason="cancelled")`."""
+        request.cancel.set()
+        with self._lock:
+            self._lock.notify()
+
+    def close(self) -> None:
+        """Stop the worker after the current step; every unfinished request gets an error."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    # The worker thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._closed and not (self._waiting or self._prefilling or self._rows):
+                        self._lock.wait()
+                    if self._closed:
+                        break
+                    for request in [r for r in self._waiting if r.cancel.is_set()]:
+                        self._waiting.remove(request)
+                        self._finish(request, "cancelled")
+                    while self._waiting and len(self._prefilling) + len(self._rows) < self.max_batch:
+                        self._prefilling.append(self._waiting.popleft())
+                try:
+                    self._drop_cancelled()
+                    if self._prefilling:
+                        self._prefill_step(self._prefilling[0])
+                    if self._rows:
+                        self._decode_step()
+                except Exception as error:  # a bug here must not leave anyone waiting forever
+                    log.exception("scheduler step failed")
+                    for request in [*self._prefilling, *self._rows]:
+                        request.emit(error)
+                    with self._lock:
+                        self._prefilling.clear()
+                    self._rows, self._cache, self._mask = [], None, None
+        closing = BusyError("The model was shut down before this answer finished.")
+        with self._lock:
+            for request in [*self._waiting, *self._prefilling, *self._rows]:
+                request.emit(closing)
+            self._waiting.clear()
+            self._prefilling.clear()
+        self._rows = []
+        self._cache = self._mask = None
+
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self._prefilling if r.cancel.is_set()]:
+            self._prefilling.remove(request)
+            self._finish(request, "cancelled")
+        gone = [i for i, r in enumerate(self._rows) if r.cancel.is_set()]
+        if gone:
+            self._remove_rows(gone, "cancelled")
+
+    def _prefill_step(self, request: Request) -> None:
+        """Encode the next chunk of one prompt; after the last chunk, choose its first token."""
+        import torch
+        from transformers import DynamicCache
+
+        try:
+            if request.cache is None:
+                request.cache, request.fed = self._prefix.take(request.prompt, self._model.config)
+                request.reused = request.fed
+                if request.cache is None:
+                    request.cache = DynamicCache(config=self._model.config)
+                request.generator = torch.Generator(device=self._model.device)
+                if request.params.seed is not None:
+                    request.generator.manual_seed(request.params.seed)
+                else:
+                    request.generator.seed()
+            chunk = request.prompt[request.fed : request.fed + self._prefill_chunk]
+            device = self._model.device
+            ids = torch.tensor([chunk], device=device)
+            positions = torch.arange(request.fed, request.fed + len(chunk), device=device)[None]
+            out = self._model(
+                input_ids=ids,
+                attention_mask=torch.ones((1, request.fed + len(chunk)), dtype=torch.long, device=device),
+                position_ids=positions,
+                past_key_values=request.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            request.fed += len(chunk)
+            if request.fed < len(request.prompt):
+                return
+            self._prefilling.remove(request)
+            token = self._choose(request, out.logits[0, -1])
+        except Exception as error:
+            log.exception("prefill failed")
+            if request in self._prefilling:
+                self._prefilling.remove(request)
+            request.cache = None
+            request.emit(error)
+            return
+        if self._accept(request, token):
+            self._join(request)
+        request.cache = None
+
+    def _decode_step(self) -> None:
+        """One forward pass over every active request: each gets its next token."""
+        import torch
+
+        device = self._model.device
+        rows = self._rows
+        try:
+            ids = torch.tensor([[r.generated[-1]] for r in rows], device=device)
+            positions = torch.tensor([[r.fed] for r in rows], device=device)
+            mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=device)], 1)
+            out = self._model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=self._cache,
+                use_cache=True,
+            )
+            self._mask = mask
+        except Exception as error:
+            log.exception("decode step failed")
+            for request in rows:
+                request.emit(error)
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        logits = out.logits[:, -1]
+        done: dict[int, FinishReason | BaseException] = {}
+        for i, request in enumerate(rows):
+            request.fed += 1
+            try:
+                token = self._choose(request, logits[i])
+            except Exception as error:
+                log.exception("choosing a token failed")
+                done[i] = error
+                continue
+            if not self._accept(request, token, finish=False):
+                done[i] = self._reason(request)
+        if done:
+            self._remove_rows(list(done), done)
+
+    def _choose(self, request: Request, logits: Any) -> int:
+        """The request's next token, processed in the order `generate` uses."""
+        import torch
+        from transformers import (
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        params = request.params
+        scores = logits[None].to(dtype=torch.float32)
+        ids = torch.tensor([request.prompt + request.generated], device=scores.device)
+        if params.repetition_penalty != 1.0:
+            scores = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, scores)
+        for processor in request.processors:
+            scores = processor(ids, scores)
+        if params.temperature <= 0:
+            return int(scores[0].argmax())
+        if params.temperature != 1.0:
+            scores = TemperatureLogitsWarper(params.temperature)(ids, scores)
+        if params.top_k > 0:
+            scores = TopKLogitsWarper(params.top_k)(ids, scores)
+        if params.top_p < 1.0:
+            scores = TopPLogitsWarper(params.top_p)(ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs[0], 1, generator=request.generator))
+
+    def _accept(self, request: Request, token: int, finish: bool = True) -> bool:
+        """Record and stream a token; False when the request is over (finished here when `finish`)."""
+        request.generated.append(token)
+        if token not in self._eos:
+            self._send_text(request, final=False)
+        over = token in self._eos or len(request.generated) >= request.params.max_tokens
+        if over and finish:
+            self._finish(request, self._reason(request))
+        return not over
+
+    def _reason(self, request: Request) -> FinishReason:
+        if request.generated and request.generated[-1] in self._eos:
+            return "stop"
+        return "length"
+
+    def _send_text(self, request: Request, final: bool) -> None:
+        ids = [t for t in request.generated if t not in self._eos]
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes as U+FFFD until it is complete.
+        if not final and text.endswith("\ufffd"):
+            return
+        if len(text) > request.text_sent:
+            request.emit(Chunk(text[request.text_sent :]))
+            request.text_sent = len(text)
+
+    def _finish(self, request: Request, reason: FinishReason) -> None:
+        self._send_text(request, final=True)
+        completion = len(request.generated) - (1 if reason == "stop" and request.generated else 0)
+        request.emit(Finish(prompt_tokens=len(request.prompt), completion_tokens=completion, reason=reason))
+
+    # The batch cache ----------------------------------------------------------------------
+
+    def _join(self, request: Request) -> None:
+        """Add a prefilled request to the batch, left-padding whichever side is shorter."""
+        import torch
+
+        new = request.cache
+        length = new.get_seq_length()
+        ones = torch.ones((1, length), dtype=torch.long, device=self._model.device)
+        if self._cache is None:
+            self._cache, self._mask = new, ones
+        else:
+            columns = self._mask.shape[1]
+            width = max(columns, length)
+            for old_layer, new_layer in zip(self._cache.layers, new.layers, strict=True):
+                old_layer.keys = torch.cat([_pad(old_layer.keys, width), _pad(new_layer.keys, width)])
+                old_layer.values = torch.cat([_pad(old_layer.values, width), _pad(new_layer.values, width)])
+            self._mask = torch.cat([_pad(self._mask, width), _pad(ones, width)])
+        self._rows.append(request)
+
+    def _remove_rows(
+        self, indices: list[int], outcome: FinishReason | dict[int, FinishReason | BaseException]
+    ) -> None:
+        """Finish these rows, keep their caches for prefix reuse, and shrink the batch."""
+        import torch
+
+        leaving = [(self._rows[i], outcome[i] if isinstance(outcome, dict) else outcome) for i in indices]
+        for i, (request, result) in zip(indices, leaving, strict=True):
+            if not isinstance(result, BaseException):
+                self._keep_prefix(i, request)
+        keep = [i for i in range(len(self._rows)) if i not in set(indices)]
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = None
+        else:
+            index = torch.tensor(keep, device=self._model.device)
+            self._mask = self._mask[index]
+            # Columns that are padding in every remaining row cost attention time for nothing.
+            start = int(self._mask.any(0).nonzero()[0])
+            self._mask = self._mask[:, start:]
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[index, :, start:]
+                layer.values = layer.values[index, :, start:]
+        # Told last, so a reader that sees its Finish also sees the request gone from the batch.
+        for request, result in leaving:
+            if isinstance(result, BaseException):
+                request.emit(result)
+            else:
+                self._finish(request, result)
+
+    def _keep_prefix(self, row: int, request: Request) -> None:
+        if self._prefix.capacity <= 0 or request.fed < _MIN_PREFIX:
+            return
+        start = self._mask.shape[1] - request.fed
+        tokens = (request.prompt + request.generated)[: request.fed]
+        layers = [
+            (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
+            for layer in self._cache.layers
+        ]
+        self._prefix.put(tokens, layers)
+
+
+def _pad(tensor: Any, width: int) -> Any:
+    """Left-pad the sequence dimension (-2 of a KV tensor, -1 of a mask) with zeros up to `width`."""
+    import torch
+
+    dim = -1 if tensor.dim() == 2 else -2
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
+
+
+class _PrefixCache:
+    """KV caches of finished requests by token sequence, least recently used dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.tokens_reused = 0
+        self._entries: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
+        self._size = 0
+
+    def put(self, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
+        """Keep a cache; entries it extends are dropped (it serves their prompts as well)."""
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.capacity:
+            return
+        key = tuple(tokens)
+        for other in [o for o in self._entries if len(o) <= len(key) and key[: len(o)] == o]:
+            self._drop(other)
+        self._entries[key] = layers
+        self._size += size
+        while self._size > self.capacity:
+            self._drop(next(iter(self._entries)))
+
+    def take(self, prompt: list[int], config: Any) -> tuple[Any, int]:
+        """A cache holding the longest cached prefix of `prompt` (at least one token left to encode)."""
+        best, length = None, 0
+        for key in self._entries:
+            shared = _common_prefix(key, prompt)
+            if shared > length:
+                best, length = key, shared
+        length = min(length, len(prompt) - 1)
+        if best is None or length < _MIN_PREFIX:
+            return None, 0
+        from transformers import DynamicCache
+
+        self._entries.move_to_end(best)
+        data = [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[best]]
+        self.tokens_reused += length
+        return DynamicCache(ddp_cache_data=data, config=config), length
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        layers = self._entries.pop(key)
+        self._size -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,226 @@
+"""The generation scheduler with the real small model: batched replies match one-at-a-time replies.
+
+The reference is the same model with the scheduler off (one `generate` at a time); the scheduled
+models share its weights, so every comparison is the same network run two ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import aclosing
+from dataclasses import replace
+
+import pytest
+
+from bot.app import default_tools
+from bot.errors import BusyError
+from bot.model import Chunk, Finish
+from bot.toolcalls import parse_tool_calls
+from bot.transformers_model import TransformersModel
+from bot.types import ChatMessage, GenerationParams
+from config import load_settings
+from config.settings import SchedulerSettings
+
+pytestmark = pytest.mark.model
+
+SMALL = "smollm2-135m-instruct"
+# The engine's default repetition penalty, so the penalty's per-row history is exercised too.
+GREEDY = GenerationParams(temperature=0.0, max_tokens=24, repetition_penalty=1.05)
+
+
+def _ask(text: str, system: str | None = None) -> list[ChatMessage]:
+    return ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", text)]
+
+
+PROMPTS = [
+    (_ask("What is 2+2?"), replace(GREEDY, max_tokens=12)),
+    (
+        _ask(
+            "Write a short poem about a harbour town, its lighthouse, its fishing boats and the "
+            "clerks who kept the ledgers of every ship that came in.",
+            system="You are a poet who writes in plain words.",
+        ),
+        replace(GREEDY, max_tokens=28),
+    ),
+    (_ask("Name three colours."), replace(GREEDY, max_tokens=14)),
+    (_ask("Explain what a queue is, in one sentence.", system="Be brief."), replace(GREEDY, max_tokens=16)),
+]
+
+
+@pytest.fixture(scope="module")
+def naive() -> Iterator[TransformersModel]:
+    """SmolLM2 with the scheduler off: the one-at-a-time reference."""
+    settings = load_settings(model={"name": SMALL, "threads": 0})
+    model = TransformersModel.load(
+        settings.model, settings.model_cache_dir, progress=False, scheduler=SchedulerSettings(enabled=False)
+    )
+    yield model
+    model.close()
+
+
+_references: dict[int, tuple[str, Finish]] = {}
+
+
+async def _reference(naive: TransformersModel, i: int) -> tuple[str, Finish]:
+    """PROMPTS[i] answered one at a time, computed once per module (the slow path)."""
+    if i not in _references:
+        _references[i] = await _collect(naive, *PROMPTS[i])
+    return _references[i]
+
+
+@pytest.fixture
+def scheduled(naive: TransformersModel) -> Iterator[TransformersModel]:
+    """The same weights behind a scheduler (batch of 8)."""
+    model = _scheduled(naive, SchedulerSettings(max_batch=8))
+    yield model
+    model.close()
+
+
+def _scheduled(naive: TransformersModel, settings: SchedulerSettings) -> TransformersModel:
+    # Shares the reference's weights rather than loading them again.
+    return TransformersModel(naive._model, naive._tokenizer, SMALL, "cpu", settings)
+
+
+async def _collect(
+    model: TransformersModel,
+    messages: list[ChatMessage],
+    params: GenerationParams,
+    tools: list[dict[str, object]] | None = None,
+) -> tuple[str, Finish]:
+    text, finish = "", None
+    async with aclosing(model.stream(messages, params, tools, constrain=bool(tools))) as stream:
+        async for item in stream:
+            if isinstance(item, Chunk):
+                text += item.text
+            else:
+                finish = item
+    assert finish is not None
+    return text, finish
+
+
+async def _peak_running(model: TransformersModel, until: asyncio.Future[object]) -> int:
+    """The most requests the scheduler generated at once while `until` was pending."""
+    assert model.scheduler is not None
+    peak = 0
+    while not until.done():
+        peak = max(peak, model.scheduler.load()[1])
+        await asyncio.sleep(0.005)
+    return peak
+
+
+async def test_batched_greedy_replies_equal_one_at_a_time(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    expected = [await _reference(naive, i) for i in range(len(PROMPTS))]
+
+    async def staggered(i: int) -> tuple[str, Finish]:
+        await asyncio.sleep(0.2 * i)  # later requests join a batch that is already decoding
+        return await _collect(scheduled, *PROMPTS[i])
+
+    everything = asyncio.gather(*(staggered(i) for i in range(len(PROMPTS))))
+    peak = await _peak_running(scheduled, everything)
+    assert await everything == expected
+    assert peak >= 2  # they really were decoded together
+
+
+async def test_cancelling_one_reply_leaves_the_others_intact(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    expected = [await _reference(naive, i) for i in (1, 3)]
+    story = _ask("Write a long story about a lighthouse keeper.")
+
+    async def cancelled() -> int:
+        received = 0
+        async with aclosing(scheduled.stream(story, replace(GREEDY, max_tokens=300))) as stream:
+            async for item in stream:
+                assert isinstance(item, Chunk)
+                received += 1
+                if received == 3:
+                    break  # closing the stream cancels it
+        return received
+
+    results = await asyncio.gather(
+        _collect(scheduled, *PROMPTS[1]), cancelled(), _collect(scheduled, *PROMPTS[3])
+    )
+    assert [results[0], results[2]] == expected and results[1] == 3
+    assert scheduled.scheduler is not None and scheduled.scheduler.load() == (0, 0)
+
+
+async def test_a_full_queue_says_busy_and_drops_nothing(naive: TransformersModel) -> None:
+    model = _scheduled(naive, SchedulerSettings(max_batch=1, max_queue=1))
+    try:
+        expected = [await _reference(naive, i) for i in (1, 2)]
+        running = asyncio.ensure_future(_collect(model, *PROMPTS[1]))
+        waiting = asyncio.ensure_future(_collect(model, *PROMPTS[2]))
+        assert model.scheduler is not None
+        while model.scheduler.load() != (1, 1):
+            await asyncio.sleep(0.005)
+        with pytest.raises(BusyError, match="busy"):
+            await _collect(model, *PROMPTS[0])
+        assert [await running, await waiting] == expected
+    finally:
+        model.close()
+
+
+async def test_each_reply_keeps_its_own_sampling_parameters(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    sea = _ask("Tell me something about the sea.")
+    sampled = GenerationParams(temperature=1.0, top_p=0.95, top_k=50, max_tokens=16, seed=7)
+    greedy_alone = await _reference(naive, 2)
+    first, second, greedy, other_seed = await asyncio.gather(
+        _collect(scheduled, sea, sampled),
+        _collect(scheduled, sea, sampled),
+        _collect(scheduled, *PROMPTS[2]),
+        _collect(scheduled, sea, replace(sampled, seed=8)),
+    )
+    assert first == second and first[0]  # the same seed samples the same reply, even side by side
+    assert other_seed[0] != first[0]
+    assert greedy == greedy_alone  # greedy rows are untouched by sampled neighbours
+    alone = await _collect(scheduled, sea, sampled)
+    assert alone == first  # and batched or alone makes no difference to a seeded reply
+
+
+async def test_a_constrained_tool_call_and_a_free_reply_share_a_batch(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    tools = default_tools().schemas()
+    # SmolLM2's template ignores tools=, so the call is asked for in words.
+    call = _ask(
+        'Reply with only this JSON and nothing else: {"name": "calculator", "arguments": '
+        '{"expression": "12*7"}}'
+    )
+    params = replace(GREEDY, max_tokens=40)
+    expected_call = await _collect(naive, call, params, tools)
+    expected_free = await _reference(naive, 1)
+    got_call, got_free = await asyncio.gather(
+        _collect(scheduled, call, params, tools), _collect(scheduled, *PROMPTS[1])
+    )
+    assert (got_call, got_free) == (expected_call, expected_free)
+    [parsed] = parse_tool_calls(got_call[0]).calls
+    assert (parsed.name, parsed.arguments) == ("calculator", {"expression": "12*7"})
+
+
+async def test_a_follow_up_reuses_the_conversation_prefix_and_an_edit_does_not(
+    scheduled: TransformersModel,
+) -> None:
+    scheduler = scheduled.scheduler
+    assert scheduler is not None
+    first = _ask("Name three colours.", system="You are a helpful assistant who answers in lists.")
+    reply, _ = await _collect(scheduled, first, GREEDY)
+    assert scheduler.prefix_hits == 0
+    follow_up = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And three animals?")]
+    before = scheduler.prefix_hits
+    _, finish = await _collect(scheduled, follow_up, GREEDY)
+    reused = scheduler.prefix_hits - before
+    # Most of the follow-up's prompt was the first turn's: only the new tokens were encoded.
+    assert reused >= scheduled.count_tokens(first) - 1 and reused < finish.prompt_tokens
+
+    edited = [ChatMessage("system", "You are terse."), *follow_up[1:]]
+    tokens = scheduled._encode(edited)
+    original = scheduled._encode(follow_up)
+    unchanged = next(i for i, (a, b) in enumerate(zip(tokens, original, strict=False)) if a != b)
+    before = scheduler.prefix_hits
+    await _collect(scheduled, edited, GREEDY)
+    assert scheduler.prefix_hits - before <= unchanged  # nothing after the edit is reused
