@@ -3,8 +3,9 @@
     python bench/generation.py [--model NAME] [--runs N] [--skip-cold] [--json]
 
 Prints a table by default; with `--json`, one JSON object. Everything goes through
-`TransformersModel.stream`, the path a chat reply takes. The cold load converts the GGUF into a
-throwaway cache in a child process, so its memory peak does not hide the serving process's own.
+`TransformersModel.stream` on the one-at-a-time `generate` path (scheduler off, so every run
+decodes exactly the same number of tokens). The cold load converts the GGUF into a throwaway
+cache in a child process, so its memory peak does not hide the serving process's own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.models import prepare_model
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams
-from config.settings import load_settings
+from config.settings import SchedulerSettings, load_settings
 
 PROMPT_TOKENS = 500
 NEW_TOKENS = 128
@@ -130,7 +131,9 @@ def main() -> None:
     # The real cache must be ready before the warm load is timed.
     prepare_model(settings.model, settings.model_cache_dir, progress=not args.json)
     started = time.perf_counter()
-    model = _FixedLength.load(settings.model, settings.model_cache_dir, progress=False)
+    model = _FixedLength.load(
+        settings.model, settings.model_cache_dir, progress=False, scheduler=SchedulerSettings(enabled=False)
+    )
     result["load_warm_s"] = time.perf_counter() - started
     result["threads"] = __import__("torch").get_num_threads()
 
