@@ -1,0 +1,200 @@
+"""Serving benchmark: one model answering many conversations, scheduler against the naive path.
+
+    python bench/serving.py [--model NAME] [--tokens N] [--json]
+
+Side by side in one run, on the same weights:
+- single_tps / naive_single_tps: decode tokens/s of one reply (scheduler / one `generate` at a time).
+- agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s: the
+  95th-percentile time to first token among them (scheduler).
+- ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
+  (scheduler, prefix reuse on).
+- start_to_first_token_s, rss_mb: a fresh process with a warm model cache, from start to the first
+  token of a reply, and its resident memory then.
+- llamacpp_tps: llama-cpp-python on the same GGUF, when it is installed (else null).
+All replies are greedy; the `decode` rate excludes the first token (the prompt's encoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.model import Chunk, Finish
+from bot.models import prepare_model
+from bot.transformers_model import TransformersModel
+from bot.types import ChatMessage, GenerationParams
+from config.settings import SchedulerSettings, load_settings
+
+SYSTEM = "You are a helpful assistant. Answer in detail."
+QUESTIONS = [
+    "Explain how a hash map works.",
+    "Describe the water cycle.",
+    "What are the benefits of unit tests?",
+    "How does HTTPS keep a connection private?",
+    "Explain what a database index is.",
+    "Describe how a compiler turns code into a program.",
+    "What is the difference between a process and a thread?",
+    "How do vaccines train the immune system?",
+    "Explain recursion with an example.",
+    "What makes a good code review?",
+]
+
+
+async def _reply(model: TransformersModel, messages: list[ChatMessage], tokens: int) -> dict[str, Any]:
+    """One greedy reply: time to first token, decode rate, text."""
+    params = GenerationParams(temperature=0.0, max_tokens=tokens, repetition_penalty=1.0)
+    started = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    finish: Finish | None = None
+    async for item in model.stream(messages, params):
+        if isinstance(item, Chunk):
+            first = first or time.perf_counter()
+            parts.append(item.text)
+        else:
+            finish = item
+    ended = time.perf_counter()
+    count = finish.completion_tokens if finish else 0
+    first = first or ended
+    decode = (count - 1) / (ended - first) if count > 1 and ended > first else 0.0
+    return {
+        "ttft": first - started,
+        "tokens": count,
+        "decode_tps": decode,
+        "text": "".join(parts),
+        "end": ended,
+    }
+
+
+def _ask(question: str) -> list[ChatMessage]:
+    return [ChatMessage("system", SYSTEM), ChatMessage("user", question)]
+
+
+async def _single(model: TransformersModel, tokens: int) -> float:
+    await _reply(model, _ask("Say hello."), 8)  # warm-up
+    runs = [await _reply(model, _ask(QUESTIONS[0]), tokens) for _ in range(2)]
+    return statistics.median(r["decode_tps"] for r in runs)
+
+
+async def _concurrent(model: TransformersModel, tokens: int, n: int = 8) -> tuple[float, float]:
+    started = time.perf_counter()
+    results = await asyncio.gather(*(_reply(model, _ask(q), tokens) for q in QUESTIONS[:n]))
+    wall = max(r["end"] for r in results) - started
+    ttfts = sorted(r["ttft"] for r in results)
+    p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
+    return sum(r["tokens"] for r in results) / wall, p95
+
+
+async def _turns(model: TransformersModel, tokens: int, turns: int = 10) -> tuple[float, float]:
+    """TTFT of turn 1 and turn `turns` of one conversation (earlier replies kept in the prompt)."""
+    messages = [ChatMessage("system", SYSTEM)]
+    ttft: list[float] = []
+    for n in range(turns):
+        messages.append(ChatMessage("user", QUESTIONS[n % len(QUESTIONS)]))
+        result = await _reply(model, messages, tokens)
+        ttft.append(result["ttft"])
+        messages.append(ChatMessage("assistant", result["text"]))
+    return ttft[0], ttft[-1]
+
+
+_CHILD = """
+import asyncio, resource, sys, time
+started = float(sys.argv[2])
+from pathlib import Path
+from config.settings import load_settings
+from bot.transformers_model import TransformersModel
+from bot.types import ChatMessage, GenerationParams
+from bot.model import Chunk
+s = load_settings(model={"name": sys.argv[1]})
+model = TransformersModel.load(s.model, s.model_cache_dir, progress=False, scheduler=s.scheduler)
+params = GenerationParams(temperature=0.0, max_tokens=4)
+async def main():
+    async for item in model.stream([ChatMessage("user", "Hello!")], params):
+        if isinstance(item, Chunk):
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(time.time() - started, rss, flush=True)
+            return
+asyncio.run(main())
+"""
+
+
+def _fresh_process(name: str) -> tuple[float, float]:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, name, str(time.time())],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    seconds, rss = out.stdout.split()[:2]
+    return float(seconds), float(rss)
+
+
+def _llamacpp(gguf: Path | None, tokens: int) -> float | None:
+    try:
+        from llama_cpp import Llama  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    if gguf is None or not gguf.exists():
+        return None
+    llm = Llama(model_path=str(gguf), n_threads=os.cpu_count() or 2, n_ctx=2048, verbose=False)
+    messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    first: float | None = None
+    count = 0
+    for _ in llm.create_chat_completion(messages=messages, max_tokens=tokens, temperature=0.0, stream=True):
+        first = first or time.perf_counter()
+        count += 1
+    return (count - 1) / (time.perf_counter() - first) if first and count > 1 else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    settings = load_settings(model={"name": args.model})
+    path = prepare_model(settings.model, settings.model_cache_dir, progress=not args.json)
+    scheduled = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
+    naive = TransformersModel.load(
+        settings.model, settings.model_cache_dir, progress=False, scheduler=SchedulerSettings(enabled=False)
+    )
+
+    async def measure() -> dict[str, Any]:
+        result: dict[str, Any] = {"model": settings.model.name, "tokens": args.tokens}
+        result["single_tps"] = await _single(scheduled, args.tokens)
+        result["naive_single_tps"] = await _single(naive, args.tokens)
+        result["agg8_tps"], result["p95_ttft8_s"] = await _concurrent(scheduled, args.tokens)
+        result["naive_agg8_tps"], result["naive_p95_ttft8_s"] = await _concurrent(naive, args.tokens)
+        result["ttft_turn1_s"], result["ttft_turn10_s"] = await _turns(scheduled, args.tokens)
+        return result
+
+    result = asyncio.run(measure())
+    scheduled.close()
+    naive.close()
+    result["start_to_first_token_s"], result["rss_mb"] = _fresh_process(settings.model.name)
+    ggufs = sorted(Path(path).parent.glob("*.gguf")) if Path(path).exists() else []
+    result["llamacpp_tps"] = _llamacpp(ggufs[0] if ggufs else None, args.tokens)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        print(f"{key:<24} {shown}")
+
+
+if __name__ == "__main__":
+    main()
