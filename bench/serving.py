@@ -8,8 +8,8 @@ Side by side in one run, on the same weights:
   95th-percentile time to first token among them (scheduler).
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
   (scheduler, prefix reuse on).
-- start_to_first_token_s, rss_mb: a fresh process with a warm model cache, from start to the first
-  token of a reply, and its resident memory then.
+- start_to_first_token_s, rss_mb, peak_rss_mb: a fresh process with a warm model cache, from start
+  to the first token of a reply; its resident memory then, and the peak while loading.
 - llamacpp_tps: llama-cpp-python on the same GGUF, when it is installed (else null).
 All replies are greedy; the `decode` rate excludes the first token (the prompt's encoding).
 """
@@ -121,14 +121,19 @@ params = GenerationParams(temperature=0.0, max_tokens=4)
 async def main():
     async for item in model.stream([ChatMessage("user", "Hello!")], params):
         if isinstance(item, Chunk):
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(time.time() - started, rss, flush=True)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            status = Path("/proc/self/status")
+            rss = peak
+            if status.exists():
+                line = next(x for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+                rss = int(line.split()[1]) / 1024
+            print(time.time() - started, rss, peak, flush=True)
             return
 asyncio.run(main())
 """
 
 
-def _fresh_process(name: str) -> tuple[float, float]:
+def _fresh_process(name: str) -> tuple[float, float, float]:
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, name, str(time.time())],
@@ -138,8 +143,8 @@ def _fresh_process(name: str) -> tuple[float, float]:
         check=True,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
-    seconds, rss = out.stdout.split()[:2]
-    return float(seconds), float(rss)
+    seconds, rss, peak = out.stdout.split()[:3]
+    return float(seconds), float(rss), float(peak)
 
 
 def _llamacpp(gguf: Path | None, tokens: int) -> float | None:
@@ -185,7 +190,9 @@ def main() -> None:
     result = asyncio.run(measure())
     scheduled.close()
     naive.close()
-    result["start_to_first_token_s"], result["rss_mb"] = _fresh_process(settings.model.name)
+    result["start_to_first_token_s"], result["rss_mb"], result["peak_rss_mb"] = _fresh_process(
+        settings.model.name
+    )
     ggufs = sorted(Path(path).parent.glob("*.gguf")) if Path(path).exists() else []
     result["llamacpp_tps"] = _llamacpp(ggufs[0] if ggufs else None, args.tokens)
     if args.json:
