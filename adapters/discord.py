@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
+from adapters.inflight import InFlight
 from adapters.textsplit import split_message
 from bot.app import App
 from bot.errors import ChinwagError
@@ -175,8 +176,10 @@ class Reply:
 # The adapter ----------------------------------------------------------------------------------
 
 
-class DiscordAdapter:
+class DiscordAdapter(InFlight):
     """Discord events in, engine turns out; one per process (one bot token, any number of guilds)."""
+
+    platform = PLATFORM
 
     def __init__(self, engine: Engine, history: History, settings: DiscordSettings, token: str) -> None:
         self.engine = engine
@@ -190,8 +193,7 @@ class DiscordAdapter:
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self.tree = app_commands.CommandTree(self.client)
-        self.accepting = True
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__()
         self._connection: asyncio.Task[None] | None = None
         self._register()
 
@@ -273,30 +275,6 @@ class DiscordAdapter:
         if connection := self._connection:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(connection, timeout=5)
-
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run work outside the event handler, tracked so that shutdown can wait for it."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self, grace_s: float) -> None:
-        """Stop taking new work; let answers in flight finish within `grace_s`, then cut them short."""
-        self.accepting = False
-        pending = set(self._tasks)
-        if not pending:
-            return
-        _, still = await asyncio.wait(pending, timeout=grace_s)
-        for task in still:
-            task.cancel()
-        if still:
-            log.warning("discord: %d answers cut short by the shutdown", len(still))
-            await asyncio.wait(still, timeout=5)
-
-    async def idle(self) -> None:
-        """Wait until no answer is in flight (tests and shutdown)."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
 
     # Checks ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +31,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.inflight import InFlight
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.textsplit import split_message
 from bot.app import App
@@ -148,8 +149,10 @@ class _Reply:
         return split_message(whole, limit) or [thinking]
 
 
-class SlackAdapter:
+class SlackAdapter(InFlight):
     """Slack events in, engine turns out; one instance per process (one bot token, any number of teams)."""
+
+    platform = PLATFORM
 
     def __init__(
         self,
@@ -177,8 +180,7 @@ class SlackAdapter:
         )
         self.pace = Pace(settings.updates_per_minute)
         self.bot_user_id: str | None = None
-        self.accepting = True
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__()
         self._register()
 
     # Wiring ---------------------------------------------------------------------------
@@ -200,30 +202,6 @@ class SlackAdapter:
             raise ChinwagError(f"Cannot reach Slack at {self.settings.api_base_url}: {error}") from None
         self.bot_user_id = auth.get("user_id")
         log.info("slack: connected as %s in team %s", auth.get("user"), auth.get("team_id"))
-
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run work after the ack, tracked so that shutdown can wait for it."""
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self, grace_s: float) -> None:
-        """Stop taking new work; let answers in flight finish within `grace_s`, then cut them short."""
-        self.accepting = False
-        pending = set(self._tasks)
-        if not pending:
-            return
-        _, still = await asyncio.wait(pending, timeout=grace_s)
-        for task in still:
-            task.cancel()
-        if still:
-            log.warning("slack: %d answers cut short by the shutdown", len(still))
-            await asyncio.wait(still, timeout=5)
-
-    async def idle(self) -> None:
-        """Wait until no answer is in flight (tests and shutdown)."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
 
     # Checks ---------------------------------------------------------------------------
 

@@ -166,16 +166,8 @@ def tools_from_entry_points(group: str = ENTRY_POINT_GROUP) -> list[Tool]:
         elif isinstance(value, Tool):
             found.append(value)
         elif inspect.isfunction(value):
-            options = getattr(value, "__chinwag_tool__", {})
             try:
-                found.append(
-                    Tool.from_function(
-                        value,
-                        name=options.get("name"),
-                        needs_approval=options.get("needs_approval", False),
-                        timeout_s=options.get("timeout_s", 10.0),
-                    )
-                )
+                found.append(_marked_tool(value))
             except ValueError as error:
                 raise ChinwagError(f"tool entry point {point.name!r}: {error}") from None
         else:
@@ -203,19 +195,22 @@ def tools_from_module(module_name: str) -> list[Tool]:
     marked = [f for f in functions if hasattr(f, "__chinwag_tool__")]
     found = []
     for function in marked or functions:
-        options = getattr(function, "__chinwag_tool__", {})
         try:
-            found.append(
-                Tool.from_function(
-                    function,
-                    name=options.get("name"),
-                    needs_approval=options.get("needs_approval", False),
-                    timeout_s=options.get("timeout_s", 10.0),
-                )
-            )
+            found.append(_marked_tool(function))
         except ValueError as error:
             raise ChinwagError(f"tools.modules: {module_name}.{function.__name__}: {error}") from None
     return found
+
+
+def _marked_tool(function: Callable[..., Any]) -> Tool:
+    """A tool from a function, with the options its `@tool` mark gives (if any)."""
+    options = getattr(function, "__chinwag_tool__", {})
+    return Tool.from_function(
+        function,
+        name=options.get("name"),
+        needs_approval=options.get("needs_approval", False),
+        timeout_s=options.get("timeout_s", 10.0),
+    )
 
 
 def _arg_descriptions(doc: str) -> dict[str, str]:
