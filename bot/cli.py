@@ -351,7 +351,17 @@ async def _serve(settings: Settings, only: list[str]) -> None:
                     # One platform down takes the process down (a supervisor restarts it whole).
                     stop.set()
 
+            monitor = None
+            if settings.serve.monitor_port:
+                from bot.monitor import serve_monitor
+
+                monitor = asyncio.create_task(
+                    serve_monitor(app, settings.serve.monitor_host, settings.serve.monitor_port, stop)
+                )
             results = await asyncio.gather(*(guarded(m) for _, m in chosen), return_exceptions=True)
+            if monitor is not None:
+                stop.set()
+                await asyncio.gather(monitor, return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result

@@ -16,6 +16,7 @@ from typing import Any
 from bot.commands import parse_command, run_command
 from bot.errors import ChinwagError, CommandError, ConversationNotFoundError
 from bot.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
+from bot.metrics import Metrics
 from bot.model import ChatModel, Chunk, Finish
 from bot.params import effective_params
 from bot.prompt import PromptBudget
@@ -78,6 +79,7 @@ class Engine:
         self.settings = settings
         self.retriever = retriever
         self.tools = tools
+        self.metrics = Metrics()
         self.window = min(model.info.context_window, settings.context.max_tokens)
         self.budget = PromptBudget(
             model,
@@ -121,9 +123,16 @@ class Engine:
         `approve` asks the user whether a tool marked `needs_approval` may run (the REPL asks y/N);
         without it such tools never run.
         """
+        started = False
+        done: TurnDone | None = None
         try:
             async with aclosing(self._handle(incoming, approve)) as events:
                 async for event in events:
+                    if isinstance(event, TurnStarted):
+                        started = True
+                        self.metrics.started()
+                    elif isinstance(event, TurnDone):
+                        done = event
                     yield event
         except ChinwagError as error:
             yield TurnFailed(str(error), incoming.conversation_id)
@@ -131,6 +140,9 @@ class Engine:
             # Never a traceback in a chat: log it, tell the user in one line.
             log.exception("turn failed unexpectedly (platform=%s)", incoming.platform)
             yield TurnFailed("Something went wrong on our side and was logged; your message was kept.")
+        finally:
+            if started:
+                self.metrics.ended(done)
 
     async def _handle(self, incoming: Incoming, approve: Approver | None) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)

@@ -184,6 +184,13 @@ class SchedulerSettings(_Section):
     prefix_cache_mb: int = Field(default=256, ge=0, le=65_536)
 
 
+class ServeSettings(_Section):
+    """`chinwag serve`'s own endpoints: /healthz and /metrics."""
+
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = Field(default=9477, ge=0, le=65535)
+
+
 class LoggingSettings(_Section):
     """Log level and file (the terminal stays clean for the chat)."""
 
@@ -217,6 +224,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    serve: ServeSettings = ServeSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
