@@ -230,7 +230,8 @@ class Engine:
                 else:
                     prompt, prompt_tokens = item
         extra = {"sources": sources} if self.docs_enabled(conv) else {}
-        async with aclosing(self._generate(conv, prompt, prompt_tokens, params, extra, approve)) as answer:
+        answer_stream = self._generate(conv, prompt, prompt_tokens, params, tools, extra, approve)
+        async with aclosing(answer_stream) as answer:
             async for event in answer:
                 yield event
 
@@ -314,10 +315,11 @@ class Engine:
         prompt: list[ChatMessage],
         prompt_tokens: int,
         params: GenerationParams,
+        tools: ToolRegistry,
         extra: dict[str, Any] | None = None,
         approve: Approver | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """Stream the reply, with tool rounds, and store it: complete, interrupted or failed."""
+        """Stream the reply, with tool rounds (`tools`: those this conversation may use), and store it."""
         extra = dict(extra or {})
         model_name = self.model.info.name
         started = time.monotonic()
@@ -326,7 +328,6 @@ class Engine:
         finish: Finish | None = None
         completion = 0
         calls: list[ToolCall] = []
-        tools = self.tools_for(conv)
         messages = list(prompt)
         corrections = 0
 

@@ -134,8 +134,7 @@ class ToolCallGrammar:
     def _char(self, state: State, char: str) -> Result:
         space, frames = state
         frame = frames[-1]
-        structural = frame[0] not in ("string",)
-        if structural and char in _SPACE and self._space_ok(frame):
+        if char in _SPACE and self._space_ok(frame):
             if space >= _MAX_SPACE:
                 return None
             return (space + 1, frames)

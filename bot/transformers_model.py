@@ -56,6 +56,7 @@ class TransformersModel:
         # batch), one worker thread runs one `generate` at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-generate")
         self._pieces: list[str] | None = None
+        self._groups: dict[str, list[int]] = {}
         self._scheduler: Scheduler | None = None
         config = scheduler or SchedulerSettings()
         if config.enabled and Scheduler.supports(model):
@@ -231,11 +232,7 @@ class TransformersModel:
     ) -> tuple[list[int], list[RowProcessor]]:
         processors: list[RowProcessor] = []
         if constrain and tools:
-            processors.append(
-                ToolCallConstraint(
-                    ToolCallGrammar(tools), self._token_pieces(), self._eos_ids, params.temperature <= 0
-                )
-            )
+            processors.append(self._constraint(tools, params))
         return self._encode(messages, tools), processors
 
     # Inside the worker thread ----------------------------------------------------------
@@ -267,11 +264,7 @@ class TransformersModel:
                 torch.manual_seed(params.seed)
             processors = LogitsProcessorList()
             if constrain and tools:
-                processors.append(
-                    ToolCallConstraint(
-                        ToolCallGrammar(tools), self._token_pieces(), self._eos_ids, params.temperature <= 0
-                    )
-                )
+                processors.append(self._constraint(tools, params))
             with torch.inference_mode():
                 output = self._model.generate(
                     input_ids=input_ids,
@@ -298,14 +291,18 @@ class TransformersModel:
             log.exception("generation failed")
             emit(error)
 
-    def _token_pieces(self) -> list[str]:
-        """The text of every token on its own (built once, about a second for a 150k vocabulary)."""
+    def _constraint(self, tools: list[dict[str, Any]], params: GenerationParams) -> ToolCallConstraint:
+        """A tool-call constraint for one reply, on this model's token table (built once)."""
         if self._pieces is None:
+            # The text of every token on its own: about a second for a 150k vocabulary.
             size = max(len(self._tokenizer), int(self._model.config.vocab_size))
             known = len(self._tokenizer)
             pieces = self._tokenizer.batch_decode([[i] for i in range(known)], skip_special_tokens=False)
             self._pieces = list(pieces) + [""] * (size - known)
-        return self._pieces
+            self._groups = first_character_groups(self._pieces)
+        return ToolCallConstraint(
+            ToolCallGrammar(tools), self._pieces, self._eos_ids, params.temperature <= 0, groups=self._groups
+        )
 
     def _generation_config(self, params: GenerationParams) -> Any:
         config = copy.deepcopy(self._model.generation_config)
@@ -383,6 +380,7 @@ class ToolCallConstraint:
         greedy: bool,
         want: int = 40,
         scan: int = 256,
+        groups: dict[str, list[int]] | None = None,
     ) -> None:
         self._grammar = grammar
         self._pieces = pieces
@@ -393,7 +391,8 @@ class ToolCallConstraint:
         self._state: Any = grammar.start()
         self._prompt_length: int | None = None
         self._consumed = 0
-        self._by_first: dict[str, list[int]] | None = None
+        # Tokens by first character, for the full scan (the model keeps one table for all replies).
+        self._by_first = groups
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         """Mask every token that cannot continue the call."""
@@ -441,17 +440,22 @@ class ToolCallConstraint:
 
     def _all_allowed(self) -> list[int]:
         if self._by_first is None:
-            groups: dict[str, list[int]] = {}
-            for token, piece in enumerate(self._pieces):
-                if piece and token not in self._eos:
-                    groups.setdefault(piece[0], []).append(token)
-            self._by_first = groups
+            self._by_first = first_character_groups(self._pieces)
         allowed = [token for token in self._eos if self._grammar.complete(self._state)]
         for first, tokens in self._by_first.items():
             if self._grammar.feed(self._state, first) is None:
                 continue
-            allowed += [token for token in tokens if self._allows(token)]
+            allowed += [token for token in tokens if token not in self._eos and self._allows(token)]
         return allowed
+
+
+def first_character_groups(pieces: list[str]) -> dict[str, list[int]]:
+    """Token ids grouped by the first character of their text (empty pieces left out)."""
+    groups: dict[str, list[int]] = {}
+    for token, piece in enumerate(pieces):
+        if piece:
+            groups.setdefault(piece[0], []).append(token)
+    return groups
 
 
 class _DeltaStreamer:
