@@ -211,6 +211,11 @@ class Repl:
         try:
             async with aclosing(self.handler.handle(self.session.incoming(text), approve)) as events:
                 async for event in events:
+                    if waiting and isinstance(event, Notice):
+                        # While nothing is written yet, a notice (a place in the queue, a summary
+                        # being made) is the spinner's text, replaced by the next one.
+                        status.update(Text(event.text, style="dim"))
+                        continue
                     if waiting and isinstance(event, (TextDelta, TurnDone, TurnFailed, CommandResult)):
                         status.stop()
                         waiting = False

@@ -17,7 +17,7 @@ from bot.commands import parse_command, run_command
 from bot.errors import ChinwagError, CommandError, ConversationNotFoundError
 from bot.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
 from bot.metrics import Metrics
-from bot.model import ChatModel, Chunk, Finish
+from bot.model import ChatModel, Chunk, Finish, Queued
 from bot.params import effective_params
 from bot.prompt import PromptBudget
 from bot.retriever import (
@@ -377,6 +377,9 @@ class Engine:
                                 streaming = True
                                 yield TextDelta("".join(held))
                                 held = []
+                        elif isinstance(item, Queued):
+                            # Shown while waiting, never part of the reply.
+                            yield Notice(queue_notice(item.position))
                         else:
                             finish = item
                 completion += finish.completion_tokens if finish else len(parts)
@@ -636,6 +639,15 @@ def _call_prefix(text: str) -> bool | None:
         if start.startswith(prefix) or (len(start) < len(prefix) and prefix.startswith(start)):
             return True
     return False
+
+
+def queue_notice(position: int) -> str:
+    """What the user is told while the reply waits for the model (0: it has started)."""
+    if position <= 0:
+        return "Thinking…"
+    if position == 1:
+        return "Waiting for the model — you are next"
+    return f"Waiting for the model — {position - 1} ahead of you"
 
 
 def key_of(incoming: Incoming) -> ConversationKey:

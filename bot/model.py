@@ -27,6 +27,16 @@ class Finish:
     reason: FinishReason
 
 
+@dataclass(frozen=True)
+class Queued:
+    """The request waits for a free slot: `position` 1 is next in line; 0 means it has just started.
+
+    Sent when a request has to wait and each time it moves up; never for one that starts at once.
+    """
+
+    position: int
+
+
 @runtime_checkable
 class ChatModel(Protocol):
     """A chat model. `stream` runs off the event loop; closing the iterator cancels generation."""
@@ -52,8 +62,8 @@ class ChatModel(Protocol):
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
         constrain: bool = False,
-    ) -> AsyncGenerator[Chunk | Finish, None]:
-        """Generate a reply: `Chunk`s, then one `Finish`.
+    ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
+        """Generate a reply: `Chunk`s, then one `Finish`; a backend that queues may yield `Queued` first.
 
         `tools`: schemas for the chat template; `constrain`: a reply that starts a tool call must
         be a well-formed call of one of them (backends that cannot constrain ignore it).

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import BusyError
-from bot.model import Chunk, Finish, FinishReason
+from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[Chunk | Finish | BaseException], None]
+Emit = Callable[[Chunk | Finish | Queued | BaseException], None]
 # A per-request logits processor: (that request's prompt and generated ids [1, n], its scores [1, vocab]).
 RowProcessor = Callable[[Any, Any], Any]
 
@@ -54,6 +54,7 @@ class Request:
     reused: int = 0  # prompt tokens taken from the prefix cache
     generator: Any = None
     text_sent: int = 0
+    position: int = 0  # the place in the queue the request was last told (0: not waiting)
 
 
 class Scheduler:
@@ -118,8 +119,12 @@ class Scheduler:
                     f"The bot is busy ({len(self._waiting)} requests already waiting); "
                     "please try again in a moment."
                 )
-            if running >= self.max_batch:
-                log.info("request queued at position %d", len(self._waiting) + 1)
+            # The slots free now go to those already waiting first (FIFO).
+            position = len(self._waiting) + running + 1 - self.max_batch
+            if position > 0:
+                log.info("request queued at position %d", position)
+                request.position = position
+                request.emit(Queued(position))
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="chinwag-scheduler", daemon=True)
@@ -156,7 +161,12 @@ class Scheduler:
                         self._waiting.remove(request)
                         self._finish(request, "cancelled")
                     while self._waiting and len(self._prefilling) + len(self._rows) < self.max_batch:
-                        self._prefilling.append(self._waiting.popleft())
+                        admitted = self._waiting.popleft()
+                        if admitted.position:
+                            admitted.position = 0
+                            admitted.emit(Queued(0))
+                        self._prefilling.append(admitted)
+                    self._tell_positions()
                 try:
                     self._drop_cancelled()
                     if self._prefilling:
@@ -178,6 +188,17 @@ class Scheduler:
             self._prefilling.clear()
         self._rows = []
         self._cache = self._mask = None
+
+    def _tell_positions(self) -> None:
+        """Tell each waiting request its place when it has changed (called with the lock held).
+
+        `submit` tells most at once; one that came while a request was between prefill and the batch
+        (counted in neither list) saw a free slot that was not there, and is told here.
+        """
+        for place, request in enumerate(self._waiting, start=1):
+            if place != request.position:
+                request.position = place
+                request.emit(Queued(place))
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self._prefilling if r.cancel.is_set()]:

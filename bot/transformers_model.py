@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ChinwagError, ModelError
-from bot.model import Chunk, Finish, FinishReason
+from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.models import prepare_model, quiet_transformers
 from bot.scheduler import Request, RowProcessor, Scheduler
 from bot.toolgrammar import RELEASED, ToolCallGrammar
@@ -135,11 +135,12 @@ class TransformersModel:
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
         constrain: bool = False,
-    ) -> AsyncGenerator[Chunk | Finish, None]:
+    ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         """Generate in the worker thread; deltas arrive through a queue; closing cancels.
 
         With `constrain`, a reply that starts a tool call can only be a well-formed call of one
-        of `tools` (see `bot.toolgrammar`); any other reply is generated freely.
+        of `tools` (see `bot.toolgrammar`); any other reply is generated freely. A reply that has
+        to wait for the scheduler yields `Queued` (its place in line) before its first `Chunk`.
         """
         if self._scheduler is not None:
             async with contextlib.aclosing(
@@ -186,11 +187,11 @@ class TransformersModel:
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None,
         constrain: bool,
-    ) -> AsyncGenerator[Chunk | Finish, None]:
+    ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[Chunk | Finish | Queued | BaseException] = asyncio.Queue()
 
-        def emit(item: Chunk | Finish | BaseException) -> None:
+        def emit(item: Chunk | Finish | Queued | BaseException) -> None:
             # A closed loop has nobody left to read; the worker must carry on for the others.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, item)

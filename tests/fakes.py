@@ -9,18 +9,23 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.model import Chunk, Finish
+from bot.model import Chunk, Finish, Queued
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 
 
 @dataclass
 class Script:
-    """One scripted reply: its chunks, an optional pause per chunk, an optional failure."""
+    """One scripted reply: its chunks, an optional pause per chunk, an optional failure.
+
+    `queued`: places in the scheduler's queue reported before the first chunk (each followed by
+    the same pause), as a busy `TransformersModel` reports them.
+    """
 
     chunks: list[str]
     delay: float = 0.0
     error: Exception | None = None
     error_after: int | None = None
+    queued: tuple[int, ...] = ()
 
 
 @dataclass
@@ -52,8 +57,9 @@ class FakeModel:
         delay: float = 0.0,
         error: Exception | None = None,
         error_after: int | None = None,
+        queued: tuple[int, ...] = (),
     ) -> None:
-        self.queue.append(Script(list(chunks), delay, error, error_after))
+        self.queue.append(Script(list(chunks), delay, error, error_after, queued))
 
     def count_text_tokens(self, text: str) -> int:
         return len(text.split())
@@ -72,7 +78,7 @@ class FakeModel:
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
         constrain: bool = False,
-    ) -> AsyncGenerator[Chunk | Finish, None]:
+    ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         prompt = list(messages)
         self.constrained.append(constrain)
         self.prompts.append(prompt)
@@ -86,6 +92,10 @@ class FakeModel:
         )
         produced = 0
         try:
+            for position in script.queued:
+                yield Queued(position)
+                if script.delay:
+                    await asyncio.sleep(script.delay)
             for chunk in script.chunks:
                 if script.error is not None and script.error_after == produced:
                     raise script.error

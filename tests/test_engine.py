@@ -13,6 +13,7 @@ from bot.types import (
     CommandResult,
     Event,
     Incoming,
+    Notice,
     TextDelta,
     TurnDone,
     TurnFailed,
@@ -60,6 +61,43 @@ async def test_a_turn_streams_and_stores_both_messages(
     assert reply.completion_tokens == 3 and reply.model == "fake-model"
     assert reply.latency_ms is not None and reply.metadata["finish_reason"] == "stop"
     assert stored[0].user is not None and stored[0].user.platform == "terminal"
+
+
+async def test_a_queued_reply_tells_its_place_in_line_and_stores_only_the_answer(
+    engine: Engine, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("Hello", " there", queued=(3, 2, 1, 0))
+    events = await run(engine, said("hi"))
+
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["TurnStarted", *["Notice"] * 4, "TextDelta", "TextDelta", "TurnDone"]
+    assert [e.text for e in events if isinstance(e, Notice)] == [
+        "Waiting for the model — 2 ahead of you",
+        "Waiting for the model — 1 ahead of you",
+        "Waiting for the model — you are next",
+        "Thinking…",
+    ]
+    done = events[-1]
+    assert isinstance(done, TurnDone) and done.text == "Hello there" and done.status == "complete"
+    stored = await history.load(done.conversation_id)
+    assert [(m.role, m.content) for m in stored] == [("user", "hi"), ("assistant", "Hello there")]
+
+
+async def test_a_reply_stopped_while_it_waits_in_the_queue_is_stored_interrupted(
+    engine: Engine, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("never", " said", queued=(1,), delay=60)
+    async with aclosing(engine.handle(said("anyone?"))) as events:
+        async for event in events:
+            if isinstance(event, Notice):
+                break  # the user gives up (or the process stops) while the reply waits
+    conv = (await history.list())[0]
+    stored = await history.load(conv.id)
+    assert [(m.role, m.content, m.status) for m in stored] == [
+        ("user", "anyone?", "complete"),
+        ("assistant", "", "interrupted"),
+    ]
+    assert model.cancelled == 1
 
 
 async def test_prompt_has_system_prompt_history_and_new_message(

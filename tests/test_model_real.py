@@ -158,7 +158,7 @@ async def _collect(
     async for item in model.stream(messages, params):
         if isinstance(item, Chunk):
             text += item.text
-        else:
+        elif isinstance(item, Finish):
             finish = item
     assert finish is not None
     return text, finish

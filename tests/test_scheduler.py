@@ -7,7 +7,7 @@ models share its weights, so every comparison is the same network run two ways.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -15,7 +15,7 @@ import pytest
 
 from bot.app import default_tools
 from bot.errors import BusyError
-from bot.model import Chunk, Finish
+from bot.model import Chunk, Finish, Queued
 from bot.toolcalls import parse_tool_calls
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams
@@ -87,16 +87,27 @@ async def _collect(
     messages: list[ChatMessage],
     params: GenerationParams,
     tools: list[dict[str, object]] | None = None,
+    places: list[int] | None = None,
 ) -> tuple[str, Finish]:
+    """The whole reply; `places` collects the queue positions it was told (all before its text)."""
     text, finish = "", None
     async with aclosing(model.stream(messages, params, tools, constrain=bool(tools))) as stream:
         async for item in stream:
             if isinstance(item, Chunk):
                 text += item.text
+            elif isinstance(item, Queued):
+                assert not text, "a queue position after the reply started"
+                if places is not None:
+                    places.append(item.position)
             else:
                 finish = item
     assert finish is not None
     return text, finish
+
+
+async def _until(condition: Callable[[], object]) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)
 
 
 async def _peak_running(model: TransformersModel, until: asyncio.Future[object]) -> int:
@@ -159,6 +170,32 @@ async def test_a_full_queue_says_busy_and_drops_nothing(naive: TransformersModel
         with pytest.raises(BusyError, match="busy"):
             await _collect(model, *PROMPTS[0])
         assert [await running, await waiting] == expected
+    finally:
+        model.close()
+
+
+async def test_a_waiting_request_is_told_its_place_as_it_moves_up(naive: TransformersModel) -> None:
+    model = _scheduled(naive, SchedulerSettings(max_batch=1, max_queue=4))
+    assert model.scheduler is not None
+    scheduler = model.scheduler
+    try:
+        expected = [await _reference(naive, i) for i in (2, 0)]
+        # A reply that holds the only slot until it is closed, so the two others wait in this order.
+        story = _ask("Write a long story about a lighthouse keeper.")
+        blocker = model.stream(story, replace(GREEDY, max_tokens=300))
+        assert isinstance(await anext(blocker), Chunk)  # it started at once: no place in a queue
+        first: list[int] = []
+        second: list[int] = []
+        waiting_first = asyncio.ensure_future(_collect(model, *PROMPTS[2], places=first))
+        await _until(lambda: scheduler.load() == (1, 1))
+        waiting_second = asyncio.ensure_future(_collect(model, *PROMPTS[0], places=second))
+        await _until(lambda: scheduler.load() == (2, 1))
+        await asyncio.wait_for(_until(lambda: first and second), 30)
+        assert (first, second) == ([1], [2])
+        await blocker.aclose()  # the slot frees: each moves up one place
+        assert [await waiting_first, await waiting_second] == expected
+        assert first == [1, 0]  # it started
+        assert second == [2, 1, 0]
     finally:
         model.close()
 

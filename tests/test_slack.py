@@ -238,6 +238,30 @@ async def test_mention_is_answered_in_a_thread_then_edited_as_it_streams(
     assert stored[1].metadata["platform_message_ids"] == [f"{TEAM}:C1:{shown['ts']}"]
 
 
+async def test_a_queued_answer_shows_its_place_in_line_in_the_placeholder_then_the_answer(
+    slack: Running, model: FakeModel, history: SqlHistory
+) -> None:
+    # Each step is far apart from the next (0.25 s) compared with the edit interval (0.05 s).
+    model.enqueue("The", " answer.", queued=(2, 1, 0), delay=0.25)
+    await slack.event(mention("busy?", "1700.0001"), "Ev1")
+    await slack.settle()
+
+    # One message: the placeholder, edited to each place in line, then to the answer.
+    (post,) = slack.fake.called("chat.postMessage")
+    shown = [post.args["text"]] + [u.args["text"] for u in slack.fake.called("chat.update")]
+    assert shown[:4] == [
+        "_Thinking…_",
+        "_Waiting for the model — 1 ahead of you_",
+        "_Waiting for the model — you are next_",
+        "_Thinking…_",
+    ]
+    assert shown[-1] == "The answer."
+    assert [m["text"] for m in slack.fake.thread("C1", "1700.0001")] == ["The answer."]
+    conv = await history.find(ConversationKey("slack", TEAM, "C1", "1700.0001"))
+    assert conv is not None
+    assert [m.content for m in await history.load(conv.id)] == ["busy?", "The answer."]
+
+
 async def test_thread_follow_up_without_a_mention_continues_the_conversation(
     slack: Running, model: FakeModel, history: SqlHistory
 ) -> None:
