@@ -158,10 +158,12 @@ class Reply:
         elif isinstance(event, TurnFailed):
             self.conversation_id = event.conversation_id or self.conversation_id
             self.notes.append(f"⚠️ {event.message}")
+            self.status = ""
             self.finished = True
         elif isinstance(event, TurnDone):
             self.conversation_id = event.conversation_id
             self.text = event.text
+            self.status = ""  # a notice ("Waiting for the model…") no longer holds
             self.finished = True
             if footer := sources_footer(event.metadata.get("sources") or []):
                 self.notes.append(f"-# {footer}")
@@ -394,6 +396,7 @@ class DiscordAdapter(InFlight):
                     changed.set()
         except asyncio.CancelledError:
             reply.notes.append("-# *(interrupted: chinwag is restarting)*")
+            reply.status = ""
             reply.finished = True
             finished.set()
             changed.set()

