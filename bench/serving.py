@@ -3,14 +3,17 @@
     python bench/serving.py [--model NAME] [--tokens N] [--json]
 
 Side by side in one run, on the same weights:
-- single_tps / naive_single_tps: decode tokens/s of one reply (scheduler / one `generate` at a time).
-- agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s: the
-  95th-percentile time to first token among them (scheduler).
+- single_tps: decode tokens/s of one reply as shipped (scheduler, the default weight format);
+  single_tps_by_format: the same for each `model.quantization` (none = float32, int8, int4).
+- naive_single_tps: the naive path, float32 and one `generate` at a time.
+- agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
+  naive_p95_ttft8_s: the 95th-percentile time to first token among them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
-  (scheduler, prefix reuse on).
+  (scheduler, prefix reuse on); naive_ttft_turn1_s / naive_ttft_turn10_s: the naive path.
 - start_to_first_token_s, rss_mb, peak_rss_mb: a fresh process with a warm model cache, from start
   to the first token of a reply; its resident memory then, and the peak while loading.
-- llamacpp_tps: llama-cpp-python on the same GGUF, when it is installed (else null).
+- llamacpp_tps: llama-cpp-python (when installed) on the GGUF the embedded model ships as, with
+  as many threads as cores (else null).
 All replies are greedy; the `decode` rate excludes the first token (the prompt's encoding).
 """
 
@@ -23,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -147,21 +151,60 @@ def _fresh_process(name: str) -> tuple[float, float, float]:
     return float(seconds), float(rss), float(peak)
 
 
-def _llamacpp(gguf: Path | None, tokens: int) -> float | None:
+def _gguf(name: str, workdir: Path) -> Path | None:
+    """The GGUF file a model comes from: a local .gguf, or the embedded model's parts assembled."""
+    from bot.models import EMBEDDED, _assemble
+
+    if name.lower().endswith(".gguf") and Path(name).expanduser().is_file():
+        return Path(name).expanduser()
+    model = EMBEDDED.get(name)
+    parts = model.locate_parts() if model else None
+    if model is None or not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    out = workdir / "model.gguf"
+    _assemble(parts, out, model, progress=False)
+    return out
+
+
+def _llamacpp(name: str, tokens: int) -> float | None:
     try:
         from llama_cpp import Llama  # type: ignore[import-not-found]
     except ImportError:
         return None
-    if gguf is None or not gguf.exists():
-        return None
-    llm = Llama(model_path=str(gguf), n_threads=os.cpu_count() or 2, n_ctx=2048, verbose=False)
-    messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
-    first: float | None = None
-    count = 0
-    for _ in llm.create_chat_completion(messages=messages, max_tokens=tokens, temperature=0.0, stream=True):
-        first = first or time.perf_counter()
-        count += 1
-    return (count - 1) / (time.perf_counter() - first) if first and count > 1 else None
+    with tempfile.TemporaryDirectory(prefix="chinwag-bench-gguf-") as tmp:
+        gguf = _gguf(name, Path(tmp))
+        if gguf is None:
+            return None
+        llm = Llama(model_path=str(gguf), n_threads=os.cpu_count() or 2, n_ctx=2048, verbose=False)
+        messages: Any = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+        rates = []
+        for _ in range(2):
+            first: float | None = None
+            count = 0
+            stream = llm.create_chat_completion(
+                messages=messages, max_tokens=tokens, temperature=0.0, stream=True
+            )
+            for _chunk in stream:
+                first = first or time.perf_counter()
+                count += 1
+            if first and count > 1:
+                rates.append((count - 1) / (time.perf_counter() - first))
+        del llm
+    return max(rates) if rates else None
+
+
+def _load(settings: Any, quantization: str | None = None, scheduler: bool = True) -> TransformersModel:
+    model_settings = settings.model
+    if quantization is not None:
+        model_settings = model_settings.model_copy(update={"quantization": quantization})
+    return TransformersModel.load(
+        model_settings,
+        settings.model_cache_dir,
+        progress=False,
+        scheduler=SchedulerSettings(enabled=scheduler),
+    )
 
 
 def main() -> None:
@@ -172,29 +215,43 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = load_settings(model={"name": args.model})
-    path = prepare_model(settings.model, settings.model_cache_dir, progress=not args.json)
-    scheduled = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
-    naive = TransformersModel.load(
-        settings.model, settings.model_cache_dir, progress=False, scheduler=SchedulerSettings(enabled=False)
-    )
+    prepare_model(settings.model, settings.model_cache_dir, progress=not args.json)
+    result: dict[str, Any] = {"model": settings.model.name, "tokens": args.tokens}
 
-    async def measure() -> dict[str, Any]:
-        result: dict[str, Any] = {"model": settings.model.name, "tokens": args.tokens}
-        result["single_tps"] = await _single(scheduled, args.tokens)
-        result["naive_single_tps"] = await _single(naive, args.tokens)
-        result["agg8_tps"], result["p95_ttft8_s"] = await _concurrent(scheduled, args.tokens)
-        result["naive_agg8_tps"], result["naive_p95_ttft8_s"] = await _concurrent(naive, args.tokens)
-        result["ttft_turn1_s"], result["ttft_turn10_s"] = await _turns(scheduled, args.tokens)
-        return result
+    async def shipped() -> None:
+        model = _load(settings)
+        result["weights"] = model.info.dtype
+        result["single_tps"] = await _single(model, args.tokens)
+        result["agg8_tps"], result["p95_ttft8_s"] = await _concurrent(model, args.tokens)
+        result["ttft_turn1_s"], result["ttft_turn10_s"] = await _turns(model, args.tokens)
+        model.close()
 
-    result = asyncio.run(measure())
-    scheduled.close()
-    naive.close()
+    async def naive() -> None:
+        model = _load(settings, "none", scheduler=False)
+        result["naive_single_tps"] = await _single(model, args.tokens)
+        result["naive_agg8_tps"], result["naive_p95_ttft8_s"] = await _concurrent(model, args.tokens)
+        result["naive_ttft_turn1_s"], result["naive_ttft_turn10_s"] = await _turns(model, args.tokens)
+        model.close()
+
+    async def formats() -> None:
+        by_format = {}
+        for name in ("none", "int8", "int4"):
+            try:
+                model = _load(settings, name)
+            except Exception as error:  # a format this machine cannot run
+                by_format[name] = f"unavailable: {error}"
+                continue
+            by_format[name] = await _single(model, args.tokens)
+            model.close()
+        result["single_tps_by_format"] = by_format
+
+    asyncio.run(shipped())
+    asyncio.run(naive())
+    asyncio.run(formats())
     result["start_to_first_token_s"], result["rss_mb"], result["peak_rss_mb"] = _fresh_process(
         settings.model.name
     )
-    ggufs = sorted(Path(path).parent.glob("*.gguf")) if Path(path).exists() else []
-    result["llamacpp_tps"] = _llamacpp(ggufs[0] if ggufs else None, args.tokens)
+    result["llamacpp_tps"] = _llamacpp(settings.model.name, args.tokens)
     if args.json:
         print(json.dumps(result))
         return

@@ -38,6 +38,7 @@ class TransformersModel:
         name: str,
         device: str,
         scheduler: SchedulerSettings | None = None,
+        quantization: str | None = None,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
@@ -46,7 +47,7 @@ class TransformersModel:
         self._info = ModelInfo(
             name=name,
             device=device,
-            dtype=str(model.dtype).removeprefix("torch."),
+            dtype=_describe_dtype(model, quantization),
             context_window=int(window),
         )
         self._eos_ids = self._end_of_turn_ids()
@@ -90,19 +91,31 @@ class TransformersModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device == "cuda" and not torch.cuda.is_available():
             raise ModelError("model.device is 'cuda' but no CUDA device is available")
-        dtype = _resolve_dtype(settings.dtype, device)
+        scheme = resolve_quantization(settings.quantization, device)
         started = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            if tokenizer.chat_template is None:
+                raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
+            if scheme is not None:
+                from bot.quantize import load_quantized
+
+                model = load_quantized(path, scheme, cache_dir, progress)
+            else:
+                dtype = _resolve_dtype(settings.dtype, device)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+                model.to(device)  # type: ignore[arg-type]
         except OSError as error:
             raise ModelError(f"Could not load the model from {path}: {error}") from error
-        model.to(device)  # type: ignore[arg-type]
         model.eval()
-        if tokenizer.chat_template is None:
-            raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
-        log.info("loaded %s from %s in %.1f s", settings.name, path, time.perf_counter() - started)
-        return cls(model, tokenizer, Path(settings.name).name, device, scheduler)
+        log.info(
+            "loaded %s (%s) from %s in %.1f s",
+            settings.name,
+            scheme or "unquantized",
+            path,
+            time.perf_counter() - started,
+        )
+        return cls(model, tokenizer, Path(settings.name).name, device, scheduler, scheme)
 
     @property
     def scheduler(self) -> Scheduler | None:
@@ -494,6 +507,27 @@ class _DeltaStreamer:
         if delta:
             self._sent = len(text)
             self._emit(Chunk(delta))
+
+
+def resolve_quantization(name: str, device: str) -> Any:
+    """The weight format to load: "int8", "int4" or None (the model's own floats)."""
+    from bot.quantize import available
+
+    if name == "none":
+        return None
+    if name == "auto":
+        return "int4" if available("int4", device) else None
+    if not available(name, device):  # type: ignore[arg-type]
+        raise ModelError(
+            f"model.quantization = {name!r} works on a CPU only (this model runs on {device}); "
+            'use "none" or "auto"'
+        )
+    return name
+
+
+def _describe_dtype(model: Any, quantization: str | None) -> str:
+    dtype = str(model.dtype).removeprefix("torch.")
+    return f"{quantization} weights, {dtype}" if quantization else dtype
 
 
 def _resolve_dtype(name: str, device: str) -> Any:

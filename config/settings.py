@@ -42,6 +42,7 @@ class ModelSettings(_Section):
     name: str = "qwen2.5-coder-0.5b-instruct"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     cache_dir: Path | None = None
     threads: int = Field(default=0, ge=0)
 

@@ -1,0 +1,199 @@
+"""Answer quality of the model's weight formats, side by side in one run: does quantization cost answers?
+
+    python bench/quality.py [--formats none,int8,int4] [--documents 24] [--tools 41] [--json]
+
+Each format (`model.quantization`: none = the model's own float32, int8, int4) answers, through the
+engine with the real document store and the default tools, greedy:
+- document questions from bench/eval_questions.json (the reply must contain the fact);
+- unanswerable questions: the documents are close to the topic but do not hold the answer, and the
+  reply must say so rather than invent one (dynamic int8 quantization of activations was seen to
+  make the 0.5B model answer such a question);
+- the tool-use prompts of bench/tools_eval.py (constrained decoding, as shipped);
+and reports, besides each score, how many document replies are word for word the same as the first
+format's (greedy decoding, so differences come from the weights alone) and the decode speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tools_eval
+
+from bot.app import default_tools
+from bot.engine import Engine
+from bot.model import Chunk, Finish
+from bot.transformers_model import TransformersModel
+from bot.types import ChatMessage, GenerationParams, Incoming, ToolCall, TurnDone
+from config import load_settings
+from retrieval.store import DocumentStore
+from storage import SqlHistory
+
+HERE = Path(__file__).resolve().parent
+# Near the documents' topics, answered by none of them (checked against bench/eval_corpus).
+UNANSWERABLE = [
+    "How many parking spaces does the Berlin office have?",
+    "Are dogs allowed in the Lisbon office?",
+    "How big is the annual bonus for engineers?",
+    "How much does the company pay into the pension plan?",
+    "Is there a gym in the Berlin office?",
+    "Which company provides our dental insurance?",
+    "What was our revenue last quarter?",
+    "What is the name of our CEO?",
+]
+_ADMITS = re.compile(
+    r"(do not|don't|doesn't|does not|did not|didn't|cannot|can't|could not|couldn't|unable to|no)"
+    r"\s+(\w+\s+){0,3}?(know|find|found|mention|mentioned|say|says|specify|specified|provide|"
+    r"provided|information|info|details|access|answer|determine|sure)\b"
+    r"|not (mentioned|specified|provided|available|stated|listed|found|sure|clear)\b"
+    r"|no (mention|information|details)\b|unknown",
+    re.IGNORECASE,
+)
+
+
+def admits_not_knowing(reply: str) -> bool:
+    """Whether a reply says the answer is not known / not in the documents."""
+    return bool(_ADMITS.search(reply))
+
+
+async def _decode_tps(model: TransformersModel) -> float:
+    messages = [ChatMessage("user", "Explain how a hash map works.")]
+    params = GenerationParams(temperature=0.0, max_tokens=64, repetition_penalty=1.0)
+    first = ended = 0.0
+    count = 0
+    async for item in model.stream(messages, params):
+        if isinstance(item, Chunk):
+            first = first or time.perf_counter()
+        elif isinstance(item, Finish):
+            count = item.completion_tokens
+    ended = time.perf_counter()
+    return (count - 1) / (ended - first) if count > 1 and ended > first else 0.0
+
+
+async def _one_format(
+    quantization: str, documents: list[dict[str, Any]], tool_cases: list[Any], tmp: Path, threads: int
+) -> dict[str, Any]:
+    settings = load_settings(
+        data_dir=tmp / "data",
+        model={"quantization": quantization, "threads": threads},
+        generation={"temperature": 0.0, "max_tokens": 160},
+    )
+    store = DocumentStore.open(settings)
+    store.ingest([HERE / "eval_corpus"])
+    started = time.perf_counter()
+    model = await asyncio.to_thread(
+        TransformersModel.load, settings.model, settings.model_cache_dir, progress=False
+    )
+    result: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 2), "dtype": model.info.dtype}
+    history = await SqlHistory.open(settings)
+    try:
+        result["decode_tps"] = round(await _decode_tps(model), 2)
+        engine = Engine(model, history, settings, store, default_tools(settings))
+
+        async def ask(text: str, channel: str, n: int) -> tuple[str, list[ToolCall]]:
+            where = f"{quantization}-{channel}"
+            incoming = Incoming(text=text, platform="bench", channel=where, thread=str(n))
+            events = [event async for event in engine.handle(incoming)]
+            done = events[-1]
+            calls = [e for e in events if isinstance(e, ToolCall)]
+            return (done.text if isinstance(done, TurnDone) else ""), calls
+
+        replies = []
+        for n, item in enumerate(documents):
+            reply, _ = await ask(item["question"], "docs", n)
+            replies.append(reply)
+            ok = item["answer"].lower() in reply.lower()
+            _log(quantization, ok, "MISS", item["question"], reply)
+        result["replies"] = replies
+        pairs = zip(documents, replies, strict=True)
+        hits = [item["answer"].lower() in reply.lower() for item, reply in pairs]
+        result["document_accuracy"] = round(sum(hits) / len(hits), 3) if hits else None
+        admitted = 0
+        for n, question in enumerate(UNANSWERABLE):
+            reply, _ = await ask(question, "unanswerable", n)
+            ok = admits_not_knowing(reply)
+            admitted += ok
+            _log(quantization, ok, "INVENTED", question, reply)
+        result["unanswerable_admitted"] = round(admitted / len(UNANSWERABLE), 3)
+        settings.tools.constrained = True
+        rows = []
+        for n, case in enumerate(tool_cases):
+            began = time.perf_counter()
+            reply, calls = await ask(case.prompt, "tools", n)
+            rows.append(tools_eval._score(case, calls, reply, time.perf_counter() - began, "constrained"))
+        summary = tools_eval._summary(rows, settings.model.name) if rows else {}
+        for key in ("tool_choice_accuracy", "args_valid_rate", "answer_accuracy", "false_call_rate"):
+            result[f"tools_{key}"] = summary.get(key)
+    finally:
+        await history.close()
+        model.close()
+    return result
+
+
+def _log(label: str, ok: bool, failure: str, question: str, reply: str) -> None:
+    verdict = "ok" if ok else failure
+    print(f"[{label}] {verdict:<8} {question} -> {reply[:160]!r}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", default="none,int8,int4", help="model.quantization values, a,b,c")
+    parser.add_argument("--documents", type=int, default=24, help="document questions per format")
+    parser.add_argument("--tools", type=int, default=len(tools_eval.CASES), help="tool prompts per format")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the per-format child
+    args = parser.parse_args()
+    questions = json.loads((HERE / "eval_questions.json").read_text())
+    step = max(1, len(questions) // max(1, args.documents))
+    documents = questions[::step][: args.documents]
+    tool_cases = tools_eval.CASES[: args.tools]
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if args.one:
+        with tempfile.TemporaryDirectory(prefix="chinwag-quality-") as tmp:
+            one = asyncio.run(_one_format(args.one, documents, tool_cases, Path(tmp), args.threads))
+        print(json.dumps(one))
+        return
+    # Each format in a process of its own: memory is returned between them, and a crash in one
+    # format's kernels is a result, not the end of the run.
+    results: dict[str, Any] = {}
+    for name in formats:
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", name, *sys.argv[1:]], stdout=subprocess.PIPE, text=True
+        )
+        if child.returncode != 0 or not child.stdout.strip():
+            results[name] = {"failed": f"exit {child.returncode}", "replies": [""] * len(documents)}
+            continue
+        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+        print(
+            f"[{name}] {json.dumps({k: v for k, v in results[name].items() if k != 'replies'})}",
+            file=sys.stderr,
+            flush=True,
+        )
+    reference = results[formats[0]]["replies"]
+    for name in formats:
+        replies = results[name].pop("replies")
+        same = sum(a == b for a, b in zip(reference, replies, strict=True))
+        results[name]["same_replies_as_" + formats[0]] = f"{same}/{len(replies)}"
+    if args.json:
+        print(json.dumps(results))
+        return
+    keys = list(results[formats[0]])
+    print(f"{'':<30}" + "".join(f"{name:>22}" for name in formats))
+    for key in keys:
+        print(f"{key:<30}" + "".join(f"{results[name].get(key)!s:>22}" for name in formats))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Weight-only quantization for CPU decoding: fewer bytes per weight, more tokens per second.
+
+Decoding one token reads every weight of the model once, so on a CPU its speed is bound by memory
+bandwidth: fp32 Qwen 0.5B reads about 2 GB per token (about 10 tokens/s here). Storing the linear
+layers' weights as int4 (groups of 32 along the input, a bf16 scale and zero point per group) or
+int8 (one bf16 scale per output channel) and multiplying with torch's own CPU kernels
+(`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`) reads a quarter or half of that.
+Only weights are quantized, never what flows between layers (quantizing activations, as
+`quantize_dynamic` does, made the 0.5B model answer a question it should have declined): the
+kernels multiply bf16 copies of the inputs, and everything else stays float32.
+
+Quantizing takes seconds, so the result is kept in the model cache next to the prepared model and
+later starts load it directly: a skeleton of the model is built without memory for its weights and
+the stored tensors are put in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from bot.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Scheme = Literal["int8", "int4"]
+SCHEMES: tuple[Scheme, ...] = ("int8", "int4")
+# Bumped when the stored format changes, so older copies are rebuilt.
+QUANT_VERSION = 3
+GROUP = 32  # int4: weights per scale/zero pair along the input dimension
+_INNER_K_TILES = 2
+MARKER = "chinwag-quantized.json"
+# What the quantized layers multiply in. Everything else (embeddings, norms, attention, the KV
+# cache, the residual stream) stays float32: with bf16 there, a greedy reply's tokens depended on
+# which other replies shared its batch (attention over padded rows rounds differently), and the
+# cost in speed of float32 there is small (the bytes are in the linear layers' weights).
+COMPUTE = torch.bfloat16
+WEIGHTS = "model.safetensors"
+
+
+def available(scheme: Scheme, device: str) -> bool:
+    """Whether this torch has the kernel for `scheme` on `device` (CPU only, for now)."""
+    if device != "cpu":
+        return False
+    op = "_weight_int4pack_mm_for_cpu" if scheme == "int4" else "_weight_int8pack_mm"
+    return hasattr(torch.ops.aten, op)
+
+
+class _QuantizedLinear(nn.Module):
+    """A linear layer whose weight is stored quantized; subclasses say how."""
+
+    scheme: Scheme
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype) if bias else None)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme}"
+
+    def forward(self, x: Any) -> Any:
+        shape = x.shape
+        # The kernels read bf16 inputs; the rest of the network stays in the model's own dtype.
+        y = self._matmul(x.reshape(-1, shape[-1]).to(COMPUTE)).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    @classmethod
+    def supports(cls, in_features: int, out_features: int) -> bool:
+        """Whether a layer of this shape can be stored this way."""
+        return True
+
+    def quantize(self, weight: Any) -> None:
+        """Store `weight` ([out_features, in_features], any float dtype) quantized."""
+        raise NotImplementedError
+
+    def _matmul(self, x: Any) -> Any:
+        raise NotImplementedError
+
+
+class Int8Linear(_QuantizedLinear):
+    """int8 weights with one scale per output channel."""
+
+    scheme: Scheme = "int8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
+        super().__init__(in_features, out_features, bias, dtype)
+        self.register_buffer("weight", torch.empty((out_features, in_features), dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(out_features, dtype=COMPUTE))
+
+    def quantize(self, weight: Any) -> None:
+        w = weight.detach().to(torch.float32)
+        # Rounded up to what bf16 holds, so the largest weight still fits in ±127.
+        scales = ((w.abs().amax(dim=1) / 127).clamp(min=1e-10) * (1 + 2**-8)).to(COMPUTE)
+        q = torch.round(w / scales.float()[:, None]).clamp(-127, 127)
+        self.weight = q.to(torch.int8).contiguous()
+        self.scales = scales
+
+    def _matmul(self, x: Any) -> Any:
+        return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+
+
+class Int4Linear(_QuantizedLinear):
+    """int4 weights in groups of `GROUP` inputs, each with a scale and a zero point (asymmetric)."""
+
+    scheme: Scheme = "int4"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
+        super().__init__(in_features, out_features, bias, dtype)
+        # The kernel's packed layout: two 4-bit values per byte.
+        self.register_buffer("weight", torch.empty((out_features, in_features // 2), dtype=torch.uint8))
+        # [groups, out_features, (scale, zero)], as the kernel takes it.
+        self.register_buffer(
+            "scales_and_zeros", torch.empty((in_features // GROUP, out_features, 2), dtype=COMPUTE)
+        )
+
+    @classmethod
+    def supports(cls, in_features: int, out_features: int) -> bool:
+        return in_features % GROUP == 0 and in_features % (16 * _INNER_K_TILES) == 0
+
+    def quantize(self, weight: Any) -> None:
+        w = weight.detach().to(torch.float32)
+        n, k = w.shape
+        groups = w.reshape(-1, GROUP)
+        step, low, _ = on_4bit_grid(groups)
+        # Groups not on a grid: 16 levels from their minimum to their maximum.
+        off = torch.isnan(step)
+        span = (groups.amax(dim=1) - groups.amin(dim=1)).clamp(min=1e-8) / 15
+        step = torch.where(off, span, step)[:, None]
+        low = low[:, None]
+        # Stored in bf16 (what the kernel reads), so quantize against the rounded values.
+        scales = step.to(COMPUTE)
+        zeros = (low + scales.float() * 8).to(COMPUTE)
+        base = zeros.float() - scales.float() * 8
+        q = ((groups - base) / scales.float()).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, _INNER_K_TILES)
+        self.scales_and_zeros = (
+            torch.cat([scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2).transpose(0, 1).contiguous()
+        )
+
+    def _matmul(self, x: Any) -> Any:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
+
+
+def on_4bit_grid(groups: Any) -> tuple[Any, Any, Any]:
+    """Per group of weights: the step of the 16-level grid its values lie on, if they do (else NaN).
+
+    Weights that came from a 4-bit GGUF (Q4_0, Q4_1, Q4_K: 32 weights per scale and offset) were
+    dequantized to floats; their values still sit on one grid per group, and that grid stored again
+    as int4 loses nothing, where a grid fitted to the minimum and maximum would round a second time.
+    Returns (step, lowest value, whether on a grid) per group.
+    """
+    ordered = groups.sort(dim=1).values
+    low = ordered[:, 0]
+    gaps = ordered[:, 1:] - ordered[:, :-1]
+    scale = ordered.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+    gaps = torch.where(gaps > scale * 1e-5, gaps, torch.inf)
+    step = gaps.amin(dim=1)
+    index = (groups - low[:, None]) / step[:, None]
+    fits = ((index - index.round()).abs() < 1e-2).all(dim=1) & (index.round().amax(dim=1) <= 15)
+    fits &= torch.isfinite(step)
+    # A group of one repeated value is on every grid.
+    step = torch.where(torch.isfinite(step), step, scale[:, 0])
+    return torch.where(fits, step, torch.nan), low, fits
+
+
+_LAYERS: dict[str, type[_QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
+
+
+def quantize_model(model: Any, scheme: Scheme, fill: bool = True) -> int:
+    """Replace the model's linear layers (the output head too) by quantized ones; returns how many.
+
+    With `fill`, the weights are quantized from the existing layers; without, the new layers are
+    empty shells of the right shapes, to be filled by `load_state_dict(..., assign=True)`.
+    """
+    dtype = model.dtype
+    head = model.get_output_embeddings()
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            # The output head decides every token directly: in int4 it cost the most agreement
+            # with the full model for the fewest bytes, so it stays int8.
+            layer_type = _LAYERS["int8" if child is head else scheme]
+            if not layer_type.supports(child.in_features, child.out_features):
+                continue
+            layer = layer_type(child.in_features, child.out_features, child.bias is not None, dtype)
+            if fill:
+                layer.quantize(child.weight)
+                if child.bias is not None:
+                    layer.register_buffer("bias", child.bias.detach().to(dtype).clone())
+            setattr(parent, name, layer)
+            count += 1
+    # The output head was tied to the input embeddings; it is now a layer of its own.
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False
+    return count
+
+
+def load_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: bool = True) -> Any:
+    """The model in `source` (a transformers directory) with `scheme` linear layers.
+
+    The first time, the model is loaded, quantized and stored under `cache_dir`; afterwards the
+    stored copy loads in about a second.
+    """
+    target = _target(source, scheme, cache_dir)
+    if not _is_prepared(target, source):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        from bot.models import _locked
+
+        with _locked(target.parent / f".{target.name}.lock"):
+            if not _is_prepared(target, source):
+                _prepare(source, scheme, target, progress)
+    return _load(source, scheme, target)
+
+
+def _target(source: Path, scheme: Scheme, cache_dir: Path) -> Path:
+    key = hashlib.sha256(f"{source.resolve()}|{torch.__version__}".encode()).hexdigest()[:10]
+    return cache_dir / "quantized" / f"{source.resolve().parent.name}-{source.name}-{scheme}-{key}"
+
+
+def _fingerprint(source: Path) -> dict[str, Any]:
+    """What identifies the source weights: file names, sizes and modification times."""
+    files = sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return {
+        "files": [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files],
+        "torch": torch.__version__,
+        "version": QUANT_VERSION,
+    }
+
+
+def _is_prepared(target: Path, source: Path) -> bool:
+    try:
+        marker = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(marker.get("source") == _fingerprint(source) and (target / WEIGHTS).is_file())
+
+
+def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    if progress:
+        print(f"Quantizing the model's weights to {scheme}; this happens once.", flush=True)
+    started = time.perf_counter()
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)
+        count = quantize_model(model, scheme)
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        tmp.mkdir(parents=True)
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "scheme": scheme})
+        (tmp / MARKER).write_text(json.dumps({"source": _fingerprint(source), "layers": count}, indent=2))
+        del model, state
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ModelError(
+            f"Could not quantize {source.name} to {scheme}: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("quantized %s to %s in %.1f s", source, scheme, time.perf_counter() - started)
+
+
+def _load(source: Path, scheme: Scheme, target: Path) -> Any:
+    """A skeleton without weight memory, quantized in shape, then given the stored tensors."""
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    # Buffers computed at construction (rotary frequencies) are not in the file: build them for real.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with init_empty_weights(include_buffers=True):
+        quantize_model(model, scheme, fill=False)
+    # Copied out of the file one by one: a tensor read in place sits wherever the file put it, and
+    # the int8 kernel's vector loads need the alignment of torch's own allocations (an unaligned
+    # weight crashed the process once a batch reached 4 rows).
+    state = {}
+    with safe_open(str(target / WEIGHTS), framework="pt") as stored:
+        for name in stored.keys():
+            state[name] = stored.get_tensor(name).clone()
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ModelError(f"The quantized copy in {target} does not fit the model: {error}") from error
+    leftover = [
+        name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta
+    ]
+    if leftover:
+        raise ModelError(f"The quantized copy in {target} lacks {', '.join(leftover[:3])}")
+    with contextlib.suppress(OSError):
+        model.generation_config = GenerationConfig.from_pretrained(source, local_files_only=True)
+    return model
