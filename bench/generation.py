@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bot.model import Chunk
 from bot.models import prepare_model
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams
@@ -73,7 +74,7 @@ async def _one_run(
     first: float | None = None
     completion = prompt = 0
     async for item in model.stream(messages, params):
-        if first is None:
+        if first is None and isinstance(item, Chunk):
             first = time.perf_counter()
         if hasattr(item, "completion_tokens"):
             completion, prompt = item.completion_tokens, item.prompt_tokens

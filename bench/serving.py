@@ -99,12 +99,28 @@ async def _concurrent(model: TransformersModel, tokens: int, n: int = 8) -> tupl
     return sum(r["tokens"] for r in results) / wall, p95
 
 
+# A conversation of its own: none of these was asked before in the run, so turn 1 is a new
+# conversation (only the system prompt, shared by every conversation, can be cached).
+CONVERSATION = [
+    "What is a linked list?",
+    "How is it different from an array?",
+    "When would you pick one over the other?",
+    "What about memory use?",
+    "Can you show the idea in Python?",
+    "How do I reverse it?",
+    "What is the time complexity of that?",
+    "And a doubly linked list?",
+    "Where are they used in practice?",
+    "Summarise what we discussed.",
+]
+
+
 async def _turns(model: TransformersModel, tokens: int, turns: int = 10) -> tuple[float, float]:
     """TTFT of turn 1 and turn `turns` of one conversation (earlier replies kept in the prompt)."""
     messages = [ChatMessage("system", SYSTEM)]
     ttft: list[float] = []
     for n in range(turns):
-        messages.append(ChatMessage("user", QUESTIONS[n % len(QUESTIONS)]))
+        messages.append(ChatMessage("user", CONVERSATION[n % len(CONVERSATION)]))
         result = await _reply(model, messages, tokens)
         ttft.append(result["ttft"])
         messages.append(ChatMessage("assistant", result["text"]))

@@ -56,6 +56,8 @@ def test_weights_already_on_a_4bit_grid_are_stored_without_loss() -> None:
     weight = (lows + steps * levels).reshape(16, 4 * GROUP)
     step, low, fits = on_4bit_grid(weight.reshape(-1, GROUP))
     assert bool(fits.all())
+    assert torch.equal(step, steps.reshape(-1))
+    assert torch.equal(low, weight.reshape(-1, GROUP).amin(dim=1))
     layer = Int4Linear(4 * GROUP, 16, False, torch.float32)
     layer.quantize(weight)
     assert torch.equal(_dequantized(layer, 4 * GROUP), weight)
