@@ -699,6 +699,17 @@ def prepare(obj: Context, model: str | None) -> None:
     except ChinwagError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{settings.model.name} is ready: {path}")
+    from bot.transformers_model import resolve_device, resolve_quantization
+
+    try:
+        scheme = resolve_quantization(settings.model.quantization, resolve_device(settings.model.device))
+        if scheme is not None:
+            from bot.quantize import prepare_quantized
+
+            quantized = prepare_quantized(path, scheme, settings.model_cache_dir, True)
+            click.echo(f"{settings.model.name} ({scheme} weights) is ready: {quantized}")
+    except ChinwagError as error:
+        raise click.ClickException(str(error)) from None
     if settings.retrieval.enabled:
         from retrieval.embeddings import Embedder, EmbeddingError
 

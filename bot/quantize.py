@@ -217,6 +217,11 @@ def load_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: bool
     The first time, the model is loaded, quantized and stored under `cache_dir`; afterwards the
     stored copy loads in about a second.
     """
+    return _load(source, scheme, prepare_quantized(source, scheme, cache_dir, progress))
+
+
+def prepare_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: bool = True) -> Path:
+    """Make sure the quantized copy of `source` exists (made once, atomically); its directory."""
     target = _target(source, scheme, cache_dir)
     if not _is_prepared(target, source):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +230,7 @@ def load_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: bool
         with _locked(target.parent / f".{target.name}.lock"):
             if not _is_prepared(target, source):
                 _prepare(source, scheme, target, progress)
-    return _load(source, scheme, target)
+    return target
 
 
 def _target(source: Path, scheme: Scheme, cache_dir: Path) -> Path:

@@ -86,11 +86,7 @@ class TransformersModel:
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        device = settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise ModelError("model.device is 'cuda' but no CUDA device is available")
+        device = resolve_device(settings.device)
         scheme = resolve_quantization(settings.quantization, device)
         started = time.perf_counter()
         try:
@@ -507,6 +503,17 @@ class _DeltaStreamer:
         if delta:
             self._sent = len(text)
             self._emit(Chunk(delta))
+
+
+def resolve_device(name: str) -> str:
+    """ "auto" → cuda when available, else cpu; "cuda" without a CUDA device is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device is 'cuda' but no CUDA device is available")
+    return name
 
 
 def resolve_quantization(name: str, device: str) -> Any:
