@@ -707,7 +707,8 @@ def prepare(obj: Context, model: str | None) -> None:
             from bot.quantize import prepare_quantized
 
             quantized = prepare_quantized(path, scheme, settings.model_cache_dir, True)
-            click.echo(f"{settings.model.name} ({scheme} weights) is ready: {quantized}")
+            label = "int4/int8" if scheme == "mixed" else scheme
+            click.echo(f"{settings.model.name} ({label} weights) is ready: {quantized}")
     except ChinwagError as error:
         raise click.ClickException(str(error)) from None
     if settings.retrieval.enabled:

@@ -33,8 +33,10 @@ from bot.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-Scheme = Literal["int8", "int4"]
-SCHEMES: tuple[Scheme, ...] = ("int8", "int4")
+# "mixed": int4 for layers whose weights already sit on a 4-bit grid (nothing is lost), int8
+# for the rest. It is what `model.quantization = "auto"` picks on a CPU.
+Scheme = Literal["int8", "int4", "mixed"]
+SCHEMES: tuple[Scheme, ...] = ("int8", "int4", "mixed")
 # Bumped when the stored format changes, so older copies are rebuilt.
 QUANT_VERSION = 3
 GROUP = 32  # int4: weights per scale/zero pair along the input dimension
@@ -52,8 +54,12 @@ def available(scheme: Scheme, device: str) -> bool:
     """Whether this torch has the kernel for `scheme` on `device` (CPU only, for now)."""
     if device != "cpu":
         return False
-    op = "_weight_int4pack_mm_for_cpu" if scheme == "int4" else "_weight_int8pack_mm"
-    return hasattr(torch.ops.aten, op)
+    ops = {
+        "int4": ["_weight_int4pack_mm_for_cpu"],
+        "int8": ["_weight_int8pack_mm"],
+        "mixed": ["_weight_int4pack_mm_for_cpu", "_weight_int8pack_mm"],
+    }[scheme]
+    return all(hasattr(torch.ops.aten, op) for op in ops)
 
 
 class _QuantizedLinear(nn.Module):
@@ -180,22 +186,32 @@ def on_4bit_grid(groups: Any) -> tuple[Any, Any, Any]:
 _LAYERS: dict[str, type[_QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
 
 
-def quantize_model(model: Any, scheme: Scheme, fill: bool = True) -> int:
+def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: set[str] | None = None) -> int:
     """Replace the model's linear layers (the output head too) by quantized ones; returns how many.
 
     With `fill`, the weights are quantized from the existing layers; without, the new layers are
-    empty shells of the right shapes, to be filled by `load_state_dict(..., assign=True)`.
+    empty shells of the right shapes, to be filled by `load_state_dict(..., assign=True)` (for
+    "mixed", `int4_layers` then names the layers stored as int4).
     """
     dtype = model.dtype
     head = model.get_output_embeddings()
     count = 0
-    for parent in list(model.modules()):
+    for prefix, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
-            # The output head decides every token directly: in int4 it cost the most agreement
-            # with the full model for the fewest bytes, so it stays int8.
-            layer_type = _LAYERS["int8" if child is head else scheme]
+            path = f"{prefix}.{name}" if prefix else name
+            if child is head:
+                # The output head decides every token directly: in int4 it cost the most
+                # agreement with the full model for the fewest bytes, so it stays int8.
+                kind = "int8"
+            elif scheme != "mixed":
+                kind = scheme
+            elif fill:
+                kind = "int4" if _lossless_as_int4(child) else "int8"
+            else:
+                kind = "int4" if path in (int4_layers or set()) else "int8"
+            layer_type = _LAYERS[kind]
             if not layer_type.supports(child.in_features, child.out_features):
                 continue
             layer = layer_type(child.in_features, child.out_features, child.bias is not None, dtype)
@@ -209,6 +225,13 @@ def quantize_model(model: Any, scheme: Scheme, fill: bool = True) -> int:
     if getattr(model.config, "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False
     return count
+
+
+def _lossless_as_int4(linear: Any) -> bool:
+    """Whether every group of this layer's weights sits on a 4-bit grid (int4 then loses nothing)."""
+    if not Int4Linear.supports(linear.in_features, linear.out_features):
+        return False
+    return bool(on_4bit_grid(linear.weight.detach().float().reshape(-1, GROUP))[2].all())
 
 
 def load_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: bool = True) -> Any:
@@ -297,14 +320,17 @@ def _load(source: Path, scheme: Scheme, target: Path) -> Any:
     # Buffers computed at construction (rotary frequencies) are not in the file: build them for real.
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with safe_open(str(target / WEIGHTS), framework="pt") as stored:
+        names = list(stored.keys())
+    int4 = {name.removesuffix(".scales_and_zeros") for name in names if name.endswith(".scales_and_zeros")}
     with init_empty_weights(include_buffers=True):
-        quantize_model(model, scheme, fill=False)
+        quantize_model(model, scheme, fill=False, int4_layers=int4)
     # Copied out of the file one by one: a tensor read in place sits wherever the file put it, and
     # the int8 kernel's vector loads need the alignment of torch's own allocations (an unaligned
     # weight crashed the process once a batch reached 4 rows).
     state = {}
     with safe_open(str(target / WEIGHTS), framework="pt") as stored:
-        for name in stored.keys():
+        for name in names:
             state[name] = stored.get_tensor(name).clone()
     try:
         model.load_state_dict(state, strict=True, assign=True)

@@ -204,5 +204,5 @@ def test_serve_with_no_platform_configured_names_every_missing_token(tmp_path: P
 def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
     result = chinwag(tmp_path / "data", "prepare", "--model", SMALL_MODEL)
     assert result.returncode == 0, result.stderr
-    line = next(x for x in result.stdout.splitlines() if "(int4 weights) is ready" in x)
+    line = next(x for x in result.stdout.splitlines() if "(int4/int8 weights) is ready" in x)
     assert (Path(line.rsplit(": ", 1)[1]) / "model.safetensors").is_file()

@@ -170,7 +170,7 @@ def test_the_prepared_copy_loads_without_the_gguf(small_model: TransformersModel
     target = prepare_model(settings.model, settings.model_cache_dir, False)
     assert (target / "model.safetensors").is_file() and (target / "chat_template.jinja").exists()
     info = small_model.info
-    expected = (SMALL, "cpu", "int4 weights, float32", 8192)
+    expected = (SMALL, "cpu", "int4/int8 weights, float32", 8192)
     assert (info.name, info.device, info.dtype, info.context_window) == expected
 
 

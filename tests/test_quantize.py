@@ -89,16 +89,21 @@ def test_a_quantization_that_cannot_run_on_the_device_is_refused() -> None:
 @pytest.mark.model
 @needs_kernels
 def test_the_small_model_quantized_keeps_its_answers_and_loads_from_the_stored_copy(tmp_path: Path) -> None:
-    assert resolve_quantization("auto", "cpu") == "int4"
+    assert resolve_quantization("auto", "cpu") == "mixed"
     settings = load_settings(model={"name": "smollm2-135m-instruct", "quantization": "none"})
     full = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
     source = Path(full._model.name_or_path)
     cache = tmp_path / "cache"
 
-    first = load_quantized(source, "int4", cache, progress=False)
+    # SmolLM2 ships as Q4_1: every layer is on a 4-bit grid, so "mixed" stores them all as int4.
+    first = load_quantized(source, "mixed", cache, progress=False)
+    kinds = {type(m).__name__ for name, m in first.named_modules() if name.startswith("model.layers")}
+    assert "Int4Linear" in kinds and "Int8Linear" not in kinds and "Linear" not in kinds
+    assert isinstance(first.lm_head, Int8Linear)
     stored = sorted((cache / "quantized").iterdir())
     assert len([p for p in stored if p.is_dir()]) == 1
-    second = load_quantized(source, "int4", cache, progress=False)  # from the stored copy
+    second = load_quantized(source, "mixed", cache, progress=False)  # from the stored copy
+    assert [type(m) for m in second.modules()] == [type(m) for m in first.modules()]
     assert all(t.device.type == "cpu" for t in second.state_dict().values())
 
     prompts = [
