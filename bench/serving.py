@@ -160,9 +160,10 @@ def _fresh_process(name: str) -> tuple[float, float, float]:
         cwd=root,
         capture_output=True,
         text=True,
-        check=True,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"the fresh process failed ({out.returncode}): {out.stderr[-2000:]}")
     seconds, rss, peak = out.stdout.split()[:3]
     return float(seconds), float(rss), float(peak)
 
@@ -261,12 +262,16 @@ def main() -> None:
             model.close()
         result["single_tps_by_format"] = by_format
 
-    asyncio.run(shipped())
-    asyncio.run(naive())
-    asyncio.run(formats())
-    result["start_to_first_token_s"], result["rss_mb"], result["peak_rss_mb"] = _fresh_process(
-        settings.model.name
-    )
+    # Each part's figures go to stderr as they come, so a failure late in the run loses nothing.
+    for part in (shipped, naive, formats):
+        asyncio.run(part())
+        print(json.dumps(result), file=sys.stderr, flush=True)
+    try:
+        fresh = _fresh_process(settings.model.name)
+        result["start_to_first_token_s"], result["rss_mb"], result["peak_rss_mb"] = fresh
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        result["start_to_first_token_s"] = result["rss_mb"] = result["peak_rss_mb"] = None
     result["llamacpp_tps"] = _llamacpp(settings.model.name, args.tokens)
     if args.json:
         print(json.dumps(result))

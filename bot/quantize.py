@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 Scheme = Literal["int8", "int4", "mixed"]
 SCHEMES: tuple[Scheme, ...] = ("int8", "int4", "mixed")
 # Bumped when the stored format changes, so older copies are rebuilt.
-QUANT_VERSION = 3
+QUANT_VERSION = 4
 GROUP = 32  # int4: weights per scale/zero pair along the input dimension
 _INNER_K_TILES = 2
 MARKER = "chinwag-quantized.json"
@@ -47,7 +47,9 @@ MARKER = "chinwag-quantized.json"
 # which other replies shared its batch (attention over padded rows rounds differently), and the
 # cost in speed of float32 there is small (the bytes are in the linear layers' weights).
 COMPUTE = torch.bfloat16
-WEIGHTS = "model.safetensors"
+# torch's own format: it aligns every tensor to 64 bytes, so the weights are used straight from the
+# memory-mapped file (safetensors aligns to 8, and the int8 kernel's vector loads crashed on that).
+WEIGHTS = "model.pt"
 
 
 def available(scheme: Scheme, device: str) -> bool:
@@ -280,7 +282,6 @@ def _is_prepared(target: Path, source: Path) -> bool:
 
 
 def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None:
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     if progress:
@@ -293,7 +294,7 @@ def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None
         count = quantize_model(model, scheme)
         state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
         tmp.mkdir(parents=True)
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "scheme": scheme})
+        torch.save(state, tmp / WEIGHTS)
         (tmp / MARKER).write_text(json.dumps({"source": _fingerprint(source), "layers": count}, indent=2))
         del model, state
         if target.exists():
@@ -313,25 +314,23 @@ def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None
 def _load(source: Path, scheme: Scheme, target: Path) -> Any:
     """A skeleton without weight memory, quantized in shape, then given the stored tensors."""
     from accelerate import init_empty_weights
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config = AutoConfig.from_pretrained(source, local_files_only=True)
     # Buffers computed at construction (rotary frequencies) are not in the file: build them for real.
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with safe_open(str(target / WEIGHTS), framework="pt") as stored:
-        names = list(stored.keys())
-    int4 = {name.removesuffix(".scales_and_zeros") for name in names if name.endswith(".scales_and_zeros")}
+    try:
+        # Memory-mapped: pages are read as the first forward pass touches them, nothing is copied.
+        state = torch.load(target / WEIGHTS, mmap=True, weights_only=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ModelError(f"The quantized copy in {target} cannot be read: {error}") from error
+    for name, tensor in state.items():
+        if tensor.data_ptr() % 64:  # never seen; the kernels need it, so copy rather than crash
+            state[name] = tensor.clone()
+    int4 = {name.removesuffix(".scales_and_zeros") for name in state if name.endswith(".scales_and_zeros")}
     with init_empty_weights(include_buffers=True):
         quantize_model(model, scheme, fill=False, int4_layers=int4)
-    # Copied out of the file one by one: a tensor read in place sits wherever the file put it, and
-    # the int8 kernel's vector loads need the alignment of torch's own allocations (an unaligned
-    # weight crashed the process once a batch reached 4 rows).
-    state = {}
-    with safe_open(str(target / WEIGHTS), framework="pt") as stored:
-        for name in names:
-            state[name] = stored.get_tensor(name).clone()
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:

@@ -205,4 +205,4 @@ def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
     result = chinwag(tmp_path / "data", "prepare", "--model", SMALL_MODEL)
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "(int4/int8 weights) is ready" in x)
-    assert (Path(line.rsplit(": ", 1)[1]) / "model.safetensors").is_file()
+    assert (Path(line.rsplit(": ", 1)[1]) / "model.pt").is_file()
