@@ -150,6 +150,7 @@ async def main():
             print(time.time() - started, rss, peak, flush=True)
             return
 asyncio.run(main())
+model.close()
 """
 
 
