@@ -120,6 +120,7 @@ async def running(
 ) -> AsyncIterator[App]:
     """Start the parts (history first: a bad database URL fails before a minute of model loading)."""
     history = await open_history(settings)
+    owned = model is None
     try:
         if model is None:
             model = await asyncio.to_thread(load_model, settings, progress)
@@ -129,3 +130,8 @@ async def running(
         yield App(settings, model, history, engine, retriever)
     finally:
         await history.close()
+        # Stop the model's worker between two steps: a process that exits while it is inside a
+        # forward pass is aborted by the C++ runtime instead of exiting cleanly.
+        close = getattr(model, "close", None) if owned else None
+        if close is not None:
+            await asyncio.to_thread(close)
