@@ -284,8 +284,11 @@ def _is_prepared(target: Path, source: Path) -> bool:
 def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None:
     from transformers import AutoModelForCausalLM
 
-    if progress:
-        print(f"Quantizing the model's weights to {scheme}; this happens once.", flush=True)
+    from bot.models import _say
+
+    # Progress goes where the model preparation's goes (stderr): stdout may be `ask --json`.
+    label = "int4/int8" if scheme == "mixed" else scheme
+    _say(progress, f"Quantizing the model's weights to {label}; this happens once.")
     started = time.perf_counter()
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -157,3 +157,18 @@ def test_a_changed_source_is_quantized_again(tmp_path: Path) -> None:
     load_quantized(source, "int8", cache, progress=False)
     marker = next((cache / "quantized").glob("*/chinwag-quantized.json"))
     assert marker.stat().st_mtime_ns != before
+
+
+@pytest.mark.model
+@needs_kernels
+def test_quantizing_says_so_on_stderr_never_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # stdout may be `chinwag ask --json`, read by a program.
+    settings = load_settings(model={"name": "smollm2-135m-instruct", "quantization": "none"})
+    full = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
+    source = Path(full._model.name_or_path)
+    full.close()
+    capsys.readouterr()
+    load_quantized(source, "mixed", tmp_path / "cache", progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Quantizing the model's weights to int4/int8" in err
