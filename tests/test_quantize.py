@@ -161,7 +161,9 @@ def test_a_changed_source_is_quantized_again(tmp_path: Path) -> None:
 
 @pytest.mark.model
 @needs_kernels
-def test_quantizing_says_so_on_stderr_never_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quantizing_says_so_on_stderr_never_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # stdout may be `chinwag ask --json`, read by a program.
     settings = load_settings(model={"name": "smollm2-135m-instruct", "quantization": "none"})
     full = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
