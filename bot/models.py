@@ -261,9 +261,7 @@ def _convert(gguf: Path, target: Path, source_sha: str, progress: bool) -> None:
 
     quiet_transformers(progress_bars=progress)
     _say(progress, "Converting the weights (about a minute for the default model)…")
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building(target, f"Could not convert {gguf.name}") as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model carries a quantizer that refuses save_pretrained; the weights
@@ -276,13 +274,26 @@ def _convert(gguf: Path, target: Path, source_sha: str, progress: bool) -> None:
         marker = {"source_sha256": source_sha, "source": gguf.name, "conversion": CONVERSION_VERSION}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         del model
+
+
+@contextlib.contextmanager
+def building(target: Path, failure: str) -> Iterator[Path]:
+    """A scratch directory beside `target` that replaces it when the block succeeds.
+
+    Readers only ever see a finished directory; a failure leaves nothing behind and becomes a
+    ModelError starting with `failure`.
+    """
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"Could not convert {gguf.name}: {type(error).__name__}: {error}") from error
+        raise ModelError(f"{failure}: {type(error).__name__}: {error}") from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -20,8 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from bot.errors import ModelError
+from bot.models import _locked, _say, building
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +249,6 @@ def prepare_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: b
     target = _target(source, scheme, cache_dir)
     if not _is_prepared(target, source):
         target.parent.mkdir(parents=True, exist_ok=True)
-        from bot.models import _locked
-
         with _locked(target.parent / f".{target.name}.lock"):
             if not _is_prepared(target, source):
                 _prepare(source, scheme, target, progress)
@@ -284,15 +281,11 @@ def _is_prepared(target: Path, source: Path) -> bool:
 def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None:
     from transformers import AutoModelForCausalLM
 
-    from bot.models import _say
-
     # Progress goes where the model preparation's goes (stderr): stdout may be `ask --json`.
     label = "int4/int8" if scheme == "mixed" else scheme
     _say(progress, f"Quantizing the model's weights to {label}; this happens once.")
     started = time.perf_counter()
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building(target, f"Could not quantize {source.name} to {scheme}") as tmp:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)
         count = quantize_model(model, scheme)
         state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
@@ -300,17 +293,6 @@ def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None
         torch.save(state, tmp / WEIGHTS)
         (tmp / MARKER).write_text(json.dumps({"source": _fingerprint(source), "layers": count}, indent=2))
         del model, state
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except ModelError:
-        raise
-    except Exception as error:
-        raise ModelError(
-            f"Could not quantize {source.name} to {scheme}: {type(error).__name__}: {error}"
-        ) from error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("quantized %s to %s in %.1f s", source, scheme, time.perf_counter() - started)
 
 
