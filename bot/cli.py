@@ -704,11 +704,10 @@ def prepare(obj: Context, model: str | None) -> None:
     try:
         scheme = resolve_quantization(settings.model.quantization, resolve_device(settings.model.device))
         if scheme is not None:
-            from bot.quantize import prepare_quantized
+            from bot.quantize import label, prepare_quantized
 
             quantized = prepare_quantized(path, scheme, settings.model_cache_dir, True)
-            label = "int4/int8" if scheme == "mixed" else scheme
-            click.echo(f"{settings.model.name} ({label} weights) is ready: {quantized}")
+            click.echo(f"{settings.model.name} ({label(scheme)} weights) is ready: {quantized}")
     except ChinwagError as error:
         raise click.ClickException(str(error)) from None
     if settings.retrieval.enabled:

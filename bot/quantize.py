@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 # "mixed": int4 for layers whose weights already sit on a 4-bit grid (nothing is lost), int8
 # for the rest. It is what `model.quantization = "auto"` picks on a CPU.
 Scheme = Literal["int8", "int4", "mixed"]
-SCHEMES: tuple[Scheme, ...] = ("int8", "int4", "mixed")
 # Bumped when the stored format changes, so older copies are rebuilt.
 QUANT_VERSION = 4
 GROUP = 32  # int4: weights per scale/zero pair along the input dimension
@@ -49,6 +48,11 @@ COMPUTE = torch.bfloat16
 # torch's own format: it aligns every tensor to 64 bytes, so the weights are used straight from the
 # memory-mapped file (safetensors aligns to 8, and the int8 kernel's vector loads crashed on that).
 WEIGHTS = "model.pt"
+
+
+def label(scheme: Scheme) -> str:
+    """How a scheme is shown to people ("mixed" is int4 and int8 layers)."""
+    return "int4/int8" if scheme == "mixed" else scheme
 
 
 def available(scheme: Scheme, device: str) -> bool:
@@ -282,8 +286,7 @@ def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None
     from transformers import AutoModelForCausalLM
 
     # Progress goes where the model preparation's goes (stderr): stdout may be `ask --json`.
-    label = "int4/int8" if scheme == "mixed" else scheme
-    _say(progress, f"Quantizing the model's weights to {label}; this happens once.")
+    _say(progress, f"Quantizing the model's weights to {label(scheme)}; this happens once.")
     started = time.perf_counter()
     with building(target, f"Could not quantize {source.name} to {scheme}") as tmp:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)

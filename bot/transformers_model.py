@@ -536,11 +536,13 @@ def resolve_quantization(name: str, device: str) -> Any:
     return name
 
 
-def _describe_dtype(model: Any, quantization: str | None) -> str:
+def _describe_dtype(model: Any, quantization: Any) -> str:
     dtype = str(model.dtype).removeprefix("torch.")
-    if quantization == "mixed":
-        return f"int4/int8 weights, {dtype}"
-    return f"{quantization} weights, {dtype}" if quantization else dtype
+    if not quantization:
+        return dtype
+    from bot.quantize import label
+
+    return f"{label(quantization)} weights, {dtype}"
 
 
 def _resolve_dtype(name: str, device: str) -> Any:
