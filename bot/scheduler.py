@@ -12,7 +12,9 @@ processor such as `ToolCallConstraint`.
 
 Finished requests leave their KV cache in a small LRU (`prefix_cache_mb`): a later prompt sharing a
 token prefix with one of them (the next turn of the same conversation) encodes only what is new. A
-changed history (a summary, an edit) shares a shorter prefix, or none, and simply misses.
+changed history (a summary, an edit) shares a shorter prefix, or none, and simply misses. A reply that
+ends its turn also leaves the template's opening of the next user message encoded (`Request.follow`),
+after its Finish has gone out, so the next turn encodes only its own words, like a first turn.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Request:
     params: GenerationParams
     emit: Emit
     processors: Sequence[RowProcessor] = ()
+    # What the chat template puts after a reply when the conversation goes on, starting with the
+    # end-of-turn token (Qwen: <|im_end|> \n <|im_start|> user \n). A request that stops on that
+    # token has these encoded into the cache it leaves behind, so the next turn starts at its text.
+    follow: Sequence[int] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
     # Worker-side state.
     generated: list[int] = field(default_factory=list)
@@ -376,9 +382,11 @@ class Scheduler:
         import torch
 
         leaving = [(self._rows[i], outcome[i] if isinstance(outcome, dict) else outcome) for i in indices]
-        for i, (request, result) in zip(indices, leaving, strict=True):
-            if not isinstance(result, BaseException):
-                self._keep_prefix(i, request)
+        kept = [
+            self._row_prefix(i, request)
+            for i, (request, result) in zip(indices, leaving, strict=True)
+            if not isinstance(result, BaseException)
+        ]
         keep = [i for i in range(len(self._rows)) if i not in set(indices)]
         self._rows = [self._rows[i] for i in keep]
         if not keep:
@@ -398,16 +406,45 @@ class Scheduler:
                 request.emit(result)
             else:
                 self._finish(request, result)
+        for prefix in kept:
+            if prefix is not None:
+                self._keep_prefix(*prefix)
 
-    def _keep_prefix(self, row: int, request: Request) -> None:
+    def _row_prefix(self, row: int, request: Request) -> tuple[Request, list[int], Any] | None:
+        """A copy of one row's cache (the tokens it holds and their keys and values), to keep."""
         if self._prefix.capacity <= 0 or request.fed < _MIN_PREFIX:
-            return
+            return None
         start = self._mask.shape[1] - request.fed
         tokens = (request.prompt + request.generated)[: request.fed]
         layers = [
             (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
             for layer in self._cache.layers
         ]
+        return request, tokens, layers
+
+    def _keep_prefix(self, request: Request, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
+        """Keep a finished request's cache; one that ended its turn first gets `follow` encoded."""
+        import torch
+        from transformers import DynamicCache
+
+        follow = list(request.follow)
+        if follow and request.generated and request.generated[-1] == follow[0]:
+            try:
+                cache: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
+                device = self._model.device
+                fed = len(tokens)
+                self._model(
+                    input_ids=torch.tensor([follow], device=device),
+                    attention_mask=torch.ones((1, fed + len(follow)), dtype=torch.long, device=device),
+                    position_ids=torch.arange(fed, fed + len(follow), device=device)[None],
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                tokens = tokens + follow
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
+            except Exception:  # the plain prefix is still worth keeping
+                log.exception("encoding the next turn's opening failed")
         self._prefix.put(tokens, layers)
 
 

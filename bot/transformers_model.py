@@ -59,6 +59,7 @@ class TransformersModel:
         self._pieces: list[str] | None = None
         self._groups: dict[str, list[int]] = {}
         self._scheduler: Scheduler | None = None
+        self._follow: list[int] | None = None
         config = scheduler or SchedulerSettings()
         if config.enabled and Scheduler.supports(model):
             self._scheduler = Scheduler(
@@ -209,7 +210,7 @@ class TransformersModel:
         prompt, processors = await asyncio.to_thread(
             self._prepare, list(messages), params, list(tools or []), constrain
         )
-        request = Request(prompt, params, emit, processors)
+        request = Request(prompt, params, emit, processors, follow=self._follow or ())
         scheduler.submit(request)  # BusyError (a ChinwagError) when the queue is full
         over = False
         try:
@@ -243,7 +244,30 @@ class TransformersModel:
         processors: list[RowProcessor] = []
         if constrain and tools:
             processors.append(self._constraint(tools, params))
+        if self._follow is None:
+            self._follow = self._next_turn_opening()
         return self._encode(messages, tools), processors
+
+    def _next_turn_opening(self) -> list[int]:
+        """The tokens the template puts between a reply and the next user message's text.
+
+        Empty when they do not start with an end-of-turn token (the scheduler has nothing to add).
+        """
+        reply, question = "\u2063reply\u2063", "\u2063question\u2063"
+        try:
+            text = self._tokenizer.apply_chat_template(
+                [
+                    {"role": "user", "content": "hello"},
+                    {"role": "assistant", "content": reply},
+                    {"role": "user", "content": question},
+                ],
+                tokenize=False,
+            )
+            between = text[text.index(reply) + len(reply) : text.index(question)]
+        except Exception:  # a template that cannot render this: no head start, nothing else lost
+            return []
+        ids = list(self._tokenizer(between, add_special_tokens=False)["input_ids"])
+        return ids if ids and ids[0] in self._eos_ids else []
 
     # Inside the worker thread ----------------------------------------------------------
 

@@ -261,3 +261,23 @@ async def test_a_follow_up_reuses_the_conversation_prefix_and_an_edit_does_not(
     before = scheduler.prefix_hits
     await _collect(scheduled, edited, GREEDY)
     assert scheduler.prefix_hits - before <= unchanged  # nothing after the edit is reused
+
+
+async def test_a_reply_that_ends_its_turn_leaves_the_next_turns_opening_encoded(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    scheduler = scheduled.scheduler
+    assert scheduler is not None
+    params = replace(GREEDY, max_tokens=64)
+    first = _ask("What is the capital of France?", system="Be brief.")
+    reply, finish = await _collect(scheduled, first, params)
+    assert finish.reason == "stop"
+    follow_up = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And of Spain?")]
+    before = scheduler.prefix_hits
+    text, _ = await _collect(scheduled, follow_up, params)
+    # Encoded for turn 2: its own words and the template's closing, as for a first turn; the end
+    # of the reply and the opening of the new message came from the cache.
+    new = len(scheduled._encode(follow_up)) - (scheduler.prefix_hits - before)
+    assert new <= scheduled.count_text_tokens("And of Spain?") + 6
+    # and the cache that was extended after the reply answers exactly as a full encoding does.
+    assert (text, finish.reason) == ((await _collect(naive, follow_up, params))[0], "stop")
