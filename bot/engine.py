@@ -22,14 +22,15 @@ from bot.params import effective_params
 from bot.prompt import PromptBudget
 from bot.retriever import (
     PASSAGES_INTRO,
+    PASSAGES_TASK,
     Passage,
     Retriever,
     cite_label,
     mark_cited,
     passage_block,
+    passages_context,
     scopes_for,
     source_record,
-    with_passages,
 )
 from bot.toolcalls import parse_tool_calls
 from bot.tools import Tool, ToolError, ToolRegistry
@@ -211,7 +212,7 @@ class Engine:
             searchable = "search_documents" in tools.tools
             floor = max(config.min_score, config.min_score_with_tools) if searchable else config.min_score
             passages = await self._retrieve(conv, text, system_prompt, length, params.max_tokens, floor)
-            system_prompt = with_passages(system_prompt, passages)
+        context = passages_context(passages) if self.docs_enabled(conv) else None
         sources = [source_record(n, p) for n, p in enumerate(passages, start=1)]
 
         prompt: list[ChatMessage] = []
@@ -223,7 +224,7 @@ class Engine:
         if tools.tools:
             probe = [ChatMessage("system", system_prompt)]
             reserve = self.model.count_tokens(probe, tools.schemas()) - self.model.count_tokens(probe)
-        async with aclosing(self._fit_prompt(conv, system_prompt, params, reserve)) as planning:
+        async with aclosing(self._fit_prompt(conv, system_prompt, params, reserve, context)) as planning:
             async for item in planning:
                 if isinstance(item, Notice):
                     yield item
@@ -258,7 +259,9 @@ class Engine:
         room = self.window - max_tokens - message_tokens - self.model.count_text_tokens(system_prompt)
         budget = min(config.max_context_tokens, room - _PASSAGE_SLACK)
         kept: list[Passage] = []
-        used = self.model.count_text_tokens(PASSAGES_INTRO)
+        # The passages' own message: its template tokens, the heading before them, the task after.
+        frame = f"{PASSAGES_INTRO}\n\n{PASSAGES_TASK}"
+        used = self.model.count_text_tokens(frame) + self.budget.message_overhead
         for passage in relevant:
             cost = self.model.count_text_tokens(passage_block(len(kept) + 1, passage)) + 2
             if used + cost > budget:
@@ -268,13 +271,18 @@ class Engine:
         return kept
 
     async def _fit_prompt(
-        self, conv: Conversation, system_prompt: str, params: GenerationParams, reserve: int = 0
+        self,
+        conv: Conversation,
+        system_prompt: str,
+        params: GenerationParams,
+        reserve: int = 0,
+        context: str | None = None,
     ) -> AsyncGenerator[Notice | tuple[list[ChatMessage], int], None]:
         """Plan the prompt; fold older turns into the running summary while they do not fit."""
         summary, until = conv.summary, conv.summary_until
         for _ in range(_MAX_FOLDS):
             turns = await self.history.load(conv.id, after_id=until)
-            plan = self.budget.plan(system_prompt, summary, turns, params.max_tokens + reserve)
+            plan = self.budget.plan(system_prompt, summary, turns, params.max_tokens + reserve, context)
             if not plan.fold:
                 yield plan.messages, plan.prompt_tokens
                 return

@@ -39,6 +39,14 @@ def system_message(system_prompt: str, summary: str | None) -> ChatMessage:
     return ChatMessage("system", system_prompt)
 
 
+def with_context(messages: list[ChatMessage], context: str) -> list[ChatMessage]:
+    """The messages with `context` as a system message just before the latest user message."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            return [*messages[:i], ChatMessage("system", context), *messages[i:]]
+    return [*messages, ChatMessage("system", context)]
+
+
 @dataclass
 class PromptPlan:
     """Either a prompt that fits (`fold` empty) or the oldest turns to fold into the summary first."""
@@ -89,17 +97,27 @@ class PromptBudget:
         summary: str | None,
         turns: Sequence[StoredMessage],
         max_tokens: int,
+        context: str | None = None,
     ) -> PromptPlan:
-        """Fit the newest turns; if older ones do not fit, say which to fold into the summary."""
+        """Fit the newest turns; if older ones do not fit, say which to fold into the summary.
+
+        `context` (what the documents say to this turn) goes in a system message of its own before
+        the latest user message, in this prompt only: the messages before it are rendered as
+        stored, the same on every turn, so the model's prefix cache can serve them.
+        """
         turns = [m for m in turns if usable_in_context(m)]
         system = system_message(system_prompt, summary)
         limit = self.window - max_tokens
         room = limit - self.model.count_tokens([system])
+        if context:
+            room -= self.model.count_text_tokens(context) + self.message_overhead
         costs = [self.cost(m) for m in turns]
 
         kept = _newest_that_fit(costs, room)
         if kept == len(turns):
             messages = [system, *(ChatMessage(m.role, m.content) for m in turns)]
+            if context:
+                messages = with_context(messages, context)
             exact = self.model.count_tokens(messages)
             if exact <= limit:
                 return PromptPlan(messages=messages, prompt_tokens=exact, kept=kept)

@@ -62,16 +62,28 @@ def source_label(title: str, location: str, sep: str = " — ") -> str:
 
 # How passages enter a prompt and leave as sources --------------------------------------
 
-# Worded for small models: with a bare "[1] Title" header per passage, Qwen2.5-0.5B often answered
-# with the header alone, and an example sentence with a fact in it leaked into answers.
-# "Passage [1] (from ...)" and a fact-free citation example answered 14 of 16 eval questions
-# (13 of 16 with either other wording on the same chunks; bench/retrieval_eval.py).
-PASSAGES_INTRO = (
-    "Use the numbered passages below, taken from the team's documents, to answer the user's latest "
-    "message. Answer in your own words, in full sentences, and put the number of each passage you "
-    "used in square brackets at the end of the sentence it supports, like this: [2]. "
-    "If the passages do not contain the answer, say so, then answer from your own knowledge only if "
-    "you are sure."
+# Where passages go: in a system message of their own just before the user's latest message, not
+# in the leading system prompt. The leading system prompt then stays the same from turn to turn,
+# and so does everything before the latest exchange, so the scheduler's prefix cache serves the
+# conversation and a turn encodes only the last exchange, its passages and its message (with the
+# passages in the leading system prompt, every turn with new passages re-encoded the whole
+# history). Later prompts show earlier messages as they are stored, without their passages.
+#
+# Worded for small models (bench/quality.py, 24 document questions, Qwen2.5-0.5B as shipped):
+# - "Passage [1] (from ...)" headers: with a bare "[1] Title" the model often answered with the
+#   header alone.
+# - The instructions after the passages, and no citation example: the wording tuned for the
+#   leading system prompt ("... like this: [2]") answered 18 of 24 there, but 13 of 24 in this
+#   message and 11 in the user's message, often with a bare "[2]". This one answers 19 of 24
+#   (it cites less often: 2 replies of 24 carry a [n], against 9, most of them "[2]." openers;
+#   the sources footer then lists every passage). An example sentence with a fact in it leaked
+#   into answers.
+PASSAGES_INTRO = "Passages from the team's documents for the user's latest message:"
+PASSAGES_TASK = (
+    "Answer the user's latest message from these passages, in your own words and in full "
+    "sentences. After each sentence that uses a passage, put the passage's number in square "
+    "brackets. If the passages do not contain the answer, say so, then answer from your own "
+    "knowledge only if you are sure."
 )
 NO_PASSAGES = (
     "No passage from the team's documents matched the user's latest message. Answer from your own "
@@ -84,12 +96,12 @@ def passage_block(number: int, passage: Passage) -> str:
     return f"Passage [{number}] (from {cite_label(passage, sep=', ')}):\n{passage.text.strip()}"
 
 
-def with_passages(system_prompt: str, passages: Sequence[Passage]) -> str:
-    """The system prompt with the passages (or the note that none matched) appended."""
+def passages_context(passages: Sequence[Passage]) -> str:
+    """What the model is told of the documents for the user's latest message."""
     if not passages:
-        return f"{system_prompt}\n\n{NO_PASSAGES}"
+        return NO_PASSAGES
     blocks = "\n\n".join(passage_block(n, p) for n, p in enumerate(passages, start=1))
-    return f"{system_prompt}\n\n{PASSAGES_INTRO}\n\n{blocks}"
+    return f"{PASSAGES_INTRO}\n\n{blocks}\n\n{PASSAGES_TASK}"
 
 
 def source_record(number: int, passage: Passage) -> dict[str, Any]:

@@ -368,12 +368,10 @@ class TransformersModel:
             text = self._tokenizer.apply_chat_template(
                 rendered, tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=True
             )
-        except Exception:  # a template without a "tool" role or without tools support
-            plain = [
-                {"role": "user", "content": f"Tool result:\n{m['content']}"} if m["role"] == "tool" else m
-                for m in rendered
-            ]
-            text = self._tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template without a "tool" role, tools support or later system messages
+            text = self._tokenizer.apply_chat_template(
+                _plain(rendered), tokenize=False, add_generation_prompt=True
+            )
         # The template already wrote any BOS it wants.
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -397,6 +395,26 @@ class TransformersModel:
         if not ids:
             raise ModelError("The model defines no end-of-turn token")
         return ids
+
+
+def _plain(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Messages for a strict template: tool results as user messages, and a system message after
+    the first (the documents' passages) put at the head of the user message that follows it."""
+    plain: list[dict[str, str]] = []
+    carried: list[str] = []
+    for n, message in enumerate(messages):
+        if message["role"] == "tool":
+            message = {"role": "user", "content": f"Tool result:\n{message['content']}"}
+        if message["role"] == "system" and n > 0:
+            carried.append(message["content"])
+            continue
+        if carried and message["role"] == "user":
+            message = {"role": "user", "content": "\n\n".join([*carried, message["content"]])}
+            carried = []
+        plain.append(message)
+    if carried:
+        plain.append({"role": "user", "content": "\n\n".join(carried)})
+    return plain
 
 
 class ToolCallConstraint:

@@ -13,7 +13,7 @@ import pytest
 
 from bot.engine import Engine
 from bot.retriever import NO_PASSAGES, PASSAGES_INTRO, sources_footer
-from bot.types import CommandResult, Event, Incoming, TurnDone
+from bot.types import ChatMessage, CommandResult, Event, Incoming, TurnDone
 from config import Settings, load_settings
 from retrieval.store import DocumentStore
 from storage import SqlHistory
@@ -192,12 +192,17 @@ async def test_relevant_passages_reach_the_prompt_and_sources_end_the_reply(
     done = events[-1]
     assert isinstance(done, TurnDone)
 
-    system = model.prompts[-1][0]
-    assert system.role == "system" and PASSAGES_INTRO in system.content
+    prompt = model.prompts[-1]
+    # The persona leads as always; the passages come in a system message of their own just before
+    # the message they answer.
+    assert prompt[0] == ChatMessage("system", engine_with_docs.settings.chat.system_prompt)
+    passages, message = prompt[-2], prompt[-1]
+    assert passages.role == "system" and passages.content.startswith(PASSAGES_INTRO)
     assert (
-        "Passage [1] (from Shipment API, Rate limits)" in system.content
-        and "120 requests per minute" in system.content
+        "Passage [1] (from Shipment API, Rate limits)" in passages.content
+        and "120 requests per minute" in passages.content
     )
+    assert message == ChatMessage("user", "What is the API rate limit per key?")
     sources = done.metadata["sources"]
     assert sources[0]["n"] == 1 and sources[0]["cited"] is True and sources[0]["title"] == "Shipment API"
     assert all(s["score"] >= 0.3 for s in sources)
@@ -216,8 +221,29 @@ async def test_when_nothing_is_relevant_the_model_is_told_so(
     engine_with_docs: Engine, model: FakeModel
 ) -> None:
     await run(engine_with_docs, said("Write a haiku about autumn leaves falling in Kyoto."))
-    system = model.prompts[-1][0].content
-    assert NO_PASSAGES in system and PASSAGES_INTRO not in system
+    assert model.prompts[-1][-2:] == [
+        ChatMessage("system", NO_PASSAGES),
+        ChatMessage("user", "Write a haiku about autumn leaves falling in Kyoto."),
+    ]
+
+
+async def test_earlier_turns_and_the_system_prompt_stay_as_they_were_for_the_prefix_cache(
+    engine_with_docs: Engine, model: FakeModel
+) -> None:
+    model.enqueue("Each key may make 120 requests per minute [1].")
+    await run(engine_with_docs, said("What is the API rate limit per key?"))
+    first = model.prompts[-1]
+    model.enqueue("Ask for a higher limit in the developer portal.")
+    await run(engine_with_docs, said("And how do I raise it?"))
+    second = model.prompts[-1]
+    # The same system prompt on both turns, and the first exchange as stored, without its
+    # passages: all of turn 2's prompt up to that exchange is a prefix of turn 1's.
+    assert second[0] == first[0]
+    assert [(m.role, m.content) for m in second[1:3]] == [
+        ("user", "What is the API rate limit per key?"),
+        ("assistant", "Each key may make 120 requests per minute [1]."),
+    ]
+    assert second[-2].role == "system" and second[-1] == ChatMessage("user", "And how do I raise it?")
 
 
 async def test_with_the_search_tool_offered_only_clear_matches_enter_the_prompt(
@@ -229,11 +255,11 @@ async def test_with_the_search_tool_offered_only_clear_matches_enter_the_prompt(
     settings.retrieval.min_score_with_tools = 0.99
     engine = Engine(model, history, settings, store, default_tools(settings))
     await run(engine, said("What is the API rate limit per key?"))
-    assert "120 requests" not in model.prompts[-1][0].content
+    assert all("120 requests" not in m.content for m in model.prompts[-1])
     assert "search_documents" in [t["function"]["name"] for t in model.tools[-1] or []]
     settings.tools.enabled = False  # no tool to search with: the passages come to the model
     await run(engine, said("What is the API rate limit per key?"))
-    assert "120 requests" in model.prompts[-1][0].content
+    assert "120 requests" in model.prompts[-1][-2].content
 
 
 async def test_docs_off_keeps_the_documents_out_of_the_conversation(
@@ -242,13 +268,12 @@ async def test_docs_off_keeps_the_documents_out_of_the_conversation(
     off = await run(engine_with_docs, said("/docs off"))
     assert isinstance(off[-1], CommandResult) and "off" in off[-1].text
     events = await run(engine_with_docs, said("What is the API rate limit per key?"))
-    system = model.prompts[-1][0].content
-    assert "120 requests" not in system and NO_PASSAGES not in system
+    assert all("120 requests" not in m.content and NO_PASSAGES not in m.content for m in model.prompts[-1])
     done = events[-1]
     assert isinstance(done, TurnDone) and "sources" not in done.metadata
     await run(engine_with_docs, said("/docs on"))
     await run(engine_with_docs, said("What is the API rate limit per key?"))
-    assert "120 requests" in model.prompts[-1][0].content
+    assert "120 requests" in model.prompts[-1][-2].content
 
 
 async def test_a_conversation_in_another_scope_gets_nothing_from_a_private_scope(
@@ -258,9 +283,9 @@ async def test_a_conversation_in_another_scope_gets_nothing_from_a_private_scope
     store.ingest([tmp_path / "secret.md"], scope="T-finance")
     engine = Engine(model, history, settings, store)
     await run(engine, said("When does payroll run?", scope="T-sales"))
-    assert "25th" not in model.prompts[-1][0].content
+    assert all("25th" not in m.content for m in model.prompts[-1])
     await run(engine, said("When does payroll run?", scope="T-finance"))
-    assert "25th" in model.prompts[-1][0].content
+    assert "25th" in model.prompts[-1][-2].content
 
 
 def test_retrieval_settings_reject_overlap_not_below_size() -> None:
@@ -284,3 +309,19 @@ def test_the_onnx_embedder_matches_the_pytorch_model(settings: Settings) -> None
     a, b = np.array(onnx.embed(texts, batch_size=3)), np.array(reference.embed(texts, batch_size=3))
     assert np.abs(a - b).max() < 1e-4
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_strict_chat_template_gets_the_passages_with_the_message_they_answer() -> None:
+    from bot.transformers_model import _plain
+
+    messages = [
+        {"role": "system", "content": "persona"},
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "system", "content": "Passage [1] ..."},
+        {"role": "user", "content": "question"},
+    ]
+    assert _plain(messages) == [
+        *messages[:3],
+        {"role": "user", "content": "Passage [1] ...\n\nquestion"},
+    ]
