@@ -19,6 +19,7 @@ after its Finish has gone out, so the next turn encodes only its own words, like
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -135,6 +136,9 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="chinwag-scheduler", daemon=True)
                 self._thread.start()
+                # A process that exits while the worker is inside a forward pass (a finished
+                # reply's cache is still being extended, say) is aborted by the C++ runtime.
+                atexit.register(self.close)
             self._lock.notify()
 
     def cancel(self, request: Request) -> None:
@@ -198,8 +202,7 @@ class Scheduler:
     def _tell_positions(self) -> None:
         """Tell each waiting request its place when it has changed (called with the lock held).
 
-        `submit` tells most at once; one that came while a request was between prefill and the batch
-        (counted in neither list) saw a free slot that was not there, and is told here.
+        `submit` tells a request its place when it arrives; this tells it again as the line moves.
         """
         for place, request in enumerate(self._waiting, start=1):
             if place != request.position:
@@ -208,7 +211,8 @@ class Scheduler:
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self._prefilling if r.cancel.is_set()]:
-            self._prefilling.remove(request)
+            with self._lock:
+                self._prefilling.remove(request)
             self._finish(request, "cancelled")
         gone = [i for i, r in enumerate(self._rows) if r.cancel.is_set()]
         if gone:
@@ -245,17 +249,20 @@ class Scheduler:
             request.fed += len(chunk)
             if request.fed < len(request.prompt):
                 return
-            self._prefilling.remove(request)
             token = self._choose(request, out.logits[0, -1])
         except Exception as error:
             log.exception("prefill failed")
-            if request in self._prefilling:
+            with self._lock:
                 self._prefilling.remove(request)
             request.cache = None
             request.emit(error)
             return
         if self._accept(request, token):
             self._join(request)
+        # Only now, under the lock: `submit` counting the slots in use never sees this request in
+        # neither list (it would admit one too many and tell a wrong place in the queue).
+        with self._lock:
+            self._prefilling.remove(request)
         request.cache = None
 
     def _decode_step(self) -> None:

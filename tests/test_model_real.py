@@ -146,9 +146,13 @@ def _real_settings(name: str) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def small_model() -> TransformersModel:
+def small_model() -> Iterator[TransformersModel]:
     settings = _real_settings(SMALL)
-    return TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
+    model = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
+    yield model
+    # The worker may still be encoding a finished reply's follow-up opening: a process exiting
+    # while it is inside a forward pass is aborted by the C++ runtime.
+    model.close()
 
 
 async def _collect(
@@ -274,7 +278,10 @@ async def test_default_model_answers_and_resumes_after_restart(tmp_path: Path) -
         TransformersModel.load, settings.model, settings.model_cache_dir, progress=False
     )
     assert model.info.context_window == 32768
-    await _turn_then_restart(DEFAULT, model, tmp_path / "data", check_answer=True)
+    try:
+        await _turn_then_restart(DEFAULT, model, tmp_path / "data", check_answer=True)
+    finally:
+        model.close()
 
 
 @pytest.mark.model
@@ -301,6 +308,7 @@ async def test_default_model_answers_from_an_ingested_document_and_cites_it(tmp_
         done = [event async for event in engine.handle(incoming)][-1]
     finally:
         await history.close()
+        model.close()
     assert isinstance(done, TurnDone) and done.status == "complete"
     assert "heron-42-violet" in done.text.lower()  # only the document knows it
     [source] = done.metadata["sources"]
@@ -329,6 +337,7 @@ async def test_default_model_uses_the_calculator(tmp_path: Path) -> None:
         events = [event async for event in engine.handle(incoming)]
     finally:
         await history.close()
+        model.close()
     calls = [e for e in events if isinstance(e, ToolCall)]
     assert calls and calls[0].name == "calculator" and calls[0].result == "7006652", calls
     done = events[-1]
