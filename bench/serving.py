@@ -10,6 +10,10 @@ Side by side in one run, on the same weights:
   naive_p95_ttft8_s: the 95th-percentile time to first token among them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
   (scheduler, prefix reuse on); naive_ttft_turn1_s / naive_ttft_turn10_s: the naive path.
+- docs_ttft_turn1_s / docs_ttft_turn10_s / docs_encoded_turn1 / docs_encoded_turn10: the same
+  through the engine with the document store (bench/eval_corpus), every turn bringing new
+  passages: time to first token (retrieval included) and the prompt tokens the turn encoded (the
+  rest came from the prefix cache).
 - start_to_first_token_s, rss_mb, peak_rss_mb: a fresh process with a warm model cache, from start
   to the first token of a reply; its resident memory then, and the peak while loading.
 - llamacpp_tps: llama-cpp-python (when installed) on the GGUF the embedded model ships as, with
@@ -33,11 +37,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bot.engine import Engine
 from bot.model import Chunk, Finish
 from bot.models import prepare_model
 from bot.transformers_model import TransformersModel
-from bot.types import ChatMessage, GenerationParams
+from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone
 from config.settings import SchedulerSettings, load_settings
+from retrieval.store import DocumentStore
+from storage import SqlHistory
+
+HERE = Path(__file__).resolve().parent
 
 SYSTEM = "You are a helpful assistant. Answer in detail."
 QUESTIONS = [
@@ -125,6 +134,44 @@ async def _turns(model: TransformersModel, tokens: int, turns: int = 10) -> tupl
         ttft.append(result["ttft"])
         messages.append(ChatMessage("assistant", result["text"]))
     return ttft[0], ttft[-1]
+
+
+async def _document_turns(model: TransformersModel, tokens: int, turns: int = 10) -> dict[str, Any]:
+    """Turn 1 and turn `turns` of one conversation through the engine, each question bringing
+    its own passages: time to first token and prompt tokens encoded (not from the prefix cache)."""
+    questions = [q["question"] for q in json.loads((HERE / "eval_questions.json").read_text())]
+    questions = questions[:: max(1, len(questions) // turns)][:turns]  # spread over the documents
+    scheduler = model.scheduler
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(data_dir=Path(tmp), generation={"temperature": 0.0, "max_tokens": tokens})
+        store = DocumentStore.open(settings)
+        store.ingest([HERE / "eval_corpus"])
+        history = await SqlHistory.open(settings)
+        try:
+            engine = Engine(model, history, settings, store)  # no tools: one round per turn
+            ttft: list[float] = []
+            encoded: list[int] = []
+            for question in questions:
+                reused = scheduler.prefix_hits if scheduler else 0
+                started = time.perf_counter()
+                first: float | None = None
+                prompt = 0
+                incoming = Incoming(text=question, platform="bench", channel="docs", thread="1")
+                async for event in engine.handle(incoming):
+                    if isinstance(event, TextDelta) and first is None:
+                        first = time.perf_counter()
+                    elif isinstance(event, TurnDone):
+                        prompt = event.usage.prompt_tokens
+                ttft.append((first or time.perf_counter()) - started)
+                encoded.append(prompt - ((scheduler.prefix_hits if scheduler else 0) - reused))
+        finally:
+            await history.close()
+    return {
+        "docs_ttft_turn1_s": ttft[0],
+        "docs_ttft_turn10_s": ttft[-1],
+        "docs_encoded_turn1": encoded[0],
+        "docs_encoded_turn10": encoded[-1],
+    }
 
 
 _CHILD = """
@@ -230,7 +277,11 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--parts", default="start,shipped,naive,formats,llamacpp", help="which measurements, a,b,c"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = load_settings(model={"name": args.model})
     prepare_model(settings.model, settings.model_cache_dir, progress=not args.json)
@@ -242,6 +293,7 @@ def main() -> None:
         result["single_tps"] = await _single(model, args.tokens)
         result["agg8_tps"], result["p95_ttft8_s"] = await _concurrent(model, args.tokens)
         result["ttft_turn1_s"], result["ttft_turn10_s"] = await _turns(model, args.tokens)
+        result.update(await _document_turns(model, args.tokens))
         model.close()
 
     async def naive() -> None:
@@ -249,6 +301,8 @@ def main() -> None:
         result["naive_single_tps"] = await _single(model, args.tokens)
         result["naive_agg8_tps"], result["naive_p95_ttft8_s"] = await _concurrent(model, args.tokens)
         result["naive_ttft_turn1_s"], result["naive_ttft_turn10_s"] = await _turns(model, args.tokens)
+        docs = await _document_turns(model, args.tokens)
+        result.update({f"naive_{key}": value for key, value in docs.items()})
         model.close()
 
     async def formats() -> None:
@@ -266,18 +320,21 @@ def main() -> None:
     # First, while this process is small: a child's peak memory counts its parent's at the fork.
     # Start time is the median of three starts (the page cache makes single starts vary).
     try:
-        starts = [_fresh_process(settings.model.name) for _ in range(3)]
-        result["start_to_first_token_s"] = statistics.median(s[0] for s in starts)
-        result["rss_mb"] = max(s[1] for s in starts)
-        result["peak_rss_mb"] = max(s[2] for s in starts)
+        if "start" in parts:
+            starts = [_fresh_process(settings.model.name) for _ in range(3)]
+            result["start_to_first_token_s"] = statistics.median(s[0] for s in starts)
+            result["rss_mb"] = max(s[1] for s in starts)
+            result["peak_rss_mb"] = max(s[2] for s in starts)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         result["start_to_first_token_s"] = result["rss_mb"] = result["peak_rss_mb"] = None
     # Each part's figures go to stderr as they come, so a failure late in the run loses nothing.
     for part in (shipped, naive, formats):
-        asyncio.run(part())
-        print(json.dumps(result), file=sys.stderr, flush=True)
-    result["llamacpp_tps"] = _llamacpp(settings.model.name, args.tokens)
+        if part.__name__ in parts:
+            asyncio.run(part())
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    if "llamacpp" in parts:
+        result["llamacpp_tps"] = _llamacpp(settings.model.name, args.tokens)
     if args.json:
         print(json.dumps(result))
         return
