@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from bot.errors import ModelError
-from bot.quantize import GROUP, Int4Linear, Int8Linear, available, load_quantized, on_4bit_grid
+from bot.quantize import (
+    GROUP,
+    PREFILL_ROWS,
+    Int4Linear,
+    Int8Linear,
+    available,
+    load_quantized,
+    on_4bit_grid,
+)
 from bot.transformers_model import TransformersModel, resolve_quantization
 from bot.types import ChatMessage
 from config import load_settings
@@ -77,6 +85,21 @@ def test_int8_layer_keeps_each_weight_within_half_a_step_of_its_row() -> None:
     # Half a step, plus the bf16 rounding of the kernel's output we read the weights back through.
     bound = step * 0.51 + linear.weight.detach().abs() * 2**-8
     assert bool(((recovered - linear.weight.detach()).abs() <= bound).all())
+
+
+@needs_kernels
+def test_an_int8_layer_gives_the_same_product_through_its_kernel_and_expanded() -> None:
+    # A prompt's many rows go through the weight expanded to float32, a reply's few through the
+    # kernel: the same weights either way, only the kernel's bf16 rounding of inputs and outputs.
+    torch.manual_seed(3)
+    layer = Int8Linear(256, 96, False, torch.float32)
+    layer.quantize(torch.randn(96, 256) * 0.05)
+    x = torch.randn(PREFILL_ROWS + 8, 256)
+    many = layer(x)
+    few = torch.cat([layer(x[i : i + 4]) for i in range(0, len(x), 4)])
+    expanded = x @ (layer.weight.float() * layer.scales.float()[:, None]).T
+    assert torch.equal(many, expanded)
+    assert float((few - many).norm() / many.norm()) < 0.01
 
 
 def test_a_quantization_that_cannot_run_on_the_device_is_refused() -> None:
