@@ -90,6 +90,7 @@ class _QuantizedLinear(nn.Module):
     def forward(self, x: Any) -> Any:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
+        y: Any
         if rows.shape[0] >= PREFILL_ROWS and (weight := self._dequantized(x.dtype)) is not None:
             # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
             # there, and expanding the weight for one float matmul is the faster way.
