@@ -13,8 +13,9 @@ processor such as `ToolCallConstraint`.
 Finished requests leave their KV cache in a small LRU (`prefix_cache_mb`): a later prompt sharing a
 token prefix with one of them (the next turn of the same conversation) encodes only what is new. A
 changed history (a summary, an edit) shares a shorter prefix, or none, and simply misses. A reply that
-ends its turn also leaves the template's opening of the next user message encoded (`Request.follow`),
-after its Finish has gone out, so the next turn encodes only its own words, like a first turn.
+ends (at its end-of-turn token or at max_tokens) also leaves the end of its turn and the template's
+opening of the next user message encoded (`Request.follow`), after its Finish has gone out, so the
+next turn encodes only its own words, like a first turn.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class Request:
     emit: Emit
     processors: Sequence[RowProcessor] = ()
     # What the chat template puts after a reply when the conversation goes on, starting with the
-    # end-of-turn token (Qwen: <|im_end|> \n <|im_start|> user \n). A request that stops on that
-    # token has these encoded into the cache it leaves behind, so the next turn starts at its text.
+    # end-of-turn token (Qwen: <|im_end|> \n <|im_start|> user \n). A reply that ends has these
+    # encoded into the cache it leaves behind, so the next turn starts at its text.
     follow: Sequence[int] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
     # Worker-side state.
@@ -390,7 +391,7 @@ class Scheduler:
 
         leaving = [(self._rows[i], outcome[i] if isinstance(outcome, dict) else outcome) for i in indices]
         kept = [
-            self._row_prefix(i, request)
+            self._row_prefix(i, request, result)
             for i, (request, result) in zip(indices, leaving, strict=True)
             if not isinstance(result, BaseException)
         ]
@@ -417,8 +418,12 @@ class Scheduler:
             if prefix is not None:
                 self._keep_prefix(*prefix)
 
-    def _row_prefix(self, row: int, request: Request) -> tuple[Request, list[int], Any] | None:
-        """A copy of one row's cache (the tokens it holds and their keys and values), to keep."""
+    def _row_prefix(
+        self, row: int, request: Request, reason: FinishReason
+    ) -> tuple[list[int], list[tuple[Any, Any]], list[int]] | None:
+        """A copy of one row's cache (the tokens it holds, their keys and values) to keep, and the
+        tokens to encode into it first: the rest of the reply and the template's opening of the
+        next user message, for a reply that ended (not one that was cancelled)."""
         if self._prefix.capacity <= 0 or request.fed < _MIN_PREFIX:
             return None
         start = self._mask.shape[1] - request.fed
@@ -427,28 +432,34 @@ class Scheduler:
             (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
             for layer in self._cache.layers
         ]
-        return request, tokens, layers
+        tail: list[int] = []
+        if request.follow and reason in ("stop", "length"):
+            # The last token chosen was never fed. An end-of-turn token is not part of the stored
+            # reply; the template writes its own (follow[0]). A reply cut at max_tokens is stored as
+            # it stands, so its last token comes first.
+            unfed = [] if reason == "stop" else request.generated[-1:]
+            tail = [*unfed, *request.follow]
+        return tokens, layers, tail
 
-    def _keep_prefix(self, request: Request, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
-        """Keep a finished request's cache; one that ended its turn first gets `follow` encoded."""
+    def _keep_prefix(self, tokens: list[int], layers: list[tuple[Any, Any]], tail: list[int]) -> None:
+        """Keep a finished request's cache, with `tail` encoded into it first (when it can be)."""
         import torch
         from transformers import DynamicCache
 
-        follow = list(request.follow)
-        if follow and request.generated and request.generated[-1] == follow[0]:
+        if tail:
             try:
                 cache: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
                 device = self._model.device
                 fed = len(tokens)
                 self._model(
-                    input_ids=torch.tensor([follow], device=device),
-                    attention_mask=torch.ones((1, fed + len(follow)), dtype=torch.long, device=device),
-                    position_ids=torch.arange(fed, fed + len(follow), device=device)[None],
+                    input_ids=torch.tensor([tail], device=device),
+                    attention_mask=torch.ones((1, fed + len(tail)), dtype=torch.long, device=device),
+                    position_ids=torch.arange(fed, fed + len(tail), device=device)[None],
                     past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                tokens = tokens + follow
+                tokens = tokens + tail
                 layers = [(layer.keys, layer.values) for layer in cache.layers]
             except Exception:  # the plain prefix is still worth keeping
                 log.exception("encoding the next turn's opening failed")

@@ -263,15 +263,16 @@ async def test_a_follow_up_reuses_the_conversation_prefix_and_an_edit_does_not(
     assert scheduler.prefix_hits - before <= unchanged  # nothing after the edit is reused
 
 
-async def test_a_reply_that_ends_its_turn_leaves_the_next_turns_opening_encoded(
-    naive: TransformersModel, scheduled: TransformersModel
+@pytest.mark.parametrize(("max_tokens", "reason"), [(64, "stop"), (4, "length")])
+async def test_a_reply_that_ends_leaves_the_next_turns_opening_encoded(
+    naive: TransformersModel, scheduled: TransformersModel, max_tokens: int, reason: str
 ) -> None:
     scheduler = scheduled.scheduler
     assert scheduler is not None
-    params = replace(GREEDY, max_tokens=64)
+    params = replace(GREEDY, max_tokens=max_tokens)
     first = _ask("What is the capital of France?", system="Be brief.")
     reply, finish = await _collect(scheduled, first, params)
-    assert finish.reason == "stop"
+    assert finish.reason == reason
     follow_up = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And of Spain?")]
     before = scheduler.prefix_hits
     text, _ = await _collect(scheduled, follow_up, params)
@@ -280,4 +281,4 @@ async def test_a_reply_that_ends_its_turn_leaves_the_next_turns_opening_encoded(
     new = len(scheduled._encode(follow_up)) - (scheduler.prefix_hits - before)
     assert new <= scheduled.count_text_tokens("And of Spain?") + 6
     # and the cache that was extended after the reply answers exactly as a full encoding does.
-    assert (text, finish.reason) == ((await _collect(naive, follow_up, params))[0], "stop")
+    assert text == (await _collect(naive, follow_up, params))[0]
