@@ -9,7 +9,8 @@ Side by side in one run, on the same weights:
 - agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
   naive_p95_ttft8_s: the 95th-percentile time to first token among them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
-  (scheduler, prefix reuse on); naive_ttft_turn1_s / naive_ttft_turn10_s: the naive path.
+  (scheduler, prefix reuse on; half a second before each question);
+  naive_ttft_turn1_s / naive_ttft_turn10_s: the naive path.
 - docs_ttft_turn1_s / docs_ttft_turn10_s / docs_encoded_turn1 / docs_encoded_turn10: the same
   through the engine with the document store (bench/eval_corpus), every turn bringing new
   passages: time to first token (retrieval included) and the prompt tokens the turn encoded (the
@@ -124,11 +125,17 @@ CONVERSATION = [
 ]
 
 
+# Before each message a person reads and types (seconds, in practice); the scheduler uses such idle
+# time to encode the end of the last reply's turn ahead of the next message.
+THINK_S = 0.5
+
+
 async def _turns(model: TransformersModel, tokens: int, turns: int = 10) -> tuple[float, float]:
     """TTFT of turn 1 and turn `turns` of one conversation (earlier replies kept in the prompt)."""
     messages = [ChatMessage("system", SYSTEM)]
     ttft: list[float] = []
     for n in range(turns):
+        await asyncio.sleep(THINK_S)
         messages.append(ChatMessage("user", CONVERSATION[n % len(CONVERSATION)]))
         result = await _reply(model, messages, tokens)
         ttft.append(result["ttft"])
@@ -155,6 +162,7 @@ async def _document_turns(model: TransformersModel, tokens: int, turns: int = 10
             ttft: list[float] = []
             encoded: list[int] = []
             for question in questions:
+                await asyncio.sleep(THINK_S)
                 reused = scheduler.prefix_hits if scheduler else 0
                 started = time.perf_counter()
                 first: float | None = None

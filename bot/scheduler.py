@@ -13,9 +13,10 @@ processor such as `ToolCallConstraint`.
 Finished requests leave their KV cache in a small LRU (`prefix_cache_mb`): a later prompt sharing a
 token prefix with one of them (the next turn of the same conversation) encodes only what is new. A
 changed history (a summary, an edit) shares a shorter prefix, or none, and simply misses. A reply that
-ends (at its end-of-turn token or at max_tokens) also leaves the end of its turn and the template's
-opening of the next user message encoded (`Request.follow`), after its Finish has gone out, so the
-next turn encodes only its own words, like a first turn.
+ends (at its end-of-turn token or at max_tokens) also gets the end of its turn and the template's
+opening of the next user message encoded into its kept cache (`Request.follow`) once the worker is
+idle, so the next turn encodes only its own words, like a first turn; a request that comes first
+is never kept waiting for that.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class Scheduler:
         self.max_queue = max_queue
         self._prefill_chunk = prefill_chunk
         self._prefix = _PrefixCache(prefix_cache_mb * 1024 * 1024)
+        # Finished replies' caches to extend with `Request.follow` while the worker is idle.
+        self.extended = 0  # caches extended so far (for tests and benchmarks)
+        self._pending: deque[tuple[list[int], list[tuple[Any, Any]], list[int]]] = deque(maxlen=2 * max_batch)
         self._lock = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
@@ -165,9 +169,17 @@ class Scheduler:
             while True:
                 with self._lock:
                     while not self._closed and not (self._waiting or self._prefilling or self._rows):
+                        if self._pending:
+                            break
                         self._lock.wait()
                     if self._closed:
                         break
+                    idle = not (self._waiting or self._prefilling or self._rows)
+                if idle:
+                    # Nobody is waiting for the model: extend a finished reply's cache meanwhile.
+                    self._extend(*self._pending.popleft())
+                    continue
+                with self._lock:
                     for request in [r for r in self._waiting if r.cancel.is_set()]:
                         self._waiting.remove(request)
                         self._finish(request, "cancelled")
@@ -416,7 +428,10 @@ class Scheduler:
                 self._finish(request, result)
         for prefix in kept:
             if prefix is not None:
-                self._keep_prefix(*prefix)
+                tokens, layers, tail = prefix
+                self._prefix.put(tokens, layers)
+                if tail:
+                    self._pending.append(prefix)
 
     def _row_prefix(
         self, row: int, request: Request, reason: FinishReason
@@ -441,29 +456,31 @@ class Scheduler:
             tail = [*unfed, *request.follow]
         return tokens, layers, tail
 
-    def _keep_prefix(self, tokens: list[int], layers: list[tuple[Any, Any]], tail: list[int]) -> None:
-        """Keep a finished request's cache, with `tail` encoded into it first (when it can be)."""
+    def _extend(self, tokens: list[int], layers: list[tuple[Any, Any]], tail: list[int]) -> None:
+        """Replace a kept cache by one with `tail` encoded into it (unless it is gone or superseded)."""
         import torch
         from transformers import DynamicCache
 
-        if tail:
-            try:
-                cache: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
-                device = self._model.device
-                fed = len(tokens)
-                self._model(
-                    input_ids=torch.tensor([tail], device=device),
-                    attention_mask=torch.ones((1, fed + len(tail)), dtype=torch.long, device=device),
-                    position_ids=torch.arange(fed, fed + len(tail), device=device)[None],
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                tokens = tokens + tail
-                layers = [(layer.keys, layer.values) for layer in cache.layers]
-            except Exception:  # the plain prefix is still worth keeping
-                log.exception("encoding the next turn's opening failed")
-        self._prefix.put(tokens, layers)
+        if not self._prefix.holds(tokens):
+            return
+        try:
+            cache: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
+            device = self._model.device
+            fed = len(tokens)
+            self._model(
+                input_ids=torch.tensor([tail], device=device),
+                attention_mask=torch.ones((1, fed + len(tail)), dtype=torch.long, device=device),
+                position_ids=torch.arange(fed, fed + len(tail), device=device)[None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except Exception:  # the plain prefix is still there
+            log.exception("encoding the next turn's opening failed")
+            return
+        # It extends the plain entry, which `put` therefore drops.
+        self._prefix.put(tokens + tail, [(layer.keys, layer.values) for layer in cache.layers])
+        self.extended += 1
 
 
 def _pad(tensor: Any, width: int) -> Any:
@@ -500,6 +517,10 @@ class _PrefixCache:
         self._size += size
         while self._size > self.capacity:
             self._drop(next(iter(self._entries)))
+
+    def holds(self, tokens: list[int]) -> bool:
+        """Whether exactly this token sequence is kept."""
+        return tuple(tokens) in self._entries
 
     def take(self, prompt: list[int], config: Any) -> tuple[Any, int]:
         """A cache holding the longest cached prefix of `prompt` (at least one token left to encode)."""

@@ -271,8 +271,10 @@ async def test_a_reply_that_ends_leaves_the_next_turns_opening_encoded(
     assert scheduler is not None
     params = replace(GREEDY, max_tokens=max_tokens)
     first = _ask("What is the capital of France?", system="Be brief.")
+    extended = scheduler.extended
     reply, finish = await _collect(scheduled, first, params)
     assert finish.reason == reason
+    await _until(lambda: scheduler.extended > extended)  # the worker does it once idle
     follow_up = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And of Spain?")]
     before = scheduler.prefix_hits
     text, _ = await _collect(scheduled, follow_up, params)
