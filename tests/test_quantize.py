@@ -14,6 +14,7 @@ from bot.quantize import (
     PREFILL_ROWS,
     Int4Linear,
     Int8Linear,
+    ShortlistHead,
     available,
     load_quantized,
     on_4bit_grid,
@@ -102,6 +103,30 @@ def test_an_int8_layer_gives_the_same_product_through_its_kernel_and_expanded() 
     assert float((few - many).norm() / many.norm()) < 0.01
 
 
+@needs_kernels
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_output_head_computes_its_best_candidates_exactly(tied: bool) -> None:
+    torch.manual_seed(4)
+    linear = torch.nn.Linear(128, 4096, bias=True)
+    head = ShortlistHead(128, 4096, True, torch.float32)
+    head.quantize(linear.weight, tied)
+    head.bias = linear.bias.detach().clone()
+    # Tied to the input embedding: its float32 weights; untied: a bf16 copy.
+    tolerance = 1e-5 if tied else 2e-2
+    x = torch.randn(6, 128)
+    exact = linear(x).detach()
+    logits = head(x)
+    best = exact.topk(8, dim=-1).indices
+    # The float32 model's best candidates get their exact logits, so the same winner.
+    assert torch.allclose(logits.gather(-1, best), exact.gather(-1, best), atol=tolerance)
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    # The others keep int4's estimate.
+    assert float((logits - exact).norm() / exact.norm()) < 0.1
+    # A whole prompt's logits (many rows) are exact throughout.
+    many = torch.randn(40, 128)
+    assert torch.allclose(head(many), linear(many).detach(), atol=tolerance)
+
+
 def test_a_quantization_that_cannot_run_on_the_device_is_refused() -> None:
     with pytest.raises(ModelError, match="CPU only"):
         resolve_quantization("int4", "cuda")
@@ -122,7 +147,9 @@ def test_the_small_model_quantized_keeps_its_answers_and_loads_from_the_stored_c
     first = load_quantized(source, "mixed", cache, progress=False)
     kinds = {type(m).__name__ for name, m in first.named_modules() if name.startswith("model.layers")}
     assert "Int4Linear" in kinds and "Int8Linear" not in kinds and "Linear" not in kinds
-    assert isinstance(first.lm_head, Int8Linear)
+    assert isinstance(first.lm_head, ShortlistHead)
+    # The head's float32 weights are the tied input embedding's, stored once.
+    assert first.lm_head.weight.data_ptr() == first.model.embed_tokens.weight.data_ptr()
     stored = sorted((cache / "quantized").iterdir())
     assert len([p for p in stored if p.is_dir()]) == 1
     second = load_quantized(source, "mixed", cache, progress=False)  # from the stored copy
