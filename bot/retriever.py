@@ -85,10 +85,7 @@ PASSAGES_TASK = (
     "brackets. If the passages do not contain the answer, say so, then answer from your own "
     "knowledge only if you are sure."
 )
-NO_PASSAGES = (
-    "No passage from the team's documents matched the user's latest message. Answer from your own "
-    "knowledge, or say that you do not know; do not invent document citations."
-)
+NO_PASSAGES = "No passage from the team's documents matched the user's latest message, so do not cite any."
 
 
 def passage_block(number: int, passage: Passage) -> str:
