@@ -4,13 +4,14 @@
 
 Side by side in one run, on the same weights:
 - single_tps: decode tokens/s of one reply as shipped (scheduler, the default weight format);
-  single_tps_by_format: the same for each `model.quantization` (none = float32, int8, int4).
+  single_tps_by_format: the same for each `model.quantization` (none = float32, int8, int4, auto).
 - naive_single_tps: the naive path, float32 and one `generate` at a time.
 - agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
   naive_p95_ttft8_s: the 95th-percentile time to first token among them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
   (scheduler, prefix reuse on; half a second before each question; the median of three
-  conversations); naive_ttft_turn1_s / naive_ttft_turn10_s: the naive path (one conversation).
+  conversations); encoded_turn1 / encoded_turn10: the prompt tokens those turns encoded (the rest
+  came from the prefix cache); naive_*: the naive path (one conversation).
 - docs_ttft_turn1_s / docs_ttft_turn10_s / docs_encoded_turn1 / docs_encoded_turn10: the same
   through the engine with the document store (bench/eval_corpus), every turn bringing new
   passages: time to first token (retrieval included) and the prompt tokens the turn encoded (the
@@ -83,6 +84,7 @@ async def _reply(model: TransformersModel, messages: list[ChatMessage], tokens: 
     decode = (count - 1) / (ended - first) if count > 1 and ended > first else 0.0
     return {
         "ttft": first - started,
+        "prompt_tokens": finish.prompt_tokens if finish else 0,
         "tokens": count,
         "decode_tps": decode,
         "text": "".join(parts),
@@ -155,23 +157,35 @@ CONVERSATIONS = [
 THINK_S = 0.5
 
 
-async def _turns(model: TransformersModel, tokens: int, conversations: int = 3) -> tuple[float, float]:
+async def _turns(model: TransformersModel, tokens: int, conversations: int = 3) -> dict[str, float]:
     """TTFT of turn 1 and turn 10 of a conversation (earlier replies kept in the prompt), each the
-    median over `conversations` conversations (a single time to first token varies by tens of ms)."""
+    median over `conversations` conversations (a single time to first token varies by tens of ms),
+    and the prompt tokens those turns encoded (the rest came from the prefix cache)."""
+    scheduler = model.scheduler
     first: list[float] = []
     tenth: list[float] = []
+    encoded: list[tuple[int, int]] = []
     for questions in CONVERSATIONS[:conversations]:
         messages = [ChatMessage("system", SYSTEM)]
         ttft: list[float] = []
+        new: list[int] = []
         for question in questions:
             await asyncio.sleep(THINK_S)
             messages.append(ChatMessage("user", question))
+            reused = scheduler.prefix_hits if scheduler else 0
             result = await _reply(model, messages, tokens)
             ttft.append(result["ttft"])
+            new.append(result["prompt_tokens"] - ((scheduler.prefix_hits if scheduler else 0) - reused))
             messages.append(ChatMessage("assistant", result["text"]))
         first.append(ttft[0])
         tenth.append(ttft[-1])
-    return statistics.median(first), statistics.median(tenth)
+        encoded.append((new[0], new[-1]))
+    return {
+        "ttft_turn1_s": statistics.median(first),
+        "ttft_turn10_s": statistics.median(tenth),
+        "encoded_turn1": statistics.median(e[0] for e in encoded),
+        "encoded_turn10": statistics.median(e[1] for e in encoded),
+    }
 
 
 async def _document_turns(model: TransformersModel, tokens: int, turns: int = 10) -> dict[str, Any]:
@@ -334,7 +348,7 @@ def main() -> None:
         result["weights"] = model.info.dtype
         result["single_tps"] = await _single(model, args.tokens)
         result["agg8_tps"], result["p95_ttft8_s"] = await _concurrent(model, args.tokens)
-        result["ttft_turn1_s"], result["ttft_turn10_s"] = await _turns(model, args.tokens)
+        result.update(await _turns(model, args.tokens))
         model.close()
 
     async def naive() -> None:
@@ -342,7 +356,8 @@ def main() -> None:
         result["naive_single_tps"] = await _single(model, args.tokens)
         result["naive_agg8_tps"], result["naive_p95_ttft8_s"] = await _concurrent(model, args.tokens)
         # One conversation: ten times slower at turn 10, and that does not need a median.
-        result["naive_ttft_turn1_s"], result["naive_ttft_turn10_s"] = await _turns(model, args.tokens, 1)
+        turns = await _turns(model, args.tokens, 1)
+        result.update({f"naive_{key}": value for key, value in turns.items()})
         model.close()
 
     async def docs() -> None:
@@ -356,7 +371,7 @@ def main() -> None:
 
     async def formats() -> None:
         by_format = {}
-        for name in ("none", "int8", "int4"):
+        for name in ("none", "int8", "int4", "auto"):  # auto: as shipped, measured beside the rest
             try:
                 model = _load(settings, name)
             except Exception as error:  # a format this machine cannot run
