@@ -212,7 +212,7 @@ class Engine:
             searchable = "search_documents" in tools.tools
             floor = max(config.min_score, config.min_score_with_tools) if searchable else config.min_score
             passages = await self._retrieve(conv, text, system_prompt, length, params.max_tokens, floor)
-        context = passages_context(passages) if self.docs_enabled(conv) else None
+        context = passages_context(passages)
         sources = [source_record(n, p) for n, p in enumerate(passages, start=1)]
 
         prompt: list[ChatMessage] = []

@@ -85,7 +85,6 @@ PASSAGES_TASK = (
     "brackets. If the passages do not contain the answer, say so, then answer from your own "
     "knowledge only if you are sure."
 )
-NO_PASSAGES = "No passage from the team's documents matched the user's latest message, so do not cite any."
 
 
 def passage_block(number: int, passage: Passage) -> str:
@@ -93,10 +92,15 @@ def passage_block(number: int, passage: Passage) -> str:
     return f"Passage [{number}] (from {cite_label(passage, sep=', ')}):\n{passage.text.strip()}"
 
 
-def passages_context(passages: Sequence[Passage]) -> str:
-    """What the model is told of the documents for the user's latest message."""
+def passages_context(passages: Sequence[Passage]) -> str | None:
+    """What the model is told of the documents for the user's latest message (None: nothing).
+
+    When no passage matched, the prompt is the one without documents. A note saying so, next to the
+    question, talked the 0.5B model out of its tools ("answer from your own knowledge": tool choice
+    33 of 41) and sent SmolLM2 off topic even when it said only "do not cite any".
+    """
     if not passages:
-        return NO_PASSAGES
+        return None
     blocks = "\n\n".join(passage_block(n, p) for n, p in enumerate(passages, start=1))
     return f"{PASSAGES_INTRO}\n\n{blocks}\n\n{PASSAGES_TASK}"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.engine import Engine
-from bot.retriever import NO_PASSAGES, PASSAGES_INTRO, sources_footer
+from bot.retriever import PASSAGES_INTRO, sources_footer
 from bot.types import ChatMessage, CommandResult, Event, Incoming, TurnDone
 from config import Settings, load_settings
 from retrieval.store import DocumentStore
@@ -217,14 +217,16 @@ async def test_relevant_passages_reach_the_prompt_and_sources_end_the_reply(
     assert "120 requests per minute" in result.text and "score 0." in result.text
 
 
-async def test_when_nothing_is_relevant_the_model_is_told_so(
-    engine_with_docs: Engine, model: FakeModel
+async def test_when_nothing_is_relevant_the_prompt_is_the_one_without_documents(
+    engine_with_docs: Engine, model: FakeModel, settings: Settings
 ) -> None:
-    await run(engine_with_docs, said("Write a haiku about autumn leaves falling in Kyoto."))
-    assert model.prompts[-1][-2:] == [
-        ChatMessage("system", NO_PASSAGES),
+    events = await run(engine_with_docs, said("Write a haiku about autumn leaves falling in Kyoto."))
+    assert model.prompts[-1] == [
+        ChatMessage("system", settings.chat.system_prompt),
         ChatMessage("user", "Write a haiku about autumn leaves falling in Kyoto."),
     ]
+    done = events[-1]
+    assert isinstance(done, TurnDone) and done.metadata["sources"] == []
 
 
 async def test_earlier_turns_and_the_system_prompt_stay_as_they_were_for_the_prefix_cache(
@@ -243,7 +245,7 @@ async def test_earlier_turns_and_the_system_prompt_stay_as_they_were_for_the_pre
         ("user", "What is the API rate limit per key?"),
         ("assistant", "Each key may make 120 requests per minute [1]."),
     ]
-    assert second[-2].role == "system" and second[-1] == ChatMessage("user", "And how do I raise it?")
+    assert second[-1] == ChatMessage("user", "And how do I raise it?")
 
 
 async def test_with_the_search_tool_offered_only_clear_matches_enter_the_prompt(
@@ -268,7 +270,7 @@ async def test_docs_off_keeps_the_documents_out_of_the_conversation(
     off = await run(engine_with_docs, said("/docs off"))
     assert isinstance(off[-1], CommandResult) and "off" in off[-1].text
     events = await run(engine_with_docs, said("What is the API rate limit per key?"))
-    assert all("120 requests" not in m.content and NO_PASSAGES not in m.content for m in model.prompts[-1])
+    assert all("120 requests" not in m.content and PASSAGES_INTRO not in m.content for m in model.prompts[-1])
     done = events[-1]
     assert isinstance(done, TurnDone) and "sources" not in done.metadata
     await run(engine_with_docs, said("/docs on"))
