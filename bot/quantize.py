@@ -277,41 +277,36 @@ def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: s
     """
     dtype = model.dtype
     head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings()
+    tied = head is not None and embedding is not None and embedding.weight is head.weight
     count = 0
     for prefix, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
             path = f"{prefix}.{name}" if prefix else name
+            layer_type: type[_QuantizedLinear] | type[ShortlistHead]
             if child is head and ShortlistHead.supports(child.in_features, child.out_features):
                 # The output head decides every token directly: int4 alone cost the most agreement
                 # with the full model for the fewest bytes; int4 with exact logits for its best
                 # candidates costs nothing and reads less than int8 (see ShortlistHead).
-                bias = child.bias is not None
-                shortlist = ShortlistHead(child.in_features, child.out_features, bias, dtype)
-                if fill:
-                    embedding = model.get_input_embeddings()
-                    tied = embedding is not None and embedding.weight is child.weight
-                    shortlist.quantize(child.weight, tied)
-                    if child.bias is not None:
-                        shortlist.register_buffer("bias", child.bias.detach().to(dtype).clone())
-                setattr(parent, name, shortlist)
-                count += 1
-                continue
-            if child is head:
-                kind = "int8"
+                layer_type = ShortlistHead
+            elif child is head:
+                layer_type = Int8Linear
             elif scheme != "mixed":
-                kind = scheme
+                layer_type = _LAYERS[scheme]
             elif fill:
-                kind = "int4" if _lossless_as_int4(child) else "int8"
+                layer_type = Int4Linear if _lossless_as_int4(child) else Int8Linear
             else:
-                kind = "int4" if path in (int4_layers or set()) else "int8"
-            layer_type = _LAYERS[kind]
+                layer_type = Int4Linear if path in (int4_layers or set()) else Int8Linear
             if not layer_type.supports(child.in_features, child.out_features):
                 continue
             layer = layer_type(child.in_features, child.out_features, child.bias is not None, dtype)
             if fill:
-                layer.quantize(child.weight)
+                if isinstance(layer, ShortlistHead):
+                    layer.quantize(child.weight, tied)
+                else:
+                    layer.quantize(child.weight)
                 if child.bias is not None:
                     layer.register_buffer("bias", child.bias.detach().to(dtype).clone())
             setattr(parent, name, layer)
