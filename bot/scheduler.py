@@ -248,17 +248,7 @@ class Scheduler:
                 else:
                     request.generator.seed()
             chunk = request.prompt[request.fed : request.fed + self._prefill_chunk]
-            device = self._model.device
-            ids = torch.tensor([chunk], device=device)
-            positions = torch.arange(request.fed, request.fed + len(chunk), device=device)[None]
-            out = self._model(
-                input_ids=ids,
-                attention_mask=torch.ones((1, request.fed + len(chunk)), dtype=torch.long, device=device),
-                position_ids=positions,
-                past_key_values=request.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out = self._feed(request.cache, request.fed, chunk)
             request.fed += len(chunk)
             if request.fed < len(request.prompt):
                 return
@@ -277,6 +267,20 @@ class Scheduler:
         with self._lock:
             self._prefilling.remove(request)
         request.cache = None
+
+    def _feed(self, cache: Any, fed: int, tokens: list[int]) -> Any:
+        """Encode `tokens` into one request's `cache`, which holds `fed` tokens; the last logits."""
+        import torch
+
+        device = self._model.device
+        return self._model(
+            input_ids=torch.tensor([tokens], device=device),
+            attention_mask=torch.ones((1, fed + len(tokens)), dtype=torch.long, device=device),
+            position_ids=torch.arange(fed, fed + len(tokens), device=device)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
     def _decode_step(self) -> None:
         """One forward pass over every active request: each gets its next token."""
@@ -458,23 +462,13 @@ class Scheduler:
 
     def _extend(self, tokens: list[int], layers: list[tuple[Any, Any]], tail: list[int]) -> None:
         """Replace a kept cache by one with `tail` encoded into it (unless it is gone or superseded)."""
-        import torch
         from transformers import DynamicCache
 
         if not self._prefix.holds(tokens):
             return
         try:
             cache: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
-            device = self._model.device
-            fed = len(tokens)
-            self._model(
-                input_ids=torch.tensor([tail], device=device),
-                attention_mask=torch.ones((1, fed + len(tail)), dtype=torch.long, device=device),
-                position_ids=torch.arange(fed, fed + len(tail), device=device)[None],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            self._feed(cache, len(tokens), tail)
         except Exception:  # the plain prefix is still there
             log.exception("encoding the next turn's opening failed")
             return
