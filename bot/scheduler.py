@@ -2,8 +2,9 @@
 
 One worker thread owns the model. Each request is prefilled on its own KV cache (in chunks, between
 decode steps, so a long prompt never stalls the others for long), then joins a shared, left-padded
-batch cache; every decode step feeds one token per active request in a single forward pass, and a
-request leaves the batch as soon as it stops, is cancelled or fails. Admission is first come, first
+batch cache (`bot.decoder.BatchCache`); every decode step feeds one token per active request in a
+single forward pass (`bot.decoder`'s lean step for the architectures it knows), and a request
+leaves the batch as soon as it stops, is cancelled or fails. Admission is first come, first
 served; every active request gets one token per step, so a long answer cannot starve a short one.
 
 transformers' own continuous batching (v5 `ContinuousBatchingManager`) was not used: it supports only
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.decoder import BatchCache, LeanStep, ModelStep, step_for
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
@@ -93,8 +95,9 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
         self._rows: list[Request] = []
-        self._cache: Any = None  # the batch's cache: every layer [rows, heads, columns, dim]
-        self._mask: Any = None  # [rows, columns]: 0 for left padding
+        self._batch: BatchCache | None = None  # the active rows' keys and values
+        # How a decode step runs; replaceable by `ModelStep(model)`, which any model supports.
+        self.step: LeanStep | ModelStep = step_for(model)
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -202,7 +205,7 @@ class Scheduler:
                         request.emit(error)
                     with self._lock:
                         self._prefilling.clear()
-                    self._rows, self._cache, self._mask = [], None, None
+                    self._rows, self._batch = [], None
         closing = BusyError("The model was shut down before this answer finished.")
         with self._lock:
             for request in [*self._waiting, *self._prefilling, *self._rows]:
@@ -210,7 +213,7 @@ class Scheduler:
             self._waiting.clear()
             self._prefilling.clear()
         self._rows = []
-        self._cache = self._mask = None
+        self._batch = None
 
     def _tell_positions(self) -> None:
         """Tell each waiting request its place when it has changed (called with the lock held).
@@ -288,25 +291,17 @@ class Scheduler:
 
         device = self._model.device
         rows = self._rows
+        assert self._batch is not None
         try:
             ids = torch.tensor([[r.generated[-1]] for r in rows], device=device)
             positions = torch.tensor([[r.fed] for r in rows], device=device)
-            mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=device)], 1)
-            out = self._model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=self._cache,
-                use_cache=True,
-            )
-            self._mask = mask
+            logits = self.step(self._batch, ids, positions)
         except Exception as error:
             log.exception("decode step failed")
             for request in rows:
                 request.emit(error)
-            self._rows, self._cache, self._mask = [], None, None
+            self._rows, self._batch = [], None
             return
-        logits = out.logits[:, -1]
         done: dict[int, FinishReason | BaseException] = {}
         for i, request in enumerate(rows):
             request.fed += 1
@@ -383,28 +378,17 @@ class Scheduler:
 
     def _join(self, request: Request) -> None:
         """Add a prefilled request to the batch, left-padding whichever side is shorter."""
-        import torch
-
-        new = request.cache
-        length = new.get_seq_length()
-        ones = torch.ones((1, length), dtype=torch.long, device=self._model.device)
-        if self._cache is None:
-            self._cache, self._mask = new, ones
+        layers = [(layer.keys, layer.values) for layer in request.cache.layers]
+        if self._batch is None:
+            self._batch = BatchCache(layers)
         else:
-            columns = self._mask.shape[1]
-            width = max(columns, length)
-            for old_layer, new_layer in zip(self._cache.layers, new.layers, strict=True):
-                old_layer.keys = torch.cat([_pad(old_layer.keys, width), _pad(new_layer.keys, width)])
-                old_layer.values = torch.cat([_pad(old_layer.values, width), _pad(new_layer.values, width)])
-            self._mask = torch.cat([_pad(self._mask, width), _pad(ones, width)])
+            self._batch.add(layers)
         self._rows.append(request)
 
     def _remove_rows(
         self, indices: list[int], outcome: FinishReason | dict[int, FinishReason | BaseException]
     ) -> None:
         """Finish these rows, keep their caches for prefix reuse, and shrink the batch."""
-        import torch
-
         leaving = [(self._rows[i], outcome[i] if isinstance(outcome, dict) else outcome) for i in indices]
         kept = [
             self._row_prefix(i, request, result)
@@ -414,16 +398,9 @@ class Scheduler:
         keep = [i for i in range(len(self._rows)) if i not in set(indices)]
         self._rows = [self._rows[i] for i in keep]
         if not keep:
-            self._cache = self._mask = None
-        else:
-            index = torch.tensor(keep, device=self._model.device)
-            self._mask = self._mask[index]
-            # Columns that are padding in every remaining row cost attention time for nothing.
-            start = int(self._mask.any(0).nonzero()[0])
-            self._mask = self._mask[:, start:]
-            for layer in self._cache.layers:
-                layer.keys = layer.keys[index, :, start:]
-                layer.values = layer.values[index, :, start:]
+            self._batch = None
+        elif self._batch is not None:
+            self._batch.keep(keep)
         # Told last, so a reader that sees its Finish also sees the request gone from the batch.
         for request, result in leaving:
             if isinstance(result, BaseException):
@@ -443,14 +420,10 @@ class Scheduler:
         """A copy of one row's cache (the tokens it holds, their keys and values) to keep, and the
         tokens to encode into it first: the rest of the reply and the template's opening of the
         next user message, for a reply that ended (not one that was cancelled)."""
-        if self._prefix.capacity <= 0 or request.fed < _MIN_PREFIX:
+        if self._prefix.capacity <= 0 or request.fed < _MIN_PREFIX or self._batch is None:
             return None
-        start = self._mask.shape[1] - request.fed
         tokens = (request.prompt + request.generated)[: request.fed]
-        layers = [
-            (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
-            for layer in self._cache.layers
-        ]
+        layers = self._batch.row(row, request.fed)
         tail: list[int] = []
         if request.follow and reason in ("stop", "length"):
             # The last token chosen was never fed. An end-of-turn token is not part of the stored
@@ -475,19 +448,6 @@ class Scheduler:
         # It extends the plain entry, which `put` therefore drops.
         self._prefix.put(tokens + tail, [(layer.keys, layer.values) for layer in cache.layers])
         self.extended += 1
-
-
-def _pad(tensor: Any, width: int) -> Any:
-    """Left-pad the sequence dimension (-2 of a KV tensor, -1 of a mask) with zeros up to `width`."""
-    import torch
-
-    dim = -1 if tensor.dim() == 2 else -2
-    missing = width - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
 
 
 class _PrefixCache:

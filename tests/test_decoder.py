@@ -1,0 +1,117 @@
+"""The batch's KV cache (plain tensors) and the lean decode step against the model's own forward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from bot.decoder import _GROW, BatchCache, LeanStep, ModelStep
+from bot.transformers_model import TransformersModel
+from config import load_settings
+from config.settings import SchedulerSettings
+
+
+def _layers(length: int, seed: int, count: int = 2) -> list[tuple[Any, Any]]:
+    """A request's cache: per layer, keys and values [1, 2 heads, length, 4]."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(1, 2, length, 4, generator=generator), torch.randn(1, 2, length, 4, generator=generator))
+        for _ in range(count)
+    ]
+
+
+def test_rows_of_different_lengths_are_left_padded_and_read_back_as_added() -> None:
+    short, long = _layers(3, 1), _layers(5, 2)
+    cache = BatchCache(short)
+    cache.add(long)
+    assert (cache.rows, cache.columns) == (2, 5)
+    assert cache.mask.tolist() == [[False, False, True, True, True], [True] * 5]
+    for i in range(2):
+        keys, values = cache.layer(i)
+        assert torch.equal(keys[0, :, 2:], short[i][0][0]) and torch.equal(values[1], long[i][1][0])
+        assert not keys[0, :, :2].any()
+    assert all(torch.equal(k, short[i][0]) for i, (k, _) in enumerate(cache.row(0, 3)))
+
+
+def test_leaving_rows_drops_columns_nobody_uses() -> None:
+    cache = BatchCache(_layers(3, 1))
+    long = _layers(6, 2)
+    cache.add(long)
+    cache.add(_layers(4, 3))
+    cache.keep([0, 2])  # the longest row leaves: two columns were padding in both others
+    assert (cache.rows, cache.columns) == (2, 4)
+    assert cache.mask.tolist() == [[False, True, True, True], [True] * 4]
+    cache.keep([1])
+    assert cache.mask.tolist() == [[True] * 4]
+    assert cache.rows == 1
+
+
+def test_columns_are_opened_in_place_and_the_buffers_grow_when_full() -> None:
+    first = _layers(_GROW - 1, 1)
+    cache = BatchCache(first)
+    buffer = cache.keys[0]
+    for _ in range(_GROW):  # fits in the room made at the start: written in place
+        cache.keys[0][:, :, cache.open_column()] = 7.0
+    assert cache.keys[0] is buffer
+    column = cache.open_column()  # full: the buffers grow, what was there stays
+    assert cache.keys[0] is not buffer and cache.capacity > column
+    assert torch.equal(cache.layer(0)[0][:, :, : _GROW - 1], first[0][0])
+    assert cache.columns == 2 * _GROW and bool(cache.mask.all())
+
+
+# With the real small model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small() -> Iterator[Any]:
+    settings = load_settings(model={"name": "smollm2-135m-instruct", "threads": 0})
+    model = TransformersModel.load(
+        settings.model, settings.model_cache_dir, progress=False, scheduler=SchedulerSettings(enabled=False)
+    )
+    yield model._model
+    model.close()
+
+
+def _prefill(model: Any, length: int, seed: int) -> list[tuple[Any, Any]]:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids = torch.randint(100, 10_000, (1, length), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _decode(step: Any, cache: BatchCache, tokens: list[int], positions: list[int], steps: int) -> list[Any]:
+    """Greedy decoding for `steps` steps; every step's logits."""
+    ids, where = torch.tensor([[t] for t in tokens]), torch.tensor([[p] for p in positions])
+    out = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            logits = step(cache, ids, where)
+            out.append(logits)
+            ids, where = logits.argmax(-1, keepdim=True), where + 1
+    return out
+
+
+@pytest.mark.model
+def test_the_lean_step_computes_what_the_models_forward_does(small: Any) -> None:
+    assert LeanStep.supports(small)
+    prompt = _prefill(small, 40, 1)
+    lean = _decode(LeanStep(small), BatchCache(prompt), [5], [40], 6)
+    full = _decode(ModelStep(small), BatchCache(prompt), [5], [40], 6)
+    assert all(torch.equal(a, b) for a, b in zip(lean, full, strict=True))
+
+
+@pytest.mark.model
+def test_a_row_decodes_bit_for_bit_the_same_alone_or_padded_in_a_batch(small: Any) -> None:
+    first, second = _prefill(small, 40, 1), _prefill(small, 23, 2)
+    alone = [_decode(LeanStep(small), BatchCache(p), [5], [n], 5) for p, n in ((first, 40), (second, 23))]
+    batch = BatchCache(first)
+    batch.add(second)
+    together = _decode(LeanStep(small), batch, [5, 5], [40, 23], 5)
+    for row in range(2):
+        assert all(torch.equal(t[row], a[0]) for t, a in zip(together, alone[row], strict=True))
