@@ -28,12 +28,14 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.decoder import BatchCache, LeanStep, ModelStep, step_for
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
+
+if TYPE_CHECKING:
+    from bot.decoder import BatchCache, LeanStep, ModelStep
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
         self._rows: list[Request] = []
+        from bot.decoder import step_for
+
         self._batch: BatchCache | None = None  # the active rows' keys and values
         # How a decode step runs; replaceable by `ModelStep(model)`, which any model supports.
         self.step: LeanStep | ModelStep = step_for(model)
@@ -378,6 +382,8 @@ class Scheduler:
 
     def _join(self, request: Request) -> None:
         """Add a prefilled request to the batch, left-padding whichever side is shorter."""
+        from bot.decoder import BatchCache
+
         layers = [(layer.keys, layer.values) for layer in request.cache.layers]
         if self._batch is None:
             self._batch = BatchCache(layers)

@@ -11,6 +11,7 @@ import torch
 from bot.errors import ModelError
 from bot.quantize import (
     GROUP,
+    INT4_LAYERS,
     PREFILL_ROWS,
     Int4Linear,
     Int8Linear,
@@ -127,6 +128,41 @@ def test_the_output_head_computes_its_best_candidates_exactly(tied: bool) -> Non
     # A whole prompt's logits (many rows) are exact throughout.
     many = torch.randn(40, 128)
     assert torch.allclose(head(many), linear(many).detach(), atol=tolerance)
+
+
+@needs_kernels
+def test_mixed_stores_the_mlp_input_projections_and_4bit_layers_as_int4_the_rest_as_int8() -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from bot.quantize import quantize_model
+
+    torch.manual_seed(5)
+    config = Qwen2Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(config)
+    on_grid = model.model.layers[1].self_attn.o_proj
+    with torch.no_grad():  # a layer that came from a 4-bit GGUF: each group of 32 on a 16-level grid
+        levels = torch.randint(0, 16, on_grid.weight.shape).float()
+        on_grid.weight.copy_(levels * 0.01 - 0.07)
+    quantize_model(model, "mixed")
+    kinds = {
+        name: type(module).__name__
+        for name, module in model.named_modules()
+        if name.startswith("model.layers") and name.endswith("proj")
+    }
+    assert {n for n, k in kinds.items() if k == "Int4Linear"} == {
+        *(f"model.layers.{i}.mlp.{p}" for i in range(2) for p in INT4_LAYERS),
+        "model.layers.1.self_attn.o_proj",
+    }
+    assert {k for n, k in kinds.items() if k != "Int4Linear"} == {"Int8Linear"}
+    assert isinstance(model.lm_head, ShortlistHead)
 
 
 def test_a_quantization_that_cannot_run_on_the_device_is_refused() -> None:
