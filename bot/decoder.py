@@ -101,16 +101,23 @@ class BatchCache:
             for k, v in zip(self.keys, self.values, strict=True)
         ]
 
-    def open_column(self) -> int:
-        """Make room for one more column (valid in every row) and return its index."""
-        if self.columns == self.capacity:
-            self.keys = [_room(k, self.capacity + _GROW) for k in self.keys]
-            self.values = [_room(v, self.capacity + _GROW) for v in self.values]
-            self._mask = _room(self._mask, self.capacity + _GROW, dim=1)
-        column = self.columns
-        self._mask[:, column] = True
-        self.columns += 1
-        return column
+    @classmethod
+    def empty(cls, layers: int, kv_heads: int, dim: int, dtype: Any, device: Any) -> BatchCache:
+        """A row with nothing in it yet (a prompt encoded from its first token)."""
+        blank = torch.zeros((1, kv_heads, 0, dim), dtype=dtype, device=device)
+        return cls([(blank, blank)] * layers)
+
+    def open_columns(self, count: int = 1) -> int:
+        """Make room for `count` more columns (valid in every row); the index of the first."""
+        if self.columns + count > self.capacity:
+            capacity = self.columns + count + _GROW
+            self.keys = [_room(k, capacity) for k in self.keys]
+            self.values = [_room(v, capacity) for v in self.values]
+            self._mask = _room(self._mask, capacity, dim=1)
+        start = self.columns
+        self._mask[:, start : start + count] = True
+        self.columns += count
+        return start
 
 
 def _room(tensor: Any, capacity: int, dim: int = 2) -> Any:
@@ -129,6 +136,31 @@ class ModelStep:
     def __init__(self, model: Any) -> None:
         self._model = model
 
+    def start(self, prefix: list[tuple[Any, Any]] | None) -> Any:
+        """A request's own cache, holding `prefix` (per layer: keys, values) if given."""
+        from transformers import DynamicCache
+
+        if prefix is None:
+            return DynamicCache(config=self._model.config)
+        return DynamicCache(ddp_cache_data=prefix, config=self._model.config)
+
+    def feed(self, cache: Any, fed: int, tokens: list[int]) -> Any:
+        """Encode `tokens` into a request's cache, which holds `fed` tokens; the last one's logits."""
+        device = self._model.device
+        out = self._model(
+            input_ids=torch.tensor([tokens], device=device),
+            attention_mask=torch.ones((1, fed + len(tokens)), dtype=torch.long, device=device),
+            position_ids=torch.arange(fed, fed + len(tokens), device=device)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[0, -1]
+
+    def layers(self, cache: Any) -> list[tuple[Any, Any]]:
+        """A request's cache as keys and values [1, kv_heads, tokens, dim] per layer."""
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
     def __call__(self, cache: BatchCache, ids: Any, positions: Any) -> Any:
         """Logits [rows, vocab] for one new token per row; its keys and values go into `cache`."""
         from transformers import DynamicCache
@@ -143,7 +175,7 @@ class ModelStep:
             past_key_values=dynamic,
             use_cache=True,
         )
-        column = cache.open_column()
+        column = cache.open_columns()
         for i, layer in enumerate(dynamic.layers):
             cache.keys[i][:, :, column] = layer.keys[:, :, -1]
             cache.values[i][:, :, column] = layer.values[:, :, -1]
@@ -193,12 +225,70 @@ class LeanStep:
         needed = ("embed_tokens", "rotary_emb", "layers", "norm")
         return base is not None and all(hasattr(base, name) for name in needed) and hasattr(model, "lm_head")
 
+    def start(self, prefix: list[tuple[Any, Any]] | None) -> BatchCache:
+        """A request's own cache (a batch of one row), holding `prefix` (per layer: keys, values)."""
+        if prefix is not None:
+            return BatchCache(prefix)
+        weight = self._embed.weight
+        return BatchCache.empty(
+            len(self._layers), self._kv_heads, self._head_dim, weight.dtype, weight.device
+        )
+
+    def layers(self, cache: BatchCache) -> list[tuple[Any, Any]]:
+        """A request's cache as keys and values [1, kv_heads, tokens, dim] per layer (views)."""
+        return [cache.layer(i) for i in range(len(self._layers))]
+
+    def feed(self, cache: BatchCache, fed: int, tokens: list[int]) -> Any:
+        """Encode `tokens` into a request's cache, which holds `fed` tokens; the last one's logits.
+
+        As the model's own forward computes it, but the keys and values are written in place (no
+        copy of the cache per layer) and a group of heads attends over its shared keys (no copy of
+        them per head). A prompt from its first token is computed exactly as the forward does.
+        """
+        heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
+        count = len(tokens)
+        device = self._embed.weight.device
+        start = cache.open_columns(count)
+        assert start == fed, "the cache does not hold what the request has fed"
+        positions = torch.arange(fed, fed + count, device=device)[None]
+        mask = None
+        if fed:  # each new token sees the cache and the new tokens up to itself
+            mask = torch.arange(fed + count, device=device)[None, :] <= positions[0, :, None]
+        x = self._embed(torch.tensor([tokens], device=device))  # [1, count, hidden]
+        cos, sin = self._rotary(x, positions)
+        cos, sin = cos[:, None], sin[:, None]  # [1, 1, count, dim]
+        for i, layer in enumerate(self._layers):
+            attention = layer.self_attn
+            h = layer.input_layernorm(x)
+            # The projections one by one, as the forward does: over many rows, a fused float
+            # matmul may add up in another order.
+            q = attention.q_proj(h).view(1, count, heads, dim).transpose(1, 2)
+            k = attention.k_proj(h).view(1, count, kv_heads, dim).transpose(1, 2)
+            v = attention.v_proj(h).view(1, count, kv_heads, dim).transpose(1, 2)
+            q = (q * cos) + (_rotate_half(q) * sin)
+            k = (k * cos) + (_rotate_half(k) * sin)
+            cache.keys[i][:, :, fed : fed + count] = k
+            cache.values[i][:, :, fed : fed + count] = v
+            keys, values = cache.layer(i)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q,
+                keys,
+                values,
+                attn_mask=mask,
+                is_causal=mask is None and count > 1,
+                scale=self._scaling,
+                enable_gqa=heads != kv_heads,
+            )
+            x = x + attention.o_proj(out.transpose(1, 2).reshape(1, count, heads * dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self._head(self._norm(x[:, -1:]))[0, -1]
+
     def __call__(self, cache: BatchCache, ids: Any, positions: Any) -> Any:
         """Logits [rows, vocab] for one new token per row; its keys and values go into `cache`."""
         rows = ids.shape[0]
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
         groups = heads // kv_heads
-        column = cache.open_column()
+        column = cache.open_columns()
         # Where each row's own tokens start: a padded row attends to its own columns only, as if it
         # were alone, so its logits are bit for bit those of the same reply decoded on its own
         # (masking the padding instead rounds differently, and greedy replies then depended on

@@ -241,25 +241,23 @@ class Scheduler:
     def _prefill_step(self, request: Request) -> None:
         """Encode the next chunk of one prompt; after the last chunk, choose its first token."""
         import torch
-        from transformers import DynamicCache
 
         try:
             if request.cache is None:
-                request.cache, request.fed = self._prefix.take(request.prompt, self._model.config)
+                prefix, request.fed = self._prefix.take(request.prompt)
                 request.reused = request.fed
-                if request.cache is None:
-                    request.cache = DynamicCache(config=self._model.config)
+                request.cache = self.step.start(prefix)
                 request.generator = torch.Generator(device=self._model.device)
                 if request.params.seed is not None:
                     request.generator.manual_seed(request.params.seed)
                 else:
                     request.generator.seed()
             chunk = request.prompt[request.fed : request.fed + self._prefill_chunk]
-            out = self._feed(request.cache, request.fed, chunk)
+            logits = self.step.feed(request.cache, request.fed, chunk)
             request.fed += len(chunk)
             if request.fed < len(request.prompt):
                 return
-            token = self._choose(request, out.logits[0, -1])
+            token = self._choose(request, logits)
         except Exception as error:
             log.exception("prefill failed")
             with self._lock:
@@ -274,20 +272,6 @@ class Scheduler:
         with self._lock:
             self._prefilling.remove(request)
         request.cache = None
-
-    def _feed(self, cache: Any, fed: int, tokens: list[int]) -> Any:
-        """Encode `tokens` into one request's `cache`, which holds `fed` tokens; the last logits."""
-        import torch
-
-        device = self._model.device
-        return self._model(
-            input_ids=torch.tensor([tokens], device=device),
-            attention_mask=torch.ones((1, fed + len(tokens)), dtype=torch.long, device=device),
-            position_ids=torch.arange(fed, fed + len(tokens), device=device)[None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
 
     def _decode_step(self) -> None:
         """One forward pass over every active request: each gets its next token."""
@@ -384,7 +368,7 @@ class Scheduler:
         """Add a prefilled request to the batch, left-padding whichever side is shorter."""
         from bot.decoder import BatchCache
 
-        layers = [(layer.keys, layer.values) for layer in request.cache.layers]
+        layers = self.step.layers(request.cache)
         if self._batch is None:
             self._batch = BatchCache(layers)
         else:
@@ -441,18 +425,17 @@ class Scheduler:
 
     def _extend(self, tokens: list[int], layers: list[tuple[Any, Any]], tail: list[int]) -> None:
         """Replace a kept cache by one with `tail` encoded into it (unless it is gone or superseded)."""
-        from transformers import DynamicCache
-
         if not self._prefix.holds(tokens):
             return
         try:
-            cache: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
-            self._feed(cache, len(tokens), tail)
+            cache = self.step.start(layers)
+            self.step.feed(cache, len(tokens), tail)
         except Exception:  # the plain prefix is still there
             log.exception("encoding the next turn's opening failed")
             return
-        # It extends the plain entry, which `put` therefore drops.
-        self._prefix.put(tokens + tail, [(layer.keys, layer.values) for layer in cache.layers])
+        # It extends the plain entry, which `put` therefore drops. Copied: the cache has room to
+        # grow, which the prefix cache would keep (and not count).
+        self._prefix.put(tokens + tail, [(k.clone(), v.clone()) for k, v in self.step.layers(cache)])
         self.extended += 1
 
 
@@ -482,8 +465,9 @@ class _PrefixCache:
         """Whether exactly this token sequence is kept."""
         return tuple(tokens) in self._entries
 
-    def take(self, prompt: list[int], config: Any) -> tuple[Any, int]:
-        """A cache holding the longest cached prefix of `prompt` (at least one token left to encode)."""
+    def take(self, prompt: list[int]) -> tuple[list[tuple[Any, Any]] | None, int]:
+        """The keys and values of the longest cached prefix of `prompt` (at least one token left to
+        encode), per layer, and its length."""
         best, length = None, 0
         for key in self._entries:
             shared = _common_prefix(key, prompt)
@@ -492,12 +476,9 @@ class _PrefixCache:
         length = min(length, len(prompt) - 1)
         if best is None or length < _MIN_PREFIX:
             return None, 0
-        from transformers import DynamicCache
-
         self._entries.move_to_end(best)
-        data = [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[best]]
         self.tokens_reused += length
-        return DynamicCache(ddp_cache_data=data, config=config), length
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[best]], length
 
     def _drop(self, key: tuple[int, ...]) -> None:
         layers = self._entries.pop(key)

@@ -54,9 +54,9 @@ def test_columns_are_opened_in_place_and_the_buffers_grow_when_full() -> None:
     cache = BatchCache(first)
     buffer = cache.keys[0]
     for _ in range(_GROW):  # fits in the room made at the start: written in place
-        cache.keys[0][:, :, cache.open_column()] = 7.0
+        cache.keys[0][:, :, cache.open_columns()] = 7.0
     assert cache.keys[0] is buffer
-    column = cache.open_column()  # full: the buffers grow, what was there stays
+    column = cache.open_columns()  # full: the buffers grow, what was there stays
     assert cache.keys[0] is not buffer and cache.capacity > column
     assert torch.equal(cache.layer(0)[0][:, :, : _GROW - 1], first[0][0])
     assert cache.columns == 2 * _GROW and bool(cache.mask.all())
@@ -115,3 +115,23 @@ def test_a_row_decodes_bit_for_bit_the_same_alone_or_padded_in_a_batch(small: An
     together = _decode(LeanStep(small), batch, [5, 5], [40, 23], 5)
     for row in range(2):
         assert all(torch.equal(t[row], a[0]) for t, a in zip(together, alone[row], strict=True))
+
+
+@pytest.mark.model
+def test_a_prompt_is_encoded_as_the_models_forward_encodes_it(small: Any) -> None:
+    lean, full = LeanStep(small), ModelStep(small)
+    prompt = torch.randint(100, 10_000, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+    more = [17, 230, 4011, 9]
+    with torch.inference_mode():
+        ours, theirs = lean.start(None), full.start(None)
+        # From the first token: the same computation, bit for bit.
+        assert torch.equal(lean.feed(ours, 0, prompt), full.feed(theirs, 0, prompt))
+        assert all(
+            torch.equal(a, b)
+            for pair in zip(lean.layers(ours), full.layers(theirs), strict=True)
+            for a, b in zip(*pair, strict=True)
+        )
+        # Onto a cache (a follow-up turn): the same up to rounding, and the same choice.
+        a, b = lean.feed(ours, 40, more), full.feed(theirs, 40, more)
+        assert torch.allclose(a, b, atol=1e-3) and int(a.argmax()) == int(b.argmax())
+        assert lean.layers(ours)[0][0].shape == full.layers(theirs)[0][0].shape == (1, 3, 44, 64)
