@@ -17,6 +17,7 @@ the stored tensors are put in place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -53,15 +54,31 @@ MARKER = "chinwag-quantized.json"
 # which other replies shared its batch (attention over padded rows rounds differently), and the
 # cost in speed of float32 there is small (the bytes are in the linear layers' weights).
 COMPUTE = torch.bfloat16
-# From this many rows (a prompt's tokens being encoded), an int8 layer expands its weight to
-# float32 for one matmul instead of using the kernel. 2 cores, a 4864x896 layer, 386 rows: int8
-# kernel 30.8 ms, expand 1 ms + float32 matmul 12.5 ms; at 16 rows the kernel is still faster
-# (1.3 ms against 2.3). Decoding (a row per reply, at most `scheduler.max_batch`) stays on the
-# kernel. int4 layers always use theirs (26 ms at 386 rows): their packed layout is the kernel's.
+# From this many rows (a prompt's tokens being encoded), a layer expands its weight for one plain
+# matmul instead of using the kernel, which is compute-bound there. Decoding (a row per reply, at
+# most `scheduler.max_batch`) stays on the kernels. A 4864x896 layer, 2 cores:
+# - a CPU with bf16 arithmetic (AVX512-BF16, AMX; `native_bf16`), 400 rows: int8 kernel 22.8 ms,
+#   int8 values as bf16 (exact) and a bf16 matmul 9.3 ms; int4 kernel 21.3 ms, its weights
+#   unpacked to bf16 and a bf16 matmul 15.4 ms (unpacking costs 4.4 ms: from 256 rows only);
+# - without, int8 kernel 30.8 ms, expanded to float32 and a float32 matmul 1 + 12.5 ms (386 rows;
+#   at 16 rows the kernel is faster, 1.3 ms against 2.3); int4 keeps its kernel.
 PREFILL_ROWS = 32
+INT4_PREFILL_ROWS = 256
 # torch's own format: it aligns every tensor to 64 bytes, so the weights are used straight from the
 # memory-mapped file (safetensors aligns to 8, and the int8 kernel's vector loads crashed on that).
 WEIGHTS = "model.pt"
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic itself (AVX512-BF16 or AMX), where a bf16 matmul over
+    many rows is about twice as fast as a float32 one (elsewhere bf16 is emulated, and slower)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(info.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def label(scheme: Scheme) -> str:
@@ -98,12 +115,10 @@ class _QuantizedLinear(nn.Module):
     def forward(self, x: Any) -> Any:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        y: Any
-        if rows.shape[0] >= PREFILL_ROWS and (weight := self._dequantized(x.dtype)) is not None:
-            # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
-            # there, and expanding the weight for one float matmul is the faster way.
-            y = torch.nn.functional.linear(rows, weight)
-        else:
+        # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
+        # there, and expanding the weight for one plain matmul is the faster way.
+        y: Any = self._many(rows) if rows.shape[0] >= PREFILL_ROWS else None
+        if y is None:
             # The kernels read bf16 inputs; the rest of the network stays in the model's own dtype.
             y = self._matmul(rows.to(COMPUTE)).to(x.dtype)
         if self.bias is not None:
@@ -122,8 +137,8 @@ class _QuantizedLinear(nn.Module):
     def _matmul(self, x: Any) -> Any:
         raise NotImplementedError
 
-    def _dequantized(self, dtype: Any) -> Any:
-        """The weight expanded to `dtype` for a matmul over many rows (None: use the kernel)."""
+    def _many(self, rows: Any) -> Any:
+        """The product for many rows [rows, in] by a plain matmul (None: use the kernel)."""
         return None
 
 
@@ -148,7 +163,15 @@ class Int8Linear(_QuantizedLinear):
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
 
+    def _many(self, rows: Any) -> Any:
+        if native_bf16():
+            # int8 values are exact in bf16; the scales apply to the product, as in the kernel.
+            y = torch.nn.functional.linear(rows.to(COMPUTE), self.weight.to(COMPUTE))
+            return y.to(rows.dtype) * self.scales.to(rows.dtype)
+        return torch.nn.functional.linear(rows, self._dequantized(rows.dtype))
+
     def _dequantized(self, dtype: Any) -> Any:
+        """The weight expanded to `dtype`."""
         return self.weight.to(dtype) * self.scales.to(dtype)[:, None]
 
 
@@ -192,6 +215,22 @@ class Int4Linear(_QuantizedLinear):
 
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
+
+    def _many(self, rows: Any) -> Any:
+        if rows.shape[0] < INT4_PREFILL_ROWS or not native_bf16() or self.out_features % _INT4_BLOCK:
+            return None
+        return torch.nn.functional.linear(rows.to(COMPUTE), self.unpacked()).to(rows.dtype)
+
+    def unpacked(self) -> Any:
+        """The weight [out, in] in bf16, read out of the kernel's packed layout: per block of 64
+        output channels and per input, 32 bytes whose low halves hold channels 0-31 and whose high
+        halves hold 32-63. Rounded once to bf16 from the exact (q - 8) * scale + zero."""
+        n, k = self.out_features, self.in_features
+        blocks = self.weight.view(n // _INT4_BLOCK, k, _INT4_BLOCK // 2)
+        q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // GROUP, GROUP)
+        scales = self.scales_and_zeros[..., 0].t().unsqueeze(-1)  # [out, groups, 1]
+        zeros = self.scales_and_zeros[..., 1].t().unsqueeze(-1)
+        return torch.addcmul(zeros, q.to(COMPUTE) - 8, scales).reshape(n, k)
 
 
 def fuse(parts: list[Any]) -> _QuantizedLinear | None:
