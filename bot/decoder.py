@@ -200,14 +200,6 @@ class LeanStep:
         self._scaling = attention.scaling
         self._heads = model.config.num_attention_heads
         self._kv_heads = model.config.num_key_value_heads
-        # Per layer, the projections that read the same input in one kernel call each (quantized
-        # layers of one kind; None otherwise): 72 fewer calls per token for the default model.
-        from bot.quantize import fuse
-
-        self._qkv = [
-            fuse([a.q_proj, a.k_proj, a.v_proj]) for a in (layer.self_attn for layer in self._layers)
-        ]
-        self._gate_up = [fuse([layer.mlp.gate_proj, layer.mlp.up_proj]) for layer in self._layers]
 
     @classmethod
     def supports(cls, model: Any) -> bool:
@@ -300,14 +292,9 @@ class LeanStep:
         for i, layer in enumerate(self._layers):
             attention = layer.self_attn
             h = layer.input_layernorm(x)
-            qkv = self._qkv[i]
-            if qkv is not None:
-                q, k, v = qkv(h).split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-            else:
-                q, k, v = attention.q_proj(h), attention.k_proj(h), attention.v_proj(h)
-            q = q.view(rows, 1, heads, dim).transpose(1, 2)
-            k = k.view(rows, 1, kv_heads, dim).transpose(1, 2)
-            v = v.view(rows, 1, kv_heads, dim).transpose(1, 2)
+            q = attention.q_proj(h).view(rows, 1, heads, dim).transpose(1, 2)
+            k = attention.k_proj(h).view(rows, 1, kv_heads, dim).transpose(1, 2)
+            v = attention.v_proj(h).view(rows, 1, kv_heads, dim).transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
             cache.keys[i][:, :, column] = k[:, :, 0]
@@ -329,13 +316,7 @@ class LeanStep:
                     ]
                 )
             x = x + attention.o_proj(out.reshape(rows, 1, heads * dim))
-            h = layer.post_attention_layernorm(x)
-            gate_up = self._gate_up[i]
-            if gate_up is not None:
-                gate, up = gate_up(h).chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-            else:
-                x = x + layer.mlp(h)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self._head(self._norm(x))[:, -1]
 
 

@@ -233,44 +233,6 @@ class Int4Linear(_QuantizedLinear):
         return torch.addcmul(zeros, q.to(COMPUTE) - 8, scales).reshape(n, k)
 
 
-def fuse(parts: list[Any]) -> _QuantizedLinear | None:
-    """One layer computing what `parts` (layers reading the same input) compute, their outputs side
-    by side, in one kernel call; None when they are not all int8 or all int4 alike.
-
-    Each output channel is computed as in its own layer, so the results are the same bit for bit.
-    The parts' weights become views of the fused layer's, so nothing is stored twice.
-    """
-    kind = type(parts[0])
-    if kind not in (Int8Linear, Int4Linear) or any(type(p) is not kind for p in parts):
-        return None
-    in_features = parts[0].in_features
-    if any(p.in_features != in_features for p in parts):
-        return None
-    if kind is Int4Linear and any(p.out_features % _INT4_BLOCK for p in parts):
-        return None  # the packed layout interleaves blocks of 64 output channels
-    out_features = sum(p.out_features for p in parts)
-    has_bias = any(p.bias is not None for p in parts)
-    dtype = next((p.bias.dtype for p in parts if p.bias is not None), torch.float32)
-    fused = kind(in_features, out_features, has_bias, dtype)
-    fused.weight = torch.cat([p.weight for p in parts])
-    if isinstance(fused, Int8Linear):
-        fused.scales = torch.cat([p.scales for p in parts])
-    else:
-        fused.scales_and_zeros = torch.cat([p.scales_and_zeros for p in parts], dim=1).contiguous()
-    if has_bias:
-        fused.bias = torch.cat(
-            [p.bias if p.bias is not None else torch.zeros(p.out_features, dtype=dtype) for p in parts]
-        )
-    start = 0
-    for part in parts:
-        end = start + part.out_features
-        part.weight = fused.weight[start:end]
-        if isinstance(part, Int8Linear):
-            part.scales = fused.scales[start:end]
-        start = end
-    return fused
-
-
 def on_4bit_grid(groups: Any) -> tuple[Any, Any, Any]:
     """Per group of weights: the step of the 16-level grid its values lie on, if they do (else NaN).
 

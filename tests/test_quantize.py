@@ -18,7 +18,6 @@ from bot.quantize import (
     Int8Linear,
     ShortlistHead,
     available,
-    fuse,
     load_quantized,
     native_bf16,
     on_4bit_grid,
@@ -184,35 +183,6 @@ def test_mixed_stores_the_mlp_input_projections_and_4bit_layers_as_int4_the_rest
     }
     assert {k for n, k in kinds.items() if k != "Int4Linear"} == {"Int8Linear"}
     assert isinstance(model.lm_head, ShortlistHead)
-
-
-@needs_kernels
-@pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
-def test_fused_layers_compute_what_their_parts_do_bit_for_bit(kind: type) -> None:
-    torch.manual_seed(6)
-    shapes = [(128, True), (64, False), (64, True)]  # out_features, bias
-    parts = []
-    for out_features, bias in shapes:
-        layer = kind(256, out_features, bias, torch.float32)
-        layer.quantize(torch.randn(out_features, 256) * 0.05)
-        if bias:
-            layer.register_buffer("bias", torch.randn(out_features))
-        parts.append(layer)
-    x = torch.randn(3, 1, 256)
-    separate = torch.cat([p(x) for p in parts], dim=-1)
-    fused = fuse(parts)
-    assert fused is not None and fused.out_features == 256
-    assert torch.equal(fused(x), separate)
-    # The parts now read the fused weights (stored once) and still give what they gave.
-    assert parts[1].weight.data_ptr() == fused.weight[128:].data_ptr()
-    assert torch.equal(torch.cat([p(x) for p in parts], dim=-1), separate)
-
-
-@needs_kernels
-def test_layers_of_different_kinds_are_not_fused() -> None:
-    parts = [Int8Linear(64, 64, False, torch.float32), Int4Linear(64, 64, False, torch.float32)]
-    assert fuse(parts) is None
-    assert fuse([Int4Linear(64, 32, False, torch.float32)] * 2) is None  # not whole blocks of 64
 
 
 def test_a_quantization_that_cannot_run_on_the_device_is_refused() -> None:
