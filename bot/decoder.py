@@ -7,10 +7,11 @@ hundred tokens that was 14 ms of a 100 ms step, growing with the conversation.)
 
 For the decoder-only architectures it knows (Llama, Qwen2: the default model and the test model),
 `LeanStep` runs the layers' own modules without transformers' per-call machinery (mask building,
-cache bookkeeping, keyword plumbing through every layer): that machinery cost about 10 ms per step
-on 2 cores, a quarter of a single reply's decode time. It computes what the transformers forward
-computes, op for op (see `tests/test_scheduler.py`, which compares replies token for token). Any
-other architecture goes through the model's own forward (`ModelStep`).
+cache bookkeeping, keyword plumbing through every layer): one reply's decode step of the default
+model took 35 ms against 37-40 ms through the forward (2 cores). It computes what the forward
+computes, op for op, and attends each padded row over its own tokens only, so a row's logits do
+not depend on the rest of the batch (`tests/test_decoder.py`, `tests/test_scheduler.py`). Any other
+architecture goes through the model's own forward (`ModelStep`).
 """
 
 from __future__ import annotations
@@ -251,14 +252,7 @@ class LeanStep:
         cos, sin = cos[:, None], sin[:, None]  # [1, 1, count, dim]
         for i, layer in enumerate(self._layers):
             attention = layer.self_attn
-            h = layer.input_layernorm(x)
-            # The projections one by one, as the forward does: over many rows, a fused float
-            # matmul may add up in another order.
-            q = attention.q_proj(h).view(1, count, heads, dim).transpose(1, 2)
-            k = attention.k_proj(h).view(1, count, kv_heads, dim).transpose(1, 2)
-            v = attention.v_proj(h).view(1, count, kv_heads, dim).transpose(1, 2)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            q, k, v = self._project(layer, x, cos, sin)
             cache.keys[i][:, :, fed : fed + count] = k
             cache.values[i][:, :, fed : fed + count] = v
             keys, values = cache.layer(i)
@@ -274,6 +268,20 @@ class LeanStep:
             x = x + attention.o_proj(out.transpose(1, 2).reshape(1, count, heads * dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self._head(self._norm(x[:, -1:]))[0, -1]
+
+    def _project(self, layer: Any, x: Any, cos: Any, sin: Any) -> tuple[Any, Any, Any]:
+        """A layer's queries, keys and values for `x` [rows, tokens, hidden], rotated to their
+        positions: [rows, heads, tokens, dim]. The projections one by one, as the forward does
+        (over many rows, one fused float matmul may add up in another order)."""
+        rows, count = x.shape[:2]
+        attention = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attention.q_proj(h).view(rows, count, self._heads, self._head_dim).transpose(1, 2)
+        k = attention.k_proj(h).view(rows, count, self._kv_heads, self._head_dim).transpose(1, 2)
+        v = attention.v_proj(h).view(rows, count, self._kv_heads, self._head_dim).transpose(1, 2)
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        return q, k, v
 
     def __call__(self, cache: BatchCache, ids: Any, positions: Any) -> Any:
         """Logits [rows, vocab] for one new token per row; its keys and values go into `cache`."""
@@ -291,12 +299,7 @@ class LeanStep:
         cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, dim]
         for i, layer in enumerate(self._layers):
             attention = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attention.q_proj(h).view(rows, 1, heads, dim).transpose(1, 2)
-            k = attention.k_proj(h).view(rows, 1, kv_heads, dim).transpose(1, 2)
-            v = attention.v_proj(h).view(rows, 1, kv_heads, dim).transpose(1, 2)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            q, k, v = self._project(layer, x, cos, sin)
             cache.keys[i][:, :, column] = k[:, :, 0]
             cache.values[i][:, :, column] = v[:, :, 0]
             keys, values = cache.layer(i)
