@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.model import Chunk
+from bot.model import Chunk, Finish
 from bot.models import prepare_model
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams
@@ -76,7 +76,7 @@ async def _one_run(
     async for item in model.stream(messages, params):
         if first is None and isinstance(item, Chunk):
             first = time.perf_counter()
-        if hasattr(item, "completion_tokens"):
+        if isinstance(item, Finish):
             completion, prompt = item.completion_tokens, item.prompt_tokens
     ended = time.perf_counter()
     assert first is not None

@@ -76,7 +76,7 @@ async def _reply(model: TransformersModel, messages: list[ChatMessage], tokens: 
         if isinstance(item, Chunk):
             first = first or time.perf_counter()
             parts.append(item.text)
-        else:
+        elif isinstance(item, Finish):  # not a Queued notice of the reply's place in the queue
             finish = item
     ended = time.perf_counter()
     count = finish.completion_tokens if finish else 0
@@ -370,7 +370,7 @@ def main() -> None:
         model.close()
 
     async def formats() -> None:
-        by_format = {}
+        by_format: dict[str, float | str] = {}
         for name in ("none", "int8", "int4", "auto"):  # auto: as shipped, measured beside the rest
             try:
                 model = _load(settings, name)
