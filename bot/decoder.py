@@ -57,6 +57,10 @@ class BatchCache:
         """One layer's keys and values in use: [rows, kv_heads, columns, dim] views."""
         return self.keys[index][:, :, : self.columns], self.values[index][:, :, : self.columns]
 
+    def layers(self) -> list[tuple[Any, Any]]:
+        """Every layer's keys and values in use (views)."""
+        return [self.layer(i) for i in range(len(self.keys))]
+
     def add(self, layers: list[tuple[Any, Any]]) -> None:
         """Append a row (per layer: keys, values [1, kv_heads, n, dim]), padding whichever is shorter."""
         length = layers[0][0].shape[2]
@@ -166,9 +170,8 @@ class ModelStep:
         """Logits [rows, vocab] for one new token per row; its keys and values go into `cache`."""
         from transformers import DynamicCache
 
-        layers = [cache.layer(i) for i in range(len(cache.keys))]
         mask = torch.cat([cache.mask, cache.mask.new_ones((cache.rows, 1))], 1).long()
-        dynamic: Any = DynamicCache(ddp_cache_data=layers, config=self._model.config)
+        dynamic: Any = DynamicCache(ddp_cache_data=cache.layers(), config=self._model.config)
         out = self._model(
             input_ids=ids,
             attention_mask=mask,
@@ -229,7 +232,7 @@ class LeanStep:
 
     def layers(self, cache: BatchCache) -> list[tuple[Any, Any]]:
         """A request's cache as keys and values [1, kv_heads, tokens, dim] per layer (views)."""
-        return [cache.layer(i) for i in range(len(self._layers))]
+        return cache.layers()
 
     def feed(self, cache: BatchCache, fed: int, tokens: list[int]) -> Any:
         """Encode `tokens` into a request's cache, which holds `fed` tokens; the last one's logits.
@@ -256,15 +259,7 @@ class LeanStep:
             cache.keys[i][:, :, fed : fed + count] = k
             cache.values[i][:, :, fed : fed + count] = v
             keys, values = cache.layer(i)
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q,
-                keys,
-                values,
-                attn_mask=mask,
-                is_causal=mask is None and count > 1,
-                scale=self._scaling,
-                enable_gqa=heads != kv_heads,
-            )
+            out = _attend(q, keys, values, self._scaling, heads // kv_heads, mask, mask is None and count > 1)
             x = x + attention.o_proj(out.transpose(1, 2).reshape(1, count, heads * dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self._head(self._norm(x[:, -1:]))[0, -1]
@@ -323,11 +318,14 @@ class LeanStep:
         return self._head(self._norm(x))[:, -1]
 
 
-def _attend(q: Any, keys: Any, values: Any, scale: float, groups: int) -> Any:
-    """Attention of [rows, heads, 1, dim] queries over all of their keys (no mask), as transformers'
-    sdpa attention computes it for one unpadded sequence."""
+def _attend(
+    q: Any, keys: Any, values: Any, scale: float, groups: int, mask: Any = None, causal: bool = False
+) -> Any:
+    """Attention of [rows, heads, tokens, dim] queries over their keys, each group of heads over its
+    shared keys (`groups` query heads per key head; transformers' sdpa attention computes one
+    unpadded sequence this way). `mask` [tokens, keys]: True where a query may look."""
     return torch.nn.functional.scaled_dot_product_attention(
-        q, keys, values, scale=scale, enable_gqa=groups > 1
+        q, keys, values, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=groups > 1
     )
 
 
