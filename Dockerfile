@@ -8,6 +8,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
+# g++ builds chinwag's CPU kernels (bot/kernels.cpp) during `chinwag prepare`; the runtime image
+# takes the built library from the model cache and needs no compiler.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
@@ -23,7 +29,7 @@ COPY storage ./storage
 COPY config ./config
 RUN pip install .
 
-# Prepare the default model into the cache the runtime image uses.
+# Prepare the default model (and build the kernels) into the cache the runtime image uses.
 ENV CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models
 # Once converted, the safetensors copy is all that loads: the GGUF parts (~0.5 GB) go.
 RUN chinwag prepare \

@@ -95,9 +95,14 @@ class TransformersModel:
             if tokenizer.chat_template is None:
                 raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
             if scheme is not None:
+                from bot import kernels
                 from bot.quantize import load_quantized
 
                 model = load_quantized(path, scheme, cache_dir, progress)
+                if settings.kernels == "auto":
+                    kernels.enable(cache_dir, progress)
+                else:
+                    kernels.disable()
             else:
                 dtype = _resolve_dtype(settings.dtype, device)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)

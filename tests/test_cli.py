@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -206,3 +207,10 @@ def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "(int4/int8 weights) is ready" in x)
     assert (Path(line.rsplit(": ", 1)[1]) / "model.pt").is_file()
+    # And chinwag's CPU kernels, built into the same cache (or a sentence saying why not).
+    from bot import kernels
+
+    if shutil.which("g++") and kernels._unsupported() is None:
+        assert "chinwag's CPU kernels are ready." in result.stdout
+    else:
+        assert "chinwag's CPU kernels" in result.stdout

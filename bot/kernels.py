@@ -1,0 +1,200 @@
+"""chinwag's own CPU kernels for the quantized linear layers (`kernels.cpp`), built once per machine.
+
+Decoding streams every weight once per token. torch's int8 and int4 CPU kernels read them at 15 and
+20 GB/s from memory on 2 cores where a plain sum reads at 36, and they take bf16 inputs, so every
+layer also converted its input and output. Ours read the weights at up to about 25 GB/s, take the
+float32 activations as they are (no rounding to bf16 on the way in) and add the bias in the same
+pass. They need AVX-512, and a C++ compiler the first time: the shared library is kept in the model
+cache, keyed by its source, the compiler flags and torch's version (a Docker image builds it in its
+build stage and needs no compiler at run time). Without either, the quantized layers keep torch's
+kernels and say so once in the log.
+
+`model.kernels = "torch"` turns them off (to compare, or if they misbehave on some CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+# Instruction sets the library is compiled for; a CPU lacking any of them keeps torch's kernels.
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "fma")
+FLAGS = (
+    "-O3",
+    "-std=c++20",
+    "-shared",
+    "-fPIC",
+    "-fopenmp",
+    "-w",  # torch's headers warn by the hundred
+    *(f"-m{flag}" for flag in CPU_FLAGS),
+)
+# Seconds a compilation may take (about 7 s here).
+COMPILE_TIMEOUT = 300
+
+# Whether the layers use the kernels; they read it on every call.
+ready = False
+# Whether the library is loaded into this process (None: not tried yet).
+_loaded: bool | None = None
+_lock = threading.Lock()
+
+
+def enable(cache_dir: Path, progress: bool = False) -> bool:
+    """Build (the first time, into `cache_dir`) and load the kernels; whether they are in use.
+
+    Never raises: a machine that cannot build or run them keeps torch's kernels.
+    """
+    global ready, _loaded
+    with _lock:
+        if _loaded is None:
+            _loaded = _load(cache_dir, progress)
+        ready = _loaded
+        return ready
+
+
+def prepare(cache_dir: Path, progress: bool = False) -> str:
+    """Build the library into `cache_dir` even if this CPU cannot run it (an image's build stage may
+    run on another machine than the image); what became of it, in a sentence."""
+    try:
+        build(cache_dir, progress)
+    except KernelError as error:
+        return f"chinwag's CPU kernels were not built ({error}); torch's kernels will be used."
+    reason = _unsupported()
+    if reason:
+        return f"chinwag's CPU kernels are built, but {reason}: torch's kernels will be used here."
+    return "chinwag's CPU kernels are ready."
+
+
+def disable() -> None:
+    """Use torch's kernels from now on (the library stays loaded)."""
+    global ready
+    ready = False
+
+
+def _load(cache_dir: Path, progress: bool) -> bool:
+    import torch
+
+    if _registered():  # loaded before, from this or another cache
+        return True
+    reason = _unsupported()
+    if reason is None:
+        try:
+            torch.ops.load_library(str(build(cache_dir, progress)))
+            return True
+        except KernelError as error:
+            reason = str(error)
+        except (OSError, RuntimeError) as error:
+            reason = f"the built library did not load: {error}"
+    log.info("using torch's quantized kernels: %s", reason)
+    return False
+
+
+class KernelError(Exception):
+    """The kernels could not be built."""
+
+
+def build(cache_dir: Path, progress: bool = False) -> Path:
+    """The compiled library in `cache_dir/kernels`, compiled now if it is not there yet."""
+    from bot.models import _locked, _say
+
+    target = cache_dir / "kernels" / f"chinwag-kernels-{_key()}.so"
+    if target.is_file():  # built before, maybe elsewhere (a Docker image's build stage)
+        return target
+    compiler = _compiler()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / ".build.lock"):
+        if target.is_file():
+            return target
+        _say(progress, "Compiling chinwag's CPU kernels; this happens once.")
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            command = [compiler, *FLAGS, *_torch_flags(), str(SOURCE), "-o", str(built), *_torch_libraries()]
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                raise KernelError(f"{compiler} failed: {error}") from error
+            if result.returncode != 0:
+                lines = [line for line in result.stderr.splitlines() if "error" in line][:3]
+                raise KernelError(f"{compiler} failed: {' / '.join(lines) or result.stderr[-300:]}")
+            os.replace(built, target)
+        log.info("compiled %s in %.1f s", target.name, time.perf_counter() - started)
+    return target
+
+
+def int8_linear(x: Any, weight: Any, scales: Any, bias: Any) -> Any:
+    """x float32 [M, K] by int8 weight [N, K] with bf16 scales [N], plus bias: float32 [M, N]."""
+    import torch
+
+    return torch.ops.chinwag.int8_linear(x, weight, scales, bias)
+
+
+def int4_linear(x: Any, weight: Any, scales_and_zeros: Any, bias: Any) -> Any:
+    """x float32 [M, K] by an int4 weight in torch's CPU packed layout, plus bias: float32 [M, N]."""
+    import torch
+
+    return torch.ops.chinwag.int4_linear(x, weight, scales_and_zeros, bias)
+
+
+def _registered() -> bool:
+    import torch
+
+    return hasattr(torch.ops.chinwag, "int8_linear")
+
+
+def _unsupported() -> str | None:
+    """Why this machine cannot use the kernels, or None."""
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "the CPU's features are unknown (no /proc/cpuinfo)"
+    missing = [flag for flag in CPU_FLAGS if flag not in flags]
+    return f"the CPU lacks {', '.join(missing)}" if missing else None
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and (path := shutil.which(name)):
+            return path
+    raise KernelError("no C++ compiler found (install g++ to build them)")
+
+
+def _key() -> str:
+    import torch
+
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update(" ".join([*FLAGS, torch.__version__]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _torch_flags() -> list[str]:
+    import torch
+    from torch.utils.cpp_extension import include_paths
+
+    return [
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        *(f"-I{p}" for p in include_paths()),
+    ]
+
+
+def _torch_libraries() -> list[str]:
+    # torch's own lib directory first: it holds the OpenMP runtime torch itself uses, so the kernels
+    # share torch's threads instead of starting a second pool that would fight it for the 2 cores.
+    from torch.utils.cpp_extension import library_paths
+
+    lib = library_paths()[0]
+    return [f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]

@@ -1,0 +1,158 @@
+"""chinwag's CPU kernels (bot/kernels.cpp): built for real, checked against plain float32 matmuls."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot import kernels
+from bot.quantize import Int4Linear, Int8Linear, ShortlistHead
+
+pytestmark = pytest.mark.skipif(
+    kernels._unsupported() is not None or shutil.which("g++") is None, reason="no AVX-512 or no g++ here"
+)
+
+
+@pytest.fixture
+def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The kernels built (into a cache of the test run's own) and in use; off again afterwards."""
+    assert kernels.enable(tmp_path_factory.getbasetemp() / "kernel-cache")
+    yield
+    kernels.disable()
+
+
+def _int8(n: int, k: int, seed: int, bias: bool = True) -> Int8Linear:
+    g = torch.Generator().manual_seed(seed)
+    layer = Int8Linear(k, n, bias, torch.float32)
+    layer.quantize(torch.randn(n, k, generator=g))
+    if bias:
+        layer.bias = torch.randn(n, generator=g)
+    return layer
+
+
+def _int4(n: int, k: int, seed: int, bias: bool = False) -> Int4Linear:
+    g = torch.Generator().manual_seed(seed)
+    layer = Int4Linear(k, n, bias, torch.float32)
+    layer.quantize(torch.randn(n, k, generator=g))
+    if bias:
+        layer.bias = torch.randn(n, generator=g)
+    return layer
+
+
+def _rows(m: int, k: int, seed: int) -> torch.Tensor:
+    return torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9])
+@pytest.mark.parametrize(("n", "k"), [(96, 64), (131, 80), (64, 320)])
+def test_int8_layers_compute_what_their_float_weights_do(native: None, rows: int, n: int, k: int) -> None:
+    layer = _int8(n, k, rows)
+    x = _rows(rows, k, n)
+    expected = x.double() @ layer._dequantized(torch.float32).double().t() + layer.bias.double()
+    assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 7])
+@pytest.mark.parametrize(("n", "k"), [(64, 32), (192, 96), (128, 512)])
+def test_int4_layers_compute_what_their_float_weights_do(native: None, rows: int, n: int, k: int) -> None:
+    layer = _int4(n, k, rows, bias=True)
+    x = _rows(rows, k, n)
+    # The exact weights: (q - 8) * scale + zero in float64, from the kernel's packed layout.
+    blocks = layer.weight.view(n // 64, k, 32)
+    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // 32, 32).double()
+    scale = layer.scales_and_zeros[..., 0].t().double().unsqueeze(-1)
+    zero = layer.scales_and_zeros[..., 1].t().double().unsqueeze(-1)
+    weight = ((q - 8) * scale + zero).reshape(n, k)
+    expected = x.double() @ weight.t() + layer.bias.double()
+    assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_row_comes_out_bit_for_bit_the_same_whatever_else_is_in_the_batch(native: None) -> None:
+    for layer in (_int8(136, 96, 1), _int4(128, 96, 2, bias=True)):
+        x = _rows(9, 96, 3)
+        together = layer(x)
+        for row in range(9):
+            assert torch.equal(layer(x[row : row + 1]), together[row : row + 1])
+            assert torch.equal(layer(x[row:]), together[row:])
+
+
+def test_the_kernels_agree_with_torchs_up_to_its_bf16_inputs(native: None) -> None:
+    for layer in (_int8(256, 128, 4), _int4(256, 128, 5)):
+        x = _rows(3, 128, 6)
+        ours = layer(x)
+        kernels.disable()
+        theirs = layer(x)
+        kernels.ready = True
+        assert not torch.equal(ours, theirs)  # different kernels, different rounding
+        # torch's kernel rounds its inputs and outputs to bf16 (8 significant bits).
+        assert float((ours - theirs).abs().max()) <= 2**-7 * float(theirs.abs().max())
+
+
+def test_a_prompts_many_rows_keep_the_plain_matmul(native: None) -> None:
+    layer = _int8(64, 64, 9)
+    x = _rows(40, 64, 10)  # a prompt's rows: the weight expanded for one matmul
+    expected = x @ layer._dequantized(torch.float32).t() + layer.bias
+    # On CPUs with bf16 arithmetic the prompt's rows are rounded to bf16 for that matmul.
+    assert float((layer(x) - expected).abs().max()) <= 2**-6 * float(expected.abs().max())
+    assert not torch.equal(layer(x[:1]), layer(x)[:1])  # one row: the kernel, rounded differently
+
+
+def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(native: None) -> None:
+    g = torch.Generator().manual_seed(11)
+    weight = torch.randn(640, 64, generator=g)
+    head = ShortlistHead(64, 640, False, torch.float32)
+    head.quantize(weight, tied=True)  # exact logits from these float32 weights
+    x = torch.randn(3, 64, generator=g)
+    logits, exact = head(x), x @ weight.t()
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    top = exact.topk(5, dim=-1).indices
+    assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
+
+
+def test_without_a_compiler_the_layers_keep_torchs_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(kernels, "_loaded", None)
+    monkeypatch.setattr(kernels, "ready", False)
+    monkeypatch.setattr(kernels, "_registered", lambda: False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++, c++ or clang++ on it
+    monkeypatch.delenv("CXX", raising=False)
+    with caplog.at_level("INFO", logger="bot.kernels"):
+        assert not kernels.enable(tmp_path / "cache")
+    assert "no C++ compiler found" in caplog.text
+    layer = _int8(64, 64, 12)
+    x = _rows(2, 64, 13)
+    assert torch.allclose(
+        layer(x), x @ layer._dequantized(torch.float32).t() + layer.bias, rtol=2e-2, atol=0.2
+    )
+
+
+def test_a_library_built_beforehand_needs_no_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = kernels.build(tmp_path)  # as a Docker image's build stage does
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(kernels.KernelError):
+        kernels.build(tmp_path / "elsewhere")
+    assert kernels.build(tmp_path) == built
+    assert [p.name for p in (tmp_path / "kernels").iterdir() if p.suffix == ".so"] == [built.name]
+
+
+def test_a_failing_compilation_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "kernels.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(kernels, "SOURCE", broken)
+    monkeypatch.setattr(kernels, "_loaded", None)
+    monkeypatch.setattr(kernels, "ready", False)
+    monkeypatch.setattr(kernels, "_registered", lambda: False)
+    with caplog.at_level("INFO", logger="bot.kernels"):
+        assert not kernels.enable(tmp_path / "cache")
+    assert "failed" in caplog.text
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
