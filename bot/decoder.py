@@ -12,6 +12,12 @@ model took 35 ms against 37-40 ms through the forward (2 cores). It computes wha
 computes, op for op, and attends each padded row over its own tokens only, so a row's logits do
 not depend on the rest of the batch (`tests/test_decoder.py`, `tests/test_scheduler.py`). Any other
 architecture goes through the model's own forward (`ModelStep`).
+
+With chinwag's kernels loaded (`bot/kernels.py`) and every projection int8 or int4, a decode step
+runs each layer in one call of `chinwag::decode_layer` (norms, projections, rotary, attention over
+each row's own columns, MLP) instead of about 45 torch calls from Python: one reply's step of the
+default model took 15.7 ms against 21.8 (2 cores), 8 padded replies 50 ms against 61. It rounds
+differently from the forward (logits within 1e-5 of their scale) and is batch-invariant too.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from bot import kernels
 
 # Columns added at a time when the buffers are full.
 _GROW = 256
@@ -204,6 +212,7 @@ class LeanStep:
         self._scaling = attention.scaling
         self._heads = model.config.num_attention_heads
         self._kv_heads = model.config.num_key_value_heads
+        self._fused: list[_Fused] | None = _fused_layers(model)
 
     @classmethod
     def supports(cls, model: Any) -> bool:
@@ -291,6 +300,25 @@ class LeanStep:
         starts = (~cache.mask).sum(1).tolist() if not bool(cache.mask.all()) else None
         x = self._embed(ids)  # [rows, 1, hidden]
         cos, sin = self._rotary(x, positions)
+        if self._fused is not None and kernels.ready:
+            # Each layer in one call of chinwag's kernels (bot/kernels.cpp).
+            x, cos, sin = x[:, 0].contiguous(), cos[:, 0].contiguous(), sin[:, 0].contiguous()
+            first = starts or [0] * rows
+            for i, layer in enumerate(self._fused):
+                torch.ops.chinwag.decode_layer(
+                    x,
+                    *layer,
+                    cos,
+                    sin,
+                    cache.keys[i],
+                    cache.values[i],
+                    column,
+                    first,
+                    heads,
+                    kv_heads,
+                    self._scaling,
+                )
+            return self._head(self._norm(x))
         cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, dim]
         for i, layer in enumerate(self._layers):
             attention = layer.self_attn
@@ -316,6 +344,51 @@ class LeanStep:
             x = x + attention.o_proj(out.reshape(rows, 1, heads * dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self._head(self._norm(x))[:, -1]
+
+
+# What `chinwag::decode_layer` takes of a layer: its norms' weights and epsilon, and its projections'
+# weights, scales and biases (q, k, v, o, gate, up, down).
+_Fused = tuple[Any, Any, float, list[Any], list[Any], list[Any]]
+_PROJECTIONS = (
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+)
+
+
+def _fused_layers(model: Any) -> list[_Fused] | None:
+    """Every layer's tensors for chinwag's fused decode kernel, or None when it does not apply: the
+    projections must all be int8 or int4 layers of shapes the kernels take, float32 elsewhere, with
+    a SiLU MLP and RMSNorms of float32 weights."""
+    from bot.quantize import Int4Linear, Int8Linear
+
+    if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
+        return None
+    fused = []
+    for layer in model.model.layers:
+        norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        if any(getattr(n, "weight", None) is None or n.weight.dtype != torch.float32 for n in norms):
+            return None
+        weights, scales, biases = [], [], []
+        for part, name in _PROJECTIONS:
+            linear = getattr(getattr(layer, part, None), name, None)
+            if isinstance(linear, Int8Linear) and linear._native_fits():
+                scales.append(linear.scales)
+            elif isinstance(linear, Int4Linear) and linear._native_fits():
+                scales.append(linear.scales_and_zeros)
+            else:
+                return None
+            if linear.bias is not None and linear.bias.dtype != torch.float32:
+                return None
+            weights.append(linear.weight)
+            biases.append(linear.bias)
+        eps = float(norms[0].variance_epsilon)
+        fused.append((norms[0].weight, norms[1].weight, eps, weights, scales, biases))
+    return fused
 
 
 def _attend(

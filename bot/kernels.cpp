@@ -14,6 +14,7 @@
 //   ([N / 64, K, 32]: per block of 64 output channels and per input, 32 bytes whose low nibbles
 //   hold channels 0-31 and high nibbles channels 32-63); scales_and_zeros bf16 [K / 32, N, 2]; a
 //   weight is (q - 8) * scale + zero. Returns float32 [M, N].
+// decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -24,8 +25,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -160,59 +163,53 @@ const float* bias_of(const std::optional<at::Tensor>& bias, int64_t N) {
   return bias->data_ptr<float>();
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                       const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
-  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous(), "weight: int8 [N, K]");
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  TORCH_CHECK(weight.size(1) == K && K % 16 == 0, "weight: [N, K] with K a multiple of 16");
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.numel() == N, "scales: bf16 [N]");
-  at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* wp = weight.data_ptr<int8_t>();
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
-  const float* bp = bias_of(bias, N);
-  float* yp = y.data_ptr<float>();
-  // Channels in runs of 4 split between the threads; each thread reads its own part of the weight.
-  // Every run of rows reads the same few channels while they are still in L1.
-  at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t n0 = q * 4, n1 = std::min(N, n0 + 4);
-      by_rows(M, [&](int64_t m, auto rows) {
-        int8_rows<decltype(rows)::value>(xp + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
-      });
-    }
-  });
-  return y;
+// The output features of an int8 (kChar [N, K]) or int4 (kByte, torch's layout) weight for K inputs,
+// after checking the weight and its scales.
+int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) {
+  TORCH_CHECK(weight.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == at::kBFloat16,
+              "weight and bf16 scales, contiguous");
+  if (weight.scalar_type() == at::kChar) {
+    TORCH_CHECK(weight.dim() == 2 && weight.size(1) == K && K % 16 == 0, "int8 weight: [N, K], K a multiple of 16");
+    TORCH_CHECK(scales.numel() == weight.size(0), "int8 scales: [N]");
+    return weight.size(0);
+  }
+  TORCH_CHECK(weight.scalar_type() == at::kByte, "weight: int8, or uint8 in torch's CPU int4 layout");
+  TORCH_CHECK(K % kGroup == 0 && weight.numel() % (K * kBlock / 2) == 0, "int4 weight: K a multiple of 32, N of 64");
+  const int64_t N = weight.numel() * 2 / K;
+  TORCH_CHECK(scales.numel() == (K / kGroup) * N * 2, "int4 scales_and_zeros: [K / 32, N, 2]");
+  return N;
 }
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_and_zeros,
-                       const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
-  const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K % kGroup == 0, "K must be a multiple of 32");
-  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() && weight.numel() % (K * kBlock / 2) == 0,
-              "weight: uint8, torch's CPU int4 layout");
-  const int64_t N = weight.numel() * 2 / K;
-  TORCH_CHECK(N % kBlock == 0, "N must be a multiple of 64");
-  TORCH_CHECK(scales_and_zeros.scalar_type() == at::kBFloat16 && scales_and_zeros.is_contiguous() &&
-                  scales_and_zeros.numel() == (K / kGroup) * N * 2,
-              "scales_and_zeros: bf16 [K / 32, N, 2]");
+// y [M, N] = x [M, K] by the weight, plus bias (checked by `features`).
+void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
+                 const float* bp, float* yp) {
+  const int64_t N = features(weight, scales, K);
+  if (weight.scalar_type() == at::kChar) {
+    const int8_t* wp = weight.data_ptr<int8_t>();
+    const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+    // Channels in runs of 4 split between the threads; each thread reads its own part of the
+    // weight, and every run of rows reads the same few channels while they are still in L1.
+    at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t n0 = q * 4, n1 = std::min(N, n0 + 4);
+        by_rows(M, [&](int64_t m, auto rows) {
+          int8_rows<decltype(rows)::value>(xp + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
+        });
+      }
+    });
+    return;
+  }
   const int64_t groups = K / kGroup;
   // Each row's sum over each group of inputs, for the zero points.
-  at::Tensor xsum = at::empty({M, groups}, x.options());
-  const float* xp = x.data_ptr<float>();
-  float* xs = xsum.data_ptr<float>();
+  std::vector<float> xsum(M * groups);
+  float* xs = xsum.data();
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < groups; ++g) {
       const float* p = xp + m * K + g * kGroup;
       xs[m * groups + g] = sum16(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
     }
-  at::Tensor y = at::empty({M, N}, x.options());
   const uint8_t* wp = weight.data_ptr<uint8_t>();
-  const uint32_t* sp = reinterpret_cast<const uint32_t*>(scales_and_zeros.data_ptr());
-  const float* bp = bias_of(bias, N);
-  float* yp = y.data_ptr<float>();
+  const uint32_t* sp = reinterpret_cast<const uint32_t*>(scales.data_ptr());
   at::parallel_for(0, N / kBlock, 4, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       by_rows(M, [&](int64_t m, auto rows) {
@@ -220,7 +217,196 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
       });
     }
   });
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
+  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t N = features(weight, scales, K);
+  at::Tensor y = at::empty({M, N}, x.options());
+  linear_into(x.data_ptr<float>(), M, K, weight, scales, bias_of(bias, N), y.data_ptr<float>());
   return y;
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "weight: int8");
+  return linear(x, weight, scales, bias);
+}
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_and_zeros,
+                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.scalar_type() == at::kByte, "weight: uint8, torch's CPU int4 layout");
+  return linear(x, weight, scales_and_zeros, bias);
+}
+
+// ---- One decoder layer for one new token per row (Llama and Qwen2) ---------------------------------
+
+// e^x for x <= 0 (softmax after subtracting the maximum; silu's e^-|g|): Cephes' polynomial on
+// [-ln2/2, ln2/2] and the exponent by scalef, about 1 ulp.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// RMSNorm of each row of x [M, H] (H a multiple of 16) times its weight, into y.
+void rms_norm(const float* x, int64_t M, int64_t H, const float* weight, float eps, float* y) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * H;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < H; i += 16) {
+      __m512 v = _mm512_loadu_ps(row + i);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(sum16(acc) / float(H) + eps));
+    for (int64_t i = 0; i < H; i += 16)
+      _mm512_storeu_ps(y + m * H + i,
+                       _mm512_mul_ps(_mm512_loadu_ps(weight + i), _mm512_mul_ps(_mm512_loadu_ps(row + i), inv)));
+  }
+}
+
+// Rotary position embedding of `heads` heads of `dim` in each row of x [M, heads * dim], in place:
+// x * cos + rotate_half(x) * sin, with cos and sin [M, dim].
+void rotate(float* x, int64_t M, int64_t heads, int64_t dim, const float* cos, const float* sin) {
+  const int64_t half = dim / 2;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + (m * heads + h) * dim;
+      const float* c = cos + m * dim;
+      const float* s = sin + m * dim;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i + half] + a * s[i + half];
+      }
+    }
+}
+
+inline float dot(const float* a, const float* b, int64_t dim) {
+  __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
+  for (int64_t i = 16; i < dim; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  return sum16(acc);
+}
+
+// Runs a decoder layer on x [M, hidden] (one new token per row), in place. The new keys and values
+// go into column `column` of the cache [M, kv_heads, capacity, dim]; row r attends over its own
+// columns starts[r]..column only (no padding enters its sums, so a row's result does not depend on
+// the others). Every projection is an int8 or int4 weight (by dtype) with its scales and an
+// optional bias, in the order q, k, v, o, gate, up, down; the MLP's activation is SiLU.
+void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
+                  at::TensorList weights, at::TensorList scales, const c10::List<std::optional<at::Tensor>>& biases,
+                  const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys, at::Tensor& values, int64_t column,
+                  at::IntArrayRef starts, int64_t heads, int64_t kv_heads, double scale) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, hidden]");
+  TORCH_CHECK(weights.size() == 7 && scales.size() == 7 && biases.size() == 7, "seven projections");
+  const int64_t M = x.size(0), H = x.size(1);
+  const int64_t dim = keys.size(3), groups = heads / kv_heads;
+  TORCH_CHECK(H % 16 == 0 && dim % 16 == 0 && heads % kv_heads == 0, "hidden and head sizes: multiples of 16");
+  TORCH_CHECK(keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat && keys.sizes() == values.sizes() &&
+                  keys.size(0) == M && keys.size(1) == kv_heads && column < keys.size(2) && keys.stride(3) == 1 &&
+                  values.stride(3) == 1 && keys.strides() == values.strides(),
+              "keys, values: float32 [M, kv_heads, capacity, dim]");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == M * dim && sin.numel() == M * dim,
+              "cos, sin: [M, dim]");
+  TORCH_CHECK(int64_t(starts.size()) == M, "a start per row");
+  TORCH_CHECK(input_norm.is_contiguous() && post_norm.is_contiguous() && input_norm.numel() == H &&
+                  post_norm.numel() == H && input_norm.scalar_type() == at::kFloat,
+              "norm weights: float32 [hidden]");
+  std::vector<int64_t> n(7);
+  const int64_t in_features[7] = {H, H, H, heads * dim, H, H, -1};
+  for (int i = 0; i < 6; ++i) n[i] = features(weights[i], scales[i], in_features[i]);
+  n[6] = features(weights[6], scales[6], n[4]);
+  TORCH_CHECK(n[0] == heads * dim && n[1] == kv_heads * dim && n[2] == kv_heads * dim && n[3] == H && n[5] == n[4] &&
+                  n[6] == H,
+              "projection shapes");
+  const float* bias[7];
+  for (int i = 0; i < 7; ++i) bias[i] = bias_of(biases.get(i), n[i]);
+
+  float* xp = x.data_ptr<float>();
+  std::vector<float> h(M * H), q(M * n[0]), k(M * n[1]), v(M * n[2]), att(M * n[0]), o(M * H);
+  std::vector<float> gate(M * n[4]), up(M * n[4]);
+  // Attention.
+  rms_norm(xp, M, H, input_norm.data_ptr<float>(), float(eps), h.data());
+  linear_into(h.data(), M, H, weights[0], scales[0], bias[0], q.data());
+  linear_into(h.data(), M, H, weights[1], scales[1], bias[1], k.data());
+  linear_into(h.data(), M, H, weights[2], scales[2], bias[2], v.data());
+  rotate(q.data(), M, heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
+  rotate(k.data(), M, kv_heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
+  float* kp = keys.data_ptr<float>();
+  float* vp = values.data_ptr<float>();
+  const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < kv_heads; ++g) {
+      std::memcpy(kp + m * s0 + g * s1 + column * s2, k.data() + (m * kv_heads + g) * dim, dim * sizeof(float));
+      std::memcpy(vp + m * s0 + g * s1 + column * s2, v.data() + (m * kv_heads + g) * dim, dim * sizeof(float));
+    }
+  at::parallel_for(0, M * heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> p(column + 16);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m = t / heads, head = t % heads, g = head / groups;
+      const int64_t first = starts[m], count = column + 1 - first;
+      const float* qv = q.data() + t * dim;
+      const float* kb = kp + m * s0 + g * s1 + first * s2;
+      const float* vb = vp + m * s0 + g * s1 + first * s2;
+      float top = -INFINITY;
+      for (int64_t c = 0; c < count; ++c) {
+        p[c] = dot(qv, kb + c * s2, dim) * float(scale);
+        top = std::max(top, p[c]);
+      }
+      __m512 total = _mm512_setzero_ps();
+      const __m512 shift = _mm512_set1_ps(top);
+      int64_t c = 0;
+      for (; c + 16 <= count; c += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p.data() + c), shift));
+        _mm512_storeu_ps(p.data() + c, e);
+        total = _mm512_add_ps(total, e);
+      }
+      if (c < count) {
+        const __mmask16 tail = __mmask16((1u << (count - c)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.data() + c), shift));
+        _mm512_mask_storeu_ps(p.data() + c, tail, e);
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, e));
+      }
+      const float norm = 1.f / sum16(total);
+      float* out = att.data() + t * dim;
+      for (int64_t i = 0; i < dim; i += 16) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t c2 = 0; c2 < count; ++c2)
+          acc = _mm512_fmadd_ps(_mm512_set1_ps(p[c2]), _mm512_loadu_ps(vb + c2 * s2 + i), acc);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(acc, _mm512_set1_ps(norm)));
+      }
+    }
+  });
+  linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data());
+  for (int64_t i = 0; i < M * H; ++i) xp[i] += o[i];
+  // MLP.
+  rms_norm(xp, M, H, post_norm.data_ptr<float>(), float(eps), h.data());
+  linear_into(h.data(), M, H, weights[4], scales[4], bias[4], gate.data());
+  linear_into(h.data(), M, H, weights[5], scales[5], bias[5], up.data());
+  const int64_t F = M * n[4];
+  int64_t i = 0;
+  for (; i + 16 <= F; i += 16) {  // silu(gate) * up = gate / (1 + e^-gate) * up
+    __m512 g = _mm512_loadu_ps(gate.data() + i);
+    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_storeu_ps(gate.data() + i,
+                     _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)), _mm512_loadu_ps(up.data() + i)));
+  }
+  for (; i < F; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+  linear_into(gate.data(), M, n[4], weights[6], scales[6], bias[6], o.data());
+  for (int64_t j = 0; j < M * H; ++j) xp[j] += o[j];
 }
 
 }  // namespace
@@ -228,9 +414,14 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 TORCH_LIBRARY(chinwag, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor weight, Tensor scales_and_zeros, Tensor? bias) -> Tensor");
+  m.def(
+      "decode_layer(Tensor(a!) x, Tensor input_norm, Tensor post_norm, float eps, Tensor[] weights, "
+      "Tensor[] scales, Tensor?[] biases, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
+      "int column, int[] starts, int heads, int kv_heads, float scale) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
+  m.impl("decode_layer", &decode_layer);
 }

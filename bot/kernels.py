@@ -9,6 +9,9 @@ cache, keyed by its source, the compiler flags and torch's version (a Docker ima
 build stage and needs no compiler at run time). Without either, the quantized layers keep torch's
 kernels and say so once in the log.
 
+`decode_layer` runs a whole decoder layer of a decode step in one call (`bot/decoder.py`): about
+45 torch calls from Python per layer cost more than its weights' reading at one reply.
+
 `model.kernels = "torch"` turns them off (to compare, or if they misbehave on some CPU).
 """
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from bot import kernels
 from bot.decoder import _GROW, BatchCache, LeanStep, ModelStep
 from bot.transformers_model import TransformersModel
 from config import load_settings
@@ -97,22 +98,44 @@ def _decode(step: Any, cache: BatchCache, tokens: list[int], positions: list[int
     return out
 
 
+def _unfused(model: Any) -> LeanStep:
+    """The lean step through the layers' modules (as on a machine without chinwag's kernels)."""
+    step = LeanStep(model)
+    step._fused = None
+    return step
+
+
 @pytest.mark.model
 def test_the_lean_step_computes_what_the_models_forward_does(small: Any) -> None:
     assert LeanStep.supports(small)
     prompt = _prefill(small, 40, 1)
-    lean = _decode(LeanStep(small), BatchCache(prompt), [5], [40], 6)
+    lean = _decode(_unfused(small), BatchCache(prompt), [5], [40], 6)
     full = _decode(ModelStep(small), BatchCache(prompt), [5], [40], 6)
     assert all(torch.equal(a, b) for a, b in zip(lean, full, strict=True))
 
 
 @pytest.mark.model
-def test_a_row_decodes_bit_for_bit_the_same_alone_or_padded_in_a_batch(small: Any) -> None:
+def test_the_fused_layers_compute_the_same_up_to_rounding(small: Any) -> None:
+    step = LeanStep(small)
+    if step._fused is None or not kernels.ready:
+        pytest.skip("chinwag's kernels are not in use here")
+    prompt = _prefill(small, 40, 1)
+    fused = _decode(step, BatchCache(prompt), [5], [40], 8)
+    full = _decode(ModelStep(small), BatchCache(prompt), [5], [40], 8)
+    for a, b in zip(fused, full, strict=True):
+        assert not torch.equal(a, b)  # a different computation...
+        assert float((a - b).abs().max()) < 1e-4 * float(b.abs().max()) + 1e-4  # ...of the same logits
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("make", [LeanStep, _unfused], ids=["fused", "modules"])
+def test_a_row_decodes_bit_for_bit_the_same_alone_or_padded_in_a_batch(small: Any, make: Any) -> None:
     first, second = _prefill(small, 40, 1), _prefill(small, 23, 2)
-    alone = [_decode(LeanStep(small), BatchCache(p), [5], [n], 5) for p, n in ((first, 40), (second, 23))]
+    alone = [_decode(make(small), BatchCache(p), [5], [n], 5) for p, n in ((first, 40), (second, 23))]
     batch = BatchCache(first)
     batch.add(second)
-    together = _decode(LeanStep(small), batch, [5, 5], [40, 23], 5)
+    together = _decode(make(small), batch, [5, 5], [40, 23], 5)
     for row in range(2):
         assert all(torch.equal(t[row], a[0]) for t, a in zip(together, alone[row], strict=True))
 
