@@ -708,7 +708,7 @@ def prepare(obj: Context, model: str | None) -> None:
 
             quantized = prepare_quantized(path, scheme, settings.model_cache_dir, True)
             click.echo(f"{settings.model.name} ({label(scheme)} weights) is ready: {quantized}")
-            if settings.model.kernels == "auto":
+            if settings.model.kernels != "torch":
                 from bot import kernels
 
                 click.echo(kernels.prepare(settings.model_cache_dir, True))

@@ -45,60 +45,83 @@ constexpr int64_t kAhead = 16;
 
 inline float sum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// int8: 4 output channels at a time, each a dot product along K in steps of 16.
-template <int R>
-void int8_rows(const float* x, int64_t K, const int8_t* w, const uint16_t* scales, const float* bias,
-               float* y, int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    __m512 acc[R][4];
-    UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
-    const int8_t* w0 = w + n * K;
+// int8: C output channels at a time (4, or 1 for the last few), each a dot product along K. With
+// `BF16` (see int4 below) x comes as bf16 [R, K] and 32 weights at a time become bf16 exactly (|w| <=
+// 127): one vdpbf16ps then does a row's 32 products, against two FMAs.
+template <int R, int C, bool BF16>
+inline void int8_channels(const void* xv, int64_t K, const int8_t* w0, const uint16_t* scales,
+                          const float* bias, float* y, int64_t N, int64_t n) {
+  __m512 acc[R][C];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  if constexpr (BF16) {
+    const uint16_t* x = static_cast<const uint16_t*>(xv);
+    for (int64_t k = 0; k < K; k += 32) {
+      if ((k & 63) == 0) {
+        UNROLL for (int c = 0; c < C; ++c) _mm_prefetch((const char*)(w0 + (c + kAhead) * K + k), _MM_HINT_T0);
+      }
+      __m512bh wv[C];
+      UNROLL for (int c = 0; c < C; ++c) {
+        const int8_t* p = w0 + c * K + k;
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
+        wv[c] = _mm512_cvtne2ps_pbh(hi, lo);  // inputs k..k+15 in the low half
+      }
+      UNROLL for (int r = 0; r < R; ++r) {
+        __m512bh xr = (__m512bh)_mm512_loadu_si512((const void*)(x + r * K + k));
+        UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv[c], xr);
+      }
+    }
+  } else {
+    const float* x = static_cast<const float*>(xv);
     for (int64_t k = 0; k < K; k += 16) {
       if ((k & 63) == 0) {
-        UNROLL for (int c = 0; c < 4; ++c) _mm_prefetch((const char*)(w0 + (c + kAhead) * K + k), _MM_HINT_T0);
+        UNROLL for (int c = 0; c < C; ++c) _mm_prefetch((const char*)(w0 + (c + kAhead) * K + k), _MM_HINT_T0);
       }
-      __m512 wv[4];
-      UNROLL for (int c = 0; c < 4; ++c)
+      __m512 wv[C];
+      UNROLL for (int c = 0; c < C; ++c)
         wv[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w0 + c * K + k))));
       UNROLL for (int r = 0; r < R; ++r) {
-        __m512 xv = _mm512_loadu_ps(x + r * K + k);
-        UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(wv[c], xv, acc[r][c]);
+        __m512 xr = _mm512_loadu_ps(x + r * K + k);
+        UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv[c], xr, acc[r][c]);
       }
     }
-    UNROLL for (int c = 0; c < 4; ++c) {
-      float s;
-      uint32_t bits = uint32_t(scales[n + c]) << 16;
-      std::memcpy(&s, &bits, 4);
-      float b = bias ? bias[n + c] : 0.f;
-      UNROLL for (int r = 0; r < R; ++r) y[r * N + n + c] = sum16(acc[r][c]) * s + b;
-    }
   }
-  for (; n < n1; ++n) {
-    __m512 acc[R];
-    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    const int8_t* w0 = w + n * K;
-    for (int64_t k = 0; k < K; k += 16) {
-      __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w0 + k))));
-      UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + r * K + k), acc[r]);
-    }
+  UNROLL for (int c = 0; c < C; ++c) {
     float s;
-    uint32_t bits = uint32_t(scales[n]) << 16;
+    uint32_t bits = uint32_t(scales[n + c]) << 16;
     std::memcpy(&s, &bits, 4);
-    float b = bias ? bias[n] : 0.f;
-    UNROLL for (int r = 0; r < R; ++r) y[r * N + n] = sum16(acc[r]) * s + b;
+    float b = bias ? bias[n + c] : 0.f;
+    UNROLL for (int r = 0; r < R; ++r) y[r * N + n + c] = sum16(acc[r][c]) * s + b;
   }
+}
+
+template <int R, bool BF16>
+void int8_rows(const void* x, int64_t K, const int8_t* w, const uint16_t* scales, const float* bias,
+               float* y, int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) int8_channels<R, 4, BF16>(x, K, w + n * K, scales, bias, y, N, n);
+  for (; n < n1; ++n) int8_channels<R, 1, BF16>(x, K, w + n * K, scales, bias, y, N, n);
 }
 
 // int4: one block of 64 output channels (4 vectors of 16) at a time; within a group of 32 inputs
 // the products q * x are summed, then scaled: sum(w x) = scale * sum(q x) + (zero - 8 scale) * sum(x).
-template <int R>
-void int4_rows(const float* x, const float* xsum, int64_t K, const uint8_t* w, const uint32_t* sz,
+//
+// On CPUs with AVX512-BF16 (`BF16`), x comes rounded to bf16, in pairs of inputs (k, k + 1) per
+// 32-bit word, and one vdpbf16ps does two inputs' products per lane: twice the work of an FMA, which
+// bounds these kernels beyond one row. The weights become bf16 pairs without a conversion: 128 + q
+// is the bf16 0x4300 | q, so sum((128 + q) x) is accumulated and 128 sum(x) taken off with the zero
+// points: sum(w x) = scale * sum((128 + q) x) + (zero - 136 scale) * sum(x).
+template <int R, bool BF16>
+void int4_rows(const void* xv, const float* xsum, int64_t K, const uint8_t* w, const uint32_t* sz,
                const float* bias, float* y, int64_t N, int64_t b0, int64_t b1) {
+  const float* x = static_cast<const float*>(xv);
+  const uint32_t* xb = static_cast<const uint32_t*>(xv);
   const __m512i low = _mm512_set1_epi32(0xF);
+  const __m512i nibbles = _mm512_set1_epi32(0x000F000F);
+  const __m512i base = _mm512_set1_epi32(0x43004300);  // bf16 128.0 in both halves
   const __m512i high_half = _mm512_set1_epi32(int32_t(0xFFFF0000u));
-  const __m512 eight = _mm512_set1_ps(8.f);
+  const __m512 shift = _mm512_set1_ps(BF16 ? 136.f : 8.f);
   const int64_t groups = K / kGroup;
   for (int64_t b = b0; b < b1; ++b) {
     __m512 total[R][4];
@@ -109,19 +132,41 @@ void int4_rows(const float* x, const float* xsum, int64_t K, const uint8_t* w, c
       __m512 acc[R][4];
       UNROLL for (int r = 0; r < R; ++r)
         UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
-      for (int64_t k = g * kGroup; k < (g + 1) * kGroup; ++k) {
-        const uint8_t* p = wb + k * (kBlock / 2);
-        __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
-        __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16)));
-        __m512 q[4] = {
-            _mm512_cvtepi32_ps(_mm512_and_si512(v0, low)),   // channels 0-15
-            _mm512_cvtepi32_ps(_mm512_and_si512(v1, low)),   // 16-31
-            _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)),    // 32-47
-            _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)),    // 48-63
-        };
-        UNROLL for (int r = 0; r < R; ++r) {
-          __m512 xv = _mm512_set1_ps(x[r * K + k]);
-          UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(q[c], xv, acc[r][c]);
+      if constexpr (BF16) {
+        for (int64_t k = g * kGroup; k < (g + 1) * kGroup; k += 2) {
+          const uint8_t* p = wb + k * (kBlock / 2);
+          // Per lane: input k's byte in the low half, input k + 1's in the high half.
+          __m512i c0 = _mm512_or_si512(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)),
+                                       _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 32))), 16));
+          __m512i c1 = _mm512_or_si512(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))),
+                                       _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 48))), 16));
+          // (v & nibbles) | base: ternary logic 0xEA is (A & B) | C.
+          __m512bh q[4] = {
+              (__m512bh)_mm512_ternarylogic_epi32(c0, nibbles, base, 0xEA),                          // 0-15
+              (__m512bh)_mm512_ternarylogic_epi32(c1, nibbles, base, 0xEA),                          // 16-31
+              (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(c0, 4), nibbles, base, 0xEA),    // 32-47
+              (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(c1, 4), nibbles, base, 0xEA),    // 48-63
+          };
+          UNROLL for (int r = 0; r < R; ++r) {
+            __m512bh pair = (__m512bh)_mm512_set1_epi32(int32_t(xb[r * (K / 2) + k / 2]));
+            UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], q[c], pair);
+          }
+        }
+      } else {
+        for (int64_t k = g * kGroup; k < (g + 1) * kGroup; ++k) {
+          const uint8_t* p = wb + k * (kBlock / 2);
+          __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+          __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16)));
+          __m512 q[4] = {
+              _mm512_cvtepi32_ps(_mm512_and_si512(v0, low)),   // channels 0-15
+              _mm512_cvtepi32_ps(_mm512_and_si512(v1, low)),   // 16-31
+              _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)),    // 32-47
+              _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)),    // 48-63
+          };
+          UNROLL for (int r = 0; r < R; ++r) {
+            __m512 xr = _mm512_set1_ps(x[r * K + k]);
+            UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(q[c], xr, acc[r][c]);
+          }
         }
       }
       // Each 32-bit word is one channel's (scale, zero) pair of bf16: scale in the low half.
@@ -130,7 +175,7 @@ void int4_rows(const float* x, const float* xsum, int64_t K, const uint8_t* w, c
         __m512i pair = _mm512_loadu_si512((const void*)(s + c * 16));
         __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
         __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pair, high_half));
-        __m512 offset = _mm512_fnmadd_ps(eight, scale, zero);  // zero - 8 * scale
+        __m512 offset = _mm512_fnmadd_ps(shift, scale, zero);  // zero - 8 (or 136) * scale
         UNROLL for (int r = 0; r < R; ++r) {
           total[r][c] = _mm512_fmadd_ps(scale, acc[r][c], total[r][c]);
           total[r][c] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xsum[r * groups + g]), total[r][c]);
@@ -143,6 +188,23 @@ void int4_rows(const float* x, const float* xsum, int64_t K, const uint8_t* w, c
       UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + n, _mm512_add_ps(total[r][c], bv));
     }
   }
+}
+
+// Whether the kernels multiply in bf16 (on CPUs that have AVX512-BF16; tests turn it off to check
+// the float32 variants too).
+bool multiply_bf16 = __builtin_cpu_supports("avx512bf16");
+
+inline uint32_t to_bf16(float f) {  // round to nearest even
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+}
+
+inline float from_bf16(uint32_t h) {
+  const uint32_t bits = h << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
 
 template <typename F>
@@ -187,36 +249,69 @@ void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight
   if (weight.scalar_type() == at::kChar) {
     const int8_t* wp = weight.data_ptr<int8_t>();
     const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+    const bool bf16 = multiply_bf16 && K % 32 == 0;
+    std::vector<uint16_t> xb(bf16 ? M * K : 0);
+    for (size_t i = 0; i < xb.size(); ++i) xb[i] = uint16_t(to_bf16(xp[i]));
+    const void* xin = bf16 ? static_cast<const void*>(xb.data()) : static_cast<const void*>(xp);
     // Channels in runs of 4 split between the threads; each thread reads its own part of the
     // weight, and every run of rows reads the same few channels while they are still in L1.
     at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t n0 = q * 4, n1 = std::min(N, n0 + 4);
         by_rows(M, [&](int64_t m, auto rows) {
-          int8_rows<decltype(rows)::value>(xp + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
+          constexpr int R = decltype(rows)::value;
+          if (bf16)
+            int8_rows<R, true>(static_cast<const uint16_t*>(xin) + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
+          else
+            int8_rows<R, false>(static_cast<const float*>(xin) + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
         });
       }
     });
     return;
   }
   const int64_t groups = K / kGroup;
-  // Each row's sum over each group of inputs, for the zero points.
+  const bool bf16 = multiply_bf16;
+  // Each row's sum over each group of inputs (as multiplied: rounded to bf16 or not), for the zero
+  // points; with bf16, the rows as pairs of bf16.
   std::vector<float> xsum(M * groups);
+  std::vector<uint32_t> pairs(bf16 ? M * K / 2 : 0);
   float* xs = xsum.data();
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < groups; ++g) {
       const float* p = xp + m * K + g * kGroup;
-      xs[m * groups + g] = sum16(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
+      if (bf16) {
+        float sum = 0.f;
+        for (int64_t i = 0; i < kGroup; i += 2) {
+          const uint32_t a = to_bf16(p[i]), b = to_bf16(p[i + 1]);
+          pairs[(m * K + g * kGroup + i) / 2] = a | (b << 16);
+          sum += from_bf16(a) + from_bf16(b);
+        }
+        xs[m * groups + g] = sum;
+      } else {
+        xs[m * groups + g] = sum16(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
+      }
     }
+  const void* xin = bf16 ? static_cast<const void*>(pairs.data()) : static_cast<const void*>(xp);
+  const int64_t row_words = bf16 ? K / 2 : K;  // 32-bit words per row of xin
   const uint8_t* wp = weight.data_ptr<uint8_t>();
   const uint32_t* sp = reinterpret_cast<const uint32_t*>(scales.data_ptr());
   at::parallel_for(0, N / kBlock, 4, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       by_rows(M, [&](int64_t m, auto rows) {
-        int4_rows<decltype(rows)::value>(xp + m * K, xs + m * groups, K, wp, sp, bp, yp + m * N, N, b, b + 1);
+        constexpr int R = decltype(rows)::value;
+        const void* xm = static_cast<const uint32_t*>(xin) + m * row_words;
+        if (bf16)
+          int4_rows<R, true>(xm, xs + m * groups, K, wp, sp, bp, yp + m * N, N, b, b + 1);
+        else
+          int4_rows<R, false>(xm, xs + m * groups, K, wp, sp, bp, yp + m * N, N, b, b + 1);
       });
     }
   });
+}
+
+bool use_bf16(bool enable) {
+  multiply_bf16 = enable && __builtin_cpu_supports("avx512bf16");
+  return multiply_bf16;
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
@@ -418,10 +513,15 @@ TORCH_LIBRARY(chinwag, m) {
       "decode_layer(Tensor(a!) x, Tensor input_norm, Tensor post_norm, float eps, Tensor[] weights, "
       "Tensor[] scales, Tensor?[] biases, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
       "int column, int[] starts, int heads, int kv_heads, float scale) -> ()");
+  m.def("use_bf16(bool enable) -> bool");
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear", &int4_linear);
   m.impl("decode_layer", &decode_layer);
+}
+
+TORCH_LIBRARY_IMPL(chinwag, CatchAll, m) {
+  m.impl("use_bf16", &use_bf16);
 }

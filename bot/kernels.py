@@ -12,7 +12,9 @@ kernels and say so once in the log.
 `decode_layer` runs a whole decoder layer of a decode step in one call (`bot/decoder.py`): about
 45 torch calls from Python per layer cost more than its weights' reading at one reply.
 
-`model.kernels = "torch"` turns them off (to compare, or if they misbehave on some CPU).
+`model.kernels`: "auto" multiplies in bf16 on CPUs with AVX512-BF16 (activations rounded to bf16,
+as torch's kernels do) and in float32 elsewhere; "float32" always in float32 (exact activations;
+slower beyond one reply at a time); "torch" turns them off (to compare, or if they misbehave).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ FLAGS = (
     "-fopenmp",
     "-w",  # torch's headers warn by the hundred
     *(f"-m{flag}" for flag in CPU_FLAGS),
+    # The int4 kernel's bf16 variant runs only where the CPU has AVX512-BF16 (checked at run time).
+    "-mavx512bf16",
 )
 # Seconds a compilation may take (about 7 s here).
 COMPILE_TIMEOUT = 300
@@ -52,16 +56,22 @@ _loaded: bool | None = None
 _lock = threading.Lock()
 
 
-def enable(cache_dir: Path, progress: bool = False) -> bool:
+def enable(cache_dir: Path, progress: bool = False, bf16: bool = True) -> bool:
     """Build (the first time, into `cache_dir`) and load the kernels; whether they are in use.
 
-    Never raises: a machine that cannot build or run them keeps torch's kernels.
+    `bf16`: multiply in bf16 where the CPU has AVX512-BF16 (activations rounded to bf16, as torch's
+    kernels do; twice the products per instruction), else in float32. Never raises: a machine that
+    cannot build or run them keeps torch's kernels.
     """
     global ready, _loaded
     with _lock:
         if _loaded is None:
             _loaded = _load(cache_dir, progress)
         ready = _loaded
+        if ready:
+            import torch
+
+            torch.ops.chinwag.use_bf16(bf16)
         return ready
 
 

@@ -99,10 +99,10 @@ class TransformersModel:
                 from bot.quantize import load_quantized
 
                 model = load_quantized(path, scheme, cache_dir, progress)
-                if settings.kernels == "auto":
-                    kernels.enable(cache_dir, progress)
-                else:
+                if settings.kernels == "torch":
                     kernels.disable()
+                else:
+                    kernels.enable(cache_dir, progress, bf16=settings.kernels == "auto")
             else:
                 dtype = _resolve_dtype(settings.dtype, device)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
