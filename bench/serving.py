@@ -5,6 +5,9 @@
 Side by side in one run, on the same weights:
 - single_tps: decode tokens/s of one reply as shipped (scheduler, the default weight format);
   single_tps_by_format: the same for each `model.quantization` (none = float32, int8, int4, auto).
+- single_tps_by_kernels / agg8_tps_by_kernels: the same reply alone and 8 at once, by
+  `model.kernels` (auto: chinwag's, bf16 where the CPU has it; float32: chinwag's in float32;
+  torch: torch's int8/int4 kernels), default weight format.
 - naive_single_tps: the naive path, float32 and one `generate` at a time.
 - agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
   naive_p95_ttft8_s: the 95th-percentile time to first token among them.
@@ -316,10 +319,14 @@ def _llamacpp(name: str, tokens: int) -> float | None:
     return max(rates) if rates else None
 
 
-def _load(settings: Any, quantization: str | None = None, scheduler: bool = True) -> TransformersModel:
+def _load(
+    settings: Any, quantization: str | None = None, scheduler: bool = True, kernels: str | None = None
+) -> TransformersModel:
     model_settings = settings.model
     if quantization is not None:
         model_settings = model_settings.model_copy(update={"quantization": quantization})
+    if kernels is not None:
+        model_settings = model_settings.model_copy(update={"kernels": kernels})
     return TransformersModel.load(
         model_settings,
         settings.model_cache_dir,
@@ -334,7 +341,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--parts", default="start,shipped,naive,docs,formats,llamacpp", help="which measurements, a,b,c"
+        "--parts",
+        default="start,shipped,naive,docs,formats,kernels,llamacpp",
+        help="which measurements, a,b,c",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -381,6 +390,17 @@ def main() -> None:
             model.close()
         result["single_tps_by_format"] = by_format
 
+    async def kernels() -> None:
+        single: dict[str, float] = {}
+        agg8: dict[str, float] = {}
+        for name in ("auto", "float32", "torch"):
+            model = _load(settings, kernels=name)
+            single[name] = await _single(model, args.tokens)
+            agg8[name] = (await _concurrent(model, args.tokens))[0]
+            model.close()
+        result["single_tps_by_kernels"] = single
+        result["agg8_tps_by_kernels"] = agg8
+
     # First, while this process is small: a child's peak memory counts its parent's at the fork.
     # Start time is the median of three starts (the page cache makes single starts vary).
     try:
@@ -393,7 +413,7 @@ def main() -> None:
         print(error, file=sys.stderr)
         result["start_to_first_token_s"] = result["rss_mb"] = result["peak_rss_mb"] = None
     # Each part's figures go to stderr as they come, so a failure late in the run loses nothing.
-    for part in (shipped, naive, docs, formats):
+    for part in (shipped, naive, docs, formats, kernels):
         if part.__name__ in parts:
             asyncio.run(part())
             print(json.dumps(result), file=sys.stderr, flush=True)
