@@ -418,8 +418,9 @@ class DiscordAdapter(InFlight):
             )
 
     async def _type(self, channel: discord.abc.Messageable, reply: Reply, finished: asyncio.Event) -> None:
-        """Show "chinwag is typing…" until the first words are posted."""
-        while not reply.posted and not finished.is_set():
+        """Show "chinwag is typing…" until the answer's first words are posted (a placeholder with
+        the reply's place in the queue does not count: the bot is still working on it)."""
+        while not (reply.posted and reply.text.strip()) and not finished.is_set():
             try:
                 await channel.typing()
             except (discord.HTTPException, OSError) as error:

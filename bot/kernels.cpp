@@ -1,11 +1,14 @@
 // chinwag's CPU kernels for weight-only quantized linear layers (AVX-512), built by bot/kernels.py.
 //
-// Decoding reads every weight once per step, so these kernels stream the weights once and keep the
-// activations (a few rows, in L1) in float32. torch's own kernels (`_weight_int8pack_mm`,
-// `_weight_int4pack_mm_for_cpu`) reached 15 and 20 GB/s from memory on 2 cores where the memory
-// gives 34; they also take bf16 inputs, which costs two conversions around every layer.
+// Decoding reads every weight once per step, so these kernels stream the weights once (with
+// software prefetch: torch's own `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` reached 15
+// and 20 GB/s from memory on 2 cores where a plain sum reads 36) and keep the activations, a few
+// rows, in L1. They take and return float32, so no conversion surrounds a layer. On CPUs with
+// AVX512-BF16 they multiply in bf16 (the activations rounded to bf16, as torch's kernels do; the
+// weights' values are exact in bf16): vdpbf16ps does twice the products of an FMA, and beyond one
+// row these kernels are bound by the products, not the memory. Elsewhere they multiply in float32.
 //
-// Both kernels compute each row of the output with the same sequence of operations whatever the
+// Every kernel computes each row of its output with the same sequence of operations whatever the
 // number of rows, so a reply's logits do not depend on which other replies share its batch.
 //
 // int8_linear(x, weight, scales, bias): x float32 [M, K]; weight int8 [N, K], row-major;

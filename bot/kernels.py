@@ -2,15 +2,16 @@
 
 Decoding streams every weight once per token. torch's int8 and int4 CPU kernels read them at 15 and
 20 GB/s from memory on 2 cores where a plain sum reads at 36, and they take bf16 inputs, so every
-layer also converted its input and output. Ours read the weights at up to about 25 GB/s, take the
-float32 activations as they are (no rounding to bf16 on the way in) and add the bias in the same
-pass. They need AVX-512, and a C++ compiler the first time: the shared library is kept in the model
+layer also converted its input and output. Ours read the weights faster, take the float32
+activations as they are, add the bias in the same pass and, on CPUs with AVX512-BF16, multiply in
+bf16 (twice the products per instruction: several replies at once are bound by the products).
+They need AVX-512, and a C++ compiler the first time: the shared library is kept in the model
 cache, keyed by its source, the compiler flags and torch's version (a Docker image builds it in its
 build stage and needs no compiler at run time). Without either, the quantized layers keep torch's
 kernels and say so once in the log.
 
-`decode_layer` runs a whole decoder layer of a decode step in one call (`bot/decoder.py`): about
-45 torch calls from Python per layer cost more than its weights' reading at one reply.
+`decode_layer` runs a whole decoder layer of a decode step in one call (`bot/decoder.py`): the
+about 45 torch calls per layer it replaces, from Python, took a quarter of a one-reply step.
 
 `model.kernels`: "auto" multiplies in bf16 on CPUs with AVX512-BF16 (activations rounded to bf16,
 as torch's kernels do) and in float32 elsewhere; "float32" always in float32 (exact activations;

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters import discord as discord_adapter
 from adapters.discord import DiscordAdapter, serve
 from bot.app import default_tools
 from bot.engine import Engine
@@ -224,6 +225,34 @@ async def test_typing_is_shown_while_waiting(bot: Running, fake: FakeDiscord, mo
     assert not fake.bot_messages(DM_CHANNEL)  # typing came before any words
     await bot.idle()
     assert contents(fake, DM_CHANNEL) == ["slow answer"]
+
+
+async def test_a_queued_answer_shows_its_place_in_line_keeps_typing_then_answers(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_adapter, "TYPING_EVERY_S", 0.05)
+    # Each place in line lasts 0.25 s, well above the edit interval.
+    model.enqueue("The", " answer.", queued=(2, 1, 0), delay=0.25)
+    await fake.user_says("busy?", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: contents(fake, DM_CHANNEL) == ["The answer."])
+    await bot.idle()
+
+    # One message: the placeholder with the place in line, edited as it moves, then the answer.
+    (post,) = fake.sent("POST", f"/channels/{DM_CHANNEL}/messages")
+    shown = [post.body["content"]] + [
+        e.body["content"] for e in fake.sent("PATCH", f"/channels/{DM_CHANNEL}/messages/")
+    ]
+    assert shown[:2] == ["*Waiting for the model — 1 ahead of you*", "*Waiting for the model — you are next*"]
+    assert shown[-1] == "The answer."
+    assert contents(fake, DM_CHANNEL) == ["The answer."]
+    # "chinwag is typing…" went on while the placeholder showed the queue, not only before it.
+    requests = fake.sent()
+    placeholder = requests.index(post)
+    assert any(r.method == "POST" and r.path.endswith("/typing") for r in requests[placeholder:])
+    conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
+    assert conv is not None
+    stored = await history.load(conv.id)
+    assert [(m.role, m.content) for m in stored] == [("user", "busy?"), ("assistant", "The answer.")]
 
 
 async def test_a_replayed_message_is_answered_once(bot: Running, fake: FakeDiscord, model: FakeModel) -> None:
