@@ -19,10 +19,11 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The kernels built (into a cache of the test run's own) and in use; off again afterwards."""
+    """The kernels built (into a cache of the test run's own) and in use; as they were afterwards."""
+    before = kernels.ready
     assert kernels.enable(tmp_path_factory.getbasetemp() / "kernel-cache")
     yield
-    kernels.disable()
+    kernels.ready = before
 
 
 def _int8(n: int, k: int, seed: int, bias: bool = True) -> Int8Linear:
