@@ -371,6 +371,8 @@ def _fused_layers(model: Any) -> list[_Fused] | None:
 
     if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
         return None
+    if model.model.embed_tokens.weight.dtype != torch.float32:  # the residual stream must be float32
+        return None
     fused = []
     for layer in model.model.layers:
         norms = (layer.input_layernorm, layer.post_attention_layernorm)

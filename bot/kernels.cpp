@@ -420,6 +420,7 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == M * dim && sin.numel() == M * dim,
               "cos, sin: [M, dim]");
   TORCH_CHECK(int64_t(starts.size()) == M, "a start per row");
+  for (int64_t m = 0; m < M; ++m) TORCH_CHECK(starts[m] >= 0 && starts[m] <= column, "a row starts within its columns");
   TORCH_CHECK(input_norm.is_contiguous() && post_norm.is_contiguous() && input_norm.numel() == H &&
                   post_norm.numel() == H && input_norm.scalar_type() == at::kFloat,
               "norm weights: float32 [hidden]");
