@@ -8,6 +8,7 @@ import copy
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,7 @@ class TransformersModel:
             context_window=int(window),
         )
         self._eos_ids = self._end_of_turn_ids()
+        self._tokens = TokenPrefixes(tokenizer)
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
         # Without the scheduler (scheduler.enabled = false, or a model whose cache it cannot
@@ -377,8 +379,7 @@ class TransformersModel:
             text = self._tokenizer.apply_chat_template(
                 _plain(rendered), tokenize=False, add_generation_prompt=True
             )
-        # The template already wrote any BOS it wants.
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._tokens.encode(text)
 
     def _end_of_turn_ids(self) -> list[int]:
         ids: list[int] = []
@@ -582,6 +583,61 @@ def resolve_quantization(name: str, device: str) -> Any:
             'use "none" or "auto"'
         )
     return name
+
+
+class TokenPrefixes:
+    """Tokenizing a rendered prompt, the conversation's earlier turns from a cache.
+
+    Each turn renders the whole conversation again; tokenizing all of it grew with the
+    conversation (2.9 ms at 700 tokens, of a 50 ms first token). A prompt is cut before its last
+    special token (the template's marks between messages, which the tokenizer splits off before
+    anything else), so the next turn's prompt, which starts with that text, only tokenizes what
+    follows. Thread-safe: prompts are prepared on worker threads.
+    """
+
+    CAPACITY = 64
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._cuts: dict[int, str] = {}
+        for token_id, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+            # Only marks nothing can merge with or strip around: the text before one tokenizes alone.
+            if token.special and not token.lstrip and not token.normalized and token.content:
+                self._cuts[int(token_id)] = token.content
+        self._known: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, text: str) -> list[int]:
+        """`text`'s token ids (the template already wrote any BOS it wants), as the tokenizer
+        gives them for the whole text."""
+        with self._lock:
+            start = max((known for known in self._known if text.startswith(known)), key=len, default="")
+            head = list(self._known[start]) if start else []
+            if start:
+                self._known.move_to_end(start)
+        ids = head + self._ids(text[len(start) :])
+        self._remember(text, ids, len(start), len(head))
+        return ids
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _remember(self, text: str, ids: list[int], start: int, head: int) -> None:
+        """Keep `text` up to its last cut mark, with its ids, when that lies in the part just
+        tokenized and the text from the mark on tokenizes to the same ids on its own."""
+        for index in range(len(ids) - 1, head, -1):
+            mark = self._cuts.get(ids[index])
+            if mark is None:
+                continue
+            at = text.rfind(mark)
+            if at <= start or self._ids(text[at:]) != ids[index:]:
+                return
+            with self._lock:
+                self._known[text[:at]] = ids[:index]
+                self._known.move_to_end(text[:at])
+                while len(self._known) > self.CAPACITY:
+                    self._known.popitem(last=False)
+            return
 
 
 def _describe_dtype(model: Any, quantization: Any) -> str:
