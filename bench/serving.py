@@ -12,7 +12,7 @@ Side by side in one run, on the same weights:
 - agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
   naive_p95_ttft8_s: the 95th-percentile time to first token among them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
-  (scheduler, prefix reuse on; half a second before each question; the median of three
+  (scheduler, prefix reuse on; half a second before each question; the median of six
   conversations); encoded_turn1 / encoded_turn10: the prompt tokens those turns encoded (the rest
   came from the prefix cache); naive_*: the naive path (one conversation).
 - docs_ttft_turn1_s / docs_ttft_turn10_s / docs_encoded_turn1 / docs_encoded_turn10: the same
@@ -153,6 +153,42 @@ CONVERSATIONS = [
         "Where is it used in real programs?",
         "Summarise what we discussed.",
     ],
+    [
+        "What is a git branch?",
+        "How do I create one?",
+        "What does merging do?",
+        "And what is a rebase?",
+        "Which should I use on a team?",
+        "How do I undo a bad commit?",
+        "What is a merge conflict?",
+        "How do I resolve one?",
+        "What is a pull request for?",
+        "Summarise what we discussed.",
+    ],
+    [
+        "What is a virtual machine?",
+        "How is a container different?",
+        "Why do containers start faster?",
+        "What is an image?",
+        "Where are images stored?",
+        "How do two containers talk?",
+        "What is a volume for?",
+        "Are containers secure?",
+        "When is a VM the better choice?",
+        "Summarise what we discussed.",
+    ],
+    [
+        "What is a neural network?",
+        "What does a layer do?",
+        "How does it learn?",
+        "What is overfitting?",
+        "How can I prevent it?",
+        "What is a learning rate?",
+        "Why use a GPU for training?",
+        "What is inference?",
+        "Can a small model run on a laptop?",
+        "Summarise what we discussed.",
+    ],
 ]
 
 # Before each message a person reads and types (seconds, in practice); the scheduler uses such idle
@@ -160,9 +196,10 @@ CONVERSATIONS = [
 THINK_S = 0.5
 
 
-async def _turns(model: TransformersModel, tokens: int, conversations: int = 3) -> dict[str, float]:
+async def _turns(model: TransformersModel, tokens: int, conversations: int = 6) -> dict[str, float]:
     """TTFT of turn 1 and turn 10 of a conversation (earlier replies kept in the prompt), each the
-    median over `conversations` conversations (a single time to first token varies by tens of ms),
+    median over `conversations` conversations (a single time to first token varies by 10-20 ms, a
+    quarter of it once the model is fast),
     and the prompt tokens those turns encoded (the rest came from the prefix cache)."""
     scheduler = model.scheduler
     first: list[float] = []
