@@ -391,8 +391,10 @@ def _fused_layers(model: Any) -> list[_Fused] | None:
                 return None
             weights.append(linear.weight)
             biases.append(linear.bias)
-        eps = float(norms[0].variance_epsilon)
-        fused.append((norms[0].weight, norms[1].weight, eps, weights, scales, biases))
+        eps: set[float] = {float(getattr(n, "variance_epsilon", "nan")) for n in norms}
+        if len(eps) != 1 or any(e != e for e in eps):  # one epsilon for both, as Llama and Qwen2 have
+            return None
+        fused.append((norms[0].weight, norms[1].weight, eps.pop(), weights, scales, biases))
     return fused
 
 
