@@ -3,11 +3,13 @@
 Decoding one token reads every weight of the model once, so on a CPU its speed is bound by memory
 bandwidth: fp32 Qwen 0.5B reads about 2 GB per token (about 10 tokens/s here). Storing the linear
 layers' weights as int4 (groups of 32 along the input, a bf16 scale and zero point per group) or
-int8 (one bf16 scale per output channel) and multiplying with torch's own CPU kernels
-(`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`) reads an eighth or a quarter of that.
-Only weights are quantized, never what flows between layers (quantizing activations, as
-`quantize_dynamic` does, made the 0.5B model answer a question it should have declined): the
-kernels multiply bf16 copies of the inputs, and everything else stays float32.
+int8 (one bf16 scale per output channel) reads an eighth or a quarter of that. The layers
+multiply with chinwag's own kernels when they are loaded (`bot/kernels.py`: faster, float32 in
+and out) and otherwise with torch's (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`); both
+read the stored tensors as they are. Only weights are quantized, never what flows between layers
+(quantizing activations, as `quantize_dynamic` does, made the 0.5B model answer a question it
+should have declined): the kernels multiply the inputs in bf16 at most, and everything else stays
+float32.
 
 Quantizing takes seconds, so the result is kept in the model cache next to the prepared model and
 later starts load it directly: a skeleton of the model is built without memory for its weights and
