@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
 
 from bot import kernels
 from bot.quantize import Int4Linear, Int8Linear, ShortlistHead
+
+Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
 pytestmark = pytest.mark.skipif(
     kernels._unsupported() is not None or shutil.which("g++") is None, reason="no AVX-512 or no g++ here"
@@ -26,22 +29,22 @@ def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     kernels.ready = before
 
 
-def _int8(n: int, k: int, seed: int, bias: bool = True) -> Int8Linear:
+def _layer(kind: type[Layer], n: int, k: int, seed: int, bias: bool) -> Layer:
+    """A layer of `kind` quantized from random weights (and a random bias)."""
     g = torch.Generator().manual_seed(seed)
-    layer = Int8Linear(k, n, bias, torch.float32)
+    layer = kind(k, n, bias, torch.float32)
     layer.quantize(torch.randn(n, k, generator=g))
     if bias:
         layer.bias = torch.randn(n, generator=g)
     return layer
+
+
+def _int8(n: int, k: int, seed: int, bias: bool = True) -> Int8Linear:
+    return _layer(Int8Linear, n, k, seed, bias)
 
 
 def _int4(n: int, k: int, seed: int, bias: bool = False) -> Int4Linear:
-    g = torch.Generator().manual_seed(seed)
-    layer = Int4Linear(k, n, bias, torch.float32)
-    layer.quantize(torch.randn(n, k, generator=g))
-    if bias:
-        layer.bias = torch.randn(n, generator=g)
-    return layer
+    return _layer(Int4Linear, n, k, seed, bias)
 
 
 def _rows(m: int, k: int, seed: int) -> torch.Tensor:
