@@ -20,6 +20,7 @@ slower beyond one reply at a time); "torch" turns them off (to compare, or if th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -30,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,6 @@ def enable(cache_dir: Path, progress: bool = False, bf16: bool = True) -> bool:
             _loaded = _load(cache_dir, progress)
         ready = _loaded
         if ready:
-            import torch
-
             torch.ops.chinwag.use_bf16(bf16)
         return ready
 
@@ -96,8 +97,6 @@ def disable() -> None:
 
 
 def _load(cache_dir: Path, progress: bool) -> bool:
-    import torch
-
     if _registered():  # loaded before, from this or another cache
         return True
     reason = _unsupported()
@@ -148,33 +147,34 @@ def build(cache_dir: Path, progress: bool = False) -> Path:
 
 def int8_linear(x: Any, weight: Any, scales: Any, bias: Any) -> Any:
     """x float32 [M, K] by int8 weight [N, K] with bf16 scales [N], plus bias: float32 [M, N]."""
-    import torch
-
     return torch.ops.chinwag.int8_linear(x, weight, scales, bias)
 
 
 def int4_linear(x: Any, weight: Any, scales_and_zeros: Any, bias: Any) -> Any:
     """x float32 [M, K] by an int4 weight in torch's CPU packed layout, plus bias: float32 [M, N]."""
-    import torch
-
     return torch.ops.chinwag.int4_linear(x, weight, scales_and_zeros, bias)
 
 
 def _registered() -> bool:
-    import torch
-
     return hasattr(torch.ops.chinwag, "int8_linear")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
 
 
 def _unsupported() -> str | None:
     """Why this machine cannot use the kernels, or None."""
-    try:
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
+    flags = cpu_flags()
+    if flags is None:
         return "the CPU's features are unknown (no /proc/cpuinfo)"
     missing = [flag for flag in CPU_FLAGS if flag not in flags]
     return f"the CPU lacks {', '.join(missing)}" if missing else None
@@ -188,15 +188,12 @@ def _compiler() -> str:
 
 
 def _key() -> str:
-    import torch
-
     digest = hashlib.sha256(SOURCE.read_bytes())
     digest.update(" ".join([*FLAGS, torch.__version__]).encode())
     return digest.hexdigest()[:16]
 
 
 def _torch_flags() -> list[str]:
-    import torch
     from torch.utils.cpp_extension import include_paths
 
     return [

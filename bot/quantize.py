@@ -76,12 +76,7 @@ WEIGHTS = "model.pt"
 def native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic itself (AVX512-BF16 or AMX), where a bf16 matmul over
     many rows is about twice as fast as a float32 one (elsewhere bf16 is emulated, and slower)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(info.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool((kernels.cpu_flags() or frozenset()) & {"avx512_bf16", "amx_bf16"})
 
 
 def label(scheme: Scheme) -> str:
