@@ -341,8 +341,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 
 // ---- One decoder layer for one new token per row (Llama and Qwen2) ---------------------------------
 
-// e^x for x <= 0 (softmax after subtracting the maximum; silu's e^-|g|): Cephes' polynomial on
-// [-ln2/2, ln2/2] and the exponent by scalef, about 1 ulp.
+// e^x, x clamped to [-87, 88] (softmax after subtracting the maximum; silu's e^-g): Cephes'
+// polynomial on [-ln2/2, ln2/2] and the exponent by scalef, about 1 ulp.
 inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
   x = _mm512_min_ps(x, _mm512_set1_ps(88.f));
