@@ -367,7 +367,7 @@ def _fused_layers(model: Any) -> list[_Fused] | None:
     """Every layer's tensors for chinwag's fused decode kernel, or None when it does not apply: the
     projections must all be int8 or int4 layers of shapes the kernels take, float32 elsewhere, with
     a SiLU MLP and RMSNorms of float32 weights."""
-    from bot.quantize import Int4Linear, Int8Linear
+    from bot.quantize import _QuantizedLinear
 
     if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
         return None
@@ -381,15 +381,13 @@ def _fused_layers(model: Any) -> list[_Fused] | None:
         weights, scales, biases = [], [], []
         for part, name in _PROJECTIONS:
             linear = getattr(getattr(layer, part, None), name, None)
-            if isinstance(linear, Int8Linear) and linear._native_fits():
-                scales.append(linear.scales)
-            elif isinstance(linear, Int4Linear) and linear._native_fits():
-                scales.append(linear.scales_and_zeros)
-            else:
+            if not isinstance(linear, _QuantizedLinear):
                 return None
-            if linear.bias is not None and linear.bias.dtype != torch.float32:
+            stored = linear.native()
+            if stored is None or (linear.bias is not None and linear.bias.dtype != torch.float32):
                 return None
-            weights.append(linear.weight)
+            weights.append(stored[0])
+            scales.append(stored[1])
             biases.append(linear.bias)
         eps: set[float] = {float(getattr(n, "variance_epsilon", "nan")) for n in norms}
         if len(eps) != 1 or any(e != e for e in eps):  # one epsilon for both, as Llama and Qwen2 have

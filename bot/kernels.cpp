@@ -11,12 +11,13 @@
 // Every kernel computes each row of its output with the same sequence of operations whatever the
 // number of rows, so a reply's logits do not depend on which other replies share its batch.
 //
-// int8_linear(x, weight, scales, bias): x float32 [M, K]; weight int8 [N, K], row-major;
-//   scales bf16 [N] (one per output channel); bias float32 [N] or None. Returns float32 [M, N].
-// int4_linear(x, weight, scales_and_zeros, bias): weight uint8 in torch's CPU int4 layout
-//   ([N / 64, K, 32]: per block of 64 output channels and per input, 32 bytes whose low nibbles
-//   hold channels 0-31 and high nibbles channels 32-63); scales_and_zeros bf16 [K / 32, N, 2]; a
-//   weight is (q - 8) * scale + zero. Returns float32 [M, N].
+// linear(x, weight, scales, bias): x float32 [M, K]; bias float32 [N] or None; returns float32
+//   [M, N]. The weight's dtype says how it is stored:
+//   - int8 [N, K], row-major, with scales bf16 [N] (one per output channel);
+//   - uint8 in torch's CPU int4 layout ([N / 64, K, 32]: per block of 64 output channels and per
+//     input, 32 bytes whose low nibbles hold channels 0-31 and high nibbles channels 32-63), with
+//     scales bf16 [K / 32, N, 2] (scale and zero per group of 32 inputs; a weight is
+//     (q - 8) * scale + zero).
 // decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
 
 #include <ATen/Parallel.h>
@@ -327,18 +328,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return y;
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                       const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.scalar_type() == at::kChar, "weight: int8");
-  return linear(x, weight, scales, bias);
-}
-
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_and_zeros,
-                       const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.scalar_type() == at::kByte, "weight: uint8, torch's CPU int4 layout");
-  return linear(x, weight, scales_and_zeros, bias);
-}
-
 // ---- One decoder layer for one new token per row (Llama and Qwen2) ---------------------------------
 
 // e^x, x clamped to [-87, 88] (softmax after subtracting the maximum; silu's e^-g): Cephes'
@@ -511,8 +500,7 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
 }  // namespace
 
 TORCH_LIBRARY(chinwag, m) {
-  m.def("int8_linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
-  m.def("int4_linear(Tensor x, Tensor weight, Tensor scales_and_zeros, Tensor? bias) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
   m.def(
       "decode_layer(Tensor(a!) x, Tensor input_norm, Tensor post_norm, float eps, Tensor[] weights, "
       "Tensor[] scales, Tensor?[] biases, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
@@ -521,8 +509,7 @@ TORCH_LIBRARY(chinwag, m) {
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
-  m.impl("int8_linear", &int8_linear);
-  m.impl("int4_linear", &int4_linear);
+  m.impl("linear", &linear);
   m.impl("decode_layer", &decode_layer);
 }
 

@@ -145,18 +145,14 @@ def build(cache_dir: Path, progress: bool = False) -> Path:
     return target
 
 
-def int8_linear(x: Any, weight: Any, scales: Any, bias: Any) -> Any:
-    """x float32 [M, K] by int8 weight [N, K] with bf16 scales [N], plus bias: float32 [M, N]."""
-    return torch.ops.chinwag.int8_linear(x, weight, scales, bias)
-
-
-def int4_linear(x: Any, weight: Any, scales_and_zeros: Any, bias: Any) -> Any:
-    """x float32 [M, K] by an int4 weight in torch's CPU packed layout, plus bias: float32 [M, N]."""
-    return torch.ops.chinwag.int4_linear(x, weight, scales_and_zeros, bias)
+def linear(x: Any, weight: Any, scales: Any, bias: Any) -> Any:
+    """x float32 [M, K] by a quantized weight (int8 [N, K] with bf16 scales [N], or int4 in
+    torch's CPU packed layout with its scales and zeros), plus bias: float32 [M, N]."""
+    return torch.ops.chinwag.linear(x, weight, scales, bias)
 
 
 def _registered() -> bool:
-    return hasattr(torch.ops.chinwag, "int8_linear")
+    return hasattr(torch.ops.chinwag, "linear")
 
 
 @functools.cache

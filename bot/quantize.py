@@ -119,10 +119,11 @@ class _QuantizedLinear(nn.Module):
             rows.shape[0] < self.native_rows
             and kernels.ready
             and rows.dtype == torch.float32
-            and self._native_fits()
+            and (stored := self.native()) is not None
         ):
             # chinwag's kernels (bot/kernels.cpp): float32 in and out, the bias added in the same pass.
-            return self._native(rows.contiguous()).reshape(*shape[:-1], self.out_features)
+            out = kernels.linear(rows.contiguous(), *stored, self.bias)
+            return out.reshape(*shape[:-1], self.out_features)
         # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
         # there, and expanding the weight for one plain matmul is the faster way.
         y: Any = self._many(rows) if rows.shape[0] >= PREFILL_ROWS else None
@@ -149,13 +150,10 @@ class _QuantizedLinear(nn.Module):
         """The product for many rows [rows, in] by a plain matmul (None: use the kernel)."""
         return None
 
-    def _native_fits(self) -> bool:
-        """Whether chinwag's kernel takes this layer's shape."""
-        return False
-
-    def _native(self, rows: Any) -> Any:
-        """The layer's output (bias included) by chinwag's kernel, for float32 rows [rows, in]."""
-        raise NotImplementedError
+    def native(self) -> tuple[Any, Any] | None:
+        """The weight and scales as chinwag's kernels take them (`kernels.linear`), or None when
+        they do not take this layer's shape."""
+        return None
 
 
 class Int8Linear(_QuantizedLinear):
@@ -179,11 +177,8 @@ class Int8Linear(_QuantizedLinear):
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
 
-    def _native_fits(self) -> bool:
-        return self.in_features % 16 == 0
-
-    def _native(self, rows: Any) -> Any:
-        return kernels.int8_linear(rows, self.weight, self.scales, self.bias)
+    def native(self) -> tuple[Any, Any] | None:
+        return (self.weight, self.scales) if self.in_features % 16 == 0 else None
 
     def _many(self, rows: Any) -> Any:
         if native_bf16():
@@ -242,11 +237,8 @@ class Int4Linear(_QuantizedLinear):
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
 
-    def _native_fits(self) -> bool:
-        return self.out_features % _INT4_BLOCK == 0
-
-    def _native(self, rows: Any) -> Any:
-        return kernels.int4_linear(rows, self.weight, self.scales_and_zeros, self.bias)
+    def native(self) -> tuple[Any, Any] | None:
+        return (self.weight, self.scales_and_zeros) if self.out_features % _INT4_BLOCK == 0 else None
 
     def _many(self, rows: Any) -> Any:
         if rows.shape[0] < INT4_PREFILL_ROWS or not native_bf16() or self.out_features % _INT4_BLOCK:
