@@ -43,10 +43,25 @@ class BatchCache:
     def __init__(self, layers: list[tuple[Any, Any]]) -> None:
         """A batch of one row from a request's cache (per layer: keys, values [1, kv_heads, n, dim])."""
         columns = layers[0][0].shape[2]
+        self._own(
+            [_room(k, columns + _GROW) for k, _ in layers],
+            [_room(v, columns + _GROW) for _, v in layers],
+            columns,
+        )
+
+    @classmethod
+    def adopt(cls, layers: list[tuple[Any, Any]], columns: int) -> BatchCache:
+        """A batch of one row made of these buffers themselves (per layer: keys, values
+        [1, kv_heads, capacity, dim]), not copies: `columns` in use, the rest room to grow into."""
+        cache = cls.__new__(cls)
+        cache._own([k for k, _ in layers], [v for _, v in layers], columns)
+        return cache
+
+    def _own(self, keys: list[Any], values: list[Any], columns: int) -> None:
         self.columns = columns
-        self.keys = [_room(k, columns + _GROW) for k, _ in layers]
-        self.values = [_room(v, columns + _GROW) for _, v in layers]
-        self._mask = torch.zeros((1, columns + _GROW), dtype=torch.bool, device=layers[0][0].device)
+        self.keys = keys
+        self.values = values
+        self._mask = torch.zeros((1, keys[0].shape[2]), dtype=torch.bool, device=keys[0].device)
         self._mask[:, :columns] = True
 
     @property
@@ -152,13 +167,21 @@ class ModelStep:
     def __init__(self, model: Any) -> None:
         self._model = model
 
-    def start(self, prefix: list[tuple[Any, Any]] | None) -> Any:
-        """A request's own cache, holding `prefix` (per layer: keys, values) if given."""
+    def start(self, prefix: list[tuple[Any, Any]] | None, used: int | None = None) -> Any:
+        """A request's own cache, holding `prefix` (per layer: keys, values) if given; with `used`,
+        only its first `used` columns (the rest is room, which this step does not write into)."""
         from transformers import DynamicCache
 
         if prefix is None:
             return DynamicCache(config=self._model.config)
+        if used is not None:
+            prefix = [(k[:, :, :used], v[:, :, :used]) for k, v in prefix]
         return DynamicCache(ddp_cache_data=prefix, config=self._model.config)
+
+    def kept(self, cache: Any) -> list[tuple[Any, Any]]:
+        """A request's keys and values to keep once it is done with them (copies: the next
+        request's cache grows by concatenation, never into these)."""
+        return [(k.clone(), v.clone()) for k, v in self.layers(cache)]
 
     def feed(self, cache: Any, fed: int, tokens: list[int]) -> Any:
         """Encode `tokens` into a request's cache, which holds `fed` tokens; the last one's logits."""
@@ -233,10 +256,15 @@ class LeanStep:
         needed = ("embed_tokens", "rotary_emb", "layers", "norm")
         return base is not None and all(hasattr(base, name) for name in needed) and hasattr(model, "lm_head")
 
-    def start(self, prefix: list[tuple[Any, Any]] | None) -> BatchCache:
-        """A request's own cache (a batch of one row), holding `prefix` (per layer: keys, values)."""
+    def start(self, prefix: list[tuple[Any, Any]] | None, used: int | None = None) -> BatchCache:
+        """A request's own cache (a batch of one row), holding `prefix` (per layer: keys, values).
+
+        With `used`, `prefix` is buffers with room after their first `used` columns, and the cache
+        is made of them, writing its new tokens into that room (no copy of the history: 1.5 ms for
+        a 700-token conversation of the default model, more when fresh memory faults in).
+        """
         if prefix is not None:
-            return BatchCache(prefix)
+            return BatchCache(prefix) if used is None else BatchCache.adopt(prefix, used)
         weight = self._embed.weight
         return BatchCache.empty(
             len(self._layers), self._kv_heads, self._head_dim, weight.dtype, weight.device
@@ -245,6 +273,11 @@ class LeanStep:
     def layers(self, cache: BatchCache) -> list[tuple[Any, Any]]:
         """A request's cache as keys and values [1, kv_heads, tokens, dim] per layer (views)."""
         return cache.layers()
+
+    def kept(self, cache: BatchCache) -> list[tuple[Any, Any]]:
+        """A request's keys and values to keep once it is done with them: its buffers themselves,
+        room included (`start` with `used` can grow a later request's cache into that room)."""
+        return list(zip(cache.keys, cache.values, strict=True))
 
     def feed(self, cache: BatchCache, fed: int, tokens: list[int]) -> Any:
         """Encode `tokens` into a request's cache, which holds `fed` tokens; the last one's logits.

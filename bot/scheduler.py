@@ -122,6 +122,11 @@ class Scheduler:
         """Prompt tokens served from the prefix cache so far (for tests and benchmarks)."""
         return self._prefix.tokens_reused
 
+    @property
+    def prefix_lent(self) -> int:
+        """Prompts encoded into a kept cache's room instead of a copy of it (for tests and benchmarks)."""
+        return self._prefix.lent
+
     def load(self) -> tuple[int, int]:
         """(requests waiting for a slot, requests being generated)."""
         with self._lock:
@@ -244,9 +249,13 @@ class Scheduler:
 
         try:
             if request.cache is None:
-                prefix, request.fed = self._prefix.take(request.prompt)
+                # A kept cache with room after its tokens is lent, not copied, when the prompt
+                # continues all of it (the next turn of a conversation): requests are encoded one
+                # at a time and each drops its own cache when it joins the batch, so no two write
+                # into that room at once, and nothing else reads it.
+                prefix, request.fed, lent = self._prefix.take(request.prompt)
                 request.reused = request.fed
-                request.cache = self.step.start(prefix)
+                request.cache = self.step.start(prefix, request.fed if lent else None)
                 request.generator = torch.Generator(device=self._model.device)
                 if request.params.seed is not None:
                     request.generator.manual_seed(request.params.seed)
@@ -433,9 +442,9 @@ class Scheduler:
         except Exception:  # the plain prefix is still there
             log.exception("encoding the next turn's opening failed")
             return
-        # It extends the plain entry, which `put` therefore drops. Copied: the cache has room to
-        # grow, which the prefix cache would keep (and not count).
-        self._prefix.put(tokens + tail, [(k.clone(), v.clone()) for k, v in self.step.layers(cache)])
+        # It extends the plain entry, which `put` therefore drops; kept with its room to grow, so
+        # that the next turn's prompt is encoded into it without a copy.
+        self._prefix.put(tokens + tail, self.step.kept(cache))
         self.extended += 1
 
 
@@ -445,11 +454,14 @@ class _PrefixCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.tokens_reused = 0
+        self.lent = 0
         self._entries: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
         self._size = 0
 
     def put(self, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
-        """Keep a cache; entries it extends are dropped (it serves their prompts as well)."""
+        """Keep a cache (per layer: keys, values [1, kv_heads, n, dim], `n` at least the number of
+        tokens; columns beyond are room, counted in the size); entries it extends are dropped (it
+        serves their prompts as well)."""
         size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if size > self.capacity:
             return
@@ -465,9 +477,12 @@ class _PrefixCache:
         """Whether exactly this token sequence is kept."""
         return tuple(tokens) in self._entries
 
-    def take(self, prompt: list[int]) -> tuple[list[tuple[Any, Any]] | None, int]:
+    def take(self, prompt: list[int]) -> tuple[list[tuple[Any, Any]] | None, int, bool]:
         """The keys and values of the longest cached prefix of `prompt` (at least one token left to
-        encode), per layer, and its length."""
+        encode), per layer, its length, and whether they are lent: when `prompt` continues a whole
+        entry that has room after its tokens, the entry's own buffers (room included), which the
+        caller may grow into (that room is no part of the entry); otherwise views of `length`
+        columns, not to be written."""
         best, length = None, 0
         for key in self._entries:
             shared = _common_prefix(key, prompt)
@@ -475,10 +490,14 @@ class _PrefixCache:
                 best, length = key, shared
         length = min(length, len(prompt) - 1)
         if best is None or length < _MIN_PREFIX:
-            return None, 0
+            return None, 0, False
         self._entries.move_to_end(best)
         self.tokens_reused += length
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[best]], length
+        layers = self._entries[best]
+        if length == len(best) and layers[0][0].shape[2] > length:
+            self.lent += 1
+            return layers, length, True
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in layers], length, False
 
     def _drop(self, key: tuple[int, ...]) -> None:
         layers = self._entries.pop(key)

@@ -286,7 +286,7 @@ async def test_a_reply_that_ends_leaves_the_next_turns_opening_encoded(
     assert finish.reason == reason
     await _until(lambda: scheduler.extended > extended)  # the worker does it once idle
     follow_up = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And of Spain?")]
-    before = scheduler.prefix_hits
+    before, lent = scheduler.prefix_hits, scheduler.prefix_lent
     text, _ = await _collect(scheduled, follow_up, params)
     # Encoded for turn 2: its own words and the template's closing, as for a first turn; the end
     # of the reply and the opening of the new message came from the cache.
@@ -294,3 +294,41 @@ async def test_a_reply_that_ends_leaves_the_next_turns_opening_encoded(
     assert new <= scheduled.count_text_tokens("And of Spain?") + 6
     # and the cache that was extended after the reply answers exactly as a full encoding does.
     assert text == (await _collect(naive, follow_up, params))[0]
+    assert scheduler.prefix_lent > lent  # turn 2 was encoded into the kept cache's room, no copy
+
+
+async def test_kept_caches_lent_to_later_turns_stay_intact(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    """A kept cache is lent (encoded into its room, no copy) only to a prompt continuing all of it;
+    whatever the borrowers write, the turns it serves afterwards answer as full encodings do."""
+    scheduler = scheduled.scheduler
+    assert scheduler is not None
+    first = _ask("What is the capital of France?", system="Be brief.")
+
+    async def turn(messages: list[ChatMessage]) -> str:
+        extended = scheduler.extended
+        text, _ = await _collect(scheduled, messages, GREEDY)
+        await _until(lambda: scheduler.extended > extended)  # its cache kept with the next opening
+        assert text == (await _collect(naive, messages, GREEDY))[0]
+        return text
+
+    reply = await turn(first)
+    spain = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And Spain?")]
+    lent = scheduler.prefix_lent
+    spain_reply = await turn(spain)
+    assert scheduler.prefix_lent == lent + 1
+    # The same point with another question shares only part of Spain's kept cache: a copy of that
+    # part, so the rest of it is intact when Spain's conversation goes on.
+    await turn([*spain[:-1], ChatMessage("user", "And Peru?")])
+    assert scheduler.prefix_lent == lent + 1
+    # Two turns continuing Spain's kept cache at once: each is encoded into its room in turn (the
+    # second after the first has joined the batch, done with it).
+    turns = [
+        [*spain, ChatMessage("assistant", spain_reply), ChatMessage("user", q)]
+        for q in ("Repeat my last question.", "Which country did I ask about last?")
+    ]
+    texts = await asyncio.gather(*(_collect(scheduled, t, GREEDY) for t in turns))
+    assert scheduler.prefix_lent == lent + 3
+    for messages, (text, _) in zip(turns, texts, strict=True):
+        assert text == (await _collect(naive, messages, GREEDY))[0]
