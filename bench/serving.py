@@ -13,8 +13,9 @@ Side by side in one run, on the same weights:
   naive_p95_ttft8_s: the 95th-percentile time to first token among them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
   (scheduler, prefix reuse on; half a second before each question; the median of six
-  conversations); encoded_turn1 / encoded_turn10: the prompt tokens those turns encoded (the rest
-  came from the prefix cache); naive_*: the naive path (one conversation).
+  conversations, whose first and last questions have as many tokens); encoded_turn1 /
+  encoded_turn10: the prompt tokens those turns encoded (the rest came from the prefix cache);
+  naive_*: the naive path (one conversation).
 - docs_ttft_turn1_s / docs_ttft_turn10_s / docs_encoded_turn1 / docs_encoded_turn10: the same
   through the engine with the document store (bench/eval_corpus), every turn bringing new
   passages: time to first token (retrieval included) and the prompt tokens the turn encoded (the
@@ -114,11 +115,15 @@ async def _concurrent(model: TransformersModel, tokens: int, n: int = 8) -> tupl
     return sum(r["tokens"] for r in results) / wall, p95
 
 
-# Conversations of their own: none of these was asked before in the run, so turn 1 is a new
-# conversation (only the system prompt, shared by every conversation, can be cached).
+# Conversations of their own. Each first question starts with a word no earlier prompt of the run
+# starts with, so turn 1 encodes its whole question, as a new conversation does (only the system
+# prompt, shared by every conversation, comes from the cache); and it has as many tokens as the last
+# one ("Summarise what we discussed.", 7 with Qwen's and SmolLM2's tokenizers), so turns 1 and 10
+# encode as many new tokens and their ratio measures the history, not the questions' lengths (a feed
+# of a dozen tokens is compute-bound: its time grows with each token).
 CONVERSATIONS = [
     [
-        "What is a linked list?",
+        "So what is a linked list?",
         "How is it different from an array?",
         "When would you pick one over the other?",
         "What about memory use?",
@@ -130,7 +135,7 @@ CONVERSATIONS = [
         "Summarise what we discussed.",
     ],
     [
-        "What does TCP do?",
+        "Why does the internet use TCP?",
         "How does it differ from UDP?",
         "What is the three-way handshake?",
         "Why can a connection be slow to start?",
@@ -142,7 +147,7 @@ CONVERSATIONS = [
         "Summarise what we discussed.",
     ],
     [
-        "What is a binary search?",
+        "Could you explain a binary search?",
         "Why must the list be sorted?",
         "How many steps does it take for a million items?",
         "Can you write it in Python?",
@@ -154,7 +159,7 @@ CONVERSATIONS = [
         "Summarise what we discussed.",
     ],
     [
-        "What is a git branch?",
+        "Which problem do git branches solve?",
         "How do I create one?",
         "What does merging do?",
         "And what is a rebase?",
@@ -166,7 +171,7 @@ CONVERSATIONS = [
         "Summarise what we discussed.",
     ],
     [
-        "What is a virtual machine?",
+        "Define a virtual machine for me.",
         "How is a container different?",
         "Why do containers start faster?",
         "What is an image?",
@@ -178,7 +183,7 @@ CONVERSATIONS = [
         "Summarise what we discussed.",
     ],
     [
-        "What is a neural network?",
+        "Give an overview of neural networks.",
         "What does a layer do?",
         "How does it learn?",
         "What is overfitting?",
