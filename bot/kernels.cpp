@@ -19,6 +19,8 @@
 //     scales bf16 [K / 32, N, 2] (scale and zero per group of 32 inputs; a weight is
 //     (q - 8) * scale + zero).
 // decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
+// linear_q8(x, weight, scales, lows): the output head's shortlist estimates, int4 weights by int8
+//   activations with AVX512-VNNI (see below; the layout is bot/quantize.py's `q8_pack`).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -328,6 +330,107 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return y;
 }
 
+// ---- The output head's shortlist: int4 weights by int8 activations (AVX512-VNNI) ------------------
+
+constexpr int64_t kQ8Group = 64;  // inputs per scale/low pair
+
+// R rows of the 16 output channels of block b. Per group of 64 inputs, vpdpbusd adds 4 products per
+// lane (a channel's 4 inputs, unsigned 0-15, by the row's 4, signed): 16 instructions per row for
+// 16 x 64 products, then the group's scale and low (a weight is q * scale + low) in two FMAs.
+template <int R>
+__attribute__((target("avx512vnni"))) void q8_block(const int8_t* xq, const float* sx, const float* gsum,
+                                                      int64_t K, const uint8_t* w, const float* scales,
+                                                      const float* lows, float* y, int64_t N, int64_t b) {
+  const int64_t G = K / kQ8Group;
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512 out[R];
+  UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
+  const uint8_t* wb = w + b * G * 512;
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i acc[R];
+    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    UNROLL for (int j = 0; j < 8; ++j) {
+      const __m512i v = _mm512_loadu_si512(wb + (g * 8 + j) * 64);
+      const __m512i low = _mm512_and_si512(v, nibble);                        // inputs 8j .. 8j+3
+      const __m512i high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);  // inputs 8j+4 .. 8j+7
+      const int64_t k = g * kQ8Group + 8 * j;
+      UNROLL for (int r = 0; r < R; ++r) {
+        int32_t first, second;
+        std::memcpy(&first, xq + r * K + k, 4);
+        std::memcpy(&second, xq + r * K + k + 4, 4);
+        acc[r] = _mm512_dpbusd_epi32(acc[r], low, _mm512_set1_epi32(first));
+        acc[r] = _mm512_dpbusd_epi32(acc[r], high, _mm512_set1_epi32(second));
+      }
+    }
+    const __m512 scale = _mm512_loadu_ps(scales + (b * G + g) * 16);
+    const __m512 low = _mm512_loadu_ps(lows + (b * G + g) * 16);
+    UNROLL for (int r = 0; r < R; ++r) {
+      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(scale, _mm512_set1_ps(sx[r])), out[r]);
+      out[r] = _mm512_fmadd_ps(low, _mm512_set1_ps(gsum[r * G + g]), out[r]);
+    }
+  }
+  UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, out[r]);
+}
+
+constexpr int64_t kQ8Rows = 8;  // rows per pass over a block's weights (their sums stay in registers)
+
+bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
+
+at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& lows) {
+  TORCH_CHECK(has_vnni(), "linear_q8 needs AVX512-VNNI");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
+  const int64_t M = x.size(0), K = x.size(1), G = K / kQ8Group;
+  TORCH_CHECK(K % kQ8Group == 0 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                  weight.numel() % (K * 8) == 0,
+              "weight: uint8 [N / 16, K / 64, 8, 64], K a multiple of 64");
+  const int64_t N = weight.numel() * 2 / K;
+  for (const at::Tensor* t : {&scales, &lows})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == N * G,
+                "scales, lows: float32 [N / 16, K / 64, 16]");
+  // Each row to int8 with one scale (max |x| / 127), and the exact sum of each group of its inputs.
+  const float* xp = x.data_ptr<float>();
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> sx(M), gsum(M * G);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = xp + m * K;
+    float top = 0.f;
+    for (int64_t k = 0; k < K; ++k) top = std::max(top, std::fabs(row[k]));
+    sx[m] = top / 127.f;
+    const float inverse = top > 0.f ? 127.f / top : 0.f;
+    for (int64_t k = 0; k < K; ++k) xq[m * K + k] = int8_t(std::nearbyint(row[k] * inverse));
+    for (int64_t g = 0; g < G; ++g) {
+      float sum = 0.f;
+      for (int64_t k = g * kQ8Group; k < (g + 1) * kQ8Group; ++k) sum += row[k];
+      gsum[m * G + g] = sum;
+    }
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  float* yp = y.data_ptr<float>();
+  const uint8_t* wp = weight.data_ptr<uint8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* lp = lows.data_ptr<float>();
+  at::parallel_for(0, N / 16, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < M; m += kQ8Rows) {
+        const int8_t* xm = xq.data() + m * K;
+        const float* sm = sx.data() + m;
+        const float* gm = gsum.data() + m * G;
+        float* ym = yp + m * N;
+        switch (std::min(kQ8Rows, M - m)) {
+          case 8: q8_block<8>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          case 7: q8_block<7>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          case 6: q8_block<6>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          case 5: q8_block<5>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          case 4: q8_block<4>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          case 3: q8_block<3>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          case 2: q8_block<2>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+          default: q8_block<1>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
+        }
+      }
+  });
+  return y;
+}
+
 // ---- One decoder layer for one new token per row (Llama and Qwen2) ---------------------------------
 
 // e^x, x clamped to [-87, 88] (softmax after subtracting the maximum; silu's e^-g): Cephes'
@@ -506,13 +609,17 @@ TORCH_LIBRARY(chinwag, m) {
       "Tensor[] scales, Tensor?[] biases, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
       "int column, int[] starts, int heads, int kv_heads, float scale) -> ()");
   m.def("use_bf16(bool enable) -> bool");
+  m.def("linear_q8(Tensor x, Tensor weight, Tensor scales, Tensor lows) -> Tensor");
+  m.def("has_vnni() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("linear", &linear);
   m.impl("decode_layer", &decode_layer);
+  m.impl("linear_q8", &linear_q8);
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CatchAll, m) {
   m.impl("use_bf16", &use_bf16);
+  m.impl("has_vnni", &has_vnni);
 }

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bot import kernels
-from bot.quantize import Int4Linear, Int8Linear, ShortlistHead
+from bot.quantize import Q8_GROUP, Int4Linear, Int8Linear, ShortlistHead, q8_pack
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The kernels built (into a cache of the test run's own) and in use; as they were afterwards."""
-    before = kernels.ready
+    before = kernels.ready, kernels.vnni
     assert kernels.enable(tmp_path_factory.getbasetemp() / "kernel-cache")
     yield
-    kernels.ready = before
+    kernels.ready, kernels.vnni = before
 
 
 def _layer(kind: type[Layer], n: int, k: int, seed: int, bias: bool) -> Layer:
@@ -129,6 +129,64 @@ def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(nati
     assert torch.equal(logits.argmax(-1), exact.argmax(-1))
     top = exact.topk(5, dim=-1).indices
     assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
+
+
+def _q8_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What `linear_q8` computes, in float64: each row rounded to int8 by one scale, by the weight
+    on its 16-level grids per group of 64 inputs (`q8_pack`)."""
+    n, k = weight.shape
+    groups = weight.reshape(n, k // Q8_GROUP, Q8_GROUP)
+    low, high = groups.amin(dim=2), groups.amax(dim=2)
+    scale = ((high - low) / 15).clamp(min=1e-8)
+    q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).double()
+    sx = x.abs().amax(dim=1, keepdim=True).double() / 127
+    xq = (x.double() / sx).round()
+    xg = x.double().reshape(len(x), k // Q8_GROUP, Q8_GROUP)
+    dots = torch.einsum("mgk,ngk->mng", xq.reshape(len(x), k // Q8_GROUP, Q8_GROUP), q)
+    return (dots * sx[:, :, None] * scale[None].double() + xg.sum(2)[:, None] * low[None].double()).sum(2)
+
+
+@pytest.fixture
+def vnni(native: None) -> None:
+    if not torch.ops.chinwag.has_vnni():
+        pytest.skip("this CPU lacks AVX512-VNNI")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17])
+@pytest.mark.parametrize(("n", "k"), [(16, 64), (96, 192), (4864, 896)])
+def test_the_int8_activation_kernel_computes_its_reference(vnni: None, rows: int, n: int, k: int) -> None:
+    g = torch.Generator().manual_seed(rows + n)
+    weight = torch.randn(n, k, generator=g) * 0.05
+    x = _rows(rows, k, rows)
+    x[0, :7] = 0  # zeros round to zero
+    out = kernels.linear_q8(x, *q8_pack(weight))
+    expected = _q8_reference(x, weight)
+    assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    # Each row alone: bit for bit what it is among the others.
+    for i in (0, rows - 1):
+        assert torch.equal(kernels.linear_q8(x[i : i + 1].contiguous(), *q8_pack(weight)), out[i : i + 1])
+
+
+def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(vnni: None) -> None:
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(4096, 128, generator=g)
+    head = ShortlistHead(128, 4096, False, torch.float32)
+    head.quantize(weight, tied=True)
+    assert head.q8_weight is not None and kernels.vnni
+    x = torch.randn(8, 128, generator=g)
+    logits, exact = head(x), x @ weight.t()
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    top = exact.topk(8, dim=-1).indices
+    assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
+    # The rest are the kernel's estimates (not the int4 layer's).
+    estimates = kernels.linear_q8(x, head.q8_weight, head.q8_scales, head.q8_lows)
+    rest = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, estimates.topk(64, dim=-1).indices, False)
+    assert torch.equal(logits[rest], estimates[rest])
+    # Without AVX512-VNNI's kernel (or with model.kernels = "float32"): the int4 layer's estimates.
+    kernels.vnni = False
+    coarse = head.coarse(x)
+    rest = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, coarse.topk(64, dim=-1).indices, False)
+    assert torch.equal(head(x)[rest], coarse[rest])
 
 
 def test_without_a_compiler_the_layers_keep_torchs_kernels(
