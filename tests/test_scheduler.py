@@ -182,7 +182,8 @@ async def test_a_waiting_request_is_told_its_place_as_it_moves_up(naive: Transfo
         expected = [await _reference(naive, i) for i in (2, 0)]
         # A reply that holds the only slot until it is closed, so the two others wait in this order.
         story = _ask("Write a long story about a lighthouse keeper.")
-        blocker = model.stream(story, replace(GREEDY, max_tokens=300))
+        # Closed below; it must not end on its own first (300 tokens took 2 s on 2 cores).
+        blocker = model.stream(story, replace(GREEDY, max_tokens=4000))
         assert isinstance(await anext(blocker), Chunk)  # it started at once: no place in a queue
         first: list[int] = []
         second: list[int] = []
