@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.errors import ModelError, ModelIntegrityError, ModelNotFoundError
+from bot.threads import run_apart
 from config.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -147,12 +148,12 @@ def _prepare_embedded(model: EmbeddedModel, cache_dir: Path, progress: bool) -> 
         if len(parts) == 1:
             gguf = parts[0]
             _verify(gguf, model, progress)
-            _convert(gguf, target, model.sha256, progress)
+            run_apart(_convert, gguf, target, model.sha256, progress)
         else:
             gguf = home / "model.gguf"
             _assemble(parts, gguf, model, progress)
             try:
-                _convert(gguf, target, model.sha256, progress)
+                run_apart(_convert, gguf, target, model.sha256, progress)
             finally:
                 # The converted copy is what we load; the assembled GGUF would only take disk.
                 gguf.unlink(missing_ok=True)
@@ -216,7 +217,7 @@ def _prepare_local_gguf(path: Path, cache_dir: Path, progress: bool) -> Path:
     with _locked(home / ".lock"):
         if not _is_prepared(target, key):
             _say(progress, f"Converting {resolved.name}; this happens once per file.")
-            _convert(resolved, target, key, progress)
+            run_apart(_convert, resolved, target, key, progress)
     return target
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from bot import kernels
 from bot.errors import ModelError
 from bot.models import _locked, _say, building
+from bot.threads import run_apart
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +465,7 @@ def prepare_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: b
         target.parent.mkdir(parents=True, exist_ok=True)
         with _locked(target.parent / f".{target.name}.lock"):
             if not _is_prepared(target, source):
-                _prepare(source, scheme, target, progress)
+                run_apart(_prepare, source, scheme, target, progress)
     return target
 
 

@@ -128,9 +128,12 @@ class TransformersModel:
         return self._scheduler
 
     def close(self) -> None:
-        """Stop the scheduler's worker; unfinished replies end with an error."""
+        """Stop the scheduler's worker; unfinished replies end with an error. The one-at-a-time
+        worker thread ends after its current reply, taking its OpenMP workers with it (see
+        `bot.threads`: left behind, they slow any other model's decoding in the process)."""
         if self._scheduler is not None:
             self._scheduler.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def info(self) -> ModelInfo:

@@ -169,7 +169,9 @@ def _exported(model_dir: Path, cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
-        _export(model_dir, tmp)
+        from bot.threads import run_apart
+
+        run_apart(_export, model_dir, tmp)  # leaves no OpenMP workers behind to slow decoding
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -333,3 +333,20 @@ async def test_kept_caches_lent_to_later_turns_stay_intact(
     assert scheduler.prefix_lent == lent + 3
     for messages, (text, _) in zip(turns, texts, strict=True):
         assert text == (await _collect(naive, messages, GREEDY))[0]
+
+
+async def test_closing_a_model_ends_its_threads(naive: TransformersModel) -> None:
+    """Its worker threads go with it: a thread that ran torch's parallel operations keeps OpenMP
+    workers that slow every other model's decoding in the process (`bot.threads`)."""
+    for settings in (SchedulerSettings(enabled=False), SchedulerSettings()):
+        model = _scheduled(naive, settings)
+        await _collect(model, *PROMPTS[0])
+        threads = list(model._executor._threads)
+        if model.scheduler is not None:
+            assert model.scheduler._thread is not None
+            threads.append(model.scheduler._thread)
+        assert threads and all(thread.is_alive() for thread in threads)
+        model.close()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive()
