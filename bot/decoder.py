@@ -31,6 +31,9 @@ from bot import kernels
 
 # Columns added at a time when the buffers are full.
 _GROW = 256
+# The most new tokens times columns whose attention `chinwag::attend` computes (it keeps every
+# score: 16 MB a thread here); beyond, torch's attention.
+_ATTEND_AREA = 1 << 22
 
 
 class BatchCache:
@@ -284,7 +287,9 @@ class LeanStep:
 
         As the model's own forward computes it, but the keys and values are written in place (no
         copy of the cache per layer) and a group of heads attends over its shared keys (no copy of
-        them per head). A prompt from its first token is computed exactly as the forward does.
+        them per head). A prompt from its first token is computed exactly as the forward does; onto
+        a cache (a follow-up turn), with chinwag's kernels loaded, the attention is theirs (the same
+        up to rounding).
         """
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
         count = len(tokens)
@@ -303,9 +308,19 @@ class LeanStep:
             q, k, v = self._project(layer, x, cos, sin)
             cache.keys[i][:, :, fed : fed + count] = k
             cache.values[i][:, :, fed : fed + count] = v
-            keys, values = cache.layer(i)
-            out = _attend(q, keys, values, self._scaling, heads // kv_heads, mask, mask is None and count > 1)
-            x = x + attention.o_proj(out.transpose(1, 2).reshape(1, count, heads * dim))
+            if fed and kernels.ready and count * (fed + count) <= _ATTEND_AREA:
+                # chinwag's kernel: 12 new tokens over 700 columns took 0.18 ms a layer against
+                # 0.27 with torch's masked attention, a 315-token prompt over 345 1.1 against 3.0.
+                out = torch.ops.chinwag.attend(
+                    q[0].contiguous(), cache.keys[i][0], cache.values[i][0], fed, self._scaling
+                )
+            else:
+                keys, values = cache.layer(i)
+                out = _attend(
+                    q, keys, values, self._scaling, heads // kv_heads, mask, mask is None and count > 1
+                )
+                out = out.transpose(1, 2).reshape(1, count, heads * dim)
+            x = x + attention.o_proj(out.view(1, count, heads * dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self._head(self._norm(x[:, -1:]))[0, -1]
 

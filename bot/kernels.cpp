@@ -491,6 +491,152 @@ inline float dot(const float* a, const float* b, int64_t dim) {
   return sum16(acc);
 }
 
+// Attention of a prompt's new tokens over a cache (a follow-up turn): T new tokens' queries
+// (positions fed .. fed + T - 1) over the cache's columns 0 .. fed + T - 1, each seeing the columns
+// up to its own; `groups` query heads share each key head. q float32 [heads, T, dim] contiguous;
+// keys, values [kv_heads, capacity, dim] (rows of dim contiguous, any stride between columns and
+// heads). Returns [T, heads * dim], as the output projection takes it.
+//
+// A key head's columns are transposed once (tiles of 16 columns by dim); a query head's scores
+// then come from FMAs of a broadcast query component by 16 columns' components, Q queries at a
+// time, over the columns those queries may see; softmax per query; then the values weighted by Q
+// queries' probabilities at a time.
+
+constexpr int kAttendQueries = 6;  // queries computed together (their sums stay in registers)
+
+template <int Q>
+inline void attend_scores(const float* qh, int64_t t0, int64_t dim, const float* kg, int64_t fed, float scale,
+                          float* scores, int64_t width) {
+  const int64_t seen = fed + t0 + Q;
+  for (int64_t tile = 0; tile * 16 < seen; ++tile) {
+    __m512 acc[Q];
+    UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
+    const float* kd = kg + tile * dim * 16;
+    for (int64_t d = 0; d < dim; ++d) {
+      const __m512 column = _mm512_loadu_ps(kd + d * 16);
+      UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qh[(t0 + i) * dim + d]), column, acc[i]);
+    }
+    UNROLL for (int i = 0; i < Q; ++i) {
+      const int64_t open = std::clamp<int64_t>(fed + t0 + i + 1 - tile * 16, 0, 16);  // up to its own column
+      _mm512_storeu_ps(scores + (t0 + i) * width + tile * 16,
+                       _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), __mmask16((1u << open) - 1), acc[i],
+                                          _mm512_set1_ps(scale)));
+    }
+  }
+}
+
+template <int Q>
+inline void attend_values(const float* scores, int64_t width, const float* norm, int64_t t0, int64_t fed,
+                          const float* vg, int64_t vs1, int64_t dim, float* out, int64_t row_stride) {
+  const int64_t seen = fed + t0 + Q;
+  for (int64_t v0 = 0; v0 < dim; v0 += 64) {
+    if (dim - v0 >= 64) {
+      __m512 acc[Q][4];
+      UNROLL for (int i = 0; i < Q; ++i) UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < seen; ++c) {
+        const float* v = vg + c * vs1 + v0;
+        __m512 value[4];
+        UNROLL for (int j = 0; j < 4; ++j) value[j] = _mm512_loadu_ps(v + j * 16);
+        UNROLL for (int i = 0; i < Q; ++i) {
+          const __m512 p = _mm512_set1_ps(scores[(t0 + i) * width + c]);
+          UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(p, value[j], acc[i][j]);
+        }
+      }
+      UNROLL for (int i = 0; i < Q; ++i) UNROLL for (int j = 0; j < 4; ++j)
+        _mm512_storeu_ps(out + (t0 + i) * row_stride + v0 + j * 16, _mm512_mul_ps(acc[i][j], _mm512_set1_ps(norm[t0 + i])));
+    } else {
+      for (int64_t j = v0; j < dim; j += 16) {
+        __m512 acc[Q];
+        UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < seen; ++c) {
+          const __m512 value = _mm512_loadu_ps(vg + c * vs1 + j);
+          UNROLL for (int i = 0; i < Q; ++i)
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(t0 + i) * width + c]), value, acc[i]);
+        }
+        UNROLL for (int i = 0; i < Q; ++i)
+          _mm512_storeu_ps(out + (t0 + i) * row_stride + j, _mm512_mul_ps(acc[i], _mm512_set1_ps(norm[t0 + i])));
+      }
+    }
+  }
+}
+
+template <typename F>
+void by_queries(int64_t T, const F& f) {
+  for (int64_t t = 0; t < T; t += kAttendQueries) {
+    switch (std::min<int64_t>(kAttendQueries, T - t)) {
+      case 6: f(t, std::integral_constant<int, 6>{}); break;
+      case 5: f(t, std::integral_constant<int, 5>{}); break;
+      case 4: f(t, std::integral_constant<int, 4>{}); break;
+      case 3: f(t, std::integral_constant<int, 3>{}); break;
+      case 2: f(t, std::integral_constant<int, 2>{}); break;
+      default: f(t, std::integral_constant<int, 1>{}); break;
+    }
+  }
+}
+
+at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t fed, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q: float32 [heads, T, dim]");
+  const int64_t heads = q.size(0), T = q.size(1), dim = q.size(2);
+  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat && keys.sizes() == values.sizes() && keys.size(2) == dim &&
+                  keys.stride(2) == 1 && values.stride(2) == 1 && heads % keys.size(0) == 0,
+              "keys, values: float32 [kv_heads, capacity, dim]");
+  const int64_t kv_heads = keys.size(0), groups = heads / kv_heads, C = fed + T;
+  TORCH_CHECK(dim % 16 == 0 && fed >= 0 && T > 0 && C <= keys.size(1), "dim a multiple of 16; columns in the cache");
+  const int64_t tiles = (C + 15) / 16, width = tiles * 16;
+  const int64_t ks0 = keys.stride(0), ks1 = keys.stride(1), vs0 = values.stride(0), vs1 = values.stride(1);
+  const float* kp = keys.data_ptr<float>();
+  const float* vp = values.data_ptr<float>();
+  const float* qp = q.data_ptr<float>();
+  // Each key head's columns transposed by tiles of 16: [kv_heads][tiles][dim][16], zeros past C.
+  std::vector<float> kt(kv_heads * tiles * dim * 16, 0.f);
+  at::parallel_for(0, kv_heads, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t c = 0; c < C; ++c) {
+        const float* k = kp + g * ks0 + c * ks1;
+        float* out = kt.data() + ((g * tiles + c / 16) * dim) * 16 + c % 16;
+        for (int64_t d = 0; d < dim; ++d) out[d * 16] = k[d];
+      }
+  });
+  at::Tensor result = at::empty({T, heads * dim}, q.options());
+  float* rp = result.data_ptr<float>();
+  at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> scores(T * width), norm(T);
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t g = h / groups;
+      const float* qh = qp + h * T * dim;
+      by_queries(T, [&](int64_t t0, auto count) {
+        attend_scores<decltype(count)::value>(qh, t0, dim, kt.data() + g * tiles * dim * 16, fed, float(scale),
+                                              scores.data(), width);
+      });
+      // Softmax of each query's scores, as far as its block of queries computed them (the columns
+      // past its own hold -inf, which become 0).
+      for (int64_t t = 0; t < T; ++t) {
+        float* row = scores.data() + t * width;
+        const int64_t block = t - t % kAttendQueries;
+        const int64_t span = (fed + std::min(T, block + kAttendQueries) + 15) / 16 * 16;
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        for (int64_t c = 0; c < span; c += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(row + c));
+        const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+        __m512 total = _mm512_setzero_ps();
+        for (int64_t c = 0; c < span; c += 16) {
+          const __m512 x = _mm512_loadu_ps(row + c);
+          const __mmask16 open = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+          const __m512 p = _mm512_maskz_mov_ps(open, exp512(_mm512_sub_ps(x, shift)));
+          _mm512_storeu_ps(row + c, p);
+          total = _mm512_add_ps(total, p);
+        }
+        norm[t] = 1.f / _mm512_reduce_add_ps(total);
+      }
+      by_queries(T, [&](int64_t t0, auto count) {
+        attend_values<decltype(count)::value>(scores.data(), width, norm.data(), t0, fed, vp + g * vs0, vs1, dim,
+                                              rp + h * dim, heads * dim);
+      });
+    }
+  });
+  return result;
+}
+
 // Runs a decoder layer on x [M, hidden] (one new token per row), in place. The new keys and values
 // go into column `column` of the cache [M, kv_heads, capacity, dim]; row r attends over its own
 // columns starts[r]..column only (no padding enters its sums, so a row's result does not depend on
@@ -611,12 +757,14 @@ TORCH_LIBRARY(chinwag, m) {
   m.def("use_bf16(bool enable) -> bool");
   m.def("linear_q8(Tensor x, Tensor weight, Tensor scales, Tensor lows) -> Tensor");
   m.def("has_vnni() -> bool");
+  m.def("attend(Tensor q, Tensor keys, Tensor values, int fed, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("linear", &linear);
   m.impl("decode_layer", &decode_layer);
   m.impl("linear_q8", &linear_q8);
+  m.impl("attend", &attend);
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CatchAll, m) {

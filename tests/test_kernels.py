@@ -189,6 +189,28 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
     assert torch.equal(head(x)[rest], coarse[rest])
 
 
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim", "fed", "count"),
+    [(14, 2, 64, 30, 12), (14, 2, 64, 690, 12), (9, 3, 64, 5, 1), (4, 4, 128, 17, 40), (6, 2, 80, 100, 315)],
+)
+def test_the_attention_of_new_tokens_over_a_cache_is_torchs(
+    native: None, heads: int, kv_heads: int, dim: int, fed: int, count: int
+) -> None:
+    g = torch.Generator().manual_seed(fed + count)
+    columns = fed + count
+    q = torch.randn(1, heads, count, dim, generator=g)
+    # Buffers with room after the columns in use, as the batch cache keeps them.
+    keys = torch.randn(1, kv_heads, columns + 50, dim, generator=g)
+    values = torch.randn(1, kv_heads, columns + 50, dim, generator=g)
+    own = torch.arange(columns)[None, :] <= torch.arange(fed, columns)[:, None]  # up to its own column
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, keys[:, :, :columns], values[:, :, :columns], attn_mask=own, scale=dim**-0.5, enable_gqa=True
+    )
+    out = torch.ops.chinwag.attend(q[0].contiguous(), keys[0], values[0], fed, dim**-0.5)
+    assert out.shape == (count, heads * dim)
+    assert torch.allclose(out, expected.transpose(1, 2).reshape(count, heads * dim), atol=1e-5)
+
+
 def test_without_a_compiler_the_layers_keep_torchs_kernels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
