@@ -308,7 +308,7 @@ class LeanStep:
             q, k, v = self._project(layer, x, cos, sin)
             cache.keys[i][:, :, fed : fed + count] = k
             cache.values[i][:, :, fed : fed + count] = v
-            if fed and kernels.ready and count * (fed + count) <= _ATTEND_AREA:
+            if fed and kernels.ready and dim % 16 == 0 and count * (fed + count) <= _ATTEND_AREA:
                 # chinwag's kernel: 12 new tokens over 700 columns took 0.18 ms a layer against
                 # 0.27 with torch's masked attention, a 315-token prompt over 345 1.1 against 3.0.
                 out = torch.ops.chinwag.attend(

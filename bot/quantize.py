@@ -343,7 +343,7 @@ class ShortlistHead(nn.Module):
         if rows.shape[0] >= PREFILL_ROWS:  # logits for a whole prompt (rare): exact throughout
             logits = torch.nn.functional.linear(rows, weight.to(rows.dtype), bias)
             return logits.reshape(*shape[:-1], self.out_features)
-        if kernels.vnni and self.q8_weight is not None and rows.dtype == torch.float32:
+        if kernels.ready and kernels.vnni and self.q8_weight is not None and rows.dtype == torch.float32:
             logits = kernels.linear_q8(rows.contiguous(), self.q8_weight, self.q8_scales, self.q8_lows)
         else:
             logits = self.coarse(rows)
