@@ -213,16 +213,19 @@ inline float from_bf16(uint32_t h) {
   return f;
 }
 
-template <typename F>
-void by_rows(int64_t M, const F& f) {
-  for (int64_t m = 0; m < M; m += kRows) {
-    switch (std::min(kRows, M - m)) {
-      case 4: f(m, std::integral_constant<int, 4>{}); break;
-      case 3: f(m, std::integral_constant<int, 3>{}); break;
-      case 2: f(m, std::integral_constant<int, 2>{}); break;
-      default: f(m, std::integral_constant<int, 1>{}); break;
-    }
+// Calls f(start, std::integral_constant<int, n>{}) for consecutive blocks of `total` items, Max at a
+// time and then the rest (n is the block's size), so each size has its own unrolled code.
+template <int N, typename F>
+void block_of(int64_t n, int64_t start, const F& f) {
+  if constexpr (N > 1) {
+    if (n < N) return block_of<N - 1>(n, start, f);
   }
+  f(start, std::integral_constant<int, N>{});
+}
+
+template <int Max, typename F>
+void in_blocks(int64_t total, const F& f) {
+  for (int64_t start = 0; start < total; start += Max) block_of<Max>(std::min<int64_t>(Max, total - start), start, f);
 }
 
 const float* bias_of(const std::optional<at::Tensor>& bias, int64_t N) {
@@ -264,7 +267,7 @@ void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight
     at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t n0 = q * 4, n1 = std::min(N, n0 + 4);
-        by_rows(M, [&](int64_t m, auto rows) {
+        in_blocks<kRows>(M, [&](int64_t m, auto rows) {
           constexpr int R = decltype(rows)::value;
           if (bf16)
             int8_rows<R, true>(static_cast<const uint16_t*>(xin) + m * K, K, wp, sp, bp, yp + m * N, N, n0, n1);
@@ -303,7 +306,7 @@ void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight
   const uint32_t* sp = reinterpret_cast<const uint32_t*>(scales.data_ptr());
   at::parallel_for(0, N / kBlock, 4, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      by_rows(M, [&](int64_t m, auto rows) {
+      in_blocks<kRows>(M, [&](int64_t m, auto rows) {
         constexpr int R = decltype(rows)::value;
         const void* xm = static_cast<const uint32_t*>(xin) + m * row_words;
         if (bf16)
@@ -411,22 +414,10 @@ at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Te
   const float* lp = lows.data_ptr<float>();
   at::parallel_for(0, N / 16, 64, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m = 0; m < M; m += kQ8Rows) {
-        const int8_t* xm = xq.data() + m * K;
-        const float* sm = sx.data() + m;
-        const float* gm = gsum.data() + m * G;
-        float* ym = yp + m * N;
-        switch (std::min(kQ8Rows, M - m)) {
-          case 8: q8_block<8>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          case 7: q8_block<7>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          case 6: q8_block<6>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          case 5: q8_block<5>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          case 4: q8_block<4>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          case 3: q8_block<3>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          case 2: q8_block<2>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-          default: q8_block<1>(xm, sm, gm, K, wp, sp, lp, ym, N, b); break;
-        }
-      }
+      in_blocks<kQ8Rows>(M, [&](int64_t m, auto rows) {
+        q8_block<decltype(rows)::value>(xq.data() + m * K, sx.data() + m, gsum.data() + m * G, K, wp, sp, lp,
+                                        yp + m * N, N, b);
+      });
   });
   return y;
 }
@@ -560,20 +551,6 @@ inline void attend_values(const float* scores, int64_t width, const float* norm,
   }
 }
 
-template <typename F>
-void by_queries(int64_t T, const F& f) {
-  for (int64_t t = 0; t < T; t += kAttendQueries) {
-    switch (std::min<int64_t>(kAttendQueries, T - t)) {
-      case 6: f(t, std::integral_constant<int, 6>{}); break;
-      case 5: f(t, std::integral_constant<int, 5>{}); break;
-      case 4: f(t, std::integral_constant<int, 4>{}); break;
-      case 3: f(t, std::integral_constant<int, 3>{}); break;
-      case 2: f(t, std::integral_constant<int, 2>{}); break;
-      default: f(t, std::integral_constant<int, 1>{}); break;
-    }
-  }
-}
-
 at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t fed, double scale) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q: float32 [heads, T, dim]");
   const int64_t heads = q.size(0), T = q.size(1), dim = q.size(2);
@@ -605,7 +582,7 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t g = h / groups;
       const float* qh = qp + h * T * dim;
-      by_queries(T, [&](int64_t t0, auto count) {
+      in_blocks<kAttendQueries>(T, [&](int64_t t0, auto count) {
         attend_scores<decltype(count)::value>(qh, t0, dim, kt.data() + g * tiles * dim * 16, fed, float(scale),
                                               scores.data(), width);
       });
@@ -628,7 +605,7 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
         }
         norm[t] = 1.f / _mm512_reduce_add_ps(total);
       }
-      by_queries(T, [&](int64_t t0, auto count) {
+      in_blocks<kAttendQueries>(T, [&](int64_t t0, auto count) {
         attend_values<decltype(count)::value>(scores.data(), width, norm.data(), t0, fed, vp + g * vs0, vs1, dim,
                                               rp + h * dim, heads * dim);
       });
