@@ -84,9 +84,11 @@ async def _decode_tps(model: TransformersModel) -> float:
 async def _one_format(
     quantization: str, documents: list[dict[str, Any]], tool_cases: list[Any], tmp: Path, threads: int
 ) -> dict[str, Any]:
+    # "auto:int8": model.quantization "auto" with model.kernels "int8".
+    quantization, _, kernels = quantization.partition(":")
     settings = load_settings(
         data_dir=tmp / "data",
-        model={"quantization": quantization, "threads": threads},
+        model={"quantization": quantization, "threads": threads, **({"kernels": kernels} if kernels else {})},
         generation={"temperature": 0.0, "max_tokens": 160},
     )
     store = DocumentStore.open(settings)
@@ -148,7 +150,11 @@ def _log(label: str, ok: bool, failure: str, question: str, reply: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--formats", default="none,int8,int4", help="model.quantization values, a,b,c")
+    parser.add_argument(
+        "--formats",
+        default="none,int8,int4",
+        help="model.quantization values, a,b,c (a:k: with model.kernels k)",
+    )
     parser.add_argument("--documents", type=int, default=24, help="document questions per format")
     parser.add_argument("--tools", type=int, default=len(tools_eval.CASES), help="tool prompts per format")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")

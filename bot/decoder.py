@@ -241,7 +241,10 @@ class LeanStep:
         self._scaling = attention.scaling
         self._heads = model.config.num_attention_heads
         self._kv_heads = model.config.num_key_value_heads
+        # The layers for chinwag's fused kernel: with the weights as they are, and (where they have
+        # them) laid out for its int8-activation products, used while those are on (`kernels.int8`).
         self._fused: list[_Fused] | None = _fused_layers(model)
+        self._fused_vnni: list[_Fused] | None = _fused_layers(model, vnni=True)
 
     @classmethod
     def supports(cls, model: Any) -> bool:
@@ -351,11 +354,12 @@ class LeanStep:
         starts = (~cache.mask).sum(1).tolist() if not bool(cache.mask.all()) else None
         x = self._embed(ids)  # [rows, 1, hidden]
         cos, sin = self._rotary(x, positions)
-        if self._fused is not None and kernels.ready:
+        fused = self._fused_vnni if kernels.int8 and self._fused_vnni is not None else self._fused
+        if fused is not None and kernels.ready:
             # Each layer in one call of chinwag's kernels (bot/kernels.cpp).
             x, cos, sin = x[:, 0].contiguous(), cos[:, 0].contiguous(), sin[:, 0].contiguous()
             first = starts or [0] * rows
-            for i, layer in enumerate(self._fused):
+            for i, layer in enumerate(fused):
                 torch.ops.chinwag.decode_layer(
                     x,
                     *layer,
@@ -411,10 +415,11 @@ _PROJECTIONS = (
 )
 
 
-def _fused_layers(model: Any) -> list[_Fused] | None:
+def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
     """Every layer's tensors for chinwag's fused decode kernel, or None when it does not apply: the
     projections must all be int8 or int4 layers of shapes the kernels take, float32 elsewhere, with
-    a SiLU MLP and RMSNorms of float32 weights."""
+    a SiLU MLP and RMSNorms of float32 weights. With `vnni`, the copies laid out for the
+    int8-activation kernel of the projections that have one."""
     from bot.quantize import _QuantizedLinear
 
     if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
@@ -432,6 +437,8 @@ def _fused_layers(model: Any) -> list[_Fused] | None:
             if not isinstance(linear, _QuantizedLinear):
                 return None
             stored = linear.native()
+            if vnni and getattr(linear, "vnni_weight", None) is not None:
+                stored = (linear.vnni_weight, linear.vnni_scales)
             if stored is None or (linear.bias is not None and linear.bias.dtype != torch.float32):
                 return None
             weights.append(stored[0])

@@ -17,10 +17,10 @@
 //   - uint8 in torch's CPU int4 layout ([N / 64, K, 32]: per block of 64 output channels and per
 //     input, 32 bytes whose low nibbles hold channels 0-31 and high nibbles channels 32-63), with
 //     scales bf16 [K / 32, N, 2] (scale and zero per group of 32 inputs; a weight is
-//     (q - 8) * scale + zero).
+//     (q - 8) * scale + zero);
+//   - 4-D, int8 or uint8: the same weights laid out for int8 activations (AVX512-VNNI; see there and
+//     bot/quantize.py's `vnni_pack_int8` / `vnni_pack_int4`).
 // decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
-// linear_q8(x, weight, scales, lows): the output head's shortlist estimates, int4 weights by int8
-//   activations with AVX512-VNNI (see below; the layout is bot/quantize.py's `q8_pack`).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -228,15 +228,193 @@ void in_blocks(int64_t total, const F& f) {
   for (int64_t start = 0; start < total; start += Max) block_of<Max>(std::min<int64_t>(Max, total - start), start, f);
 }
 
+// ---- int8 activations by int8 or int4 weights (AVX512-VNNI) ----------------------------------------
+//
+// vpdpbusd adds 4 products of unsigned by signed bytes per 32-bit lane: 64 products per instruction,
+// twice vdpbf16ps, and the weights need no conversion. The activations are rounded to int8 with one
+// scale per group of inputs (max |x| / 127 of the group's), llama.cpp's Q8_0: one scale per row lost
+// the full model's top token at 5.7% of the evaluation's positions, per group of 32 at 1.2%, where
+// bf16 loses it at 0.25%. The weights are laid out per block of 16 output channels and per group, in
+// 64-byte words whose bytes 4c..4c+3 hold channel c's weights for 4 consecutive inputs (so a lane is
+// a channel and a row's 4 inputs are one broadcast 32-bit word):
+// - int8 (`kChar` [N / 16, K / 32, 8, 64]): word j of a group holds inputs 4j..4j+3, as stored
+//   (signed); the kernel flips their sign bits, so it multiplies w + 128 (unsigned) by x and takes
+//   128 sum(x) off at the end. Scales: the int8 layer's own, bf16 [N].
+// - int4 (`kByte` [N / 16, K / G, G / 8, 64], groups of G = 32 or 64 inputs): word j holds inputs
+//   8j..8j+3 in its low nibbles and 8j+4..8j+7 in its high ones; a weight is (q - 8) * scale + zero,
+//   with scales and zeros bf16 [N / 16, K / G, 2, 16] (per block and group: 16 scales, 16 zeros).
+
+constexpr int64_t kVnniRows = 8;   // rows per pass over a block's weights (their sums stay in registers)
+constexpr int64_t kI8Group = 32;   // int8 weights: inputs per activation scale
+
+bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
+
+// Rows of x [M, K] rounded to int8 in groups of `group` inputs: xq [M, K], each group's scale
+// xs [M, K / group] and exact sum xsum [M, K / group], and per row 128 times the sum of the rounded
+// values (as multiplied: sum over groups of scale * sum(q)) in offset [M]. A row's values do not
+// depend on the others.
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int8_t* xq, float* xs, float* xsum,
+                   float* offset) {
+  const int64_t G = K / group;
+  const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+  for (int64_t m = 0; m < M; ++m) {
+    float total = 0.f;
+    for (int64_t g = 0; g < G; ++g) {
+      const float* p = x + m * K + g * group;
+      __m512 top = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      for (int64_t i = 0; i < group; i += 16) {
+        const __m512 v = _mm512_loadu_ps(p + i);
+        top = _mm512_max_ps(top, _mm512_and_ps(v, sign));
+        sum = _mm512_add_ps(sum, v);
+      }
+      const float most = _mm512_reduce_max_ps(top);
+      const float scale = most / 127.f;
+      const __m512 inverse = _mm512_set1_ps(most > 0.f ? 127.f / most : 0.f);
+      __m512i count = _mm512_setzero_si512();
+      for (int64_t i = 0; i < group; i += 16) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p + i), inverse));  // to nearest
+        _mm_storeu_si128((__m128i*)(xq + m * K + g * group + i), _mm512_cvtsepi32_epi8(q));
+        count = _mm512_add_epi32(count, _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)),
+                                                         _mm512_set1_epi32(-127)));
+      }
+      xs[m * G + g] = scale;
+      xsum[m * G + g] = _mm512_reduce_add_ps(sum);
+      total += scale * float(_mm512_reduce_add_epi32(count));
+    }
+    offset[m] = 128.f * total;
+  }
+}
+
+// 16 bf16 values as float32 (their bits in the high halves).
+inline __m512 from_bf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+inline int32_t word(const int8_t* p) {
+  int32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+// R rows of block b's 16 output channels, int4 weights in groups of 8 J inputs.
+template <int R, int J>
+__attribute__((target("avx512vnni"))) void vnni_int4(const int8_t* xq, const float* xs, const float* xsum, int64_t K,
+                                                       const uint8_t* w, const uint16_t* sz, const float* bias,
+                                                       float* y, int64_t N, int64_t b) {
+  const int64_t G = K / (8 * J);
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512 out[R];
+  UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
+  const uint8_t* wb = w + b * G * J * 64;
+  const uint16_t* sb = sz + b * G * 32;
+  const __m512 eight = _mm512_set1_ps(8.f);
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i acc[R];
+    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    UNROLL for (int j = 0; j < J; ++j) {
+      const __m512i v = _mm512_loadu_si512(wb + (g * J + j) * 64);
+      const __m512i low = _mm512_and_si512(v, nibble);                        // inputs 8j .. 8j+3
+      const __m512i high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);  // inputs 8j+4 .. 8j+7
+      const int64_t k = (g * J + j) * 8;
+      UNROLL for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_dpbusd_epi32(acc[r], low, _mm512_set1_epi32(word(xq + r * K + k)));
+        acc[r] = _mm512_dpbusd_epi32(acc[r], high, _mm512_set1_epi32(word(xq + r * K + k + 4)));
+      }
+    }
+    const __m512 scale = from_bf16x16(sb + g * 32);
+    const __m512 low = _mm512_fnmadd_ps(eight, scale, from_bf16x16(sb + g * 32 + 16));  // zero - 8 scale
+    UNROLL for (int r = 0; r < R; ++r) {
+      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(scale, _mm512_set1_ps(xs[r * G + g])), out[r]);
+      out[r] = _mm512_fmadd_ps(low, _mm512_set1_ps(xsum[r * G + g]), out[r]);
+    }
+  }
+  const __m512 bv = bias ? _mm512_loadu_ps(bias + b * 16) : _mm512_setzero_ps();
+  UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, _mm512_add_ps(out[r], bv));
+}
+
+// R rows of block b's 16 output channels, int8 weights (activation scales per 32 inputs).
+template <int R>
+__attribute__((target("avx512vnni"))) void vnni_int8(const int8_t* xq, const float* xs, const float* offset,
+                                                       int64_t K, const int8_t* w, const uint16_t* scales,
+                                                       const float* bias, float* y, int64_t N, int64_t b) {
+  const int64_t G = K / kI8Group;
+  const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
+  __m512 out[R];
+  UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
+  const int8_t* wb = w + b * G * 512;
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i acc[R];
+    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    UNROLL for (int j = 0; j < 8; ++j) {
+      const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(wb + (g * 8 + j) * 64), flip);  // w + 128
+      const int64_t k = g * kI8Group + 4 * j;
+      UNROLL for (int r = 0; r < R; ++r)
+        acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(word(xq + r * K + k)));
+    }
+    UNROLL for (int r = 0; r < R; ++r)
+      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(xs[r * G + g]), out[r]);
+  }
+  const __m512 scale = from_bf16x16(scales + b * 16);
+  const __m512 bv = bias ? _mm512_loadu_ps(bias + b * 16) : _mm512_setzero_ps();
+  UNROLL for (int r = 0; r < R; ++r)
+    _mm512_storeu_ps(y + r * N + b * 16, _mm512_fmadd_ps(scale, _mm512_sub_ps(out[r], _mm512_set1_ps(offset[r])), bv));
+}
+
+// The output features of a weight in the VNNI layouts above, after checking it and its scales.
+int64_t vnni_features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(3) == 64 && weight.is_contiguous() && scales.is_contiguous(),
+              "VNNI weight: [N / 16, groups, words, 64], contiguous");
+  const int64_t N = weight.size(0) * 16, G = weight.size(1), J = weight.size(2);
+  if (weight.scalar_type() == at::kChar) {
+    TORCH_CHECK(J == 8 && G * kI8Group == K, "int8 VNNI weight: [N / 16, K / 32, 8, 64]");
+    TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.numel() == N, "int8 scales: bf16 [N]");
+  } else {
+    TORCH_CHECK(weight.scalar_type() == at::kByte && (J == 4 || J == 8) && G * J * 8 == K,
+                "int4 VNNI weight: uint8 [N / 16, K / G, G / 8, 64], G 32 or 64");
+    TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.numel() == N * G * 2,
+                "int4 VNNI scales and zeros: bf16 [N / 16, K / G, 2, 16]");
+  }
+  return N;
+}
+
+// y [M, N] = x [M, K] by a weight in a VNNI layout, plus bias (checked by `vnni_features`).
+void vnni_linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
+                      const float* bp, float* yp) {
+  TORCH_CHECK(has_vnni(), "int8 activations need AVX512-VNNI");
+  const int64_t N = vnni_features(weight, scales, K);
+  const bool int8 = weight.scalar_type() == at::kChar;
+  const int64_t J = weight.size(2), group = int8 ? kI8Group : 8 * J, G = K / group;
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> xs(M * G), xsum(M * G), offset(M);
+  quantize_rows(xp, M, K, group, xq.data(), xs.data(), xsum.data(), offset.data());
+  at::parallel_for(0, N / 16, 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      in_blocks<kVnniRows>(M, [&](int64_t m, auto rows) {
+        constexpr int R = decltype(rows)::value;
+        const int8_t* xm = xq.data() + m * K;
+        if (int8)
+          vnni_int8<R>(xm, xs.data() + m * G, offset.data() + m, K, weight.data_ptr<int8_t>(),
+                       reinterpret_cast<const uint16_t*>(scales.data_ptr()), bp, yp + m * N, N, b);
+        else if (J == 4)
+          vnni_int4<R, 4>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(),
+                          reinterpret_cast<const uint16_t*>(scales.data_ptr()), bp, yp + m * N, N, b);
+        else
+          vnni_int4<R, 8>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(),
+                          reinterpret_cast<const uint16_t*>(scales.data_ptr()), bp, yp + m * N, N, b);
+      });
+  });
+}
+
 const float* bias_of(const std::optional<at::Tensor>& bias, int64_t N) {
   if (!bias.has_value()) return nullptr;
   TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N, "bias: float32 [N]");
   return bias->data_ptr<float>();
 }
 
-// The output features of an int8 (kChar [N, K]) or int4 (kByte, torch's layout) weight for K inputs,
-// after checking the weight and its scales.
+// The output features of an int8 (kChar [N, K]), int4 (kByte, torch's layout) or VNNI (4-D) weight
+// for K inputs, after checking the weight and its scales.
 int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) {
+  if (weight.dim() == 4) return vnni_features(weight, scales, K);
   TORCH_CHECK(weight.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == at::kBFloat16,
               "weight and bf16 scales, contiguous");
   if (weight.scalar_type() == at::kChar) {
@@ -254,6 +432,7 @@ int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) 
 // y [M, N] = x [M, K] by the weight, plus bias (checked by `features`).
 void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
                  const float* bp, float* yp) {
+  if (weight.dim() == 4) return vnni_linear_into(xp, M, K, weight, scales, bp, yp);
   const int64_t N = features(weight, scales, K);
   if (weight.scalar_type() == at::kChar) {
     const int8_t* wp = weight.data_ptr<int8_t>();
@@ -330,95 +509,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   const int64_t N = features(weight, scales, K);
   at::Tensor y = at::empty({M, N}, x.options());
   linear_into(x.data_ptr<float>(), M, K, weight, scales, bias_of(bias, N), y.data_ptr<float>());
-  return y;
-}
-
-// ---- The output head's shortlist: int4 weights by int8 activations (AVX512-VNNI) ------------------
-
-constexpr int64_t kQ8Group = 64;  // inputs per scale/low pair
-
-// R rows of the 16 output channels of block b. Per group of 64 inputs, vpdpbusd adds 4 products per
-// lane (a channel's 4 inputs, unsigned 0-15, by the row's 4, signed): 16 instructions per row for
-// 16 x 64 products, then the group's scale and low (a weight is q * scale + low) in two FMAs.
-template <int R>
-__attribute__((target("avx512vnni"))) void q8_block(const int8_t* xq, const float* sx, const float* gsum,
-                                                      int64_t K, const uint8_t* w, const float* scales,
-                                                      const float* lows, float* y, int64_t N, int64_t b) {
-  const int64_t G = K / kQ8Group;
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
-  __m512 out[R];
-  UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
-  const uint8_t* wb = w + b * G * 512;
-  for (int64_t g = 0; g < G; ++g) {
-    __m512i acc[R];
-    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
-    UNROLL for (int j = 0; j < 8; ++j) {
-      const __m512i v = _mm512_loadu_si512(wb + (g * 8 + j) * 64);
-      const __m512i low = _mm512_and_si512(v, nibble);                        // inputs 8j .. 8j+3
-      const __m512i high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);  // inputs 8j+4 .. 8j+7
-      const int64_t k = g * kQ8Group + 8 * j;
-      UNROLL for (int r = 0; r < R; ++r) {
-        int32_t first, second;
-        std::memcpy(&first, xq + r * K + k, 4);
-        std::memcpy(&second, xq + r * K + k + 4, 4);
-        acc[r] = _mm512_dpbusd_epi32(acc[r], low, _mm512_set1_epi32(first));
-        acc[r] = _mm512_dpbusd_epi32(acc[r], high, _mm512_set1_epi32(second));
-      }
-    }
-    const __m512 scale = _mm512_loadu_ps(scales + (b * G + g) * 16);
-    const __m512 low = _mm512_loadu_ps(lows + (b * G + g) * 16);
-    UNROLL for (int r = 0; r < R; ++r) {
-      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(scale, _mm512_set1_ps(sx[r])), out[r]);
-      out[r] = _mm512_fmadd_ps(low, _mm512_set1_ps(gsum[r * G + g]), out[r]);
-    }
-  }
-  UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, out[r]);
-}
-
-constexpr int64_t kQ8Rows = 8;  // rows per pass over a block's weights (their sums stay in registers)
-
-bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
-
-at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& lows) {
-  TORCH_CHECK(has_vnni(), "linear_q8 needs AVX512-VNNI");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
-  const int64_t M = x.size(0), K = x.size(1), G = K / kQ8Group;
-  TORCH_CHECK(K % kQ8Group == 0 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
-                  weight.numel() % (K * 8) == 0,
-              "weight: uint8 [N / 16, K / 64, 8, 64], K a multiple of 64");
-  const int64_t N = weight.numel() * 2 / K;
-  for (const at::Tensor* t : {&scales, &lows})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == N * G,
-                "scales, lows: float32 [N / 16, K / 64, 16]");
-  // Each row to int8 with one scale (max |x| / 127), and the exact sum of each group of its inputs.
-  const float* xp = x.data_ptr<float>();
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> sx(M), gsum(M * G);
-  for (int64_t m = 0; m < M; ++m) {
-    const float* row = xp + m * K;
-    float top = 0.f;
-    for (int64_t k = 0; k < K; ++k) top = std::max(top, std::fabs(row[k]));
-    sx[m] = top / 127.f;
-    const float inverse = top > 0.f ? 127.f / top : 0.f;
-    for (int64_t k = 0; k < K; ++k) xq[m * K + k] = int8_t(std::nearbyint(row[k] * inverse));
-    for (int64_t g = 0; g < G; ++g) {
-      float sum = 0.f;
-      for (int64_t k = g * kQ8Group; k < (g + 1) * kQ8Group; ++k) sum += row[k];
-      gsum[m * G + g] = sum;
-    }
-  }
-  at::Tensor y = at::empty({M, N}, x.options());
-  float* yp = y.data_ptr<float>();
-  const uint8_t* wp = weight.data_ptr<uint8_t>();
-  const float* sp = scales.data_ptr<float>();
-  const float* lp = lows.data_ptr<float>();
-  at::parallel_for(0, N / 16, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      in_blocks<kQ8Rows>(M, [&](int64_t m, auto rows) {
-        q8_block<decltype(rows)::value>(xq.data() + m * K, sx.data() + m, gsum.data() + m * G, K, wp, sp, lp,
-                                        yp + m * N, N, b);
-      });
-  });
   return y;
 }
 
@@ -732,7 +822,6 @@ TORCH_LIBRARY(chinwag, m) {
       "Tensor[] scales, Tensor?[] biases, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
       "int column, int[] starts, int heads, int kv_heads, float scale) -> ()");
   m.def("use_bf16(bool enable) -> bool");
-  m.def("linear_q8(Tensor x, Tensor weight, Tensor scales, Tensor lows) -> Tensor");
   m.def("has_vnni() -> bool");
   m.def("attend(Tensor q, Tensor keys, Tensor values, int fed, float scale) -> Tensor");
 }
@@ -740,7 +829,6 @@ TORCH_LIBRARY(chinwag, m) {
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("linear", &linear);
   m.impl("decode_layer", &decode_layer);
-  m.impl("linear_q8", &linear_q8);
   m.impl("attend", &attend);
 }
 

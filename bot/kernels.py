@@ -13,13 +13,15 @@ kernels and say so once in the log.
 `decode_layer` runs a whole decoder layer of a decode step in one call (`bot/decoder.py`): the
 about 45 torch calls per layer it replaces, from Python, took a quarter of a one-reply step.
 
-`linear_q8` estimates the output head's logits for its shortlist (`quantize.ShortlistHead`, whose
-best candidates then get exact logits) with int8 activations on CPUs with AVX512-VNNI: with 8
-replies at once the estimates over 151,936 tokens took 7.2 ms of a 34 ms step, 3.8 ms this way.
+`model.kernels = "int8"` (CPUs with AVX512-VNNI) multiplies int8 activations in every layer that
+has a VNNI copy (each group of 32 inputs rounded with its own scale, as llama.cpp's Q8_0 does) by
+its weights laid out for vpdpbusd: 64 products per instruction against vdpbf16ps's 32, and no
+conversion of the weights. The output head's shortlist is estimated that way wherever the CPU has
+VNNI (its exact logits decide).
 
 `model.kernels`: "auto" multiplies in bf16 on CPUs with AVX512-BF16 (activations rounded to bf16,
-as torch's kernels do) and in float32 elsewhere, and estimates the head's shortlist with int8
-activations where the CPU has AVX512-VNNI; "float32" always multiplies in float32 (exact
+as torch's kernels do) and in float32 elsewhere; "int8" multiplies int8 activations where the CPU
+has AVX512-VNNI (see above); "float32" always multiplies in float32 (exact
 activations; slower beyond one reply at a time); "torch" turns them off (to compare, or if they
 misbehave).
 """
@@ -61,30 +63,36 @@ COMPILE_TIMEOUT = 300
 
 # Whether the layers use the kernels; they read it on every call.
 ready = False
-# Whether the output head estimates its shortlist with `linear_q8` (kernels in use with bf16
+# Whether the output head estimates its shortlist with int8 activations (kernels in use with bf16
 # products, and a CPU with AVX512-VNNI).
 vnni = False
+# Whether the other layers multiply int8 activations too (their VNNI copies; `model.kernels = "int8"`
+# and `vnni`).
+int8 = False
 # Whether the library is loaded into this process (None: not tried yet).
 _loaded: bool | None = None
 _lock = threading.Lock()
 
 
-def enable(cache_dir: Path, progress: bool = False, bf16: bool = True) -> bool:
+def enable(cache_dir: Path, progress: bool = False, bf16: bool = True, activations8: bool = False) -> bool:
     """Build (the first time, into `cache_dir`) and load the kernels; whether they are in use.
 
     `bf16`: multiply in bf16 where the CPU has AVX512-BF16 (activations rounded to bf16, as torch's
-    kernels do; twice the products per instruction), else in float32. Never raises: a machine that
-    cannot build or run them keeps torch's kernels.
+    kernels do; twice the products per instruction), else in float32; with it, the output head's
+    shortlist is estimated with int8 activations where the CPU has AVX512-VNNI, and with
+    `activations8` every layer with a VNNI copy multiplies int8 activations too. Never raises: a
+    machine that cannot build or run them keeps torch's kernels.
     """
-    global ready, vnni, _loaded
+    global ready, vnni, int8, _loaded
     with _lock:
         if _loaded is None:
             _loaded = _load(cache_dir, progress)
         ready = _loaded
-        vnni = False
+        vnni = int8 = False
         if ready:
             torch.ops.chinwag.use_bf16(bf16)
             vnni = bf16 and bool(torch.ops.chinwag.has_vnni())
+            int8 = vnni and activations8
         return ready
 
 
@@ -103,8 +111,8 @@ def prepare(cache_dir: Path, progress: bool = False) -> str:
 
 def disable() -> None:
     """Use torch's kernels from now on (the library stays loaded)."""
-    global ready, vnni
-    ready = vnni = False
+    global ready, vnni, int8
+    ready = vnni = int8 = False
 
 
 def _load(cache_dir: Path, progress: bool) -> bool:
@@ -160,15 +168,6 @@ def linear(x: Any, weight: Any, scales: Any, bias: Any) -> Any:
     """x float32 [M, K] by a quantized weight (int8 [N, K] with bf16 scales [N], or int4 in
     torch's CPU packed layout with its scales and zeros), plus bias: float32 [M, N]."""
     return torch.ops.chinwag.linear(x, weight, scales, bias)
-
-
-def linear_q8(x: Any, weight: Any, scales: Any, lows: Any) -> Any:
-    """Estimates of x float32 [M, K] by an int4 weight in `quantize.q8_pack`'s layout, each row of x
-    rounded to int8 (one scale per row) and multiplied with AVX512-VNNI (64 products per
-    instruction, twice bf16's): float32 [M, N]. For the output head's shortlist (exact logits are
-    computed for its best candidates): 8 rows over Qwen's 151,936 tokens take 3.8 ms against 7.2
-    for the int4 layer's bf16 products; one row reads the same bytes in the same time."""
-    return torch.ops.chinwag.linear_q8(x, weight, scales, lows)
 
 
 def _registered() -> bool:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # `model.quantization = "auto"` picks on a CPU.
 Scheme = Literal["int8", "int4", "mixed"]
 # Bumped when the stored format changes, so older copies are rebuilt.
-QUANT_VERSION = 8
+QUANT_VERSION = 10
 # Layers "mixed" stores as int4 even when their weights are not on a 4-bit grid: together they are
 # 58% of the default model's layer weights (not 4-bit in its GGUF). The default model then decoded at
 # 37 tokens/s instead of 29 (2 cores), with the same scores on every answer-quality evaluation
@@ -101,6 +101,8 @@ class _QuantizedLinear(nn.Module):
     """A linear layer whose weight is stored quantized; subclasses say how."""
 
     scheme: Scheme
+    # The weight laid out for the int8-activation kernel (None: the layer has no such copy).
+    vnni_weight: Any
     # Rows below which chinwag's kernels (when loaded) compute the layer.
     native_rows = PREFILL_ROWS
 
@@ -120,7 +122,7 @@ class _QuantizedLinear(nn.Module):
             rows.shape[0] < self.native_rows
             and kernels.ready
             and rows.dtype == torch.float32
-            and (stored := self.native()) is not None
+            and (stored := self.vnni() or self.native()) is not None
         ):
             # chinwag's kernels (bot/kernels.cpp): float32 in and out, the bias added in the same pass.
             out = kernels.linear(rows.contiguous(), *stored, self.bias)
@@ -156,6 +158,16 @@ class _QuantizedLinear(nn.Module):
         they do not take this layer's shape."""
         return None
 
+    def drop_vnni(self) -> None:
+        """Keep no copy for the int8-activation kernel (the layer multiplies bf16 activations)."""
+        self.vnni_weight = None
+
+    def vnni(self) -> tuple[Any, Any] | None:
+        """The weight and scales laid out for chinwag's int8-activation kernel, while it is in use
+        (`kernels.int8`), else None."""
+        weight = getattr(self, "vnni_weight", None)
+        return (weight, self.vnni_scales) if kernels.int8 and weight is not None else None
+
 
 class Int8Linear(_QuantizedLinear):
     """int8 weights with one scale per output channel."""
@@ -166,6 +178,15 @@ class Int8Linear(_QuantizedLinear):
         super().__init__(in_features, out_features, bias, dtype)
         self.register_buffer("weight", torch.empty((out_features, in_features), dtype=torch.int8))
         self.register_buffer("scales", torch.empty(out_features, dtype=COMPUTE))
+        # The same weights laid out for the int8-activation kernel (`vnni_pack_int8`); its scales are
+        # the layer's own.
+        shape = (out_features // 16, in_features // VNNI_GROUP, 8, 64)
+        fits = _vnni_fits(self)
+        self.register_buffer("vnni_weight", torch.empty(shape, dtype=torch.int8) if fits else None)
+
+    @property
+    def vnni_scales(self) -> Any:
+        return self.scales
 
     def quantize(self, weight: Any) -> None:
         w = weight.detach().to(torch.float32)
@@ -174,6 +195,8 @@ class Int8Linear(_QuantizedLinear):
         q = torch.round(w / scales.float()[:, None]).clamp(-127, 127)
         self.weight = q.to(torch.int8).contiguous()
         self.scales = scales
+        if self.vnni_weight is not None:
+            self.vnni_weight = vnni_pack_int8(self.weight)
 
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
@@ -210,6 +233,13 @@ class Int4Linear(_QuantizedLinear):
         self.register_buffer(
             "scales_and_zeros", torch.empty((in_features // GROUP, out_features, 2), dtype=COMPUTE)
         )
+        # The same weights, scales and zeros laid out for the int8-activation kernel (`vnni_pack_int4`).
+        fits = _vnni_fits(self)
+        groups = in_features // GROUP
+        shape = (out_features // 16, groups, GROUP // 8, 64)
+        self.register_buffer("vnni_weight", torch.empty(shape, dtype=torch.uint8) if fits else None)
+        shape = (out_features // 16, groups, 2, 16)
+        self.register_buffer("vnni_scales", torch.empty(shape, dtype=COMPUTE) if fits else None)
 
     @classmethod
     def supports(cls, in_features: int, out_features: int) -> bool:
@@ -234,9 +264,17 @@ class Int4Linear(_QuantizedLinear):
         self.scales_and_zeros = (
             torch.cat([scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2).transpose(0, 1).contiguous()
         )
+        if self.vnni_weight is not None:
+            self.vnni_weight, self.vnni_scales = vnni_pack_int4(
+                q, scales.reshape(n, -1), zeros.reshape(n, -1)
+            )
 
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
+
+    def drop_vnni(self) -> None:
+        super().drop_vnni()
+        self.vnni_scales = None
 
     def native(self) -> tuple[Any, Any] | None:
         return (self.weight, self.scales_and_zeros) if self.out_features % _INT4_BLOCK == 0 else None
@@ -291,31 +329,29 @@ class ShortlistHead(nn.Module):
     embeddings the float32 weights are the input embedding's, shared: nothing more is stored;
     otherwise they are kept in bf16 (8 significant bits: the same winner in practice).
 
-    Where chinwag's kernels run with AVX512-VNNI, the estimates come from `kernels.linear_q8`
-    instead (the activations rounded to int8, `q8_pack`'s own copy of the int4 weights): as good a
-    shortlist, and with several replies at once half the time. The int4 layer stays for other CPUs;
-    the copy they do not use is never read from the memory-mapped file.
+    Where chinwag's kernels run with AVX512-VNNI, the estimates come from their int8-activation
+    kernel instead, over a copy of the weights in int4 groups of `HEAD_GROUP` (`vnni_pack_int4`): as
+    good a shortlist, and with several replies at once half the time. The int4 layer stays for other
+    CPUs; the copy they do not use is never read from the memory-mapped file.
     """
 
     scheme: Scheme = "int4"
-    # `q8_pack`'s weight, scales and lows (None where the shape does not suit it).
-    q8_weight: Any
-    q8_scales: Any
-    q8_lows: Any
+    # The VNNI copy's weight and scales (None where the shape does not suit it).
+    vnni_weight: Any
+    vnni_scales: Any
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.coarse = Int4Linear(in_features, out_features, False, dtype)
-        # The same estimates for chinwag's int8-activation kernel (`kernels.linear_q8`; see `q8_pack`).
-        q8 = out_features % 16 == 0 and in_features % Q8_GROUP == 0
-        groups = in_features // Q8_GROUP
-        self.register_buffer(
-            "q8_weight", torch.empty((out_features // 16, groups, 8, 64), dtype=torch.uint8) if q8 else None
-        )
-        for name in ("q8_scales", "q8_lows"):
-            self.register_buffer(name, torch.empty((out_features // 16, groups, 16)) if q8 else None)
+        # The estimates for chinwag's int8-activation kernel (see `HEAD_GROUP`).
+        fits = out_features % 16 == 0 and in_features % HEAD_GROUP == 0
+        groups = in_features // HEAD_GROUP
+        shape = (out_features // 16, groups, HEAD_GROUP // 8, 64)
+        self.register_buffer("vnni_weight", torch.empty(shape, dtype=torch.uint8) if fits else None)
+        shape = (out_features // 16, groups, 2, 16)
+        self.register_buffer("vnni_scales", torch.empty(shape, dtype=COMPUTE) if fits else None)
         # Loaded with its stored dtype (float32 when tied to the input embedding, else bf16).
         self.register_buffer("weight", torch.empty((out_features, in_features), dtype=dtype))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype) if bias else None)
@@ -331,8 +367,10 @@ class ShortlistHead(nn.Module):
         """Store `weight`: int4 for the shortlist, and for the exact logits the input embedding's
         own tensor when `tied`, else a bf16 copy (half the bytes; rows are read a few at a time)."""
         self.coarse.quantize(weight)
-        if self.q8_weight is not None:
-            self.q8_weight, self.q8_scales, self.q8_lows = q8_pack(weight.detach().float())
+        if self.vnni_weight is not None:
+            self.vnni_weight, self.vnni_scales = vnni_pack_int4(
+                *int4_levels(weight.detach().float(), HEAD_GROUP)
+            )
         self.weight = weight.detach() if tied else weight.detach().to(COMPUTE).contiguous()
 
     def forward(self, x: Any) -> Any:
@@ -343,8 +381,8 @@ class ShortlistHead(nn.Module):
         if rows.shape[0] >= PREFILL_ROWS:  # logits for a whole prompt (rare): exact throughout
             logits = torch.nn.functional.linear(rows, weight.to(rows.dtype), bias)
             return logits.reshape(*shape[:-1], self.out_features)
-        if kernels.ready and kernels.vnni and self.q8_weight is not None and rows.dtype == torch.float32:
-            logits = kernels.linear_q8(rows.contiguous(), self.q8_weight, self.q8_scales, self.q8_lows)
+        if kernels.ready and kernels.vnni and self.vnni_weight is not None and rows.dtype == torch.float32:
+            logits = kernels.linear(rows.contiguous(), self.vnni_weight, self.vnni_scales, None)
         else:
             logits = self.coarse(rows)
         shortlist = logits.topk(SHORTLIST, dim=-1).indices  # [rows, SHORTLIST]
@@ -358,35 +396,71 @@ class ShortlistHead(nn.Module):
 
 # Candidates whose logits the output head computes exactly.
 SHORTLIST = 64
-# The int8-activation estimates' groups of inputs (one scale and low per output and group).
-Q8_GROUP = 64
+# The output head's int8-activation estimates: int4 weights in groups of this many inputs. With
+# activations rounded to int8 by one scale per row, they kept the float32 winner within their top 5
+# and the top 20 within their top 64 at every one of 1,845 positions of the evaluation documents and
+# questions, as the int4 layer's do (groups of 128: 99.7% of the top 20; one group per output: 98%);
+# the activations now have a scale per group, which rounds them less.
+HEAD_GROUP = 64
+# The int8-activation kernel's groups of inputs for int8 weights (one activation scale each).
+VNNI_GROUP = 32
+# Layers that keep bf16 activations where the others take int8 (they get no VNNI copy): the MLP's
+# down projection, whose input (silu(gate) * up) has the largest outliers. With its activations
+# rounded to int8 too, one of the 24 document questions of bench/quality.py lost its answer (18/24);
+# without, every score is bf16's (19/24, 0/8, 35/41, 41/41, 27/32, no false calls). One reply
+# decoded at 90 tokens/s with all of them int8, 69 this way, 60 with none.
+BF16_INPUT_LAYERS = frozenset({"down_proj"})
 
 
-def q8_pack(weight: Any) -> tuple[Any, Any, Any]:
-    """`weight` [N, K] (float32) as `kernels.linear_q8` takes it: 16 levels from each group's
-    minimum to its maximum (64 inputs per group), packed per block of 16 outputs, per group and per
-    8 inputs j into 64 bytes whose byte 4c + i holds output c's input 8j + i in its low nibble and
-    input 8j + 4 + i in its high one; and the scales and lows [N / 16, K / 64, 16] (a weight is
-    q * scale + low).
+def _vnni_fits(layer: _QuantizedLinear) -> bool:
+    """Whether the int8-activation kernel takes this layer's shape."""
+    return layer.out_features % 16 == 0 and layer.in_features % VNNI_GROUP == 0
 
-    For the head's shortlist only: with each row of activations rounded to int8, the estimates over
-    Qwen2.5-0.5B's 151,936 tokens kept the float32 winner within their top 5 and the top 20 within
-    their top 64 at every one of 1,845 positions of the evaluation documents and questions, as the
-    int4 layer's do (groups of 128: 99.7% of the top 20; one group per output: 98%).
-    """
+
+def int4_levels(weight: Any, group: int) -> tuple[Any, Any, Any]:
+    """`weight` [N, K] (float32) on 16 levels from each group's minimum to its maximum: the levels
+    q [N, K] (0-15) and per group the bf16 scale and zero [N, K / group], a weight being
+    (q - 8) * scale + zero (quantized against the rounded scale and zero)."""
     n, k = weight.shape
-    groups = weight.reshape(n, k // Q8_GROUP, Q8_GROUP)
+    groups = weight.reshape(n, k // group, group)
     low, high = groups.amin(dim=2), groups.amax(dim=2)
-    scale = ((high - low) / 15).clamp(min=1e-8)
-    q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.uint8)
+    scales = ((high - low) / 15).clamp(min=1e-8).to(COMPUTE)
+    zeros = (low + scales.float() * 8).to(COMPUTE)
+    base = zeros.float() - scales.float() * 8
+    q = ((groups - base[..., None]) / scales.float()[..., None]).round().clamp(0, 15)
+    return q.to(torch.uint8).reshape(n, k), scales, zeros
+
+
+def vnni_pack_int8(weight: Any) -> Any:
+    """An int8 weight [N, K] as the int8-activation kernel takes it: [N / 16, K / 32, 8, 64], per
+    block of 16 outputs and per group of 32 inputs, 8 words of 64 bytes whose bytes 4c..4c+3 hold
+    output c's inputs 4j..4j+3 (the values themselves, reordered)."""
+    n, k = weight.shape
+    return (
+        weight.view(n // 16, 16, k // 32, 8, 4)
+        .permute(0, 2, 3, 1, 4)
+        .contiguous()
+        .view(n // 16, k // 32, 8, 64)
+    )
+
+
+def vnni_pack_int4(q: Any, scales: Any, zeros: Any) -> tuple[Any, Any]:
+    """int4 levels q [N, K] (0-15) with per group scales and zeros [N, K / G] (bf16; a weight is
+    (q - 8) * scale + zero) as the int8-activation kernel takes them: the weight [N / 16, K / G,
+    G / 8, 64], per block of 16 outputs, per group and per 8 inputs j, 64 bytes whose byte 4c + i
+    holds output c's input 8j + i in its low nibble and input 8j + 4 + i in its high one; the scales
+    and zeros [N / 16, K / G, 2, 16] (16 scales, then 16 zeros). Nothing is rounded again."""
+    n, k = q.shape
+    g = k // scales.shape[1]
     # [block, c, group, j, half, i] -> [block, group, j, c, i, half]: byte 4c + i, nibble `half`.
-    q = q.view(n // 16, 16, k // Q8_GROUP, 8, 2, 4).permute(0, 2, 3, 1, 5, 4)
-    packed = (q[..., 0] | (q[..., 1] << 4)).contiguous().view(n // 16, k // Q8_GROUP, 8, 64)
+    levels = q.to(torch.uint8).view(n // 16, 16, k // g, g // 8, 2, 4).permute(0, 2, 3, 1, 5, 4)
+    packed = (levels[..., 0] | (levels[..., 1] << 4)).contiguous().view(n // 16, k // g, g // 8, 64)
 
-    def per_block(t: Any) -> Any:
-        return t.reshape(n // 16, 16, k // Q8_GROUP).transpose(1, 2).contiguous()
+    def per_block(t: Any) -> Any:  # [N, groups] -> [N / 16, groups, 16]
+        return t.reshape(n // 16, 16, k // g).transpose(1, 2)
 
-    return packed, per_block(scale), per_block(low)
+    pairs = torch.stack([per_block(scales.to(COMPUTE)), per_block(zeros.to(COMPUTE))], dim=2).contiguous()
+    return packed, pairs
 
 
 _LAYERS: dict[str, type[_QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
@@ -427,6 +501,8 @@ def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: s
             if not layer_type.supports(child.in_features, child.out_features):
                 continue
             layer = layer_type(child.in_features, child.out_features, child.bias is not None, dtype)
+            if name in BF16_INPUT_LAYERS and isinstance(layer, Int8Linear | Int4Linear):
+                layer.drop_vnni()  # no VNNI copy is stored or loaded
             if fill:
                 if isinstance(layer, ShortlistHead):
                     layer.quantize(child.weight, tied)

@@ -105,7 +105,12 @@ class TransformersModel:
                 if settings.kernels == "torch":
                     kernels.disable()
                 else:
-                    kernels.enable(cache_dir, progress, bf16=settings.kernels == "auto")
+                    kernels.enable(
+                        cache_dir,
+                        progress,
+                        bf16=settings.kernels != "float32",
+                        activations8=settings.kernels == "int8",
+                    )
             else:
                 dtype = _resolve_dtype(settings.dtype, device)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bot import kernels
-from bot.quantize import Q8_GROUP, Int4Linear, Int8Linear, ShortlistHead, q8_pack
+from bot.quantize import HEAD_GROUP, VNNI_GROUP, Int4Linear, Int8Linear, ShortlistHead
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The kernels built (into a cache of the test run's own) and in use; as they were afterwards."""
-    before = kernels.ready, kernels.vnni
+    before = kernels.ready, kernels.vnni, kernels.int8
     assert kernels.enable(tmp_path_factory.getbasetemp() / "kernel-cache")
     yield
-    kernels.ready, kernels.vnni = before
+    kernels.ready, kernels.vnni, kernels.int8 = before
 
 
 def _layer(kind: type[Layer], n: int, k: int, seed: int, bias: bool) -> Layer:
@@ -53,7 +53,7 @@ def _rows(m: int, k: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(params=["bf16", "float32"])
 def variant(request: pytest.FixtureRequest, native: None) -> Iterator[str]:
-    """The kernels multiplying in bf16 (CPUs with AVX512-BF16) or in float32."""
+    """The kernels multiplying in bf16 (CPUs with AVX512-BF16) or in float32 (not int8)."""
     if request.param == "bf16" and not torch.ops.chinwag.use_bf16(True):
         pytest.skip("this CPU lacks AVX512-BF16")
     torch.ops.chinwag.use_bf16(request.param == "bf16")
@@ -131,40 +131,77 @@ def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(nati
     assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
 
 
-def _q8_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """What `linear_q8` computes, in float64: each row rounded to int8 by one scale, by the weight
-    on its 16-level grids per group of 64 inputs (`q8_pack`)."""
-    n, k = weight.shape
-    groups = weight.reshape(n, k // Q8_GROUP, Q8_GROUP)
-    low, high = groups.amin(dim=2), groups.amax(dim=2)
-    scale = ((high - low) / 15).clamp(min=1e-8)
-    q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).double()
-    sx = x.abs().amax(dim=1, keepdim=True).double() / 127
-    xq = (x.double() / sx).round()
-    xg = x.double().reshape(len(x), k // Q8_GROUP, Q8_GROUP)
-    dots = torch.einsum("mgk,ngk->mng", xq.reshape(len(x), k // Q8_GROUP, Q8_GROUP), q)
-    return (dots * sx[:, :, None] * scale[None].double() + xg.sum(2)[:, None] * low[None].double()).sum(2)
+def _int8_rows(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x rounded to int8 per group of inputs as the kernel rounds it (in float32: max |x| / 127 of
+    the group, x times 127 / max rounded to nearest even), returned as float64 values."""
+    groups = x.reshape(len(x), -1, group)
+    top = groups.abs().amax(dim=2, keepdim=True)
+    inverse = torch.where(top > 0, 127 / top, torch.zeros_like(top))
+    q = (groups * inverse).round().clamp(-127, 127)
+    return (q.double() * (top / 127).double()).reshape(x.shape)
+
+
+def _int4_product(
+    x: torch.Tensor, group: int, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+) -> torch.Tensor:
+    """What the int8-activation kernel computes for int4 weights, in float64: a weight (q - 8) *
+    scale + zero is q * scale + low (levels [N, K], per group scales and zeros [N, K / G]); the
+    rounded activations multiply q * scale, the exact ones the lows (their sums are exact)."""
+    expand = lambda t: t.double().repeat_interleave(q.shape[1] // scales.shape[1], dim=1)  # noqa: E731
+    low = expand(zeros) - 8 * expand(scales)
+    return _int8_rows(x, group) @ (q.double() * expand(scales)).t() + x.double() @ low.t()
+
+
+def _int4_levels(layer: Int4Linear) -> torch.Tensor:
+    n, k = layer.out_features, layer.in_features
+    blocks = layer.weight.view(n // 64, k, 32)
+    return torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k)
 
 
 @pytest.fixture
 def vnni(native: None) -> None:
-    if not torch.ops.chinwag.has_vnni():
+    """The layers multiplying int8 activations (`model.kernels = "int8"`)."""
+    if not kernels.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
+    kernels.int8 = True
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17])
-@pytest.mark.parametrize(("n", "k"), [(16, 64), (96, 192), (4864, 896)])
-def test_the_int8_activation_kernel_computes_its_reference(vnni: None, rows: int, n: int, k: int) -> None:
-    g = torch.Generator().manual_seed(rows + n)
-    weight = torch.randn(n, k, generator=g) * 0.05
+@pytest.mark.parametrize(("n", "k"), [(16, 64), (96, 192), (4864, 896), (896, 4864)])
+@pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
+def test_the_int8_activation_kernel_computes_its_reference(
+    vnni: None, kind: type[Layer], rows: int, n: int, k: int
+) -> None:
+    if kind is Int4Linear and n % 64:
+        pytest.skip("int4 layers: blocks of 64 outputs")
+    layer = _layer(kind, n, k, rows + n, bias=True)
     x = _rows(rows, k, rows)
     x[0, :7] = 0  # zeros round to zero
-    out = kernels.linear_q8(x, *q8_pack(weight))
-    expected = _q8_reference(x, weight)
+    x[0, 32:64] = 0  # a group of zeros
+    x[-1, 3] = 300.0  # an outlier rounds its own group only
+    stored = layer.vnni()
+    assert stored is not None and stored[0].dim() == 4
+    out = layer(x)
+    assert torch.equal(out, kernels.linear(x, *stored, layer.bias))
+    if isinstance(layer, Int8Linear):
+        weight = layer.weight.double() * layer.scales.double()[:, None]
+    else:
+        pairs = layer.scales_and_zeros.transpose(0, 1)  # [N, groups, (scale, zero)]
+        q, scales, zeros = _int4_levels(layer), pairs[..., 0], pairs[..., 1]
+        weight = (q.double() - 8) * scales.double().repeat_interleave(
+            32, 1
+        ) + zeros.double().repeat_interleave(32, 1)
+    if isinstance(layer, Int8Linear):
+        expected = _int8_rows(x, VNNI_GROUP) @ weight.t() + layer.bias.double()
+    else:
+        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros) + layer.bias.double()
     assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     # Each row alone: bit for bit what it is among the others.
     for i in (0, rows - 1):
-        assert torch.equal(kernels.linear_q8(x[i : i + 1].contiguous(), *q8_pack(weight)), out[i : i + 1])
+        assert torch.equal(layer(x[i : i + 1].contiguous()), out[i : i + 1])
+    # The rounding is the activations' only (the outlier's group rounds coarsely): near the exact product.
+    exact = x.double() @ weight.t() + layer.bias.double()
+    assert float((out.double() - exact).abs().max()) <= 0.05 * float(exact.abs().max())
 
 
 def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(vnni: None) -> None:
@@ -172,14 +209,21 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
     weight = torch.randn(4096, 128, generator=g)
     head = ShortlistHead(128, 4096, False, torch.float32)
     head.quantize(weight, tied=True)
-    assert head.q8_weight is not None and kernels.vnni
+    assert head.vnni_weight is not None and head.vnni_weight.shape[2] * 8 == HEAD_GROUP
     x = torch.randn(8, 128, generator=g)
     logits, exact = head(x), x @ weight.t()
     assert torch.equal(logits.argmax(-1), exact.argmax(-1))
     top = exact.topk(8, dim=-1).indices
     assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
-    # The rest are the kernel's estimates (not the int4 layer's).
-    estimates = kernels.linear_q8(x, head.q8_weight, head.q8_scales, head.q8_lows)
+    # The rest are the kernel's estimates (not the int4 layer's): the activations rounded per group
+    # of 64 by the head's own int4 copy.
+    estimates = kernels.linear(x, head.vnni_weight, head.vnni_scales, None)
+    pairs = head.vnni_scales.permute(0, 3, 2, 1).reshape(4096, 2, -1)  # [N, (scale, zero), groups]
+    levels = head.vnni_weight.view(256, 2, 8, 16, 4)  # [block, group, j, c, i]
+    q = torch.stack([levels & 0xF, levels >> 4], dim=-2)  # [block, group, j, c, half, i]
+    q = q.permute(0, 3, 1, 2, 4, 5).reshape(4096, 128)
+    reference = _int4_product(x, HEAD_GROUP, q, pairs[:, 0], pairs[:, 1])
+    assert float((estimates.double() - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
     rest = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, estimates.topk(64, dim=-1).indices, False)
     assert torch.equal(logits[rest], estimates[rest])
     # Without AVX512-VNNI's kernel (or with model.kernels = "float32"): the int4 layer's estimates.
