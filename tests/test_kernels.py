@@ -79,12 +79,7 @@ def test_int4_layers_compute_what_their_float_weights_do(variant: str, rows: int
     x = _rows(rows, k, n)
     if variant == "bf16":
         x = x.bfloat16().float()  # what that variant multiplies; the rest is exact
-    # The exact weights: (q - 8) * scale + zero in float64, from the kernel's packed layout.
-    blocks = layer.weight.view(n // 64, k, 32)
-    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // 32, 32).double()
-    scale = layer.scales_and_zeros[..., 0].t().double().unsqueeze(-1)
-    zero = layer.scales_and_zeros[..., 1].t().double().unsqueeze(-1)
-    weight = ((q - 8) * scale + zero).reshape(n, k)
+    weight = _int4_exact(layer)
     expected = x.double() @ weight.t() + layer.bias.double()
     assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-3)
 
@@ -158,6 +153,13 @@ def _int4_levels(layer: Int4Linear) -> torch.Tensor:
     return torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k)
 
 
+def _int4_exact(layer: Int4Linear) -> torch.Tensor:
+    """The exact weights: (q - 8) * scale + zero in float64, from the kernel's packed layout."""
+    pairs = layer.scales_and_zeros.transpose(0, 1).double()  # [N, groups, (scale, zero)]
+    expand = lambda t: t.repeat_interleave(32, dim=1)  # noqa: E731
+    return (_int4_levels(layer).double() - 8) * expand(pairs[..., 0]) + expand(pairs[..., 1])
+
+
 @pytest.fixture
 def vnni(native: None) -> None:
     """The layers multiplying int8 activations (`model.kernels = "int8"`)."""
@@ -188,9 +190,7 @@ def test_the_int8_activation_kernel_computes_its_reference(
     else:
         pairs = layer.scales_and_zeros.transpose(0, 1)  # [N, groups, (scale, zero)]
         q, scales, zeros = _int4_levels(layer), pairs[..., 0], pairs[..., 1]
-        weight = (q.double() - 8) * scales.double().repeat_interleave(
-            32, 1
-        ) + zeros.double().repeat_interleave(32, 1)
+        weight = _int4_exact(layer)
     if isinstance(layer, Int8Linear):
         expected = _int8_rows(x, VNNI_GROUP) @ weight.t() + layer.bias.double()
     else:
