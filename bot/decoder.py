@@ -242,7 +242,7 @@ class LeanStep:
         self._heads = model.config.num_attention_heads
         self._kv_heads = model.config.num_key_value_heads
         # The layers for chinwag's fused kernel: with the weights as they are, and (where they have
-        # them) laid out for its int8-activation products, used while those are on (`kernels.int8`).
+        # them) laid out for its VNNI products, used wherever those run (`kernels.vnni`).
         self._fused: list[_Fused] | None = _fused_layers(model)
         self._fused_vnni: list[_Fused] | None = _fused_layers(model, vnni=True)
 
@@ -354,15 +354,16 @@ class LeanStep:
         starts = (~cache.mask).sum(1).tolist() if not bool(cache.mask.all()) else None
         x = self._embed(ids)  # [rows, 1, hidden]
         cos, sin = self._rotary(x, positions)
-        fused = self._fused_vnni if kernels.int8 and self._fused_vnni is not None else self._fused
+        fused = self._fused_vnni if kernels.vnni and self._fused_vnni is not None else self._fused
         if fused is not None and kernels.ready:
             # Each layer in one call of chinwag's kernels (bot/kernels.cpp).
             x, cos, sin = x[:, 0].contiguous(), cos[:, 0].contiguous(), sin[:, 0].contiguous()
             first = starts or [0] * rows
-            for i, layer in enumerate(fused):
+            for i, (*layer, wide) in enumerate(fused):
                 torch.ops.chinwag.decode_layer(
                     x,
                     *layer,
+                    [8 if kernels.int8 and not w else 16 for w in wide],
                     cos,
                     sin,
                     cache.keys[i],
@@ -402,8 +403,9 @@ class LeanStep:
 
 
 # What `chinwag::decode_layer` takes of a layer: its norms' weights and epsilon, and its projections'
-# weights, scales and biases (q, k, v, o, gate, up, down).
-_Fused = tuple[Any, Any, float, list[Any], list[Any], list[Any]]
+# weights, scales and biases (q, k, v, o, gate, up, down); and which projections keep 16-bit
+# activations with `model.kernels = "int8"` (their `wide_input`).
+_Fused = tuple[Any, Any, float, list[Any], list[Any], list[Any], list[bool]]
 _PROJECTIONS = (
     ("self_attn", "q_proj"),
     ("self_attn", "k_proj"),
@@ -419,7 +421,7 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
     """Every layer's tensors for chinwag's fused decode kernel, or None when it does not apply: the
     projections must all be int8 or int4 layers of shapes the kernels take, float32 elsewhere, with
     a SiLU MLP and RMSNorms of float32 weights. With `vnni`, the copies laid out for the
-    int8-activation kernel of the projections that have one."""
+    VNNI kernel of the projections that have one."""
     from bot.quantize import _QuantizedLinear
 
     if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
@@ -431,7 +433,7 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
         norms = (layer.input_layernorm, layer.post_attention_layernorm)
         if any(getattr(n, "weight", None) is None or n.weight.dtype != torch.float32 for n in norms):
             return None
-        weights, scales, biases = [], [], []
+        weights, scales, biases, wide = [], [], [], []
         for part, name in _PROJECTIONS:
             linear = getattr(getattr(layer, part, None), name, None)
             if not isinstance(linear, _QuantizedLinear):
@@ -444,10 +446,11 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
             weights.append(stored[0])
             scales.append(stored[1])
             biases.append(linear.bias)
+            wide.append(linear.wide_input)
         eps: set[float] = {float(getattr(n, "variance_epsilon", "nan")) for n in norms}
         if len(eps) != 1 or any(e != e for e in eps):  # one epsilon for both, as Llama and Qwen2 have
             return None
-        fused.append((norms[0].weight, norms[1].weight, eps.pop(), weights, scales, biases))
+        fused.append((norms[0].weight, norms[1].weight, eps.pop(), weights, scales, biases, wide))
     return fused
 
 

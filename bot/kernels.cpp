@@ -228,60 +228,84 @@ void in_blocks(int64_t total, const F& f) {
   for (int64_t start = 0; start < total; start += Max) block_of<Max>(std::min<int64_t>(Max, total - start), start, f);
 }
 
-// ---- int8 activations by int8 or int4 weights (AVX512-VNNI) ----------------------------------------
+// ---- Rounded activations by int8 or int4 weights (AVX512-VNNI) -------------------------------------
 //
 // vpdpbusd adds 4 products of unsigned by signed bytes per 32-bit lane: 64 products per instruction,
-// twice vdpbf16ps, and the weights need no conversion. The activations are rounded to int8 with one
-// scale per group of inputs (max |x| / 127 of the group's), llama.cpp's Q8_0: one scale per row lost
-// the full model's top token at 5.7% of the evaluation's positions, per group of 32 at 1.2%, where
-// bf16 loses it at 0.25%. The weights are laid out per block of 16 output channels and per group, in
-// 64-byte words whose bytes 4c..4c+3 hold channel c's weights for 4 consecutive inputs (so a lane is
-// a channel and a row's 4 inputs are one broadcast 32-bit word):
+// twice vdpbf16ps, and the weights need no conversion. The activations are rounded with one scale
+// per group of inputs (max |x| of the group's), as llama.cpp's Q8_0 does:
+// - to 16 bits (the default): two bytes per input, each multiplied by the weights with its own
+//   vpdpbusd, so as many products per instruction as vdpbf16ps but no weight conversion, and about
+//   50 times closer to the exact product than bf16 activations (8 significant bits) are. Beyond one
+//   row the products bound the time: at 8 rows, an int8 layer took 0.2 ms against bf16's 0.27, an
+//   int4 layer as long; one row, 40 us against 64-95 (896x4864 and 4864x896, in cache).
+// - to int8 (`model.kernels = "int8"`): half the products again. One scale per row lost the full
+//   model's top token at 5.7% of the evaluation's positions, per group of 32 at 1.2%, where bf16
+//   loses it at 0.25%.
+// The weights are laid out per block of 16 output channels and per group, in 64-byte words whose
+// bytes 4c..4c+3 hold channel c's weights for 4 consecutive inputs (so a lane is a channel and a
+// row's 4 inputs are one broadcast 32-bit word):
 // - int8 (`kChar` [N / 16, K / 32, 8, 64]): word j of a group holds inputs 4j..4j+3, as stored
 //   (signed); the kernel flips their sign bits, so it multiplies w + 128 (unsigned) by x and takes
-//   128 sum(x) off at the end. Scales: the int8 layer's own, bf16 [N].
+//   128 sum(q) off each group's sum (exact in int32). Scales: the int8 layer's own, bf16 [N].
 // - int4 (`kByte` [N / 16, K / G, G / 8, 64], groups of G = 32 or 64 inputs): word j holds inputs
 //   8j..8j+3 in its low nibbles and 8j+4..8j+7 in its high ones; a weight is (q - 8) * scale + zero,
 //   with scales and zeros bf16 [N / 16, K / G, 2, 16] (per block and group: 16 scales, 16 zeros).
 
 constexpr int64_t kVnniRows = 8;   // rows per pass over a block's weights (their sums stay in registers)
 constexpr int64_t kI8Group = 32;   // int8 weights: inputs per activation scale
+// Bytes of the weights prefetched ahead of those being multiplied (a thread's blocks are contiguous).
+#ifndef CHINWAG_AHEAD
+#define CHINWAG_AHEAD 2048
+#endif
+constexpr int64_t kVnniAhead = CHINWAG_AHEAD;
 
 bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 
-// Rows of x [M, K] rounded to int8 in groups of `group` inputs: xq [M, K], each group's scale
-// xs [M, K / group] and exact sum xsum [M, K / group], and per row 128 times the sum of the rounded
-// values (as multiplied: sum over groups of scale * sum(q)) in offset [M]. A row's values do not
-// depend on the others.
-void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, int8_t* xq, float* xs, float* xsum,
-                   float* offset) {
+// Rows of x [M, K] rounded in groups of `group` inputs, each group with its own scale, to int8
+// (`wide` false: q = round(x / scale), |q| <= 127) or to 16 bits (`wide`: |q| <= kWideTop, stored as
+// two int8 halves, q = 256 hi + lo with lo in [-128, 127] and hi in [-127, 127], each multiplied by
+// the weights with its own vpdpbusd). Out: xq [M, K] (wide: [M, 2K], a row's hi bytes then its lo
+// bytes), each group's scale xs [M, K / group], exact sum xsum [M, K / group] and sum of its
+// rounded values qsum [M, K / group]. A row's values do not depend on the others.
+constexpr float kWideTop = 32639.f;  // the largest |q| whose hi half is at most 127
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, bool wide, int8_t* xq, float* xs,
+                   float* xsum, int32_t* qsum) {
   const int64_t G = K / group;
+  const float top = wide ? kWideTop : 127.f;
   const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i half = _mm512_set1_epi32(128), byte = _mm512_set1_epi32(255);
   for (int64_t m = 0; m < M; ++m) {
-    float total = 0.f;
+    int8_t* hi = xq + m * (wide ? 2 * K : K);
+    int8_t* lo = hi + K;
     for (int64_t g = 0; g < G; ++g) {
       const float* p = x + m * K + g * group;
-      __m512 top = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      __m512 most = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
       for (int64_t i = 0; i < group; i += 16) {
         const __m512 v = _mm512_loadu_ps(p + i);
-        top = _mm512_max_ps(top, _mm512_and_ps(v, sign));
+        most = _mm512_max_ps(most, _mm512_and_ps(v, sign));
         sum = _mm512_add_ps(sum, v);
       }
-      const float most = _mm512_reduce_max_ps(top);
-      const float scale = most / 127.f;
-      const __m512 inverse = _mm512_set1_ps(most > 0.f ? 127.f / most : 0.f);
+      const float largest = _mm512_reduce_max_ps(most);
+      const float scale = largest / top;
+      const __m512 inverse = _mm512_set1_ps(largest > 0.f ? top / largest : 0.f);
       __m512i count = _mm512_setzero_si512();
       for (int64_t i = 0; i < group; i += 16) {
-        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p + i), inverse));  // to nearest
-        _mm_storeu_si128((__m128i*)(xq + m * K + g * group + i), _mm512_cvtsepi32_epi8(q));
-        count = _mm512_add_epi32(count, _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)),
-                                                         _mm512_set1_epi32(-127)));
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p + i), inverse));  // to nearest
+        q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(int32_t(top))), _mm512_set1_epi32(-int32_t(top)));
+        if (wide) {
+          const __m512i l = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q, half), byte), half);
+          _mm_storeu_si128((__m128i*)(lo + g * group + i), _mm512_cvtepi32_epi8(l));
+          _mm_storeu_si128((__m128i*)(hi + g * group + i), _mm512_cvtepi32_epi8(_mm512_srai_epi32(_mm512_sub_epi32(q, l), 8)));
+        } else {
+          _mm_storeu_si128((__m128i*)(hi + g * group + i), _mm512_cvtepi32_epi8(q));
+        }
+        count = _mm512_add_epi32(count, q);
       }
       xs[m * G + g] = scale;
       xsum[m * G + g] = _mm512_reduce_add_ps(sum);
-      total += scale * float(_mm512_reduce_add_epi32(count));
+      qsum[m * G + g] = _mm512_reduce_add_epi32(count);
     }
-    offset[m] = 128.f * total;
   }
 }
 
@@ -296,12 +320,13 @@ inline int32_t word(const int8_t* p) {
   return w;
 }
 
-// R rows of block b's 16 output channels, int4 weights in groups of 8 J inputs.
-template <int R, int J>
+// R rows of block b's 16 output channels, int4 weights in groups of 8 J inputs; `Wide`: 16-bit
+// activations (two halves, see `quantize_rows`).
+template <int R, int J, bool Wide>
 __attribute__((target("avx512vnni"))) void vnni_int4(const int8_t* xq, const float* xs, const float* xsum, int64_t K,
                                                        const uint8_t* w, const uint16_t* sz, const float* bias,
                                                        float* y, int64_t N, int64_t b) {
-  const int64_t G = K / (8 * J);
+  const int64_t G = K / (8 * J), S = Wide ? 2 * K : K;
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 out[R];
   UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
@@ -309,55 +334,71 @@ __attribute__((target("avx512vnni"))) void vnni_int4(const int8_t* xq, const flo
   const uint16_t* sb = sz + b * G * 32;
   const __m512 eight = _mm512_set1_ps(8.f);
   for (int64_t g = 0; g < G; ++g) {
-    __m512i acc[R];
-    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    __m512i acc[R], lo[R];
+    UNROLL for (int r = 0; r < R; ++r) acc[r] = lo[r] = _mm512_setzero_si512();
+    _mm_prefetch((const char*)(sb + g * 32) + kVnniAhead / 8, _MM_HINT_T0);
     UNROLL for (int j = 0; j < J; ++j) {
+      _mm_prefetch((const char*)(wb + (g * J + j) * 64 + kVnniAhead), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(wb + (g * J + j) * 64);
       const __m512i low = _mm512_and_si512(v, nibble);                        // inputs 8j .. 8j+3
       const __m512i high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);  // inputs 8j+4 .. 8j+7
       const int64_t k = (g * J + j) * 8;
       UNROLL for (int r = 0; r < R; ++r) {
-        acc[r] = _mm512_dpbusd_epi32(acc[r], low, _mm512_set1_epi32(word(xq + r * K + k)));
-        acc[r] = _mm512_dpbusd_epi32(acc[r], high, _mm512_set1_epi32(word(xq + r * K + k + 4)));
+        acc[r] = _mm512_dpbusd_epi32(acc[r], low, _mm512_set1_epi32(word(xq + r * S + k)));
+        acc[r] = _mm512_dpbusd_epi32(acc[r], high, _mm512_set1_epi32(word(xq + r * S + k + 4)));
+        if constexpr (Wide) {
+          lo[r] = _mm512_dpbusd_epi32(lo[r], low, _mm512_set1_epi32(word(xq + r * S + K + k)));
+          lo[r] = _mm512_dpbusd_epi32(lo[r], high, _mm512_set1_epi32(word(xq + r * S + K + k + 4)));
+        }
       }
     }
+    if constexpr (Wide) {
+      UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_add_epi32(_mm512_slli_epi32(acc[r], 8), lo[r]);
+    }
     const __m512 scale = from_bf16x16(sb + g * 32);
-    const __m512 low = _mm512_fnmadd_ps(eight, scale, from_bf16x16(sb + g * 32 + 16));  // zero - 8 scale
+    const __m512 zero = _mm512_fnmadd_ps(eight, scale, from_bf16x16(sb + g * 32 + 16));  // zero - 8 scale
     UNROLL for (int r = 0; r < R; ++r) {
       out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(scale, _mm512_set1_ps(xs[r * G + g])), out[r]);
-      out[r] = _mm512_fmadd_ps(low, _mm512_set1_ps(xsum[r * G + g]), out[r]);
+      out[r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[r * G + g]), out[r]);
     }
   }
   const __m512 bv = bias ? _mm512_loadu_ps(bias + b * 16) : _mm512_setzero_ps();
   UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, _mm512_add_ps(out[r], bv));
 }
 
-// R rows of block b's 16 output channels, int8 weights (activation scales per 32 inputs).
-template <int R>
-__attribute__((target("avx512vnni"))) void vnni_int8(const int8_t* xq, const float* xs, const float* offset,
+// R rows of block b's 16 output channels, int8 weights (activation scales per 32 inputs); `Wide`:
+// 16-bit activations (two halves, see `quantize_rows`).
+template <int R, bool Wide>
+__attribute__((target("avx512vnni"))) void vnni_int8(const int8_t* xq, const float* xs, const int32_t* qsum,
                                                        int64_t K, const int8_t* w, const uint16_t* scales,
                                                        const float* bias, float* y, int64_t N, int64_t b) {
-  const int64_t G = K / kI8Group;
+  const int64_t G = K / kI8Group, S = Wide ? 2 * K : K;
   const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
   __m512 out[R];
   UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
   const int8_t* wb = w + b * G * 512;
   for (int64_t g = 0; g < G; ++g) {
-    __m512i acc[R];
-    UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    __m512i acc[R], lo[R];
+    UNROLL for (int r = 0; r < R; ++r) acc[r] = lo[r] = _mm512_setzero_si512();
     UNROLL for (int j = 0; j < 8; ++j) {
+      _mm_prefetch((const char*)(wb + (g * 8 + j) * 64 + kVnniAhead), _MM_HINT_T0);
       const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(wb + (g * 8 + j) * 64), flip);  // w + 128
       const int64_t k = g * kI8Group + 4 * j;
-      UNROLL for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(word(xq + r * K + k)));
+      UNROLL for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(word(xq + r * S + k)));
+        if constexpr (Wide) lo[r] = _mm512_dpbusd_epi32(lo[r], v, _mm512_set1_epi32(word(xq + r * S + K + k)));
+      }
     }
-    UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int r = 0; r < R; ++r) {
+      if constexpr (Wide) acc[r] = _mm512_add_epi32(_mm512_slli_epi32(acc[r], 8), lo[r]);
+      // sum((w + 128) q) - 128 sum(q), exactly (at most 2^28 in magnitude)
+      acc[r] = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * qsum[r * G + g]));
       out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(xs[r * G + g]), out[r]);
+    }
   }
   const __m512 scale = from_bf16x16(scales + b * 16);
   const __m512 bv = bias ? _mm512_loadu_ps(bias + b * 16) : _mm512_setzero_ps();
-  UNROLL for (int r = 0; r < R; ++r)
-    _mm512_storeu_ps(y + r * N + b * 16, _mm512_fmadd_ps(scale, _mm512_sub_ps(out[r], _mm512_set1_ps(offset[r])), bv));
+  UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, _mm512_fmadd_ps(scale, out[r], bv));
 }
 
 // The output features of a weight in the VNNI layouts above, after checking it and its scales.
@@ -377,32 +418,43 @@ int64_t vnni_features(const at::Tensor& weight, const at::Tensor& scales, int64_
   return N;
 }
 
-// y [M, N] = x [M, K] by a weight in a VNNI layout, plus bias (checked by `vnni_features`).
+// y [M, N] = x [M, K] by a weight in a VNNI layout, plus bias (checked by `vnni_features`), the
+// activations rounded to `bits` (8, or 16 in two halves; see `quantize_rows`).
 void vnni_linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
-                      const float* bp, float* yp) {
+                      const float* bp, float* yp, int64_t bits) {
   TORCH_CHECK(has_vnni(), "int8 activations need AVX512-VNNI");
+  TORCH_CHECK(bits == 8 || bits == 16, "activations: 8 or 16 bits");
   const int64_t N = vnni_features(weight, scales, K);
-  const bool int8 = weight.scalar_type() == at::kChar;
-  const int64_t J = weight.size(2), group = int8 ? kI8Group : 8 * J, G = K / group;
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> xs(M * G), xsum(M * G), offset(M);
-  quantize_rows(xp, M, K, group, xq.data(), xs.data(), xsum.data(), offset.data());
-  at::parallel_for(0, N / 16, 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      in_blocks<kVnniRows>(M, [&](int64_t m, auto rows) {
-        constexpr int R = decltype(rows)::value;
-        const int8_t* xm = xq.data() + m * K;
-        if (int8)
-          vnni_int8<R>(xm, xs.data() + m * G, offset.data() + m, K, weight.data_ptr<int8_t>(),
-                       reinterpret_cast<const uint16_t*>(scales.data_ptr()), bp, yp + m * N, N, b);
-        else if (J == 4)
-          vnni_int4<R, 4>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(),
-                          reinterpret_cast<const uint16_t*>(scales.data_ptr()), bp, yp + m * N, N, b);
-        else
-          vnni_int4<R, 8>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(),
-                          reinterpret_cast<const uint16_t*>(scales.data_ptr()), bp, yp + m * N, N, b);
-      });
-  });
+  const bool int8 = weight.scalar_type() == at::kChar, wide = bits == 16;
+  const int64_t J = weight.size(2), group = int8 ? kI8Group : 8 * J, G = K / group, S = wide ? 2 * K : K;
+  std::vector<int8_t> xq(M * S);
+  std::vector<float> xs(M * G), xsum(M * G);
+  std::vector<int32_t> qsum(M * G);
+  quantize_rows(xp, M, K, group, wide, xq.data(), xs.data(), xsum.data(), qsum.data());
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+  auto rows_of = [&](auto wide_c) {
+    constexpr bool Wide = decltype(wide_c)::value;
+    at::parallel_for(0, N / 16, 8, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        in_blocks<kVnniRows>(M, [&](int64_t m, auto rows) {
+          constexpr int R = decltype(rows)::value;
+          const int8_t* xm = xq.data() + m * S;
+          if (int8)
+            vnni_int8<R, Wide>(xm, xs.data() + m * G, qsum.data() + m * G, K, weight.data_ptr<int8_t>(), sp, bp,
+                               yp + m * N, N, b);
+          else if (J == 4)
+            vnni_int4<R, 4, Wide>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(), sp,
+                                  bp, yp + m * N, N, b);
+          else
+            vnni_int4<R, 8, Wide>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(), sp,
+                                  bp, yp + m * N, N, b);
+        });
+    });
+  };
+  if (wide)
+    rows_of(std::true_type{});
+  else
+    rows_of(std::false_type{});
 }
 
 const float* bias_of(const std::optional<at::Tensor>& bias, int64_t N) {
@@ -431,8 +483,8 @@ int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) 
 
 // y [M, N] = x [M, K] by the weight, plus bias (checked by `features`).
 void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
-                 const float* bp, float* yp) {
-  if (weight.dim() == 4) return vnni_linear_into(xp, M, K, weight, scales, bp, yp);
+                 const float* bp, float* yp, int64_t bits = 16) {
+  if (weight.dim() == 4) return vnni_linear_into(xp, M, K, weight, scales, bp, yp, bits);
   const int64_t N = features(weight, scales, K);
   if (weight.scalar_type() == at::kChar) {
     const int8_t* wp = weight.data_ptr<int8_t>();
@@ -503,12 +555,12 @@ bool use_bf16(bool enable) {
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                  const std::optional<at::Tensor>& bias) {
+                  const std::optional<at::Tensor>& bias, int64_t bits) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t N = features(weight, scales, K);
   at::Tensor y = at::empty({M, N}, x.options());
-  linear_into(x.data_ptr<float>(), M, K, weight, scales, bias_of(bias, N), y.data_ptr<float>());
+  linear_into(x.data_ptr<float>(), M, K, weight, scales, bias_of(bias, N), y.data_ptr<float>(), bits);
   return y;
 }
 
@@ -711,10 +763,10 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
 // optional bias, in the order q, k, v, o, gate, up, down; the MLP's activation is SiLU.
 void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
                   at::TensorList weights, at::TensorList scales, const c10::List<std::optional<at::Tensor>>& biases,
-                  const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys, at::Tensor& values, int64_t column,
+                  at::IntArrayRef bits, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys, at::Tensor& values, int64_t column,
                   at::IntArrayRef starts, int64_t heads, int64_t kv_heads, double scale) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, hidden]");
-  TORCH_CHECK(weights.size() == 7 && scales.size() == 7 && biases.size() == 7, "seven projections");
+  TORCH_CHECK(weights.size() == 7 && scales.size() == 7 && biases.size() == 7 && bits.size() == 7, "seven projections");
   const int64_t M = x.size(0), H = x.size(1);
   const int64_t dim = keys.size(3), groups = heads / kv_heads;
   TORCH_CHECK(H % 16 == 0 && dim % 16 == 0 && heads % kv_heads == 0, "hidden and head sizes: multiples of 16");
@@ -744,9 +796,9 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   std::vector<float> gate(M * n[4]), up(M * n[4]);
   // Attention.
   rms_norm(xp, M, H, input_norm.data_ptr<float>(), float(eps), h.data());
-  linear_into(h.data(), M, H, weights[0], scales[0], bias[0], q.data());
-  linear_into(h.data(), M, H, weights[1], scales[1], bias[1], k.data());
-  linear_into(h.data(), M, H, weights[2], scales[2], bias[2], v.data());
+  linear_into(h.data(), M, H, weights[0], scales[0], bias[0], q.data(), bits[0]);
+  linear_into(h.data(), M, H, weights[1], scales[1], bias[1], k.data(), bits[1]);
+  linear_into(h.data(), M, H, weights[2], scales[2], bias[2], v.data(), bits[2]);
   rotate(q.data(), M, heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   rotate(k.data(), M, kv_heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   float* kp = keys.data_ptr<float>();
@@ -794,12 +846,12 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
       }
     }
   });
-  linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data());
+  linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data(), bits[3]);
   for (int64_t i = 0; i < M * H; ++i) xp[i] += o[i];
   // MLP.
   rms_norm(xp, M, H, post_norm.data_ptr<float>(), float(eps), h.data());
-  linear_into(h.data(), M, H, weights[4], scales[4], bias[4], gate.data());
-  linear_into(h.data(), M, H, weights[5], scales[5], bias[5], up.data());
+  linear_into(h.data(), M, H, weights[4], scales[4], bias[4], gate.data(), bits[4]);
+  linear_into(h.data(), M, H, weights[5], scales[5], bias[5], up.data(), bits[5]);
   const int64_t F = M * n[4];
   int64_t i = 0;
   for (; i + 16 <= F; i += 16) {  // silu(gate) * up = gate / (1 + e^-gate) * up
@@ -809,17 +861,17 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
                      _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)), _mm512_loadu_ps(up.data() + i)));
   }
   for (; i < F; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
-  linear_into(gate.data(), M, n[4], weights[6], scales[6], bias[6], o.data());
+  linear_into(gate.data(), M, n[4], weights[6], scales[6], bias[6], o.data(), bits[6]);
   for (int64_t j = 0; j < M * H; ++j) xp[j] += o[j];
 }
 
 }  // namespace
 
 TORCH_LIBRARY(chinwag, m) {
-  m.def("linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias, int bits) -> Tensor");
   m.def(
       "decode_layer(Tensor(a!) x, Tensor input_norm, Tensor post_norm, float eps, Tensor[] weights, "
-      "Tensor[] scales, Tensor?[] biases, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
+      "Tensor[] scales, Tensor?[] biases, int[] bits, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
       "int column, int[] starts, int heads, int kv_heads, float scale) -> ()");
   m.def("use_bf16(bool enable) -> bool");
   m.def("has_vnni() -> bool");

@@ -164,10 +164,11 @@ def build(cache_dir: Path, progress: bool = False) -> Path:
     return target
 
 
-def linear(x: Any, weight: Any, scales: Any, bias: Any) -> Any:
-    """x float32 [M, K] by a quantized weight (int8 [N, K] with bf16 scales [N], or int4 in
-    torch's CPU packed layout with its scales and zeros), plus bias: float32 [M, N]."""
-    return torch.ops.chinwag.linear(x, weight, scales, bias)
+def linear(x: Any, weight: Any, scales: Any, bias: Any, bits: int = 16) -> Any:
+    """x float32 [M, K] by a quantized weight (int8 [N, K] with bf16 scales [N], int4 in torch's
+    CPU packed layout with its scales and zeros, or either laid out for the VNNI kernel, whose
+    activations are rounded to `bits`, 8 or 16), plus bias: float32 [M, N]."""
+    return torch.ops.chinwag.linear(x, weight, scales, bias, bits)
 
 
 def _registered() -> bool:

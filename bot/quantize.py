@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # `model.quantization = "auto"` picks on a CPU.
 Scheme = Literal["int8", "int4", "mixed"]
 # Bumped when the stored format changes, so older copies are rebuilt.
-QUANT_VERSION = 10
+QUANT_VERSION = 11
 # Layers "mixed" stores as int4 even when their weights are not on a 4-bit grid: together they are
 # 58% of the default model's layer weights (not 4-bit in its GGUF). The default model then decoded at
 # 37 tokens/s instead of 29 (2 cores), with the same scores on every answer-quality evaluation
@@ -103,6 +103,9 @@ class _QuantizedLinear(nn.Module):
     scheme: Scheme
     # The weight laid out for the int8-activation kernel (None: the layer has no such copy).
     vnni_weight: Any
+    # Whether its activations keep 16 bits even where the other layers' are rounded to 8
+    # (`WIDE_INPUT_LAYERS`, `model.kernels = "int8"`).
+    wide_input = False
     # Rows below which chinwag's kernels (when loaded) compute the layer.
     native_rows = PREFILL_ROWS
 
@@ -125,7 +128,7 @@ class _QuantizedLinear(nn.Module):
             and (stored := self.vnni() or self.native()) is not None
         ):
             # chinwag's kernels (bot/kernels.cpp): float32 in and out, the bias added in the same pass.
-            out = kernels.linear(rows.contiguous(), *stored, self.bias)
+            out = kernels.linear(rows.contiguous(), *stored, self.bias, self.activation_bits())
             return out.reshape(*shape[:-1], self.out_features)
         # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
         # there, and expanding the weight for one plain matmul is the faster way.
@@ -158,15 +161,16 @@ class _QuantizedLinear(nn.Module):
         they do not take this layer's shape."""
         return None
 
-    def drop_vnni(self) -> None:
-        """Keep no copy for the int8-activation kernel (the layer multiplies bf16 activations)."""
-        self.vnni_weight = None
-
     def vnni(self) -> tuple[Any, Any] | None:
-        """The weight and scales laid out for chinwag's int8-activation kernel, while it is in use
-        (`kernels.int8`), else None."""
+        """The weight and scales laid out for chinwag's VNNI kernel, while the layers use it
+        (`kernels.vnni`), else None."""
         weight = getattr(self, "vnni_weight", None)
-        return (weight, self.vnni_scales) if kernels.int8 and weight is not None else None
+        return (weight, self.vnni_scales) if kernels.vnni and weight is not None else None
+
+    def activation_bits(self) -> int:
+        """What the VNNI kernel rounds this layer's activations to: 16 bits, or 8 with
+        `model.kernels = "int8"` (`kernels.int8`) unless the layer is one of `WIDE_INPUT_LAYERS`."""
+        return 8 if kernels.int8 and not self.wide_input else 16
 
 
 class Int8Linear(_QuantizedLinear):
@@ -271,10 +275,6 @@ class Int4Linear(_QuantizedLinear):
 
     def _matmul(self, x: Any) -> Any:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
-
-    def drop_vnni(self) -> None:
-        super().drop_vnni()
-        self.vnni_scales = None
 
     def native(self) -> tuple[Any, Any] | None:
         return (self.weight, self.scales_and_zeros) if self.out_features % _INT4_BLOCK == 0 else None
@@ -382,7 +382,7 @@ class ShortlistHead(nn.Module):
             logits = torch.nn.functional.linear(rows, weight.to(rows.dtype), bias)
             return logits.reshape(*shape[:-1], self.out_features)
         if kernels.ready and kernels.vnni and self.vnni_weight is not None and rows.dtype == torch.float32:
-            logits = kernels.linear(rows.contiguous(), self.vnni_weight, self.vnni_scales, None)
+            logits = kernels.linear(rows.contiguous(), self.vnni_weight, self.vnni_scales, None, 8)
         else:
             logits = self.coarse(rows)
         shortlist = logits.topk(SHORTLIST, dim=-1).indices  # [rows, SHORTLIST]
@@ -404,12 +404,12 @@ SHORTLIST = 64
 HEAD_GROUP = 64
 # The int8-activation kernel's groups of inputs for int8 weights (one activation scale each).
 VNNI_GROUP = 32
-# Layers that keep bf16 activations where the others take int8 (they get no VNNI copy): the MLP's
-# down projection, whose input (silu(gate) * up) has the largest outliers. With its activations
-# rounded to int8 too, one of the 24 document questions of bench/quality.py lost its answer (18/24);
-# without, every score is bf16's (19/24, 0/8, 35/41, 41/41, 27/32, no false calls). One reply
-# decoded at 90 tokens/s with all of them int8, 69 this way, 60 with none.
-BF16_INPUT_LAYERS = frozenset({"down_proj"})
+# Layers whose activations keep 16 bits with `model.kernels = "int8"`, where the others' are rounded
+# to 8: the MLP's down projection, whose input (silu(gate) * up) has the largest outliers. With its
+# activations rounded to int8 too, one of the 24 document questions of bench/quality.py lost its
+# answer (18/24); with bf16 or 16 bits there, every score is as without int8 (19/24, 0/8, 35/41,
+# 41/41, 27/32, no false calls).
+WIDE_INPUT_LAYERS = frozenset({"down_proj"})
 
 
 def _vnni_fits(layer: _QuantizedLinear) -> bool:
@@ -501,8 +501,8 @@ def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: s
             if not layer_type.supports(child.in_features, child.out_features):
                 continue
             layer = layer_type(child.in_features, child.out_features, child.bias is not None, dtype)
-            if name in BF16_INPUT_LAYERS and isinstance(layer, Int8Linear | Int4Linear):
-                layer.drop_vnni()  # no VNNI copy is stored or loaded
+            if isinstance(layer, _QuantizedLinear):
+                layer.wide_input = name in WIDE_INPUT_LAYERS
             if fill:
                 if isinstance(layer, ShortlistHead):
                     layer.quantize(child.weight, tied)

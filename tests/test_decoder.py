@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,10 +99,26 @@ def _decode(step: Any, cache: BatchCache, tokens: list[int], positions: list[int
     return out
 
 
+@contextlib.contextmanager
+def _float32_products() -> Iterator[None]:
+    """chinwag's kernels (where in use) multiplying exact float32 activations meanwhile (not bf16,
+    nor rounded to 16 bits by the VNNI kernel)."""
+    if not kernels.ready:
+        yield
+        return
+    vnni, kernels.vnni = kernels.vnni, False
+    torch.ops.chinwag.use_bf16(False)
+    try:
+        yield
+    finally:
+        torch.ops.chinwag.use_bf16(True)
+        kernels.vnni = vnni
+
+
 def _unfused(model: Any) -> LeanStep:
     """The lean step through the layers' modules (as on a machine without chinwag's kernels)."""
     step = LeanStep(model)
-    step._fused = None
+    step._fused = step._fused_vnni = None
     return step
 
 
@@ -119,15 +136,12 @@ def test_the_fused_layers_compute_the_same_up_to_rounding(small: Any) -> None:
     step = LeanStep(small)
     if step._fused is None or not kernels.ready:
         pytest.skip("chinwag's kernels are not in use here")
-    # In float32: in bf16 both paths round their activations, and a difference of 1e-7 upstream
-    # may round a value the other way (the kernels' own tests check the bf16 products).
-    torch.ops.chinwag.use_bf16(False)
-    try:
+    # In float32: in bf16 or 16 bits both paths round their activations, and a difference of 1e-7
+    # upstream may round a value the other way (the kernels' own tests check those products).
+    with _float32_products():
         prompt = _prefill(small, 40, 1)
         fused = _decode(step, BatchCache(prompt), [5], [40], 8)
         full = _decode(ModelStep(small), BatchCache(prompt), [5], [40], 8)
-    finally:
-        torch.ops.chinwag.use_bf16(True)
     for a, b in zip(fused, full, strict=True):
         assert not torch.equal(a, b)  # a different computation...
         assert float((a - b).abs().max()) < 1e-4 * float(b.abs().max()) + 1e-4  # ...of the same logits
@@ -164,12 +178,7 @@ def test_a_prompt_is_encoded_as_the_models_forward_encodes_it(small: Any) -> Non
         # chinwag's kernels the attention is theirs: compared with float32 products, as with bf16
         # a difference of 1e-7 may round a layer's input the other way (and random tokens make a
         # prompt whose logits then moved by 2 of 31).
-        if kernels.ready:
-            torch.ops.chinwag.use_bf16(False)
-        try:
+        with _float32_products():
             a, b = lean.feed(ours, 40, more), full.feed(theirs, 40, more)
-        finally:
-            if kernels.ready:
-                torch.ops.chinwag.use_bf16(True)
         assert torch.allclose(a, b, atol=1e-3) and int(a.argmax()) == int(b.argmax())
         assert lean.layers(ours)[0][0].shape == full.layers(theirs)[0][0].shape == (1, 3, 44, 64)

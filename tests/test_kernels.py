@@ -51,14 +51,28 @@ def _rows(m: int, k: int, seed: int) -> torch.Tensor:
     return torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
 
 
-@pytest.fixture(params=["bf16", "float32"])
+@pytest.fixture(params=["wide", "bf16", "float32"])
 def variant(request: pytest.FixtureRequest, native: None) -> Iterator[str]:
-    """The kernels multiplying in bf16 (CPUs with AVX512-BF16) or in float32 (not int8)."""
+    """The kernels' ways of multiplying a layer's activations (not `model.kernels = "int8"`):
+    rounded to 16 bits by the VNNI kernel (CPUs with AVX512-VNNI, layers with a copy for it), to
+    bf16 (CPUs with AVX512-BF16, without VNNI or a copy for it), or exact in float32."""
+    if request.param == "wide" and not kernels.vnni:
+        pytest.skip("this CPU lacks AVX512-VNNI")
     if request.param == "bf16" and not torch.ops.chinwag.use_bf16(True):
         pytest.skip("this CPU lacks AVX512-BF16")
-    torch.ops.chinwag.use_bf16(request.param == "bf16")
+    kernels.vnni = request.param == "wide"
+    torch.ops.chinwag.use_bf16(request.param != "float32")
     yield request.param
     torch.ops.chinwag.use_bf16(True)
+
+
+def _as_multiplied(variant: str, layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
+    """The activations as `variant` multiplies them by this layer (float64)."""
+    if variant == "wide" and layer.vnni() is not None:
+        return _rounded_rows(x, VNNI_GROUP, 16)
+    if variant != "float32" and layer.in_features % 32 == 0:
+        return x.bfloat16().double()
+    return x.double()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9])
@@ -66,10 +80,8 @@ def variant(request: pytest.FixtureRequest, native: None) -> Iterator[str]:
 def test_int8_layers_compute_what_their_float_weights_do(variant: str, rows: int, n: int, k: int) -> None:
     layer = _int8(n, k, rows)
     x = _rows(rows, k, n)
-    if variant == "bf16" and k % 32 == 0:
-        x = x.bfloat16().float()  # what that variant multiplies; the rest is exact
-    expected = x.double() @ layer._dequantized(torch.float32).double().t() + layer.bias.double()
-    assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-4)
+    expected = _as_multiplied(variant, layer, x) @ layer._dequantized(torch.float32).double().t()
+    assert torch.allclose(layer(x).double(), expected + layer.bias.double(), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 7])
@@ -77,11 +89,12 @@ def test_int8_layers_compute_what_their_float_weights_do(variant: str, rows: int
 def test_int4_layers_compute_what_their_float_weights_do(variant: str, rows: int, n: int, k: int) -> None:
     layer = _int4(n, k, rows, bias=True)
     x = _rows(rows, k, n)
-    if variant == "bf16":
-        x = x.bfloat16().float()  # what that variant multiplies; the rest is exact
-    weight = _int4_exact(layer)
-    expected = x.double() @ weight.t() + layer.bias.double()
-    assert torch.allclose(layer(x).double(), expected, rtol=1e-5, atol=1e-3)
+    if variant == "wide":  # the zero points multiply the exact sums of the activations
+        pairs = layer.scales_and_zeros.transpose(0, 1)
+        expected = _int4_product(x, VNNI_GROUP, _int4_levels(layer), pairs[..., 0], pairs[..., 1], 16)
+    else:
+        expected = _as_multiplied(variant, layer, x) @ _int4_exact(layer).t()
+    assert torch.allclose(layer(x).double(), expected + layer.bias.double(), rtol=1e-5, atol=1e-3)
 
 
 def test_a_row_comes_out_bit_for_bit_the_same_whatever_else_is_in_the_batch(variant: str) -> None:
@@ -126,25 +139,29 @@ def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(nati
     assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
 
 
-def _int8_rows(x: torch.Tensor, group: int) -> torch.Tensor:
-    """x rounded to int8 per group of inputs as the kernel rounds it (in float32: max |x| / 127 of
-    the group, x times 127 / max rounded to nearest even), returned as float64 values."""
+def _rounded_rows(x: torch.Tensor, group: int, bits: int = 8) -> torch.Tensor:
+    """x rounded per group of inputs as the VNNI kernel rounds it (in float32: to `bits` 8, max |x|
+    / 127 of the group, x times 127 / max rounded to nearest even; to 16, the same with 32639),
+    returned as float64 values."""
+    most = 127 if bits == 8 else 32639
     groups = x.reshape(len(x), -1, group)
     top = groups.abs().amax(dim=2, keepdim=True)
-    inverse = torch.where(top > 0, 127 / top, torch.zeros_like(top))
-    q = (groups * inverse).round().clamp(-127, 127)
-    return (q.double() * (top / 127).double()).reshape(x.shape)
+    # A float32 division, as the kernel's (torch computes a number over a tensor as its reciprocal
+    # times the number, which rounds a product on a tie differently now and then).
+    inverse = torch.where(top > 0, torch.full_like(top, most) / top, torch.zeros_like(top))
+    q = (groups * inverse).round().clamp(-most, most)
+    return (q.double() * (top / most).double()).reshape(x.shape)
 
 
 def _int4_product(
-    x: torch.Tensor, group: int, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+    x: torch.Tensor, group: int, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int = 8
 ) -> torch.Tensor:
-    """What the int8-activation kernel computes for int4 weights, in float64: a weight (q - 8) *
-    scale + zero is q * scale + low (levels [N, K], per group scales and zeros [N, K / G]); the
-    rounded activations multiply q * scale, the exact ones the lows (their sums are exact)."""
+    """What the VNNI kernel computes for int4 weights, in float64: a weight (q - 8) * scale + zero
+    is q * scale + low (levels [N, K], per group scales and zeros [N, K / G]); the activations
+    rounded to `bits` multiply q * scale, the exact ones the lows (their sums are exact)."""
     expand = lambda t: t.double().repeat_interleave(q.shape[1] // scales.shape[1], dim=1)  # noqa: E731
     low = expand(zeros) - 8 * expand(scales)
-    return _int8_rows(x, group) @ (q.double() * expand(scales)).t() + x.double() @ low.t()
+    return _rounded_rows(x, group, bits) @ (q.double() * expand(scales)).t() + x.double() @ low.t()
 
 
 def _int4_levels(layer: Int4Linear) -> torch.Tensor:
@@ -160,19 +177,21 @@ def _int4_exact(layer: Int4Linear) -> torch.Tensor:
     return (_int4_levels(layer).double() - 8) * expand(pairs[..., 0]) + expand(pairs[..., 1])
 
 
-@pytest.fixture
-def vnni(native: None) -> None:
-    """The layers multiplying int8 activations (`model.kernels = "int8"`)."""
+@pytest.fixture(params=[8, 16])
+def vnni(request: pytest.FixtureRequest, native: None) -> int:
+    """The layers multiplying their activations rounded to 8 bits (`model.kernels = "int8"`) or to
+    16 ("auto") by the VNNI kernel; the bits."""
     if not kernels.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
-    kernels.int8 = True
+    kernels.int8 = request.param == 8
+    return int(request.param)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17])
 @pytest.mark.parametrize(("n", "k"), [(16, 64), (96, 192), (4864, 896), (896, 4864)])
 @pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
-def test_the_int8_activation_kernel_computes_its_reference(
-    vnni: None, kind: type[Layer], rows: int, n: int, k: int
+def test_the_vnni_kernel_computes_its_reference(
+    vnni: int, kind: type[Layer], rows: int, n: int, k: int
 ) -> None:
     if kind is Int4Linear and n % 64:
         pytest.skip("int4 layers: blocks of 64 outputs")
@@ -182,9 +201,9 @@ def test_the_int8_activation_kernel_computes_its_reference(
     x[0, 32:64] = 0  # a group of zeros
     x[-1, 3] = 300.0  # an outlier rounds its own group only
     stored = layer.vnni()
-    assert stored is not None and stored[0].dim() == 4
+    assert stored is not None and stored[0].dim() == 4 and layer.activation_bits() == vnni
     out = layer(x)
-    assert torch.equal(out, kernels.linear(x, *stored, layer.bias))
+    assert torch.equal(out, kernels.linear(x, *stored, layer.bias, vnni))
     if isinstance(layer, Int8Linear):
         weight = layer.weight.double() * layer.scales.double()[:, None]
     else:
@@ -192,19 +211,35 @@ def test_the_int8_activation_kernel_computes_its_reference(
         q, scales, zeros = _int4_levels(layer), pairs[..., 0], pairs[..., 1]
         weight = _int4_exact(layer)
     if isinstance(layer, Int8Linear):
-        expected = _int8_rows(x, VNNI_GROUP) @ weight.t() + layer.bias.double()
+        expected = _rounded_rows(x, VNNI_GROUP, vnni) @ weight.t() + layer.bias.double()
     else:
-        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros) + layer.bias.double()
+        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros, vnni) + layer.bias.double()
     assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     # Each row alone: bit for bit what it is among the others.
     for i in (0, rows - 1):
         assert torch.equal(layer(x[i : i + 1].contiguous()), out[i : i + 1])
-    # The rounding is the activations' only (the outlier's group rounds coarsely): near the exact product.
+    # The rounding is the activations' only (the outlier's group rounds coarsely): near the exact
+    # product, and with 16 bits very near.
     exact = x.double() @ weight.t() + layer.bias.double()
-    assert float((out.double() - exact).abs().max()) <= 0.05 * float(exact.abs().max())
+    error = float((out.double() - exact).abs().max())
+    assert error <= (0.05 if vnni == 8 else 2e-4) * float(exact.abs().max())
 
 
-def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(vnni: None) -> None:
+def test_a_layer_that_keeps_wide_activations_keeps_them_with_int8(native: None) -> None:
+    if not kernels.vnni:
+        pytest.skip("this CPU lacks AVX512-VNNI")
+    layer = _int8(96, 192, 14)
+    layer.wide_input = True  # the MLP's down projection (WIDE_INPUT_LAYERS)
+    x = _rows(3, 192, 15)
+    kernels.int8 = True
+    assert layer.activation_bits() == 16
+    assert torch.equal(layer(x), kernels.linear(x, *layer.vnni(), layer.bias, 16))
+    assert not torch.equal(layer(x), kernels.linear(x, *layer.vnni(), layer.bias, 8))
+
+
+def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(native: None) -> None:
+    if not kernels.vnni:
+        pytest.skip("this CPU lacks AVX512-VNNI")
     g = torch.Generator().manual_seed(12)
     weight = torch.randn(4096, 128, generator=g)
     head = ShortlistHead(128, 4096, False, torch.float32)
@@ -217,7 +252,7 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
     assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
     # The rest are the kernel's estimates (not the int4 layer's): the activations rounded per group
     # of 64 by the head's own int4 copy.
-    estimates = kernels.linear(x, head.vnni_weight, head.vnni_scales, None)
+    estimates = kernels.linear(x, head.vnni_weight, head.vnni_scales, None, 8)
     pairs = head.vnni_scales.permute(0, 3, 2, 1).reshape(4096, 2, -1)  # [N, (scale, zero), groups]
     levels = head.vnni_weight.view(256, 2, 8, 16, 4)  # [block, group, j, c, i]
     q = torch.stack([levels & 0xF, levels >> 4], dim=-2)  # [block, group, j, c, half, i]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bot import kernels
 from bot.errors import ModelError
 from bot.quantize import (
     GROUP,
@@ -33,9 +34,15 @@ needs_kernels = pytest.mark.skipif(
 
 def _dequantized(layer: torch.nn.Module, in_features: int) -> torch.Tensor:
     """The weight a quantized layer multiplies by, read back through its own kernel (x = identity,
-    fed in fewer rows than a prompt's, which an int8 layer multiplies by its expanded weight)."""
+    fed in fewer rows than a prompt's, which an int8 layer multiplies by its expanded weight). Not
+    through the VNNI kernel (whose rounded activations are a scale times an integer: 1.0 comes back
+    as 32639 times 1 / 32639, not exactly 1)."""
     eye = torch.eye(in_features, dtype=torch.float32)
-    rows = [layer(eye[i : i + PREFILL_ROWS // 2]) for i in range(0, in_features, PREFILL_ROWS // 2)]
+    vnni, kernels.vnni = kernels.vnni, False
+    try:
+        rows = [layer(eye[i : i + PREFILL_ROWS // 2]) for i in range(0, in_features, PREFILL_ROWS // 2)]
+    finally:
+        kernels.vnni = vnni
     return torch.cat(rows).T  # [out, in]
 
 
