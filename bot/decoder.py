@@ -23,6 +23,7 @@ too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -199,6 +200,14 @@ class ModelStep:
         )
         return out.logits[0, -1]
 
+    def can_feed_many(self) -> bool:
+        """Whether `feed_many` encodes several requests in one pass (never, here)."""
+        return False
+
+    def feed_many(self, requests: list[tuple[Any, int, list[int]]]) -> list[Any]:
+        """`feed` for several requests, one after the other."""
+        return [self.feed(*request) for request in requests]
+
     def layers(self, cache: Any) -> list[tuple[Any, Any]]:
         """A request's cache as keys and values [1, kv_heads, tokens, dim] per layer."""
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -294,49 +303,87 @@ class LeanStep:
         a cache (a follow-up turn), with chinwag's kernels loaded, the attention is theirs (the same
         up to rounding).
         """
+        return self._encode([(cache, fed, tokens)], _module)[0]
+
+    def can_feed_many(self) -> bool:
+        """Whether `feed_many` encodes several requests in one pass (chinwag's kernels in use for
+        every projection), rather than one after the other."""
+        return self._fused is not None and kernels.ready
+
+    def feed_many(self, requests: list[tuple[BatchCache, int, list[int]]]) -> list[Any]:
+        """`feed` for several requests (each: its cache, the tokens it holds, the tokens to encode),
+        in one pass over the weights: each request's logits.
+
+        The projections go through chinwag's kernels whatever the number of rows (`rowwise`), so
+        each request's keys, values and logits are bit for bit those `feed` gives it alone as long
+        as its tokens are fewer than `PREFILL_ROWS` (from there `feed` expands the int8 weights for
+        one matmul instead). Without the kernels, one request after the other.
+        """
+        if len(requests) == 1 or not self.can_feed_many():
+            return [self.feed(*request) for request in requests]
+        return list(self._encode(requests, _rowwise))
+
+    def _encode(self, requests: list[tuple[BatchCache, int, list[int]]], product: _Product) -> Any:
+        """Logits [requests, vocab] of each request's last new token; their keys and values go into
+        the requests' caches. The projections by `product`, the attention request by request."""
         heads, kv_heads, dim = self._heads, self._kv_heads, self._head_dim
-        count = len(tokens)
         device = self._embed.weight.device
-        start = cache.open_columns(count)
-        assert start == fed, "the cache does not hold what the request has fed"
-        positions = torch.arange(fed, fed + count, device=device)[None]
-        mask = None
-        if fed:  # each new token sees the cache and the new tokens up to itself
-            mask = torch.arange(fed + count, device=device)[None, :] <= positions[0, :, None]
-        x = self._embed(torch.tensor([tokens], device=device))  # [1, count, hidden]
-        cos, sin = self._rotary(x, positions)
-        cos, sin = cos[:, None], sin[:, None]  # [1, 1, count, dim]
+        spans: list[tuple[int, int]] = []
+        positions: list[Any] = []
+        tokens: list[int] = []
+        for cache, fed, new in requests:
+            start = cache.open_columns(len(new))
+            assert start == fed, "the cache does not hold what the request has fed"
+            spans.append((len(tokens), len(new)))
+            positions.append(torch.arange(fed, fed + len(new), device=device))
+            tokens.extend(new)
+        where = torch.cat(positions)[None]
+        x = self._embed(torch.tensor([tokens], device=device))  # [1, tokens, hidden]
+        cos, sin = self._rotary(x, where)
+        cos, sin = cos[:, None], sin[:, None]  # [1, 1, tokens, dim]
         for i, layer in enumerate(self._layers):
             attention = layer.self_attn
-            q, k, v = self._project(layer, x, cos, sin)
-            cache.keys[i][:, :, fed : fed + count] = k
-            cache.values[i][:, :, fed : fed + count] = v
-            if fed and kernels.ready and dim % 16 == 0 and count * (fed + count) <= _ATTEND_AREA:
-                # chinwag's kernel: 12 new tokens over 700 columns took 0.18 ms a layer against
-                # 0.27 with torch's masked attention, a 315-token prompt over 345 1.1 against 3.0.
-                out = torch.ops.chinwag.attend(
-                    q[0].contiguous(), cache.keys[i][0], cache.values[i][0], fed, self._scaling
-                )
-            else:
-                keys, values = cache.layer(i)
-                out = _attend(
-                    q, keys, values, self._scaling, heads // kv_heads, mask, mask is None and count > 1
-                )
-                out = out.transpose(1, 2).reshape(1, count, heads * dim)
-            x = x + attention.o_proj(out.view(1, count, heads * dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self._head(self._norm(x[:, -1:]))[0, -1]
+            q, k, v = self._project(layer, x, cos, sin, product)
+            outs = []
+            for (cache, fed, _), (first, count), own in zip(requests, spans, positions, strict=True):
+                cache.keys[i][:, :, fed : fed + count] = k[:, :, first : first + count]
+                cache.values[i][:, :, fed : fed + count] = v[:, :, first : first + count]
+                mine = q[:, :, first : first + count]
+                if fed and kernels.ready and dim % 16 == 0 and count * (fed + count) <= _ATTEND_AREA:
+                    # chinwag's kernel: 12 new tokens over 700 columns took 0.18 ms a layer against
+                    # 0.27 with torch's masked attention, a 315-token prompt over 345 1.1 against 3.0.
+                    out = torch.ops.chinwag.attend(
+                        mine[0].contiguous(), cache.keys[i][0], cache.values[i][0], fed, self._scaling
+                    )
+                else:
+                    # Each new token sees the cache and the new tokens up to itself.
+                    mask = torch.arange(fed + count, device=device)[None, :] <= own[:, None] if fed else None
+                    keys, values = cache.layer(i)
+                    out = _attend(
+                        mine, keys, values, self._scaling, heads // kv_heads, mask, mask is None and count > 1
+                    )
+                    out = out.transpose(1, 2).reshape(1, count, heads * dim)
+                outs.append(out.view(1, count, heads * dim))
+            x = x + product(attention.o_proj, outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
+            h = layer.post_attention_layernorm(x)
+            mlp = layer.mlp  # what the MLP's forward computes (Llama, Qwen2), by `product`
+            x = x + product(mlp.down_proj, mlp.act_fn(product(mlp.gate_proj, h)) * product(mlp.up_proj, h))
+        last = [first + count - 1 for first, count in spans]
+        return self._head(self._norm(x[:, last]))[0]
 
-    def _project(self, layer: Any, x: Any, cos: Any, sin: Any) -> tuple[Any, Any, Any]:
+    def _project(
+        self, layer: Any, x: Any, cos: Any, sin: Any, product: _Product | None = None
+    ) -> tuple[Any, Any, Any]:
         """A layer's queries, keys and values for `x` [rows, tokens, hidden], rotated to their
         positions: [rows, heads, tokens, dim]. The projections one by one, as the forward does
         (over many rows, one fused float matmul may add up in another order)."""
+        product = product or _module
         rows, count = x.shape[:2]
         attention = layer.self_attn
         h = layer.input_layernorm(x)
-        q = attention.q_proj(h).view(rows, count, self._heads, self._head_dim).transpose(1, 2)
-        k = attention.k_proj(h).view(rows, count, self._kv_heads, self._head_dim).transpose(1, 2)
-        v = attention.v_proj(h).view(rows, count, self._kv_heads, self._head_dim).transpose(1, 2)
+        q = product(attention.q_proj, h).view(rows, count, self._heads, self._head_dim).transpose(1, 2)
+        k = product(attention.k_proj, h).view(rows, count, self._kv_heads, self._head_dim).transpose(1, 2)
+        v = product(attention.v_proj, h).view(rows, count, self._kv_heads, self._head_dim).transpose(1, 2)
         q = (q * cos) + (_rotate_half(q) * sin)
         k = (k * cos) + (_rotate_half(k) * sin)
         return q, k, v
@@ -400,6 +447,20 @@ class LeanStep:
             x = x + attention.o_proj(out.reshape(rows, 1, heads * dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self._head(self._norm(x))[:, -1]
+
+
+# How a projection is computed: (the layer, its input) -> its output.
+_Product = Callable[[Any, Any], Any]
+
+
+def _module(linear: Any, x: Any) -> Any:
+    """The layer's own forward."""
+    return linear(x)
+
+
+def _rowwise(linear: Any, x: Any) -> Any:
+    """The layer by chinwag's kernels at any number of rows (quantized layers; see `rowwise`)."""
+    return linear.rowwise(x)
 
 
 # What `chinwag::decode_layer` takes of a layer: its norms' weights and epsilon, and its projections'

@@ -119,10 +119,18 @@ class _QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme}"
 
     def forward(self, x: Any) -> Any:
+        return self._product(x, self.native_rows)
+
+    def rowwise(self, x: Any) -> Any:
+        """As `forward`, but by chinwag's kernels (where in use) at any number of rows: each row's
+        result is then bit for bit what it would be alone (prompts encoded together)."""
+        return self._product(x, 1 << 62)
+
+    def _product(self, x: Any, kernel_rows: int) -> Any:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         if (
-            rows.shape[0] < self.native_rows
+            rows.shape[0] < kernel_rows
             and kernels.ready
             and rows.dtype == torch.float32
             and (stored := self.vnni() or self.native()) is not None

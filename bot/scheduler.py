@@ -66,6 +66,13 @@ class Request:
     cache: Any = None  # the request's own cache while it is prefilled
     reused: int = 0  # prompt tokens taken from the prefix cache
     generator: Any = None
+    lent: tuple[int, ...] | None = None  # the kept cache whose room its cache grows into, if any
+    # The distinct tokens of its prompt and reply so far (for the repetition penalty): in order,
+    # as a set, how many of prompt + generated they cover, and as a tensor (None: changed since).
+    seen: list[int] = field(default_factory=list)
+    seen_set: set[int] = field(default_factory=set)
+    seen_upto: int = 0
+    seen_ids: Any = None
     text_sent: int = 0
     position: int = 0  # the place in the queue the request was last told (0: not waiting)
 
@@ -92,6 +99,7 @@ class Scheduler:
         self._prefix = _PrefixCache(prefix_cache_mb * 1024 * 1024)
         # Finished replies' caches to extend with `Request.follow` while the worker is idle.
         self.extended = 0  # caches extended so far (for tests and benchmarks)
+        self.encoded_together = 0  # prompts encoded in a pass with others (for tests and benchmarks)
         self._pending: deque[tuple[list[int], list[tuple[Any, Any]], list[int]]] = deque(maxlen=2 * max_batch)
         self._lock = threading.Condition()
         self._waiting: deque[Request] = deque()
@@ -205,7 +213,7 @@ class Scheduler:
                 try:
                     self._drop_cancelled()
                     if self._prefilling:
-                        self._prefill_step(self._prefilling[0])
+                        self._prefill_step()
                     if self._rows:
                         self._decode_step()
                 except Exception as error:  # a bug here must not leave anyone waiting forever
@@ -243,44 +251,94 @@ class Scheduler:
         if gone:
             self._remove_rows(gone, "cancelled")
 
-    def _prefill_step(self, request: Request) -> None:
-        """Encode the next chunk of one prompt; after the last chunk, choose its first token."""
-        import torch
-
+    def _prefill_step(self) -> None:
+        """Encode the next chunk of the first prompt waiting to be encoded, and with it every other
+        short one (`_together`); a prompt encoded to its end gets its first token and joins."""
+        group = self._together()
+        if len(group) > 1:
+            self.encoded_together += len(group)
         try:
-            if request.cache is None:
-                # A kept cache with room after its tokens is lent, not copied, when the prompt
-                # continues all of it (the next turn of a conversation): requests are encoded one
-                # at a time and each drops its own cache when it joins the batch, so no two write
-                # into that room at once, and nothing else reads it.
-                prefix, request.fed, lent = self._prefix.take(request.prompt)
-                request.reused = request.fed
-                request.cache = self.step.start(prefix, request.fed if lent else None)
-                request.generator = torch.Generator(device=self._model.device)
-                if request.params.seed is not None:
-                    request.generator.manual_seed(request.params.seed)
-                else:
-                    request.generator.seed()
-            chunk = request.prompt[request.fed : request.fed + self._prefill_chunk]
-            logits = self.step.feed(request.cache, request.fed, chunk)
-            request.fed += len(chunk)
-            if request.fed < len(request.prompt):
-                return
-            token = self._choose(request, logits)
+            chunks = [r.prompt[r.fed : r.fed + self._prefill_chunk] for r in group]
+            logits = self.step.feed_many(
+                [(r.cache, r.fed, chunk) for r, chunk in zip(group, chunks, strict=True)]
+            )
         except Exception as error:
             log.exception("prefill failed")
+            for request in group:
+                self._prefill_failed(request, error)
+            return
+        for request, chunk, last in zip(group, chunks, logits, strict=True):
+            request.fed += len(chunk)
+            if request.fed < len(request.prompt):
+                continue
+            try:
+                token = self._choose(request, last)
+            except Exception as error:
+                log.exception("choosing a first token failed")
+                self._prefill_failed(request, error)
+                continue
+            if self._accept(request, token):
+                self._join(request)
+            # Only now, under the lock: `submit` counting the slots in use never sees this request
+            # in neither list (it would admit one too many and tell a wrong place in the queue).
             with self._lock:
                 self._prefilling.remove(request)
             request.cache = None
-            request.emit(error)
+
+    def _together(self) -> list[Request]:
+        """The requests to encode in this pass: the first one waiting to be encoded, and when its
+        next chunk is short (fewer tokens than a prompt's many rows, `PREFILL_ROWS`) and the step
+        can encode several in one pass over the weights, every other whose whole remaining prompt
+        is short too (8 questions arriving at once: one pass instead of 8)."""
+        from bot.quantize import PREFILL_ROWS
+
+        first = self._prefilling[0]
+        self._start(first)
+        if len(first.prompt) - first.fed >= PREFILL_ROWS or not self.step.can_feed_many():
+            return [first]
+        group = [first]
+        # A kept cache is lent to one request at a time: another prompt continuing it waits for the
+        # next pass (the first has joined the batch then, done with it), not a copy of it.
+        lent = {r.lent for r in self._prefilling if r.lent is not None}
+        for request in self._prefilling[1:]:
+            if request.cache is None:
+                key = self._prefix.lendable(request.prompt)
+                if key is not None and key in lent:
+                    continue
+                if len(request.prompt) - self._prefix.match(request.prompt) >= PREFILL_ROWS:
+                    continue
+                self._start(request)
+                if request.lent is not None:
+                    lent.add(request.lent)
+            if len(request.prompt) - request.fed < PREFILL_ROWS:
+                group.append(request)
+        return group
+
+    def _start(self, request: Request) -> None:
+        """Give a request its own cache (once), holding the longest kept prefix of its prompt."""
+        import torch
+
+        if request.cache is not None:
             return
-        if self._accept(request, token):
-            self._join(request)
-        # Only now, under the lock: `submit` counting the slots in use never sees this request in
-        # neither list (it would admit one too many and tell a wrong place in the queue).
+        # A kept cache with room after its tokens is lent, not copied, when the prompt continues
+        # all of it (the next turn of a conversation): to one request at a time (`_together`), which
+        # drops its own cache when it joins the batch, so no two write into that room at once, and
+        # nothing else reads it.
+        prefix, request.fed, request.lent = self._prefix.take(request.prompt)
+        request.reused = request.fed
+        request.cache = self.step.start(prefix, request.fed if request.lent is not None else None)
+        request.generator = torch.Generator(device=self._model.device)
+        if request.params.seed is not None:
+            request.generator.manual_seed(request.params.seed)
+        else:
+            request.generator.seed()
+
+    def _prefill_failed(self, request: Request, error: BaseException) -> None:
         with self._lock:
-            self._prefilling.remove(request)
+            if request in self._prefilling:
+                self._prefilling.remove(request)
         request.cache = None
+        request.emit(error)
 
     def _decode_step(self) -> None:
         """One forward pass over every active request: each gets its next token."""
@@ -300,10 +358,13 @@ class Scheduler:
             self._rows, self._batch = [], None
             return
         done: dict[int, FinishReason | BaseException] = {}
+        # Plain greedy rows (no penalty, no constraint) take their best token from one argmax.
+        plain = [_plain_greedy(r) for r in rows]
+        best = logits.argmax(-1).tolist() if any(plain) else []
         for i, request in enumerate(rows):
             request.fed += 1
             try:
-                token = self._choose(request, logits[i])
+                token = best[i] if plain[i] else self._choose(request, logits[i])
             except Exception as error:
                 log.exception("choosing a token failed")
                 done[i] = error
@@ -317,7 +378,6 @@ class Scheduler:
         """The request's next token, processed in the order `generate` uses."""
         import torch
         from transformers import (
-            RepetitionPenaltyLogitsProcessor,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
@@ -325,9 +385,20 @@ class Scheduler:
 
         params = request.params
         scores = logits[None].to(dtype=torch.float32)
-        ids = torch.tensor([request.prompt + request.generated], device=scores.device)
         if params.repetition_penalty != 1.0:
-            scores = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, scores)
+            # As transformers' RepetitionPenaltyLogitsProcessor, over the distinct tokens (kept
+            # as the reply grows, not a tensor of the whole conversation per token).
+            seen = self._seen(request, scores.shape[-1]).to(scores.device)
+            score = scores[0, seen]
+            score = torch.where(
+                score < 0, score * params.repetition_penalty, score / params.repetition_penalty
+            )
+            scores = scores.clone()
+            scores[0, seen] = score
+        # The warpers below take the ids and ignore them; the processors (tool-call constraints) read them.
+        ids = torch.tensor(
+            [request.prompt + request.generated] if request.processors else [[]], device=scores.device
+        )
         for processor in request.processors:
             scores = processor(ids, scores)
         if params.temperature <= 0:
@@ -340,6 +411,25 @@ class Scheduler:
             scores = TopPLogitsWarper(params.top_p)(ids, scores)
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs[0], 1, generator=request.generator))
+
+    @staticmethod
+    def _seen(request: Request, vocab: int) -> Any:
+        """The distinct tokens (below `vocab`) of the request's prompt and reply so far, as a tensor."""
+        import torch
+
+        total = len(request.prompt) + len(request.generated)
+        if request.seen_upto < total:
+            tokens = request.prompt[request.seen_upto :] if request.seen_upto < len(request.prompt) else []
+            tokens += request.generated[max(0, request.seen_upto - len(request.prompt)) :]
+            for token in tokens:
+                if token < vocab and token not in request.seen_set:
+                    request.seen_set.add(token)
+                    request.seen.append(token)
+                    request.seen_ids = None
+            request.seen_upto = total
+        if request.seen_ids is None:
+            request.seen_ids = torch.tensor(request.seen, dtype=torch.long)
+        return request.seen_ids
 
     def _accept(self, request: Request, token: int, finish: bool = True) -> bool:
         """Record and stream a token; False when the request is over (finished here when `finish`)."""
@@ -477,12 +567,33 @@ class _PrefixCache:
         """Whether exactly this token sequence is kept."""
         return tuple(tokens) in self._entries
 
-    def take(self, prompt: list[int]) -> tuple[list[tuple[Any, Any]] | None, int, bool]:
+    def take(self, prompt: list[int]) -> tuple[list[tuple[Any, Any]] | None, int, tuple[int, ...] | None]:
         """The keys and values of the longest cached prefix of `prompt` (at least one token left to
-        encode), per layer, its length, and whether they are lent: when `prompt` continues a whole
-        entry that has room after its tokens, the entry's own buffers (room included), which the
-        caller may grow into (that room is no part of the entry); otherwise views of `length`
-        columns, not to be written."""
+        encode), per layer, its length, and the entry's tokens if they are lent: when `prompt`
+        continues a whole entry that has room after its tokens, the entry's own buffers (room
+        included), which the caller may grow into (that room is no part of the entry); otherwise
+        views of `length` columns, not to be written."""
+        best, length = self._best(prompt)
+        if best is None:
+            return None, 0, None
+        self._entries.move_to_end(best)
+        self.tokens_reused += length
+        layers = self._entries[best]
+        if self._lends(best, length):
+            self.lent += 1
+            return layers, length, best
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in layers], length, None
+
+    def match(self, prompt: list[int]) -> int:
+        """How many tokens of `prompt` `take` would serve (nothing changes)."""
+        return self._best(prompt)[1]
+
+    def lendable(self, prompt: list[int]) -> tuple[int, ...] | None:
+        """The entry `take` would lend for `prompt`, if any (nothing changes)."""
+        best, length = self._best(prompt)
+        return best if best is not None and self._lends(best, length) else None
+
+    def _best(self, prompt: list[int]) -> tuple[tuple[int, ...] | None, int]:
         best, length = None, 0
         for key in self._entries:
             shared = _common_prefix(key, prompt)
@@ -490,18 +601,21 @@ class _PrefixCache:
                 best, length = key, shared
         length = min(length, len(prompt) - 1)
         if best is None or length < _MIN_PREFIX:
-            return None, 0, False
-        self._entries.move_to_end(best)
-        self.tokens_reused += length
-        layers = self._entries[best]
-        if length == len(best) and layers[0][0].shape[2] > length:
-            self.lent += 1
-            return layers, length, True
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in layers], length, False
+            return None, 0
+        return best, length
+
+    def _lends(self, key: tuple[int, ...], length: int) -> bool:
+        return length == len(key) and self._entries[key][0][0].shape[2] > length
 
     def _drop(self, key: tuple[int, ...]) -> None:
         layers = self._entries.pop(key)
         self._size -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
+def _plain_greedy(request: Request) -> bool:
+    """Whether the request's next token is simply the best-scoring one."""
+    params = request.params
+    return params.temperature <= 0 and params.repetition_penalty == 1.0 and not request.processors
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -161,6 +161,36 @@ def test_a_row_decodes_bit_for_bit_the_same_alone_or_padded_in_a_batch(small: An
 
 
 @pytest.mark.model
+def test_prompts_encoded_together_are_bit_for_bit_those_encoded_alone(small: Any) -> None:
+    lean = LeanStep(small)
+    if not lean.can_feed_many():
+        pytest.skip("chinwag's kernels are not in use here")
+    g = torch.Generator().manual_seed(4)
+    # A prompt from its first token, and two onto caches of different lengths (follow-up turns).
+    requests = [
+        (None, 0, torch.randint(100, 10_000, (12,), generator=g).tolist()),
+        (_prefill(small, 40, 1), 40, [17, 230, 4011, 9, 88, 1200]),
+        (_prefill(small, 23, 2), 23, torch.randint(100, 10_000, (31,), generator=g).tolist()),
+    ]
+    with torch.inference_mode():
+        alone, caches = [], []
+        for prefix, fed, tokens in requests:
+            cache = lean.start(prefix)
+            alone.append(lean.feed(cache, fed, tokens))
+            caches.append(cache)
+        together = [lean.start(prefix) for prefix, _, _ in requests]
+        logits = lean.feed_many([(c, fed, t) for c, (_, fed, t) in zip(together, requests, strict=True)])
+    for a, b in zip(alone, logits, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(caches, together, strict=True):
+        assert all(
+            torch.equal(x, y)
+            for pair in zip(a.layers(), b.layers(), strict=True)
+            for x, y in zip(*pair, strict=True)
+        )
+
+
+@pytest.mark.model
 def test_a_prompt_is_encoded_as_the_models_forward_encodes_it(small: Any) -> None:
     lean, full = LeanStep(small), ModelStep(small)
     prompt = torch.randint(100, 10_000, (40,), generator=torch.Generator().manual_seed(3)).tolist()

@@ -127,6 +127,17 @@ def test_a_prompts_many_rows_keep_the_plain_matmul(native: None) -> None:
     assert not torch.equal(layer(x[:1]), layer(x)[:1])  # one row: the kernel, rounded differently
 
 
+def test_rowwise_computes_many_rows_each_as_alone(variant: str) -> None:
+    """Prompts encoded together (`LeanStep.feed_many`): the kernel at any number of rows, where the
+    layer's forward multiplies a prompt's many rows by its expanded weight."""
+    for layer in (_int8(64, 64, 16), _int4(64, 64, 17, bias=True)):
+        x = _rows(40, 64, 18)
+        together = layer.rowwise(x)
+        for row in (0, 17, 39):
+            assert torch.equal(together[row : row + 1], layer(x[row : row + 1]))
+    assert not torch.equal(_int8(64, 64, 16)(x), _int8(64, 64, 16).rowwise(x))
+
+
 def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(native: None) -> None:
     g = torch.Generator().manual_seed(11)
     weight = torch.randn(640, 64, generator=g)

@@ -135,6 +135,25 @@ async def test_batched_greedy_replies_equal_one_at_a_time(
     assert peak >= 2  # they really were decoded together
 
 
+async def test_short_prompts_arriving_together_are_encoded_together_as_each_alone(
+    naive: TransformersModel, scheduled: TransformersModel
+) -> None:
+    """Questions arriving at once, their shared system prompt already kept: their new tokens are
+    encoded in one pass over the weights, and each reply is still the one-at-a-time reply."""
+    scheduler = scheduled.scheduler
+    assert scheduler is not None
+    if not scheduler.step.can_feed_many():
+        pytest.skip("chinwag's kernels are not in use here: prompts are encoded one at a time")
+    system = "You are a helpful assistant. Answer every question in one short sentence."
+    params = replace(GREEDY, max_tokens=10)
+    await _collect(scheduled, _ask("Hello!", system=system), params)  # keeps the system prompt
+    questions = [_ask(q, system=system) for q in ("What is 3+4?", "Name a fruit.", "Is ice cold?")]
+    expected = [await _collect(naive, q, params) for q in questions]
+    before = scheduler.encoded_together
+    assert list(await asyncio.gather(*(_collect(scheduled, q, params) for q in questions))) == expected
+    assert scheduler.encoded_together - before >= 2
+
+
 async def test_cancelling_one_reply_leaves_the_others_intact(
     naive: TransformersModel, scheduled: TransformersModel
 ) -> None:
