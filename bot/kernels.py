@@ -13,17 +13,20 @@ kernels and say so once in the log.
 `decode_layer` runs a whole decoder layer of a decode step in one call (`bot/decoder.py`): the
 about 45 torch calls per layer it replaces, from Python, took a quarter of a one-reply step.
 
-`model.kernels = "int8"` (CPUs with AVX512-VNNI) multiplies int8 activations in every layer that
-has a VNNI copy (each group of 32 inputs rounded with its own scale, as llama.cpp's Q8_0 does) by
-its weights laid out for vpdpbusd: 64 products per instruction against vdpbf16ps's 32, and no
-conversion of the weights. The output head's shortlist is estimated that way wherever the CPU has
-VNNI (its exact logits decide).
+On CPUs with AVX512-VNNI every layer that has a copy of its weights laid out for vpdpbusd (64
+byte products per instruction, no conversion of the weights) multiplies its activations rounded
+with one scale per group of 32 inputs (as llama.cpp's Q8_0 does): to 16 bits by default, two bytes
+each multiplied by the weights (as many products per instruction as vdpbf16ps, and about 50 times
+closer to the exact product than bf16 activations), or with `model.kernels = "int8"` to int8 (twice
+the products per instruction; the MLP's down projection keeps 16 bits, `WIDE_INPUT_LAYERS`). The
+output head's shortlist is estimated with int8 activations wherever the CPU has VNNI (its exact
+logits decide).
 
-`model.kernels`: "auto" multiplies in bf16 on CPUs with AVX512-BF16 (activations rounded to bf16,
-as torch's kernels do) and in float32 elsewhere; "int8" multiplies int8 activations where the CPU
-has AVX512-VNNI (see above); "float32" always multiplies in float32 (exact
-activations; slower beyond one reply at a time); "torch" turns them off (to compare, or if they
-misbehave).
+`model.kernels`: "auto" rounds the activations to 16 bits on CPUs with AVX512-VNNI, to bf16 on
+CPUs with AVX512-BF16 but not VNNI (as torch's kernels do), and multiplies in float32 elsewhere;
+"int8" rounds them to int8 where the CPU has AVX512-VNNI (see above); "float32" always multiplies
+in float32 (exact activations; slower beyond one reply at a time); "torch" turns them off (to
+compare, or if they misbehave).
 """
 
 from __future__ import annotations
@@ -63,11 +66,11 @@ COMPILE_TIMEOUT = 300
 
 # Whether the layers use the kernels; they read it on every call.
 ready = False
-# Whether the output head estimates its shortlist with int8 activations (kernels in use with bf16
-# products, and a CPU with AVX512-VNNI).
+# Whether the VNNI kernel is in use (kernels in use with rounded activations, and a CPU with
+# AVX512-VNNI): the layers with a VNNI copy multiply by it, and the output head estimates its
+# shortlist with int8 activations.
 vnni = False
-# Whether the other layers multiply int8 activations too (their VNNI copies; `model.kernels = "int8"`
-# and `vnni`).
+# Whether those layers round their activations to int8 rather than 16 bits (`model.kernels = "int8"`).
 int8 = False
 # Whether the library is loaded into this process (None: not tried yet).
 _loaded: bool | None = None
@@ -77,11 +80,11 @@ _lock = threading.Lock()
 def enable(cache_dir: Path, progress: bool = False, bf16: bool = True, activations8: bool = False) -> bool:
     """Build (the first time, into `cache_dir`) and load the kernels; whether they are in use.
 
-    `bf16`: multiply in bf16 where the CPU has AVX512-BF16 (activations rounded to bf16, as torch's
-    kernels do; twice the products per instruction), else in float32; with it, the output head's
-    shortlist is estimated with int8 activations where the CPU has AVX512-VNNI, and with
-    `activations8` every layer with a VNNI copy multiplies int8 activations too. Never raises: a
-    machine that cannot build or run them keeps torch's kernels.
+    `bf16`: round the activations where the CPU allows faster products: to 16 bits by the VNNI
+    kernel where it has AVX512-VNNI (to int8 with `activations8`, but for `WIDE_INPUT_LAYERS`; the
+    output head's shortlist with int8 activations), to bf16 where it has AVX512-BF16 (as torch's
+    kernels do; twice the products of float32); else, and without `bf16`, multiply in float32.
+    Never raises: a machine that cannot build or run them keeps torch's kernels.
     """
     global ready, vnni, int8, _loaded
     with _lock:

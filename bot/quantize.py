@@ -8,8 +8,9 @@ multiply with chinwag's own kernels when they are loaded (`bot/kernels.py`: fast
 and out) and otherwise with torch's (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`); both
 read the stored tensors as they are. Only weights are quantized, never what flows between layers
 (quantizing activations, as `quantize_dynamic` does, made the 0.5B model answer a question it
-should have declined): the kernels multiply the inputs in bf16 at most, and everything else stays
-float32.
+should have declined): by default the kernels round a layer's inputs to 16 bits per group of 32
+(closer than bf16) or to bf16 at most, and everything else stays float32. `model.kernels = "int8"`
+opts into int8 inputs per group of 32, with the same quality scores for the default model.
 
 Quantizing takes seconds, so the result is kept in the model cache next to the prepared model and
 later starts load it directly: a skeleton of the model is built without memory for its weights and

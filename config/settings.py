@@ -44,8 +44,9 @@ class ModelSettings(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     # The quantized layers' kernels: chinwag's own (bot/kernels.cpp, built once; AVX-512 and a C++
-    # compiler needed, else torch's are used), multiplying in bf16 where the CPU can ("auto"), int8
-    # activations where it has AVX512-VNNI ("int8") or in float32, or torch's.
+    # compiler needed, else torch's are used), with activations rounded to 16 bits (AVX512-VNNI) or
+    # bf16 (AVX512-BF16) where the CPU can ("auto"), to int8 where it has AVX512-VNNI ("int8"), or
+    # exact in float32; or torch's.
     kernels: Literal["auto", "int8", "float32", "torch"] = "auto"
     cache_dir: Path | None = None
     threads: int = Field(default=0, ge=0)
