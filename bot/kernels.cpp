@@ -618,6 +618,22 @@ void rotate(float* x, int64_t M, int64_t heads, int64_t dim, const float* cos, c
     }
 }
 
+// The sums of 16 vectors' lanes: lane i of the result is the sum of v[i]'s 16 lanes (45 shuffles and
+// adds, against 16 horizontal sums of about 8 each).
+inline __m512 sum16x16(const __m512 (&v)[16]) {
+  __m512 u[8], w[4];
+  // Per 128-bit block, columns 2i and 2i+1: [a0+a2, b0+b2, a1+a3, b1+b3].
+  UNROLL for (int i = 0; i < 8; ++i)
+    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  // Per block, each of columns 4j .. 4j+3 summed over the block's 4 lanes.
+  UNROLL for (int j = 0; j < 4; ++j)
+    w[j] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * j], u[2 * j + 1], 0x44), _mm512_shuffle_ps(u[2 * j], u[2 * j + 1], 0xEE));
+  // Across the 4 blocks: block j of the result holds columns 4j .. 4j+3.
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x44), _mm512_shuffle_f32x4(w[0], w[1], 0xEE));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], 0x44), _mm512_shuffle_f32x4(w[2], w[3], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+}
+
 inline float dot(const float* a, const float* b, int64_t dim) {
   __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
   for (int64_t i = 16; i < dim; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
@@ -817,8 +833,24 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
       const float* qv = q.data() + t * dim;
       const float* kb = kp + m * s0 + g * s1 + first * s2;
       const float* vb = vp + m * s0 + g * s1 + first * s2;
-      float top = -INFINITY;
-      for (int64_t c = 0; c < count; ++c) {
+      // Scores 16 columns at a time: each column's products summed across lanes together
+      // (`sum16x16`), not one horizontal sum per column.
+      __m512 most = _mm512_set1_ps(-INFINITY);
+      int64_t c0 = 0;
+      for (; c0 + 16 <= count; c0 += 16) {
+        __m512 part[16];
+        UNROLL for (int j = 0; j < 16; ++j) part[j] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16) {
+          const __m512 qd = _mm512_loadu_ps(qv + d);
+          UNROLL for (int j = 0; j < 16; ++j)
+            part[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kb + (c0 + j) * s2 + d), part[j]);
+        }
+        const __m512 tile = _mm512_mul_ps(sum16x16(part), _mm512_set1_ps(float(scale)));
+        _mm512_storeu_ps(p.data() + c0, tile);
+        most = _mm512_max_ps(most, tile);
+      }
+      float top = _mm512_reduce_max_ps(most);
+      for (int64_t c = c0; c < count; ++c) {
         p[c] = dot(qv, kb + c * s2, dim) * float(scale);
         top = std::max(top, p[c]);
       }
@@ -838,11 +870,30 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
       }
       const float norm = 1.f / sum16(total);
       float* out = att.data() + t * dim;
-      for (int64_t i = 0; i < dim; i += 16) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t c2 = 0; c2 < count; ++c2)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(p[c2]), _mm512_loadu_ps(vb + c2 * s2 + i), acc);
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(acc, _mm512_set1_ps(norm)));
+      // The values weighted by the probabilities: 4 vectors of a column at a time, and even and odd
+      // columns into their own sums (one chain of FMAs per vector waited on each FMA's latency).
+      for (int64_t i = 0; i < dim; i += 64) {
+        const int64_t n = std::min<int64_t>(4, (dim - i) / 16);
+        __m512 even[4], odd[4];
+        UNROLL for (int j = 0; j < 4; ++j) even[j] = odd[j] = _mm512_setzero_ps();
+        int64_t c2 = 0;
+        for (; c2 + 2 <= count; c2 += 2) {
+          const __m512 pe = _mm512_set1_ps(p[c2]), po = _mm512_set1_ps(p[c2 + 1]);
+          const float* ve = vb + c2 * s2 + i;
+          UNROLL for (int j = 0; j < 4; ++j) {
+            if (j < n) {
+              even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve + 16 * j), even[j]);
+              odd[j] = _mm512_fmadd_ps(po, _mm512_loadu_ps(ve + s2 + 16 * j), odd[j]);
+            }
+          }
+        }
+        if (c2 < count) {
+          const __m512 pe = _mm512_set1_ps(p[c2]);
+          UNROLL for (int j = 0; j < 4; ++j)
+            if (j < n) even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(vb + c2 * s2 + i + 16 * j), even[j]);
+        }
+        UNROLL for (int j = 0; j < 4; ++j)
+          if (j < n) _mm512_storeu_ps(out + i + 16 * j, _mm512_mul_ps(_mm512_add_ps(even[j], odd[j]), _mm512_set1_ps(norm)));
       }
     }
   });
