@@ -254,10 +254,7 @@ void in_blocks(int64_t total, const F& f) {
 constexpr int64_t kVnniRows = 8;   // rows per pass over a block's weights (their sums stay in registers)
 constexpr int64_t kI8Group = 32;   // int8 weights: inputs per activation scale
 // Bytes of the weights prefetched ahead of those being multiplied (a thread's blocks are contiguous).
-#ifndef CHINWAG_AHEAD
-#define CHINWAG_AHEAD 2048
-#endif
-constexpr int64_t kVnniAhead = CHINWAG_AHEAD;
+constexpr int64_t kVnniAhead = 2048;
 
 bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 
@@ -481,9 +478,10 @@ int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) 
   return N;
 }
 
-// y [M, N] = x [M, K] by the weight, plus bias (checked by `features`).
+// y [M, N] = x [M, K] by the weight, plus bias (checked by `features`); a VNNI weight's activations
+// rounded to `bits`.
 void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
-                 const float* bp, float* yp, int64_t bits = 16) {
+                 const float* bp, float* yp, int64_t bits) {
   if (weight.dim() == 4) return vnni_linear_into(xp, M, K, weight, scales, bp, yp, bits);
   const int64_t N = features(weight, scales, K);
   if (weight.scalar_type() == at::kChar) {

@@ -67,10 +67,9 @@ class Request:
     reused: int = 0  # prompt tokens taken from the prefix cache
     generator: Any = None
     lent: tuple[int, ...] | None = None  # the kept cache whose room its cache grows into, if any
-    # The distinct tokens of its prompt and reply so far (for the repetition penalty): in order,
-    # as a set, how many of prompt + generated they cover, and as a tensor (None: changed since).
-    seen: list[int] = field(default_factory=list)
-    seen_set: set[int] = field(default_factory=set)
+    # The distinct tokens of its prompt and reply so far (for the repetition penalty), how many of
+    # prompt + generated they cover, and as a tensor (None: changed since).
+    seen: set[int] = field(default_factory=set)
     seen_upto: int = 0
     seen_ids: Any = None
     text_sent: int = 0
@@ -302,10 +301,8 @@ class Scheduler:
         lent = {r.lent for r in self._prefilling if r.lent is not None}
         for request in self._prefilling[1:]:
             if request.cache is None:
-                key = self._prefix.lendable(request.prompt)
-                if key is not None and key in lent:
-                    continue
-                if len(request.prompt) - self._prefix.match(request.prompt) >= PREFILL_ROWS:
+                length, key = self._prefix.peek(request.prompt)
+                if (key is not None and key in lent) or len(request.prompt) - length >= PREFILL_ROWS:
                     continue
                 self._start(request)
                 if request.lent is not None:
@@ -421,14 +418,13 @@ class Scheduler:
         if request.seen_upto < total:
             tokens = request.prompt[request.seen_upto :] if request.seen_upto < len(request.prompt) else []
             tokens += request.generated[max(0, request.seen_upto - len(request.prompt)) :]
-            for token in tokens:
-                if token < vocab and token not in request.seen_set:
-                    request.seen_set.add(token)
-                    request.seen.append(token)
-                    request.seen_ids = None
+            new = {t for t in tokens if t < vocab} - request.seen
+            if new:
+                request.seen |= new
+                request.seen_ids = None
             request.seen_upto = total
         if request.seen_ids is None:
-            request.seen_ids = torch.tensor(request.seen, dtype=torch.long)
+            request.seen_ids = torch.tensor(sorted(request.seen), dtype=torch.long)
         return request.seen_ids
 
     def _accept(self, request: Request, token: int, finish: bool = True) -> bool:
@@ -584,14 +580,11 @@ class _PrefixCache:
             return layers, length, best
         return [(k[:, :, :length], v[:, :, :length]) for k, v in layers], length, None
 
-    def match(self, prompt: list[int]) -> int:
-        """How many tokens of `prompt` `take` would serve (nothing changes)."""
-        return self._best(prompt)[1]
-
-    def lendable(self, prompt: list[int]) -> tuple[int, ...] | None:
-        """The entry `take` would lend for `prompt`, if any (nothing changes)."""
+    def peek(self, prompt: list[int]) -> tuple[int, tuple[int, ...] | None]:
+        """How many tokens of `prompt` `take` would serve, and the entry it would lend, if any
+        (nothing changes)."""
         best, length = self._best(prompt)
-        return best if best is not None and self._lends(best, length) else None
+        return length, best if best is not None and self._lends(best, length) else None
 
     def _best(self, prompt: list[int]) -> tuple[tuple[int, ...] | None, int]:
         best, length = None, 0
