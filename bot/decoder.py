@@ -406,11 +406,11 @@ class LeanStep:
             # Each layer in one call of chinwag's kernels (bot/kernels.cpp).
             x, cos, sin = x[:, 0].contiguous(), cos[:, 0].contiguous(), sin[:, 0].contiguous()
             first = starts or [0] * rows
-            for i, (*layer, wide) in enumerate(fused):
+            for i, (*layer, linears) in enumerate(fused):
                 torch.ops.chinwag.decode_layer(
                     x,
                     *layer,
-                    [8 if kernels.int8 and not w else 16 for w in wide],
+                    [linear.activation_bits() for linear in linears],
                     cos,
                     sin,
                     cache.keys[i],
@@ -464,9 +464,9 @@ def _rowwise(linear: Any, x: Any) -> Any:
 
 
 # What `chinwag::decode_layer` takes of a layer: its norms' weights and epsilon, and its projections'
-# weights, scales and biases (q, k, v, o, gate, up, down); and which projections keep 16-bit
-# activations with `model.kernels = "int8"` (their `wide_input`).
-_Fused = tuple[Any, Any, float, list[Any], list[Any], list[Any], list[bool]]
+# weights, scales and biases (q, k, v, o, gate, up, down); and the projections themselves, which say
+# what their activations are rounded to (`activation_bits`).
+_Fused = tuple[Any, Any, float, list[Any], list[Any], list[Any], list[Any]]
 _PROJECTIONS = (
     ("self_attn", "q_proj"),
     ("self_attn", "k_proj"),
@@ -494,7 +494,7 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
         norms = (layer.input_layernorm, layer.post_attention_layernorm)
         if any(getattr(n, "weight", None) is None or n.weight.dtype != torch.float32 for n in norms):
             return None
-        weights, scales, biases, wide = [], [], [], []
+        weights, scales, biases, linears = [], [], [], []
         for part, name in _PROJECTIONS:
             linear = getattr(getattr(layer, part, None), name, None)
             if not isinstance(linear, _QuantizedLinear):
@@ -507,11 +507,11 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
             weights.append(stored[0])
             scales.append(stored[1])
             biases.append(linear.bias)
-            wide.append(linear.wide_input)
+            linears.append(linear)
         eps: set[float] = {float(getattr(n, "variance_epsilon", "nan")) for n in norms}
         if len(eps) != 1 or any(e != e for e in eps):  # one epsilon for both, as Llama and Qwen2 have
             return None
-        fused.append((norms[0].weight, norms[1].weight, eps.pop(), weights, scales, biases, wide))
+        fused.append((norms[0].weight, norms[1].weight, eps.pop(), weights, scales, biases, linears))
     return fused
 
 
