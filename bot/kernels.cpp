@@ -253,6 +253,7 @@ void in_blocks(int64_t total, const F& f) {
 
 constexpr int64_t kVnniRows = 8;   // rows per pass over a block's weights (their sums stay in registers)
 constexpr int64_t kI8Group = 32;   // int8 weights: inputs per activation scale
+constexpr int64_t kWideGroup = 128;  // the same, 16-bit activations
 // Bytes of the weights prefetched ahead of those being multiplied (a thread's blocks are contiguous).
 constexpr int64_t kVnniAhead = 2048;
 
@@ -262,12 +263,13 @@ bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 // (`wide` false: q = round(x / scale), |q| <= 127) or to 16 bits (`wide`: |q| <= kWideTop, stored as
 // two int8 halves, q = 256 hi + lo with lo in [-128, 127] and hi in [-127, 127], each multiplied by
 // the weights with its own vpdpbusd). Out: xq [M, K] (wide: [M, 2K], a row's hi bytes then its lo
-// bytes), each group's scale xs [M, K / group], exact sum xsum [M, K / group] and sum of its
-// rounded values qsum [M, K / group]. A row's values do not depend on the others.
+// bytes), each group's scale xs [M, K / group], exact sum xsum [M, K / group] and -128 times the
+// sum of its rounded values, offset [M, K / group] (see `vnni_int8`). A row's values do not depend on
+// the others.
 constexpr float kWideTop = 32639.f;  // the largest |q| whose hi half is at most 127
 
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, bool wide, int8_t* xq, float* xs,
-                   float* xsum, int32_t* qsum) {
+                   float* xsum, int32_t* offset) {
   const int64_t G = K / group;
   const float top = wide ? kWideTop : 127.f;
   const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
@@ -301,7 +303,7 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, bool wid
       }
       xs[m * G + g] = scale;
       xsum[m * G + g] = _mm512_reduce_add_ps(sum);
-      qsum[m * G + g] = _mm512_reduce_add_epi32(count);
+      offset[m * G + g] = -128 * _mm512_reduce_add_epi32(count);
     }
   }
 }
@@ -363,34 +365,42 @@ __attribute__((target("avx512vnni"))) void vnni_int4(const int8_t* xq, const flo
   UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, _mm512_add_ps(out[r], bv));
 }
 
-// R rows of block b's 16 output channels, int8 weights (activation scales per 32 inputs); `Wide`:
-// 16-bit activations (two halves, see `quantize_rows`).
-template <int R, bool Wide>
-__attribute__((target("avx512vnni"))) void vnni_int8(const int8_t* xq, const float* xs, const int32_t* qsum,
+// R rows of block b's 16 output channels, int8 weights, an activation scale per AG inputs; `Wide`:
+// 16-bit activations (two halves, see `quantize_rows`; sums one at a time otherwise).
+template <int R, bool Wide, int AG>
+__attribute__((target("avx512vnni"))) void vnni_int8(const int8_t* xq, const float* xs, const int32_t* offset,
                                                        int64_t K, const int8_t* w, const uint16_t* scales,
                                                        const float* bias, float* y, int64_t N, int64_t b) {
-  const int64_t G = K / kI8Group, S = Wide ? 2 * K : K;
+  const int64_t G = K / AG, S = Wide ? 2 * K : K;
   const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
   __m512 out[R];
   UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
-  const int8_t* wb = w + b * G * 512;
+  const int8_t* wb = w + b * K * 16;
   for (int64_t g = 0; g < G; ++g) {
     __m512i acc[R], lo[R];
-    UNROLL for (int r = 0; r < R; ++r) acc[r] = lo[r] = _mm512_setzero_si512();
-    UNROLL for (int j = 0; j < 8; ++j) {
-      _mm_prefetch((const char*)(wb + (g * 8 + j) * 64 + kVnniAhead), _MM_HINT_T0);
-      const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(wb + (g * 8 + j) * 64), flip);  // w + 128
-      const int64_t k = g * kI8Group + 4 * j;
+    // sum((w + 128) q) - 128 sum(q) = sum(w q): the low sums start at -128 sum(q) (exact in int32:
+    // at most 127 * 32639 * 128 < 2^29 in magnitude, and wrapping on the way would not change it).
+    UNROLL for (int r = 0; r < R; ++r) {
+      acc[r] = _mm512_setzero_si512();
+      lo[r] = _mm512_set1_epi32(offset[r * G + g]);
+    }
+    UNROLL for (int j = 0; j < AG / 4; ++j) {
+      _mm_prefetch((const char*)(wb + (g * (AG / 4) + j) * 64 + kVnniAhead), _MM_HINT_T0);
+      const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(wb + (g * (AG / 4) + j) * 64), flip);  // w + 128
+      const int64_t k = g * AG + 4 * j;
       UNROLL for (int r = 0; r < R; ++r) {
-        acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(word(xq + r * S + k)));
-        if constexpr (Wide) lo[r] = _mm512_dpbusd_epi32(lo[r], v, _mm512_set1_epi32(word(xq + r * S + K + k)));
+        if constexpr (Wide) {
+          acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(word(xq + r * S + k)));
+          lo[r] = _mm512_dpbusd_epi32(lo[r], v, _mm512_set1_epi32(word(xq + r * S + K + k)));
+        } else {
+          lo[r] = _mm512_dpbusd_epi32(lo[r], v, _mm512_set1_epi32(word(xq + r * S + k)));
+        }
       }
     }
     UNROLL for (int r = 0; r < R; ++r) {
-      if constexpr (Wide) acc[r] = _mm512_add_epi32(_mm512_slli_epi32(acc[r], 8), lo[r]);
-      // sum((w + 128) q) - 128 sum(q), exactly (at most 2^28 in magnitude)
-      acc[r] = _mm512_sub_epi32(acc[r], _mm512_set1_epi32(128 * qsum[r * G + g]));
-      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(xs[r * G + g]), out[r]);
+      __m512i sum = lo[r];
+      if constexpr (Wide) sum = _mm512_add_epi32(_mm512_slli_epi32(acc[r], 8), sum);
+      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(xs[r * G + g]), out[r]);
     }
   }
   const __m512 scale = from_bf16x16(scales + b * 16);
@@ -415,43 +425,106 @@ int64_t vnni_features(const at::Tensor& weight, const at::Tensor& scales, int64_
   return N;
 }
 
-// y [M, N] = x [M, K] by a weight in a VNNI layout, plus bias (checked by `vnni_features`), the
-// activations rounded to `bits` (8, or 16 in two halves; see `quantize_rows`).
-void vnni_linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
-                      const float* bp, float* yp, int64_t bits) {
+// Rows of x rounded for the VNNI kernel (`quantize_rows`): their bytes, and per group of inputs its
+// scale, exact sum and -128 times the sum of its rounded values.
+struct Rounded {
+  int64_t group = 0;
+  bool wide = false;
+  std::vector<int8_t> q;
+  std::vector<float> scale, sum;
+  std::vector<int32_t> offset;
+};
+
+// Inputs per activation scale for a VNNI weight whose activations are rounded to `bits`: an int4
+// weight's own groups; for int8 weights 32 with int8 activations (one scale per row lost the full
+// model's top token at 5.7% of the evaluation's positions, per 32 at 1.2%) and 128 with 16 bits,
+// whose error stays far below bf16's (a sum over 128 inputs still fits in int32).
+int64_t vnni_group(const at::Tensor& weight, int64_t K, int64_t bits) {
+  if (weight.scalar_type() != at::kChar) return 8 * weight.size(2);
+  return bits == 16 && K % kWideGroup == 0 ? kWideGroup : kI8Group;
+}
+
+void round_rows(const float* x, int64_t M, int64_t K, int64_t group, bool wide, Rounded& out) {
+  const int64_t G = K / group, S = wide ? 2 * K : K;
+  out.group = group;
+  out.wide = wide;
+  out.q.resize(M * S);
+  out.scale.resize(M * G);
+  out.sum.resize(M * G);
+  out.offset.resize(M * G);
+  // Rows split between the threads once there are enough of them (each is rounded on its own).
+  at::parallel_for(0, M, std::max<int64_t>(1, 32768 / K), [&](int64_t m0, int64_t m1) {
+    quantize_rows(x + m0 * K, m1 - m0, K, group, wide, out.q.data() + m0 * S, out.scale.data() + m0 * G,
+                  out.sum.data() + m0 * G, out.offset.data() + m0 * G);
+  });
+}
+
+// One product for `vnni_products`: y [M, N] = x by the weight (checked by `vnni_features`), plus
+// bias, the activations rounded to `bits`.
+struct VnniProduct {
+  const at::Tensor& weight;
+  const at::Tensor& scales;
+  const float* bias;
+  float* y;
+  int64_t bits;
+};
+
+// Block b (16 output channels) of a product, for every row of x.
+template <bool Wide>
+void vnni_block(const Rounded& x, int64_t M, int64_t K, const VnniProduct& p, int64_t N, int64_t b) {
+  const int64_t G = K / x.group, S = Wide ? 2 * K : K, J = p.weight.size(2);
+  const bool int8 = p.weight.scalar_type() == at::kChar;
+  const void* w = p.weight.data_ptr();
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(p.scales.data_ptr());
+  in_blocks<kVnniRows>(M, [&](int64_t m, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    const int8_t* xq = x.q.data() + m * S;
+    const float* xs = x.scale.data() + m * G;
+    float* y = p.y + m * N;
+    if (int8 && Wide && x.group == kWideGroup)
+      vnni_int8<R, Wide, kWideGroup>(xq, xs, x.offset.data() + m * G, K, (const int8_t*)w, sp, p.bias, y, N, b);
+    else if (int8)
+      vnni_int8<R, Wide, kI8Group>(xq, xs, x.offset.data() + m * G, K, (const int8_t*)w, sp, p.bias, y, N, b);
+    else if (J == 4)
+      vnni_int4<R, 4, Wide>(xq, xs, x.sum.data() + m * G, K, (const uint8_t*)w, sp, p.bias, y, N, b);
+    else
+      vnni_int4<R, 8, Wide>(xq, xs, x.sum.data() + m * G, K, (const uint8_t*)w, sp, p.bias, y, N, b);
+  });
+}
+
+// Several products of the same x [M, K] by weights in VNNI layouts (a layer's queries, keys and
+// values; its gate and up projections): x rounded once per kind of rounding they need, and every
+// product's blocks of channels split between the threads in one parallel pass (the keys' and values'
+// 8 blocks alone would keep one thread).
+void vnni_products(const float* xp, int64_t M, int64_t K, const std::vector<VnniProduct>& products) {
   TORCH_CHECK(has_vnni(), "int8 activations need AVX512-VNNI");
-  TORCH_CHECK(bits == 8 || bits == 16, "activations: 8 or 16 bits");
-  const int64_t N = vnni_features(weight, scales, K);
-  const bool int8 = weight.scalar_type() == at::kChar, wide = bits == 16;
-  const int64_t J = weight.size(2), group = int8 ? kI8Group : 8 * J, G = K / group, S = wide ? 2 * K : K;
-  std::vector<int8_t> xq(M * S);
-  std::vector<float> xs(M * G), xsum(M * G);
-  std::vector<int32_t> qsum(M * G);
-  quantize_rows(xp, M, K, group, wide, xq.data(), xs.data(), xsum.data(), qsum.data());
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
-  auto rows_of = [&](auto wide_c) {
-    constexpr bool Wide = decltype(wide_c)::value;
-    at::parallel_for(0, N / 16, 8, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        in_blocks<kVnniRows>(M, [&](int64_t m, auto rows) {
-          constexpr int R = decltype(rows)::value;
-          const int8_t* xm = xq.data() + m * S;
-          if (int8)
-            vnni_int8<R, Wide>(xm, xs.data() + m * G, qsum.data() + m * G, K, weight.data_ptr<int8_t>(), sp, bp,
-                               yp + m * N, N, b);
-          else if (J == 4)
-            vnni_int4<R, 4, Wide>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(), sp,
-                                  bp, yp + m * N, N, b);
-          else
-            vnni_int4<R, 8, Wide>(xm, xs.data() + m * G, xsum.data() + m * G, K, weight.data_ptr<uint8_t>(), sp,
-                                  bp, yp + m * N, N, b);
-        });
-    });
-  };
-  if (wide)
-    rows_of(std::true_type{});
-  else
-    rows_of(std::false_type{});
+  std::vector<Rounded> rounded;
+  std::vector<size_t> which;
+  std::vector<int64_t> features, first;  // each product's channels, and its first block's index
+  int64_t blocks = 0;
+  for (const VnniProduct& p : products) {
+    TORCH_CHECK(p.bits == 8 || p.bits == 16, "activations: 8 or 16 bits");
+    features.push_back(vnni_features(p.weight, p.scales, K));
+    first.push_back(blocks);
+    blocks += features.back() / 16;
+    const int64_t group = vnni_group(p.weight, K, p.bits);
+    const bool wide = p.bits == 16;
+    size_t i = 0;
+    while (i < rounded.size() && (rounded[i].group != group || rounded[i].wide != wide)) ++i;
+    if (i == rounded.size()) round_rows(xp, M, K, group, wide, rounded.emplace_back());
+    which.push_back(i);
+  }
+  at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
+    size_t i = 0;
+    for (int64_t b = b0; b < b1; ++b) {
+      while (b >= first[i] + features[i] / 16) ++i;
+      const Rounded& x = rounded[which[i]];
+      if (x.wide)
+        vnni_block<true>(x, M, K, products[i], features[i], b - first[i]);
+      else
+        vnni_block<false>(x, M, K, products[i], features[i], b - first[i]);
+    }
+  });
 }
 
 const float* bias_of(const std::optional<at::Tensor>& bias, int64_t N) {
@@ -482,7 +555,7 @@ int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) 
 // rounded to `bits`.
 void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
                  const float* bp, float* yp, int64_t bits) {
-  if (weight.dim() == 4) return vnni_linear_into(xp, M, K, weight, scales, bp, yp, bits);
+  if (weight.dim() == 4) return vnni_products(xp, M, K, {{weight, scales, bp, yp, bits}});
   const int64_t N = features(weight, scales, K);
   if (weight.scalar_type() == at::kChar) {
     const int8_t* wp = weight.data_ptr<int8_t>();
@@ -775,6 +848,22 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
 // columns starts[r]..column only (no padding enters its sums, so a row's result does not depend on
 // the others). Every projection is an int8 or int4 weight (by dtype) with its scales and an
 // optional bias, in the order q, k, v, o, gate, up, down; the MLP's activation is SiLU.
+// Projections `which` of a layer, all of the same input x [M, K], into `outs`: in one pass when all
+// of them are in VNNI layouts (`vnni_products`), else one after the other.
+void products_into(const float* xp, int64_t M, int64_t K, at::TensorList weights, at::TensorList scales,
+                   const float* const* bias, at::IntArrayRef bits, std::initializer_list<int> which,
+                   std::initializer_list<float*> outs) {
+  bool vnni = true;
+  for (int i : which) vnni = vnni && weights[i].dim() == 4;
+  auto out = outs.begin();
+  if (vnni) {
+    std::vector<VnniProduct> products;
+    for (int i : which) products.push_back({weights[i], scales[i], bias[i], *out++, bits[i]});
+    return vnni_products(xp, M, K, products);
+  }
+  for (int i : which) linear_into(xp, M, K, weights[i], scales[i], bias[i], *out++, bits[i]);
+}
+
 void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
                   at::TensorList weights, at::TensorList scales, const c10::List<std::optional<at::Tensor>>& biases,
                   at::IntArrayRef bits, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys, at::Tensor& values, int64_t column,
@@ -810,9 +899,7 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   std::vector<float> gate(M * n[4]), up(M * n[4]);
   // Attention.
   rms_norm(xp, M, H, input_norm.data_ptr<float>(), float(eps), h.data());
-  linear_into(h.data(), M, H, weights[0], scales[0], bias[0], q.data(), bits[0]);
-  linear_into(h.data(), M, H, weights[1], scales[1], bias[1], k.data(), bits[1]);
-  linear_into(h.data(), M, H, weights[2], scales[2], bias[2], v.data(), bits[2]);
+  products_into(h.data(), M, H, weights, scales, bias, bits, {0, 1, 2}, {q.data(), k.data(), v.data()});
   rotate(q.data(), M, heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   rotate(k.data(), M, kv_heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   float* kp = keys.data_ptr<float>();
@@ -899,8 +986,7 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   for (int64_t i = 0; i < M * H; ++i) xp[i] += o[i];
   // MLP.
   rms_norm(xp, M, H, post_norm.data_ptr<float>(), float(eps), h.data());
-  linear_into(h.data(), M, H, weights[4], scales[4], bias[4], gate.data(), bits[4]);
-  linear_into(h.data(), M, H, weights[5], scales[5], bias[5], up.data(), bits[5]);
+  products_into(h.data(), M, H, weights, scales, bias, bits, {4, 5}, {gate.data(), up.data()});
   const int64_t F = M * n[4];
   int64_t i = 0;
   for (; i + 16 <= F; i += 16) {  // silu(gate) * up = gate / (1 + e^-gate) * up

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bot import kernels
-from bot.quantize import HEAD_GROUP, VNNI_GROUP, Int4Linear, Int8Linear, ShortlistHead
+from bot.quantize import HEAD_GROUP, VNNI_GROUP, Int4Linear, Int8Linear, ShortlistHead, activation_group
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
@@ -69,7 +69,8 @@ def variant(request: pytest.FixtureRequest, native: None) -> Iterator[str]:
 def _as_multiplied(variant: str, layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
     """The activations as `variant` multiplies them by this layer (float64)."""
     if variant == "wide" and layer.vnni() is not None:
-        return _rounded_rows(x, VNNI_GROUP, 16)
+        group = activation_group(layer.in_features, 16) if isinstance(layer, Int8Linear) else VNNI_GROUP
+        return _rounded_rows(x, group, 16)
     if variant != "float32" and layer.in_features % 32 == 0:
         return x.bfloat16().double()
     return x.double()
@@ -222,7 +223,7 @@ def test_the_vnni_kernel_computes_its_reference(
         q, scales, zeros = _int4_levels(layer), pairs[..., 0], pairs[..., 1]
         weight = _int4_exact(layer)
     if isinstance(layer, Int8Linear):
-        expected = _rounded_rows(x, VNNI_GROUP, vnni) @ weight.t() + layer.bias.double()
+        expected = _rounded_rows(x, activation_group(k, vnni), vnni) @ weight.t() + layer.bias.double()
     else:
         expected = _int4_product(x, VNNI_GROUP, q, scales, zeros, vnni) + layer.bias.double()
     assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
