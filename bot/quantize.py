@@ -394,6 +394,11 @@ class ShortlistHead(nn.Module):
             logits = kernels.linear(rows.contiguous(), self.vnni_weight, self.vnni_scales, None, 8)
         else:
             logits = self.coarse(rows)
+        if kernels.ready and rows.dtype == torch.float32 and weight.dtype in (torch.float32, COMPUTE):
+            # chinwag's kernel: the shortlist in one pass over the estimates, its logits in place
+            # (8 rows: 0.2 ms against 1.5 for torch's topk, gather and einsum).
+            torch.ops.chinwag.shortlist(logits, rows.contiguous(), weight, bias, SHORTLIST)
+            return logits.reshape(*shape[:-1], self.out_features)
         shortlist = logits.topk(SHORTLIST, dim=-1).indices  # [rows, SHORTLIST]
         exact = torch.einsum("rk,rsk->rs", rows, weight[shortlist].to(rows.dtype))
         if bias is not None:

@@ -280,6 +280,42 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
     assert torch.equal(head(x)[rest], coarse[rest])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_shortlist_kernel_makes_the_largest_estimates_exact(
+    native: None, dtype: torch.dtype, bias: bool
+) -> None:
+    g = torch.Generator().manual_seed(7)
+    vocab, k, count = 5000, 96, 64  # not a multiple of the kernel's runs of 64 (a small vocabulary below)
+    weight = torch.randn(vocab, k, generator=g).to(dtype)
+    offsets = torch.randn(vocab, generator=g) if bias else None
+    x = torch.randn(3, k, generator=g)
+    estimates = torch.randn(3, vocab, generator=g)
+    estimates[0, 100:200] = 5.0  # ties across the shortlist's edge: the lower indices first
+    estimates[1] = estimates[1].clamp(max=0.5)  # many equal to the 64th
+    estimates[2, -3:] = 9.0  # the best in the last, short run
+    logits = estimates.clone()
+    torch.ops.chinwag.shortlist(logits, x, weight, offsets, count)
+    exact = x.double() @ weight.double().t() + (offsets.double() if bias else 0)
+    for row in range(3):
+        # The largest estimates, the lower index first among equals.
+        order = sorted(range(vocab), key=lambda i: (-float(estimates[row, i]), i))[:count]
+        chosen = torch.zeros(vocab, dtype=torch.bool)
+        chosen[order] = True
+        assert torch.allclose(logits[row, chosen].double(), exact[row, chosen], rtol=1e-5, atol=1e-5)
+        rest = estimates[row, ~chosen] + (offsets[~chosen] if offsets is not None else 0)
+        assert torch.equal(logits[row, ~chosen], rest)
+    # Fewer runs of 64 than candidates, and NaN estimates (never chosen).
+    small = torch.randn(2, 300, generator=g)
+    small[1, ::2] = torch.nan
+    logits = small.clone()
+    torch.ops.chinwag.shortlist(logits, x[:2].contiguous(), weight[:300].contiguous(), None, count)
+    for row in range(2):
+        chosen = small[row].nan_to_num(-torch.inf).topk(count).indices
+        expected = x[row].double() @ weight[chosen].double().t()
+        assert torch.allclose(logits[row, chosen].double(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "dim", "fed", "count"),
     [(14, 2, 64, 30, 12), (14, 2, 64, 690, 12), (9, 3, 64, 5, 1), (4, 4, 128, 17, 40), (6, 2, 80, 100, 315)],
