@@ -72,7 +72,11 @@ class Request:
     seen: set[int] = field(default_factory=set)
     seen_upto: int = 0
     seen_ids: Any = None
-    text_sent: int = 0
+    text_sent: int = 0  # characters of the reply streamed so far
+    # The reply's tokens decoded last for streaming: from `text_from` (the window's start) up to
+    # `text_upto` (what it had streamed then); see `Scheduler._send_text`.
+    text_from: int = 0
+    text_upto: int = 0
     position: int = 0  # the place in the queue the request was last told (0: not waiting)
 
 
@@ -443,14 +447,35 @@ class Scheduler:
         return "length"
 
     def _send_text(self, request: Request, final: bool) -> None:
+        """Stream what the reply's newest tokens add to its text.
+
+        While it goes on, only a window of its last few tokens is decoded (the whole reply, at every
+        token, took time growing with its length): the text the window's newest tokens add to the
+        window's earlier ones, as vLLM and TGI do. At the end the whole reply is decoded once for
+        whatever is left.
+        """
         ids = [t for t in request.generated if t not in self._eos]
-        text = self._tokenizer.decode(ids, skip_special_tokens=True)
-        # A multi-byte character split across tokens decodes as U+FFFD until it is complete.
-        if not final and text.endswith("\ufffd"):
+        decode = self._tokenizer.decode
+        if final:
+            text = decode(ids, skip_special_tokens=True)
+            if len(text) > request.text_sent:
+                request.emit(Chunk(text[request.text_sent :]))
+                request.text_sent = len(text)
             return
-        if len(text) > request.text_sent:
-            request.emit(Chunk(text[request.text_sent :]))
-            request.text_sent = len(text)
+        start, upto = request.text_from, request.text_upto
+        before = decode(ids[start:upto], skip_special_tokens=True) if upto > start else ""
+        window = decode(ids[start:], skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes as U+FFFD until it is complete.
+        if len(window) <= len(before) or window.endswith("\ufffd"):
+            return
+        if window.startswith(before):
+            added = window[len(before) :]
+        else:  # a tokenizer whose text depends on what came before: the whole reply this once
+            added = decode(ids, skip_special_tokens=True)[request.text_sent :]
+        if added:
+            request.emit(Chunk(added))
+            request.text_sent += len(added)
+        request.text_from, request.text_upto = upto, len(ids)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self._send_text(request, final=True)

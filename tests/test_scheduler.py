@@ -16,6 +16,7 @@ import pytest
 from bot.app import default_tools
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, Queued
+from bot.scheduler import Request
 from bot.toolcalls import parse_tool_calls
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams
@@ -352,6 +353,23 @@ async def test_kept_caches_lent_to_later_turns_stay_intact(
     assert scheduler.prefix_lent == lent + 3
     for messages, (text, _) in zip(turns, texts, strict=True):
         assert text == (await _collect(naive, messages, GREEDY))[0]
+
+
+def test_a_reply_streams_the_text_its_tokens_decode_to(scheduled: TransformersModel) -> None:
+    """Each token adds what it adds to the reply's text (decoded a few tokens at a time), characters
+    split across tokens included, and the pieces make the text the whole reply decodes to."""
+    scheduler, tokenizer = scheduled.scheduler, scheduled._tokenizer
+    assert scheduler is not None
+    text = "Ça coûte 5 € — 東京 🙂👍🏽 naïve\n  spaced   out\tand <b>tags</b>!"
+    pieces: list[str] = []
+    request = Request(prompt=[1], params=GREEDY, emit=lambda item: pieces.append(item.text))
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    for i, token in enumerate(ids):
+        request.generated.append(token)
+        scheduler._send_text(request, final=i == len(ids) - 1)
+        assert tokenizer.decode(request.generated).startswith("".join(pieces))
+    assert "".join(pieces) == text
+    assert len(pieces) > len(ids) // 2  # streamed as it went, not at the end
 
 
 async def test_closing_a_model_ends_its_threads(naive: TransformersModel) -> None:
