@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,38 @@ log = logging.getLogger(__name__)
 # End-of-turn markers of the common chat templates; whichever exist in a vocabulary stop generation.
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 _DEFAULT_CONTEXT = 2048
+
+
+class _Mailbox:
+    """Items from the scheduler's thread for one event loop's queues, delivered together: one wake-up
+    of the loop for whatever was posted before it ran (a decode step's tokens for 8 replies: one
+    call into the loop, not eight).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # not kept alive by the model's mailboxes (weak keys)
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue[Any], Any]] = []
+
+    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if len(self._items) > 1:
+                return  # a delivery is already on its way
+        loop = self._loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed or gone: nobody is left to read
+            with self._lock:
+                self._items.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
 
 
 class TransformersModel:
@@ -59,6 +92,10 @@ class TransformersModel:
         # Without the scheduler (scheduler.enabled = false, or a model whose cache it cannot
         # batch), one worker thread runs one `generate` at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-generate")
+        # One mailbox per event loop that streams replies (`_stream_scheduled`).
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pieces: list[str] | None = None
         self._groups: dict[str, list[int]] = {}
         self._scheduler: Scheduler | None = None
@@ -217,10 +254,13 @@ class TransformersModel:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | Finish | Queued | BaseException] = asyncio.Queue()
 
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes.setdefault(loop, _Mailbox(loop))
+
         def emit(item: Chunk | Finish | Queued | BaseException) -> None:
-            # A closed loop has nobody left to read; the worker must carry on for the others.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+            # A closed loop has nobody left to read; the worker carries on for the others.
+            mailbox.post(queue, item)
 
         # Templating, tokenising and (once) the token table take real CPU time: off the loop.
         prompt, processors = await asyncio.to_thread(
