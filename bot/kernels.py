@@ -15,12 +15,15 @@ about 45 torch calls per layer it replaces, from Python, took a quarter of a one
 
 On CPUs with AVX512-VNNI every layer that has a copy of its weights laid out for vpdpbusd (64
 byte products per instruction, no conversion of the weights) multiplies its activations rounded
-with one scale per group of 32 inputs (as llama.cpp's Q8_0 does): to 16 bits by default, two bytes
-each multiplied by the weights (as many products per instruction as vdpbf16ps, and about 50 times
-closer to the exact product than bf16 activations), or with `model.kernels = "int8"` to int8 (twice
-the products per instruction; the MLP's down projection keeps 16 bits, `WIDE_INPUT_LAYERS`). The
-output head's shortlist is estimated with int8 activations wherever the CPU has VNNI (its exact
-logits decide).
+with one scale per group of inputs (as llama.cpp's Q8_0 does): to 16 bits by default, two bytes
+each multiplied by the weights (as many products per instruction as vdpbf16ps, and about 60 times
+closer to the exact product than bf16 activations; a scale per 128 inputs of int8 layers, per
+weight group of int4 ones), or with `model.kernels = "int8"` to int8 with a scale per 32 inputs
+(twice the products per instruction; the MLP's down projection keeps 16 bits,
+`WIDE_INPUT_LAYERS`). A layer's queries, keys and values (and its gate and up projections) share
+one rounding and one parallel pass. The output head's shortlist is estimated with int8 activations
+wherever the CPU has VNNI, and `shortlist` finds its largest estimates and computes their exact
+logits in one pass.
 
 `model.kernels`: "auto" rounds the activations to 16 bits on CPUs with AVX512-VNNI, to bf16 on
 CPUs with AVX512-BF16 but not VNNI (as torch's kernels do), and multiplies in float32 elsewhere;
