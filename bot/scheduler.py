@@ -454,8 +454,13 @@ class Scheduler:
         window's earlier ones, as vLLM and TGI do. At the end the whole reply is decoded once for
         whatever is left.
         """
-        ids = [t for t in request.generated if t not in self._eos]
         decode = self._tokenizer.decode
+        # Only a reply's last token can end it (an end-of-turn token is never shown).
+        ids = (
+            request.generated[:-1]
+            if request.generated[-1:] and request.generated[-1] in self._eos
+            else request.generated
+        )
         if final:
             text = decode(ids, skip_special_tokens=True)
             if len(text) > request.text_sent:
