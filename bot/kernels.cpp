@@ -864,11 +864,6 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
   return result;
 }
 
-// Runs a decoder layer on x [M, hidden] (one new token per row), in place. The new keys and values
-// go into column `column` of the cache [M, kv_heads, capacity, dim]; row r attends over its own
-// columns starts[r]..column only (no padding enters its sums, so a row's result does not depend on
-// the others). Every projection is an int8 or int4 weight (by dtype) with its scales and an
-// optional bias, in the order q, k, v, o, gate, up, down; the MLP's activation is SiLU.
 // Projections `which` of a layer, all of the same input x [M, K], into `outs`: in one pass when all
 // of them are in VNNI layouts (`vnni_products`), else one after the other.
 void products_into(const float* xp, int64_t M, int64_t K, at::TensorList weights, at::TensorList scales,
@@ -885,6 +880,11 @@ void products_into(const float* xp, int64_t M, int64_t K, at::TensorList weights
   for (int i : which) linear_into(xp, M, K, weights[i], scales[i], bias[i], *out++, bits[i]);
 }
 
+// Runs a decoder layer on x [M, hidden] (one new token per row), in place. The new keys and values
+// go into column `column` of the cache [M, kv_heads, capacity, dim]; row r attends over its own
+// columns starts[r]..column only (no padding enters its sums, so a row's result does not depend on
+// the others). Every projection is an int8 or int4 weight (by dtype) with its scales and an
+// optional bias, in the order q, k, v, o, gate, up, down; the MLP's activation is SiLU.
 void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
                   at::TensorList weights, at::TensorList scales, const c10::List<std::optional<at::Tensor>>& biases,
                   at::IntArrayRef bits, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys, at::Tensor& values, int64_t column,
