@@ -84,7 +84,7 @@ async def _decode_tps(model: TransformersModel) -> float:
 async def _one_format(
     quantization: str, documents: list[dict[str, Any]], tool_cases: list[Any], tmp: Path, threads: int
 ) -> dict[str, Any]:
-    # "auto:int8": model.quantization "auto" with model.kernels "int8".
+    # "auto:int16": model.quantization "auto" with model.kernels "int16".
     quantization, _, kernels = quantization.partition(":")
     settings = load_settings(
         data_dir=tmp / "data",

@@ -6,9 +6,10 @@ Side by side in one run, on the same weights:
 - single_tps: decode tokens/s of one reply as shipped (scheduler, the default weight format);
   single_tps_by_format: the same for each `model.quantization` (none = float32, int8, int4, auto).
 - single_tps_by_kernels / agg8_tps_by_kernels: the same reply alone and 8 at once, by
-  `model.kernels` (auto: chinwag's, activations rounded to 16 bits where the CPU has AVX512-VNNI,
-  to bf16 where it has AVX512-BF16 only; int8: to int8 (AVX512-VNNI) but for the MLP's down
-  projection; float32: chinwag's in float32; torch: torch's int8/int4 kernels), default weight
+  `model.kernels` (auto: chinwag's; where the CPU has AVX512-VNNI the decode step rounds the
+  activations to int8 but for the MLP's down projection, prompts to 16 bits; to bf16 where it has
+  AVX512-BF16 only; int16: 16 bits everywhere (AVX512-VNNI); float32: chinwag's in float32; torch:
+  torch's int8/int4 kernels), default weight
   format.
 - naive_single_tps: the naive path, float32 and one `generate` at a time.
 - agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
@@ -453,7 +454,7 @@ def main() -> None:
     async def kernels() -> None:
         single: dict[str, float] = {}
         agg8: dict[str, float] = {}
-        for name in ("auto", "int8", "float32", "torch"):
+        for name in ("auto", "int16", "float32", "torch"):
             model = _load(settings, kernels=name)
             single[name] = await _single(model, args.tokens)
             agg8[name] = (await _concurrent(model, args.tokens))[0]

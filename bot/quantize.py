@@ -104,8 +104,8 @@ class _QuantizedLinear(nn.Module):
     scheme: Scheme
     # The weight laid out for the int8-activation kernel (None: the layer has no such copy).
     vnni_weight: Any
-    # Whether its activations keep 16 bits even where the other layers' are rounded to 8
-    # (`WIDE_INPUT_LAYERS`, `model.kernels = "int8"`).
+    # Whether its activations keep 16 bits in the decode step even where the other layers' are
+    # rounded to 8 (`WIDE_INPUT_LAYERS`, `kernels.int8`).
     wide_input = False
     # Rows below which chinwag's kernels (when loaded) compute the layer.
     native_rows = PREFILL_ROWS
@@ -137,7 +137,9 @@ class _QuantizedLinear(nn.Module):
             and (stored := self.vnni() or self.native()) is not None
         ):
             # chinwag's kernels (bot/kernels.cpp): float32 in and out, the bias added in the same pass.
-            out = kernels.linear(rows.contiguous(), *stored, self.bias, self.activation_bits())
+            # The activations keep 16 bits here (prompts, and transformers' own forward); only the
+            # scheduler's decode step rounds them to `activation_bits`.
+            out = kernels.linear(rows.contiguous(), *stored, self.bias, 16)
             return out.reshape(*shape[:-1], self.out_features)
         # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
         # there, and expanding the weight for one plain matmul is the faster way.
@@ -177,8 +179,10 @@ class _QuantizedLinear(nn.Module):
         return (weight, self.vnni_scales) if kernels.vnni and weight is not None else None
 
     def activation_bits(self) -> int:
-        """What the VNNI kernel rounds this layer's activations to: 16 bits, or 8 with
-        `model.kernels = "int8"` (`kernels.int8`) unless the layer is one of `WIDE_INPUT_LAYERS`."""
+        """What the scheduler's decode step (`chinwag::decode_layer`, one token per reply) rounds this
+        layer's activations to in the VNNI kernel: 8 bits where `kernels.int8` (`model.kernels`
+        "auto" or "int8") unless the layer is one of `WIDE_INPUT_LAYERS`, else 16. The layer's own
+        forward (prompts being encoded, transformers' forward) always keeps 16 bits."""
         return 8 if kernels.int8 and not self.wide_input else 16
 
 
@@ -423,8 +427,8 @@ VNNI_GROUP = 32
 # below bf16's, and the kernel converts a group's sums a quarter as often (8 replies' int8 layers
 # took 17% less time than with groups of 32).
 WIDE_GROUP = 128
-# Layers whose activations keep 16 bits with `model.kernels = "int8"`, where the others' are rounded
-# to 8: the MLP's down projection, whose input (silu(gate) * up) has the largest outliers. With its
+# Layers whose activations keep 16 bits in the decode step where the others' are rounded to 8
+# (`kernels.int8`): the MLP's down projection, whose input (silu(gate) * up) has the largest outliers. With its
 # activations rounded to int8 too, one of the 24 document questions of bench/quality.py lost its
 # answer (18/24); with bf16 or 16 bits there, every score is as without int8 (19/24, 0/8, 35/41,
 # 41/41, 27/32, no false calls).

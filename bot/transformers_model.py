@@ -146,7 +146,7 @@ class TransformersModel:
                         cache_dir,
                         progress,
                         bf16=settings.kernels != "float32",
-                        activations8=settings.kernels == "int8",
+                        activations8=settings.kernels in ("auto", "int8"),
                     )
             else:
                 dtype = _resolve_dtype(settings.dtype, device)

@@ -191,8 +191,8 @@ def _int4_exact(layer: Int4Linear) -> torch.Tensor:
 
 @pytest.fixture(params=[8, 16])
 def vnni(request: pytest.FixtureRequest, native: None) -> int:
-    """The layers multiplying their activations rounded to 8 bits (`model.kernels = "int8"`) or to
-    16 ("auto") by the VNNI kernel; the bits."""
+    """The decode step multiplying the layers' activations rounded to 8 bits (`kernels.int8`,
+    `model.kernels` "auto") or to 16 ("int16") by the VNNI kernel; the bits."""
     if not kernels.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
     kernels.int8 = request.param == 8
@@ -214,8 +214,9 @@ def test_the_vnni_kernel_computes_its_reference(
     x[-1, 3] = 300.0  # an outlier rounds its own group only
     stored = layer.vnni()
     assert stored is not None and stored[0].dim() == 4 and layer.activation_bits() == vnni
-    out = layer(x)
-    assert torch.equal(out, kernels.linear(x, *stored, layer.bias, vnni))
+    out = kernels.linear(x, *stored, layer.bias, vnni)
+    # The layer's own forward (prompts, transformers' forward) keeps 16 bits whatever the step's.
+    assert torch.equal(layer(x), kernels.linear(x, *stored, layer.bias, 16))
     if isinstance(layer, Int8Linear):
         weight = layer.weight.double() * layer.scales.double()[:, None]
     else:
@@ -229,7 +230,9 @@ def test_the_vnni_kernel_computes_its_reference(
     assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     # Each row alone: bit for bit what it is among the others.
     for i in (0, rows - 1):
-        assert torch.equal(layer(x[i : i + 1].contiguous()), out[i : i + 1])
+        assert torch.equal(
+            kernels.linear(x[i : i + 1].contiguous(), *stored, layer.bias, vnni), out[i : i + 1]
+        )
     # The rounding is the activations' only (the outlier's group rounds coarsely): near the exact
     # product, and with 16 bits very near.
     exact = x.double() @ weight.t() + layer.bias.double()
@@ -245,8 +248,11 @@ def test_a_layer_that_keeps_wide_activations_keeps_them_with_int8(native: None) 
     x = _rows(3, 192, 15)
     kernels.int8 = True
     assert layer.activation_bits() == 16
-    assert torch.equal(layer(x), kernels.linear(x, *layer.vnni(), layer.bias, 16))
-    assert not torch.equal(layer(x), kernels.linear(x, *layer.vnni(), layer.bias, 8))
+    layer.wide_input = False
+    assert layer.activation_bits() == 8
+    assert not torch.equal(
+        kernels.linear(x, *layer.vnni(), layer.bias, 16), kernels.linear(x, *layer.vnni(), layer.bias, 8)
+    )
 
 
 def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(native: None) -> None:

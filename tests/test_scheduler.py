@@ -1,7 +1,12 @@
 """The generation scheduler with the real small model: batched replies match one-at-a-time replies.
 
 The reference is the same model with the scheduler off (one `generate` at a time); the scheduled
-models share its weights, so every comparison is the same network run two ways.
+models share its weights, so every comparison is the same network run two ways. They run with
+`model.kernels = "int16"`: the decode step then rounds its activations as transformers' forward
+does (to 16 bits), and a greedy reply is the same token for token. With the default, the decode
+step rounds them to int8 where transformers' forward keeps 16 bits, so the 135M model's replies
+part after a few dozen tokens; there batched replies are checked against the scheduler's own one
+at a time (`test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_time`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import replace
 
 import pytest
 
+from bot import kernels
 from bot.app import default_tools
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, Queued
@@ -52,7 +58,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def naive() -> Iterator[TransformersModel]:
     """SmolLM2 with the scheduler off: the one-at-a-time reference."""
-    settings = load_settings(model={"name": SMALL, "threads": 0})
+    settings = load_settings(model={"name": SMALL, "threads": 0, "kernels": "int16"})
     model = TransformersModel.load(
         settings.model, settings.model_cache_dir, progress=False, scheduler=SchedulerSettings(enabled=False)
     )
@@ -134,6 +140,46 @@ async def test_batched_greedy_replies_equal_one_at_a_time(
     peak = await _peak_running(scheduled, everything)
     assert await everything == expected
     assert peak >= 2  # they really were decoded together
+
+
+async def test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_time(
+    naive: TransformersModel,
+) -> None:
+    """The default (`model.kernels = "auto"`) where the CPU has AVX512-VNNI: the decode step rounds
+    most layers' activations to int8, row by row, so a reply is the same whichever others share its
+    steps, and prompts arriving together are encoded as each alone (prompts keep 16 bits)."""
+    if not kernels.vnni:
+        pytest.skip("this CPU lacks AVX512-VNNI: the decode step keeps 16 bits or bf16")
+    q_proj = naive._model.model.layers[0].self_attn.q_proj
+    kernels.int8 = True
+    one = _scheduled(naive, SchedulerSettings(max_batch=1))
+    many = _scheduled(naive, SchedulerSettings(max_batch=8))
+    try:
+        assert q_proj.activation_bits() == 8
+        expected = [await _collect(one, *prompt) for prompt in PROMPTS]
+
+        async def staggered(i: int) -> tuple[str, Finish]:
+            await asyncio.sleep(0.2 * i)
+            return await _collect(many, *PROMPTS[i])
+
+        everything = asyncio.gather(*(staggered(i) for i in range(len(PROMPTS))))
+        peak = await _peak_running(many, everything)
+        assert await everything == expected and peak >= 2
+
+        system = "You are a helpful assistant. Answer every question in one short sentence."
+        params = replace(GREEDY, max_tokens=10)
+        for model in (one, many):  # each keeps the system prompt: only the questions are encoded
+            await _collect(model, _ask("Hello!", system=system), params)
+        questions = [_ask(q, system=system) for q in ("What is 3+4?", "Name a fruit.", "Is ice cold?")]
+        alone = [await _collect(one, q, params) for q in questions]
+        assert many.scheduler is not None
+        before = many.scheduler.encoded_together
+        assert list(await asyncio.gather(*(_collect(many, q, params) for q in questions))) == alone
+        assert many.scheduler.encoded_together - before >= 2 or not many.scheduler.step.can_feed_many()
+    finally:
+        kernels.int8 = False
+        one.close()
+        many.close()
 
 
 async def test_short_prompts_arriving_together_are_encoded_together_as_each_alone(
