@@ -251,7 +251,7 @@ void in_blocks(int64_t total, const F& f) {
 // vpdpbusd adds 4 products of unsigned by signed bytes per 32-bit lane: 64 products per instruction,
 // twice vdpbf16ps, and the weights need no conversion. The activations are rounded with one scale
 // per group of inputs (max |x| of the group's), as llama.cpp's Q8_0 does:
-// - to 16 bits (the default): two bytes per input, each multiplied by the weights with its own
+// - to 16 bits (prompts; `model.kernels = "int16"`): two bytes per input, each multiplied by the weights with its own
 //   vpdpbusd, so as many products per instruction as vdpbf16ps but no weight conversion, and about
 //   60 times closer to the exact product than bf16 activations (8 significant bits) are (2.5e-5 of
 //   the product's scale against 1.5e-3, 896x4864 and 4864x896 int8 layers). Beyond one row the
@@ -259,7 +259,7 @@ void in_blocks(int64_t total, const F& f) {
 //   layer 0.2; one row, 40 us against 64-95 (896x4864 and 4864x896, in cache). int8 weights take
 //   one activation scale per 128 inputs (`kWideGroup`): a group's sums are converted to float a
 //   quarter as often as per 32, which took 17% off those layers at 8 rows.
-// - to int8 (`model.kernels = "int8"`): half the products again. One scale per row lost the full
+// - to int8 (the decode step's, by default): half the products again. One scale per row lost the full
 //   model's top token at 5.7% of the evaluation's positions, per group of 32 at 1.2%, where bf16
 //   loses it at 0.25%.
 // The weights are laid out per block of 16 output channels and per group, in 64-byte words whose

@@ -15,21 +15,31 @@ about 45 torch calls per layer it replaces, from Python, took a quarter of a one
 
 On CPUs with AVX512-VNNI every layer that has a copy of its weights laid out for vpdpbusd (64
 byte products per instruction, no conversion of the weights) multiplies its activations rounded
-with one scale per group of inputs (as llama.cpp's Q8_0 does): to 16 bits by default, two bytes
-each multiplied by the weights (as many products per instruction as vdpbf16ps, and about 60 times
-closer to the exact product than bf16 activations; a scale per 128 inputs of int8 layers, per
-weight group of int4 ones), or with `model.kernels = "int8"` to int8 with a scale per 32 inputs
-(twice the products per instruction; the MLP's down projection keeps 16 bits,
-`WIDE_INPUT_LAYERS`). A layer's queries, keys and values (and its gate and up projections) share
-one rounding and one parallel pass. The output head's shortlist is estimated with int8 activations
-wherever the CPU has VNNI, and `shortlist` finds its largest estimates and computes their exact
-logits in one pass.
+with one scale per group of inputs (as llama.cpp's Q8_0 does). The decode step (`decode_layer`,
+one token per reply) rounds them to int8 with a scale per 32 inputs (64 products per
+instruction; as llama.cpp does for its quantized weights), but for the MLP's down projection
+(`WIDE_INPUT_LAYERS`). Those, and prompts being encoded (`linear`, many rows), keep 16 bits: two
+bytes each multiplied by the weights (as many products per instruction as vdpbf16ps, about 60
+times closer to the exact product than bf16 activations; a scale per 128 inputs of int8 layers,
+per weight group of int4 ones). A layer's queries, keys and values (and its gate and up
+projections) share one rounding and one parallel pass. The output head's shortlist is estimated
+with int8 activations wherever the CPU has VNNI, and `shortlist` finds its largest estimates and
+computes their exact logits in one pass.
 
-`model.kernels`: "auto" rounds the activations to 16 bits on CPUs with AVX512-VNNI, to bf16 on
-CPUs with AVX512-BF16 but not VNNI (as torch's kernels do), and multiplies in float32 elsewhere;
-"int8" rounds them to int8 where the CPU has AVX512-VNNI (see above); "float32" always multiplies
-in float32 (exact activations; slower beyond one reply at a time); "torch" turns them off (to
-compare, or if they misbehave).
+Why the decode step and not prompts: 8 replies decoding at once are bound by the products, and
+int8 halves them (8 at once went from about 3 to about 4 times one reply's tokens per second); a
+prompt's many tokens go through the weights expanded for one plain matmul from 32 tokens on, and
+its keys and values stay with the conversation, so they keep the closer rounding. Each row is
+rounded on its own, so a reply is the same whichever others share its steps. What int8 gives up:
+transformers' own forward (the layers' `forward`, 16 bits) and the fused step can then round an
+activation to neighbouring levels, so their greedy replies may part after some dozens of tokens
+(the 135M SmolLM2's do); `model.kernels = "int16"` keeps 16 bits everywhere, where the two agree.
+
+`model.kernels`: "auto" rounds as above on CPUs with AVX512-VNNI, to bf16 on CPUs with
+AVX512-BF16 but not VNNI (as torch's kernels do), and multiplies in float32 elsewhere; "int8" is
+"auto" by its other name; "int16" keeps 16 bits in the decode step too (AVX512-VNNI); "float32"
+always multiplies in float32 (exact activations; slower beyond one reply at a time); "torch" turns
+them off (to compare, or if they misbehave).
 """
 
 from __future__ import annotations
@@ -73,7 +83,8 @@ ready = False
 # AVX512-VNNI): the layers with a VNNI copy multiply by it, and the output head estimates its
 # shortlist with int8 activations.
 vnni = False
-# Whether those layers round their activations to int8 rather than 16 bits (`model.kernels = "int8"`).
+# Whether the decode step rounds those layers' activations to int8 rather than 16 bits (`model.kernels`
+# "auto" or "int8"; see `activation_bits` in bot/quantize.py).
 int8 = False
 # Whether the library is loaded into this process (None: not tried yet).
 _loaded: bool | None = None
@@ -84,9 +95,10 @@ def enable(cache_dir: Path, progress: bool = False, bf16: bool = True, activatio
     """Build (the first time, into `cache_dir`) and load the kernels; whether they are in use.
 
     `bf16`: round the activations where the CPU allows faster products: to 16 bits by the VNNI
-    kernel where it has AVX512-VNNI (to int8 with `activations8`, but for `WIDE_INPUT_LAYERS`; the
-    output head's shortlist with int8 activations), to bf16 where it has AVX512-BF16 (as torch's
-    kernels do; twice the products of float32); else, and without `bf16`, multiply in float32.
+    kernel where it has AVX512-VNNI (in the decode step to int8 with `activations8`, but for
+    `WIDE_INPUT_LAYERS`; the output head's shortlist with int8 activations), to bf16 where it has
+    AVX512-BF16 (as torch's kernels do; twice the products of float32); else, and without `bf16`,
+    multiply in float32.
     Never raises: a machine that cannot build or run them keeps torch's kernels.
     """
     global ready, vnni, int8, _loaded

@@ -53,7 +53,7 @@ def _rows(m: int, k: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(params=["wide", "bf16", "float32"])
 def variant(request: pytest.FixtureRequest, native: None) -> Iterator[str]:
-    """The kernels' ways of multiplying a layer's activations (not `model.kernels = "int8"`):
+    """The kernels' ways of multiplying a layer's activations (not the decode step's int8):
     rounded to 16 bits by the VNNI kernel (CPUs with AVX512-VNNI, layers with a copy for it), to
     bf16 (CPUs with AVX512-BF16, without VNNI or a copy for it), or exact in float32."""
     if request.param == "wide" and not kernels.vnni:
