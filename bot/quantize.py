@@ -428,10 +428,10 @@ VNNI_GROUP = 32
 # took 17% less time than with groups of 32).
 WIDE_GROUP = 128
 # Layers whose activations keep 16 bits in the decode step where the others' are rounded to 8
-# (`kernels.int8`): the MLP's down projection, whose input (silu(gate) * up) has the largest outliers. With its
-# activations rounded to int8 too, one of the 24 document questions of bench/quality.py lost its
-# answer (18/24); with bf16 or 16 bits there, every score is as without int8 (19/24, 0/8, 35/41,
-# 41/41, 27/32, no false calls).
+# (`kernels.int8`): the MLP's down projection, whose input (silu(gate) * up) has the largest
+# outliers. With its activations rounded to int8 too, one of the 24 document questions of
+# bench/quality.py lost its answer (18/24); with bf16 or 16 bits there, every score is as without
+# int8 (19/24, 0/8, 35/41, 41/41, 27/32, no false calls).
 WIDE_INPUT_LAYERS = frozenset({"down_proj"})
 
 
