@@ -89,25 +89,35 @@ class BatchCache:
         """Every layer's keys and values in use (views)."""
         return [self.layer(i) for i in range(len(self.keys))]
 
-    def add(self, layers: list[tuple[Any, Any]]) -> None:
-        """Append a row (per layer: keys, values [1, kv_heads, n, dim]), padding whichever is shorter."""
-        length = layers[0][0].shape[2]
-        width = max(self.columns, length)
-        shift = width - self.columns  # existing rows move right when the new one is longer
+    def add(self, *rows: list[tuple[Any, Any]]) -> None:
+        """Append rows (each, per layer: keys, values [1, kv_heads, n, dim]), padding on the left
+        whichever are shorter. Several at once are one copy of the batch (8 prompts encoded
+        together, added one by one, took 33 ms of a 280 ms pass: each copied and zeroed the whole
+        batch again)."""
+        lengths = [row[0][0].shape[2] for row in rows]
+        width = max(self.columns, *lengths)
+        shift = width - self.columns  # existing rows move right when a new one is longer
         capacity = max(self.capacity, width + _GROW)
-        rows = self.rows + 1
+        before = self.rows
+        total = before + len(rows)
 
-        def joined(old: Any, new: Any) -> Any:
-            grown = old.new_zeros((rows, old.shape[1], capacity, old.shape[3]))
-            grown[:-1, :, shift:width] = old[:, :, : self.columns]
-            grown[-1:, :, width - length : width] = new
+        def joined(old: Any, new: list[Any]) -> Any:
+            # Padding is zeros (a masked column is still multiplied by its attention weight, 0);
+            # the room after `width` is written before anything reads it.
+            grown = old.new_empty((total, old.shape[1], capacity, old.shape[3]))
+            grown[:before, :, :shift] = 0
+            grown[:before, :, shift:width] = old[:, :, : self.columns]
+            for i, (tensor, length) in enumerate(zip(new, lengths, strict=True)):
+                grown[before + i, :, : width - length] = 0
+                grown[before + i, :, width - length : width] = tensor[0]
             return grown
 
-        self.keys = [joined(old, new) for old, (new, _) in zip(self.keys, layers, strict=True)]
-        self.values = [joined(old, new) for old, (_, new) in zip(self.values, layers, strict=True)]
-        mask = self._mask.new_zeros((rows, capacity))
-        mask[:-1, shift:width] = self._mask[:, : self.columns]
-        mask[-1, width - length : width] = True
+        self.keys = [joined(old, [row[i][0] for row in rows]) for i, old in enumerate(self.keys)]
+        self.values = [joined(old, [row[i][1] for row in rows]) for i, old in enumerate(self.values)]
+        mask = self._mask.new_zeros((total, capacity))
+        mask[:before, shift:width] = self._mask[:, : self.columns]
+        for i, length in enumerate(lengths):
+            mask[before + i, width - length : width] = True
         self._mask = mask
         self.columns = width
 

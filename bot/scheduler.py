@@ -270,6 +270,7 @@ class Scheduler:
             for request in group:
                 self._prefill_failed(request, error)
             return
+        ready: list[Request] = []
         for request, chunk, last in zip(group, chunks, logits, strict=True):
             request.fed += len(chunk)
             if request.fed < len(request.prompt):
@@ -281,12 +282,21 @@ class Scheduler:
                 self._prefill_failed(request, error)
                 continue
             if self._accept(request, token):
-                self._join(request)
-            # Only now, under the lock: `submit` counting the slots in use never sees this request
-            # in neither list (it would admit one too many and tell a wrong place in the queue).
-            with self._lock:
-                self._prefilling.remove(request)
-            request.cache = None
+                ready.append(request)
+            else:
+                self._done_prefilling(request)
+        if ready:
+            self._join(ready)
+            for request in ready:
+                self._done_prefilling(request)
+
+    def _done_prefilling(self, request: Request) -> None:
+        # Only once it has joined the batch (or finished), under the lock: `submit` counting the
+        # slots in use never sees this request in neither list (it would admit one too many and
+        # tell a wrong place in the queue).
+        with self._lock:
+            self._prefilling.remove(request)
+        request.cache = None
 
     def _together(self) -> list[Request]:
         """The requests to encode in this pass: the first one waiting to be encoded, and when its
@@ -501,16 +511,17 @@ class Scheduler:
 
     # The batch cache ----------------------------------------------------------------------
 
-    def _join(self, request: Request) -> None:
-        """Add a prefilled request to the batch, left-padding whichever side is shorter."""
+    def _join(self, requests: list[Request]) -> None:
+        """Add prefilled requests to the batch in one copy, left-padding whichever are shorter."""
         from bot.decoder import BatchCache
 
-        layers = self.step.layers(request.cache)
+        rows = [self.step.layers(request.cache) for request in requests]
         if self._batch is None:
-            self._batch = BatchCache(layers)
-        else:
-            self._batch.add(layers)
-        self._rows.append(request)
+            self._batch = BatchCache(rows[0])
+            rows = rows[1:]
+        if rows:
+            self._batch.add(*rows)
+        self._rows.extend(requests)
 
     def _remove_rows(
         self, indices: list[int], outcome: FinishReason | dict[int, FinishReason | BaseException]

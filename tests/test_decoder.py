@@ -38,6 +38,20 @@ def test_rows_of_different_lengths_are_left_padded_and_read_back_as_added() -> N
     assert all(torch.equal(k, short[i][0]) for i, (k, _) in enumerate(cache.row(0, 3)))
 
 
+def test_rows_added_together_are_the_rows_added_one_by_one() -> None:
+    rows = [_layers(6, 2), _layers(2, 3), _layers(4, 4)]
+    apart, together = BatchCache(_layers(3, 1)), BatchCache(_layers(3, 1))
+    for row in rows:
+        apart.add(row)
+    together.add(*rows)
+    assert (together.rows, together.columns) == (apart.rows, apart.columns) == (4, 6)
+    assert torch.equal(together.mask, apart.mask)
+    for i in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(together.layer(i), apart.layer(i), strict=True))
+    keys = together.layer(0)[0]
+    assert not keys[0, :, :3].any() and not keys[2, :, :4].any()  # padding is zeros
+
+
 def test_leaving_rows_drops_columns_nobody_uses() -> None:
     cache = BatchCache(_layers(3, 1))
     long = _layers(6, 2)
