@@ -474,9 +474,11 @@ def main() -> None:
         print(error, file=sys.stderr)
         result["start_to_first_token_s"] = result["rss_mb"] = result["peak_rss_mb"] = None
     # Each part's figures go to stderr as they come, so a failure late in the run loses nothing.
-    # The quantized parts first: once this process has loaded the 2 GB float32 model (naive, docs,
-    # the "none" format), one reply measured 10-15% faster and 8 at once 10% slower (this VM's
-    # memory behind a process's later buffers seems to change with what it allocated before).
+    # The quantized parts first: once this process had loaded the 2 GB float32 model (naive, docs,
+    # the "none" format), one reply measured 10-15% faster and 8 at once 10% slower. Later parts
+    # still move with what the process allocated before (this VM's memory behind its buffers seems
+    # to change; the by-kernels pass after the shipped rounds gave 87 and 262 against 73 and 299),
+    # so compare figures within a part.
     for part in (shipped, kernels, formats, naive, docs):
         if part.__name__ in parts:
             asyncio.run(part())
