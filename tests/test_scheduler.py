@@ -433,3 +433,32 @@ async def test_closing_a_model_ends_its_threads(naive: TransformersModel) -> Non
         for thread in threads:
             thread.join(10)
             assert not thread.is_alive()
+
+
+def test_a_penalty_applied_in_place_chooses_as_transformers_processor_does(
+    scheduled: TransformersModel,
+) -> None:
+    """The decode step puts each reply's repetition penalty into the step's logits in place; the
+    token chosen from them, greedy or sampled, is the one transformers' processor leads to."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    scheduler = scheduled.scheduler
+    assert scheduler is not None
+    logits = torch.randn(2, 500, generator=torch.Generator().manual_seed(5)) * 4
+    prompt, generated = [3, 17, 17, 250, 499], [42, 3, 7]
+    for params in (GREEDY, GenerationParams(temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.3)):
+        request = Request(prompt=list(prompt), params=params, emit=lambda _: None, generated=list(generated))
+        expected = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(
+            torch.tensor([prompt + generated]), logits[:1].clone()
+        )[0]
+        row = logits[0].clone()
+        scheduler._penalize(request, row)
+        assert torch.equal(row, expected)
+        chosen = []
+        for penalized in (False, True):  # the first token's path (a copy), and the step's (in place)
+            request.generator = torch.Generator().manual_seed(11)
+            chosen.append(scheduler._choose(request, row if penalized else logits[0].clone(), penalized))
+        assert chosen[0] == chosen[1]
+        if params.temperature <= 0:
+            assert chosen[0] == int(expected.argmax())
