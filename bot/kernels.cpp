@@ -36,6 +36,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -726,9 +727,21 @@ inline __m512 sum16x16(const __m512 (&v)[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
-inline float dot(const float* a, const float* b, int64_t dim) {
-  __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
-  for (int64_t i = 16; i < dim; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+// The scheduler's keys and values are float32, or float16 (`scheduler.kv_cache`: half the bytes that
+// attention reads, which bound 8 replies' step over long conversations); either way the attention
+// computes in float32. 16 of them at a time, to and from float32 (rounded to nearest even, as torch's
+// conversion does).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(at::Half* p, __m512 v) {
+  _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+template <typename T>
+inline float dot(const float* a, const T* b, int64_t dim) {
+  __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), load16(b));
+  for (int64_t i = 16; i < dim; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
   return sum16(acc);
 }
 
@@ -766,18 +779,18 @@ inline void attend_scores(const float* qh, int64_t t0, int64_t dim, const float*
   }
 }
 
-template <int Q>
+template <int Q, typename T>
 inline void attend_values(const float* scores, int64_t width, const float* norm, int64_t t0, int64_t fed,
-                          const float* vg, int64_t vs1, int64_t dim, float* out, int64_t row_stride) {
+                          const T* vg, int64_t vs1, int64_t dim, float* out, int64_t row_stride) {
   const int64_t seen = fed + t0 + Q;
   for (int64_t v0 = 0; v0 < dim; v0 += 64) {
     if (dim - v0 >= 64) {
       __m512 acc[Q][4];
       UNROLL for (int i = 0; i < Q; ++i) UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
       for (int64_t c = 0; c < seen; ++c) {
-        const float* v = vg + c * vs1 + v0;
+        const T* v = vg + c * vs1 + v0;
         __m512 value[4];
-        UNROLL for (int j = 0; j < 4; ++j) value[j] = _mm512_loadu_ps(v + j * 16);
+        UNROLL for (int j = 0; j < 4; ++j) value[j] = load16(v + j * 16);
         UNROLL for (int i = 0; i < Q; ++i) {
           const __m512 p = _mm512_set1_ps(scores[(t0 + i) * width + c]);
           UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(p, value[j], acc[i][j]);
@@ -790,7 +803,7 @@ inline void attend_values(const float* scores, int64_t width, const float* norm,
         __m512 acc[Q];
         UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
         for (int64_t c = 0; c < seen; ++c) {
-          const __m512 value = _mm512_loadu_ps(vg + c * vs1 + j);
+          const __m512 value = load16(vg + c * vs1 + j);
           UNROLL for (int i = 0; i < Q; ++i)
             acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(t0 + i) * width + c]), value, acc[i]);
         }
@@ -801,31 +814,26 @@ inline void attend_values(const float* scores, int64_t width, const float* norm,
   }
 }
 
-at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t fed, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q: float32 [heads, T, dim]");
+template <typename KV>
+void attend_into(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t fed, double scale,
+                 at::Tensor& result) {
   const int64_t heads = q.size(0), T = q.size(1), dim = q.size(2);
-  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat && keys.sizes() == values.sizes() && keys.size(2) == dim &&
-                  keys.stride(2) == 1 && values.stride(2) == 1 && heads % keys.size(0) == 0,
-              "keys, values: float32 [kv_heads, capacity, dim]");
   const int64_t kv_heads = keys.size(0), groups = heads / kv_heads, C = fed + T;
-  TORCH_CHECK(dim % 16 == 0 && fed >= 0 && T > 0 && C <= keys.size(1), "dim a multiple of 16; columns in the cache");
   const int64_t tiles = (C + 15) / 16, width = tiles * 16;
   const int64_t ks0 = keys.stride(0), ks1 = keys.stride(1), vs0 = values.stride(0), vs1 = values.stride(1);
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
+  const KV* kp = keys.data_ptr<KV>();
+  const KV* vp = values.data_ptr<KV>();
   const float* qp = q.data_ptr<float>();
   // Each key head's columns transposed by tiles of 16: [kv_heads][tiles][dim][16], zeros past C.
   std::vector<float> kt(kv_heads * tiles * dim * 16, 0.f);
   at::parallel_for(0, kv_heads, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g)
       for (int64_t c = 0; c < C; ++c) {
-        const float* k = kp + g * ks0 + c * ks1;
+        const KV* k = kp + g * ks0 + c * ks1;
         float* out = kt.data() + ((g * tiles + c / 16) * dim) * 16 + c % 16;
-        for (int64_t d = 0; d < dim; ++d) out[d * 16] = k[d];
+        for (int64_t d = 0; d < dim; ++d) out[d * 16] = float(k[d]);
       }
   });
-  at::Tensor result = at::empty({T, heads * dim}, q.options());
   float* rp = result.data_ptr<float>();
   at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> scores(T * width), norm(T);
@@ -861,6 +869,23 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
       });
     }
   });
+}
+
+at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t fed, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q: float32 [heads, T, dim]");
+  const int64_t heads = q.size(0), T = q.size(1), dim = q.size(2);
+  const bool half = keys.scalar_type() == at::kHalf;
+  TORCH_CHECK(keys.dim() == 3 && values.dim() == 3 && (half || keys.scalar_type() == at::kFloat) &&
+                  values.scalar_type() == keys.scalar_type() && keys.sizes() == values.sizes() &&
+                  keys.size(2) == dim && keys.stride(2) == 1 && values.stride(2) == 1 && heads % keys.size(0) == 0,
+              "keys, values: float32 or float16 [kv_heads, capacity, dim]");
+  TORCH_CHECK(dim % 16 == 0 && fed >= 0 && T > 0 && fed + T <= keys.size(1),
+              "dim a multiple of 16; columns in the cache");
+  at::Tensor result = at::empty({T, heads * dim}, q.options());
+  if (half)
+    attend_into<at::Half>(q, keys, values, fed, scale, result);
+  else
+    attend_into<float>(q, keys, values, fed, scale, result);
   return result;
 }
 
@@ -880,6 +905,162 @@ void products_into(const float* xp, int64_t M, int64_t K, at::TensorList weights
   for (int i : which) linear_into(xp, M, K, weights[i], scales[i], bias[i], *out++, bits[i]);
 }
 
+// The new token's keys and values (k, v [M, kv_heads, dim]) into column `column` of the cache.
+template <typename KV>
+void write_column(const float* k, const float* v, KV* kp, KV* vp, int64_t s0, int64_t s1, int64_t s2, int64_t M,
+                  int64_t kv_heads, int64_t dim, int64_t column) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < kv_heads; ++g)
+      for (int64_t d = 0; d < dim; d += 16) {
+        store16(kp + m * s0 + g * s1 + column * s2 + d, _mm512_loadu_ps(k + (m * kv_heads + g) * dim + d));
+        store16(vp + m * s0 + g * s1 + column * s2 + d, _mm512_loadu_ps(v + (m * kv_heads + g) * dim + d));
+      }
+}
+
+// decode_layer's attention: each row's new token (q [M, heads, dim]; its key and value already in
+// column `column`) over the row's own columns starts[m]..column of keys, values [M, kv_heads,
+// capacity, dim] (strides s0, s1, s2), into att [M, heads * dim].
+//
+// A row's key head at a time, with its `groups` query heads: each tile of 16 columns is read once
+// for all of them (from L1 after the first; float16 converted once), not once per query head (8
+// replies over 1,100-token prompts: the cache is 27 MB a reply and a step, read from memory once
+// and from L2 six more times). Each head's sums are the same operations in the same order as one
+// head at a time.
+//
+// `D`: the head size when it is known at compile time (64, the default and the test model's, with
+// columns D apart: the loops over it unrolled, every address an offset from one pointer; 8 replies
+// over 2,048 columns spent 22 ms a step in attention with them at run time), else 0.
+template <typename KV, int D>
+void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, int64_t s1, int64_t stride, int64_t M,
+                      int64_t heads, int64_t groups, int64_t size, int64_t column, at::IntArrayRef starts,
+                      float scale, float* att) {
+  const int64_t dim = D > 0 ? D : size, s2 = D > 0 ? D : stride;
+  const int64_t kv_heads = heads / groups, width = column + 16;
+  at::parallel_for(0, M * kv_heads, 1, [&](int64_t t0, int64_t t1) {
+    Scratch<float> p(groups * width), sums(2 * groups * dim), tile(16 * dim);
+    std::vector<float> top(groups), norm(groups);
+    // Columns c .. c + n - 1 of a key or value head as float32 rows `stride` apart: the cache's own
+    // when it keeps float32, else converted into `tile`.
+    auto columns = [&](const KV* from, int64_t n, int64_t& stride) -> const float* {
+      if constexpr (std::is_same_v<KV, float>) {
+        stride = s2;
+        return from;
+      } else {
+        for (int64_t c = 0; c < n; ++c)
+          for (int64_t d = 0; d < dim; d += 16) _mm512_storeu_ps(tile.data() + c * dim + d, load16(from + c * s2 + d));
+        stride = dim;
+        return tile.data();
+      }
+    };
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m = t / kv_heads, g = t % kv_heads;
+      const int64_t first = starts[m], count = column + 1 - first;
+      const KV* kb = kp + m * s0 + g * s1 + first * s2;
+      const KV* vb = vp + m * s0 + g * s1 + first * s2;
+      const int64_t h0 = m * heads + g * groups;  // the group's first query head (rows of q and att)
+      // Scores 16 columns at a time: each column's products summed across lanes together
+      // (`sum16x16`), not one horizontal sum per column.
+      std::fill(top.begin(), top.end(), -INFINITY);
+      int64_t c0 = 0;
+      for (; c0 + 16 <= count; c0 += 16) {
+        int64_t ks;
+        const float* kt = columns(kb + c0 * s2, 16, ks);
+        for (int64_t h = 0; h < groups; ++h) {
+          const float* qv = q + (h0 + h) * dim;
+          __m512 part[16];
+          UNROLL for (int j = 0; j < 16; ++j) part[j] = _mm512_setzero_ps();
+          for (int64_t d = 0; d < dim; d += 16) {
+            const __m512 qd = _mm512_loadu_ps(qv + d);
+            UNROLL for (int j = 0; j < 16; ++j) part[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kt + j * ks + d), part[j]);
+          }
+          const __m512 scores = _mm512_mul_ps(sum16x16(part), _mm512_set1_ps(scale));
+          _mm512_storeu_ps(p.data() + h * width + c0, scores);
+          top[h] = std::max(top[h], _mm512_reduce_max_ps(scores));
+        }
+      }
+      for (int64_t h = 0; h < groups; ++h) {
+        const float* qv = q + (h0 + h) * dim;
+        float* ph = p.data() + h * width;
+        for (int64_t c = c0; c < count; ++c) {
+          ph[c] = dot(qv, kb + c * s2, dim) * scale;
+          top[h] = std::max(top[h], ph[c]);
+        }
+        __m512 total = _mm512_setzero_ps();
+        const __m512 shift = _mm512_set1_ps(top[h]);
+        int64_t c = 0;
+        for (; c + 16 <= count; c += 16) {
+          __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(ph + c), shift));
+          _mm512_storeu_ps(ph + c, e);
+          total = _mm512_add_ps(total, e);
+        }
+        if (c < count) {
+          const __mmask16 tail = __mmask16((1u << (count - c)) - 1);
+          __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, ph + c), shift));
+          _mm512_mask_storeu_ps(ph + c, tail, e);
+          total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, e));
+        }
+        norm[h] = 1.f / sum16(total);
+      }
+      // The values weighted by the probabilities, 16 columns at a time for every head: 4 vectors of a
+      // column at a time, and even and odd columns into their own sums (one chain of FMAs per vector
+      // waited on each FMA's latency), kept in `sums` between tiles.
+      float* even_sums = sums.data();
+      float* odd_sums = sums.data() + groups * dim;
+      std::fill(even_sums, even_sums + 2 * groups * dim, 0.f);
+      for (int64_t c0 = 0; c0 < count; c0 += 16) {
+        const int64_t n = std::min<int64_t>(16, count - c0);
+        int64_t vs;
+        const float* vt = columns(vb + c0 * s2, n, vs);
+        for (int64_t h = 0; h < groups; ++h) {
+          const float* ph = p.data() + h * width + c0;
+          for (int64_t i = 0; i < dim; i += 64) {
+            const int64_t nv = std::min<int64_t>(4, (dim - i) / 16);
+            float* es = even_sums + h * dim + i;
+            float* os = odd_sums + h * dim + i;
+            __m512 even[4], odd[4];
+            UNROLL for (int j = 0; j < 4; ++j) {
+              if (j < nv) {
+                even[j] = _mm512_loadu_ps(es + 16 * j);
+                odd[j] = _mm512_loadu_ps(os + 16 * j);
+              }
+            }
+            int64_t c2 = 0;
+            for (; c2 + 2 <= n; c2 += 2) {
+              const __m512 pe = _mm512_set1_ps(ph[c2]), po = _mm512_set1_ps(ph[c2 + 1]);
+              const float* ve = vt + c2 * vs + i;
+              UNROLL for (int j = 0; j < 4; ++j) {
+                if (j < nv) {
+                  even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve + 16 * j), even[j]);
+                  odd[j] = _mm512_fmadd_ps(po, _mm512_loadu_ps(ve + vs + 16 * j), odd[j]);
+                }
+              }
+            }
+            if (c2 < n) {  // the last column, when their number is odd
+              const __m512 pe = _mm512_set1_ps(ph[c2]);
+              UNROLL for (int j = 0; j < 4; ++j)
+                if (j < nv) even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(vt + c2 * vs + i + 16 * j), even[j]);
+            }
+            UNROLL for (int j = 0; j < 4; ++j) {
+              if (j < nv) {
+                _mm512_storeu_ps(es + 16 * j, even[j]);
+                _mm512_storeu_ps(os + 16 * j, odd[j]);
+              }
+            }
+          }
+        }
+      }
+      for (int64_t h = 0; h < groups; ++h) {
+        const __m512 scale_h = _mm512_set1_ps(norm[h]);
+        float* out = att + (h0 + h) * dim;
+        for (int64_t d = 0; d < dim; d += 16)
+          _mm512_storeu_ps(out + d, _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(even_sums + h * dim + d),
+                                                                _mm512_loadu_ps(odd_sums + h * dim + d)),
+                                                  scale_h));
+      }
+    }
+  });
+}
+
 // Runs a decoder layer on x [M, hidden] (one new token per row), in place. The new keys and values
 // go into column `column` of the cache [M, kv_heads, capacity, dim]; row r attends over its own
 // columns starts[r]..column only (no padding enters its sums, so a row's result does not depend on
@@ -894,10 +1075,11 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   const int64_t M = x.size(0), H = x.size(1);
   const int64_t dim = keys.size(3), groups = heads / kv_heads;
   TORCH_CHECK(H % 16 == 0 && dim % 16 == 0 && heads % kv_heads == 0, "hidden and head sizes: multiples of 16");
-  TORCH_CHECK(keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat && keys.sizes() == values.sizes() &&
+  TORCH_CHECK((keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kHalf) &&
+                  values.scalar_type() == keys.scalar_type() && keys.sizes() == values.sizes() &&
                   keys.size(0) == M && keys.size(1) == kv_heads && column < keys.size(2) && keys.stride(3) == 1 &&
                   values.stride(3) == 1 && keys.strides() == values.strides(),
-              "keys, values: float32 [M, kv_heads, capacity, dim]");
+              "keys, values: float32 or float16 [M, kv_heads, capacity, dim]");
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == M * dim && sin.numel() == M * dim,
               "cos, sin: [M, dim]");
   TORCH_CHECK(int64_t(starts.size()) == M, "a start per row");
@@ -923,86 +1105,20 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   products_into(h.data(), M, H, weights, scales, bias, bits, {0, 1, 2}, {q.data(), k.data(), v.data()});
   rotate(q.data(), M, heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   rotate(k.data(), M, kv_heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
-  float* kp = keys.data_ptr<float>();
-  float* vp = values.data_ptr<float>();
   const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < kv_heads; ++g) {
-      std::memcpy(kp + m * s0 + g * s1 + column * s2, k.data() + (m * kv_heads + g) * dim, dim * sizeof(float));
-      std::memcpy(vp + m * s0 + g * s1 + column * s2, v.data() + (m * kv_heads + g) * dim, dim * sizeof(float));
-    }
-  at::parallel_for(0, M * heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> p(column + 16);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t m = t / heads, head = t % heads, g = head / groups;
-      const int64_t first = starts[m], count = column + 1 - first;
-      const float* qv = q.data() + t * dim;
-      const float* kb = kp + m * s0 + g * s1 + first * s2;
-      const float* vb = vp + m * s0 + g * s1 + first * s2;
-      // Scores 16 columns at a time: each column's products summed across lanes together
-      // (`sum16x16`), not one horizontal sum per column.
-      __m512 most = _mm512_set1_ps(-INFINITY);
-      int64_t c0 = 0;
-      for (; c0 + 16 <= count; c0 += 16) {
-        __m512 part[16];
-        UNROLL for (int j = 0; j < 16; ++j) part[j] = _mm512_setzero_ps();
-        for (int64_t d = 0; d < dim; d += 16) {
-          const __m512 qd = _mm512_loadu_ps(qv + d);
-          UNROLL for (int j = 0; j < 16; ++j)
-            part[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kb + (c0 + j) * s2 + d), part[j]);
-        }
-        const __m512 tile = _mm512_mul_ps(sum16x16(part), _mm512_set1_ps(float(scale)));
-        _mm512_storeu_ps(p.data() + c0, tile);
-        most = _mm512_max_ps(most, tile);
-      }
-      float top = _mm512_reduce_max_ps(most);
-      for (int64_t c = c0; c < count; ++c) {
-        p[c] = dot(qv, kb + c * s2, dim) * float(scale);
-        top = std::max(top, p[c]);
-      }
-      __m512 total = _mm512_setzero_ps();
-      const __m512 shift = _mm512_set1_ps(top);
-      int64_t c = 0;
-      for (; c + 16 <= count; c += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p.data() + c), shift));
-        _mm512_storeu_ps(p.data() + c, e);
-        total = _mm512_add_ps(total, e);
-      }
-      if (c < count) {
-        const __mmask16 tail = __mmask16((1u << (count - c)) - 1);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.data() + c), shift));
-        _mm512_mask_storeu_ps(p.data() + c, tail, e);
-        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, e));
-      }
-      const float norm = 1.f / sum16(total);
-      float* out = att.data() + t * dim;
-      // The values weighted by the probabilities: 4 vectors of a column at a time, and even and odd
-      // columns into their own sums (one chain of FMAs per vector waited on each FMA's latency).
-      for (int64_t i = 0; i < dim; i += 64) {
-        const int64_t n = std::min<int64_t>(4, (dim - i) / 16);
-        __m512 even[4], odd[4];
-        UNROLL for (int j = 0; j < 4; ++j) even[j] = odd[j] = _mm512_setzero_ps();
-        int64_t c2 = 0;
-        for (; c2 + 2 <= count; c2 += 2) {
-          const __m512 pe = _mm512_set1_ps(p[c2]), po = _mm512_set1_ps(p[c2 + 1]);
-          const float* ve = vb + c2 * s2 + i;
-          UNROLL for (int j = 0; j < 4; ++j) {
-            if (j < n) {
-              even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve + 16 * j), even[j]);
-              odd[j] = _mm512_fmadd_ps(po, _mm512_loadu_ps(ve + s2 + 16 * j), odd[j]);
-            }
-          }
-        }
-        if (c2 < count) {
-          const __m512 pe = _mm512_set1_ps(p[c2]);
-          UNROLL for (int j = 0; j < 4; ++j)
-            if (j < n) even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(vb + c2 * s2 + i + 16 * j), even[j]);
-        }
-        UNROLL for (int j = 0; j < 4; ++j)
-          if (j < n) _mm512_storeu_ps(out + i + 16 * j, _mm512_mul_ps(_mm512_add_ps(even[j], odd[j]), _mm512_set1_ps(norm)));
-      }
-    }
-  });
+  if (keys.scalar_type() == at::kHalf) {
+    at::Half* kp = keys.data_ptr<at::Half>();
+    at::Half* vp = values.data_ptr<at::Half>();
+    write_column(k.data(), v.data(), kp, vp, s0, s1, s2, M, kv_heads, dim, column);
+    auto attend = dim == 64 && s2 == 64 ? decode_attention<at::Half, 64> : decode_attention<at::Half, 0>;
+    attend(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
+  } else {
+    float* kp = keys.data_ptr<float>();
+    float* vp = values.data_ptr<float>();
+    write_column(k.data(), v.data(), kp, vp, s0, s1, s2, M, kv_heads, dim, column);
+    auto attend = dim == 64 && s2 == 64 ? decode_attention<float, 64> : decode_attention<float, 0>;
+    attend(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
+  }
   linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data(), bits[3]);
   for (int64_t i = 0; i < M * H; ++i) xp[i] += o[i];
   // MLP.

@@ -344,6 +344,22 @@ def test_the_attention_of_new_tokens_over_a_cache_is_torchs(
     assert torch.allclose(out, expected.transpose(1, 2).reshape(count, heads * dim), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim", "fed", "count"), [(14, 2, 64, 690, 12), (6, 2, 80, 100, 7)]
+)
+def test_the_attention_over_a_float16_cache_is_the_attention_over_its_values(
+    native: None, heads: int, kv_heads: int, dim: int, fed: int, count: int
+) -> None:
+    """Keys and values kept in float16 (`scheduler.kv_cache`) are read as the float32 numbers they
+    hold: the same attention, bit for bit, as over those numbers kept in float32."""
+    g = torch.Generator().manual_seed(fed)
+    q = torch.randn(heads, count, dim, generator=g)
+    keys = (torch.randn(kv_heads, fed + count + 9, dim, generator=g) * 4).half()
+    values = torch.randn(kv_heads, fed + count + 9, dim, generator=g).half()
+    half = torch.ops.chinwag.attend(q, keys, values, fed, dim**-0.5)
+    assert torch.equal(half, torch.ops.chinwag.attend(q, keys.float(), values.float(), fed, dim**-0.5))
+
+
 def test_without_a_compiler_the_layers_keep_torchs_kernels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
