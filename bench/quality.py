@@ -84,18 +84,20 @@ async def _decode_tps(model: TransformersModel) -> float:
 async def _one_format(
     quantization: str, documents: list[dict[str, Any]], tool_cases: list[Any], tmp: Path, threads: int
 ) -> dict[str, Any]:
-    # "auto:int16": model.quantization "auto" with model.kernels "int16".
-    quantization, _, kernels = quantization.partition(":")
+    # "auto:int16": model.quantization "auto" with model.kernels "int16"; "auto::float32": with
+    # scheduler.kv_cache "float32".
+    quantization, kernels, kv_cache = [*quantization.split(":"), "", ""][:3]
     settings = load_settings(
         data_dir=tmp / "data",
         model={"quantization": quantization, "threads": threads, **({"kernels": kernels} if kernels else {})},
         generation={"temperature": 0.0, "max_tokens": 160},
+        scheduler={"kv_cache": kv_cache} if kv_cache else {},
     )
     store = DocumentStore.open(settings)
     store.ingest([HERE / "eval_corpus"])
     started = time.perf_counter()
     model = await asyncio.to_thread(
-        TransformersModel.load, settings.model, settings.model_cache_dir, progress=False
+        TransformersModel.load, settings.model, settings.model_cache_dir, False, settings.scheduler
     )
     result: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 2), "dtype": model.info.dtype}
     history = await SqlHistory.open(settings)
@@ -153,7 +155,7 @@ def main() -> None:
     parser.add_argument(
         "--formats",
         default="none,int8,int4",
-        help="model.quantization values, a,b,c (a:k: with model.kernels k)",
+        help="model.quantization values, a,b,c (a:k: with model.kernels k; a:k:c: scheduler.kv_cache c)",
     )
     parser.add_argument("--documents", type=int, default=24, help="document questions per format")
     parser.add_argument("--tools", type=int, default=len(tools_eval.CASES), help="tool prompts per format")

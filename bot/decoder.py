@@ -247,7 +247,7 @@ class LeanStep:
 
     ARCHITECTURES = ("llama", "qwen2")
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, half_cache: bool = False) -> None:
         self._model = model
         base = model.model
         self._embed = base.embed_tokens
@@ -264,6 +264,12 @@ class LeanStep:
         # them) laid out for its VNNI products, used wherever those run (`kernels.vnni`).
         self._fused: list[_Fused] | None = _fused_layers(model)
         self._fused_vnni: list[_Fused] | None = _fused_layers(model, vnni=True)
+        # The dtype of the keys and values it keeps: with `half_cache` and its fused kernel in use,
+        # float16 (half the bytes attention reads: with 8 replies over long prompts, most of the
+        # step; computed in float32 all the same); else the model's own.
+        weight = self._embed.weight
+        half = half_cache and self._fused is not None and kernels.ready
+        self.cache_dtype = torch.float16 if half else weight.dtype
 
     @classmethod
     def supports(cls, model: Any) -> bool:
@@ -290,9 +296,8 @@ class LeanStep:
         """
         if prefix is not None:
             return BatchCache(prefix) if used is None else BatchCache.adopt(prefix, used)
-        weight = self._embed.weight
         return BatchCache.empty(
-            len(self._layers), self._kv_heads, self._head_dim, weight.dtype, weight.device
+            len(self._layers), self._kv_heads, self._head_dim, self.cache_dtype, self._embed.weight.device
         )
 
     def layers(self, cache: BatchCache) -> list[tuple[Any, Any]]:
@@ -366,9 +371,14 @@ class LeanStep:
                         mine[0].contiguous(), cache.keys[i][0], cache.values[i][0], fed, self._scaling
                     )
                 else:
-                    # Each new token sees the cache and the new tokens up to itself.
+                    # Each new token sees the cache and the new tokens up to itself. A prompt from its
+                    # first token attends over its own keys and values as computed (the cache may
+                    # keep them in float16).
                     mask = torch.arange(fed + count, device=device)[None, :] <= own[:, None] if fed else None
-                    keys, values = cache.layer(i)
+                    if fed:
+                        keys, values = cache.layer(i)
+                    else:
+                        keys, values = k[:, :, first : first + count], v[:, :, first : first + count]
                     out = _attend(
                         mine, keys, values, self._scaling, heads // kv_heads, mask, mask is None and count > 1
                     )
@@ -530,7 +540,10 @@ def _attend(
 ) -> Any:
     """Attention of [rows, heads, tokens, dim] queries over their keys, each group of heads over its
     shared keys (`groups` query heads per key head; transformers' sdpa attention computes one
-    unpadded sequence this way). `mask` [tokens, keys]: True where a query may look."""
+    unpadded sequence this way). `mask` [tokens, keys]: True where a query may look. Keys and values
+    kept in another dtype (a float16 cache) are computed in the queries'."""
+    if keys.dtype != q.dtype:
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
     return torch.nn.functional.scaled_dot_product_attention(
         q, keys, values, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=groups > 1
     )
@@ -541,6 +554,7 @@ def _rotate_half(x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def step_for(model: Any) -> ModelStep | LeanStep:
-    """The fastest decode step that computes `model` exactly."""
-    return LeanStep(model) if LeanStep.supports(model) else ModelStep(model)
+def step_for(model: Any, half_cache: bool = False) -> ModelStep | LeanStep:
+    """The fastest decode step that computes `model` exactly (with `half_cache`, up to keys and
+    values kept in float16 where chinwag's kernels run it; see `LeanStep`)."""
+    return LeanStep(model, half_cache) if LeanStep.supports(model) else ModelStep(model)

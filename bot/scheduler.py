@@ -92,6 +92,7 @@ class Scheduler:
         max_queue: int = 64,
         prefix_cache_mb: int = 256,
         prefill_chunk: int = 512,
+        half_cache: bool = False,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
@@ -112,7 +113,8 @@ class Scheduler:
 
         self._batch: BatchCache | None = None  # the active rows' keys and values
         # How a decode step runs; replaceable by `ModelStep(model)`, which any model supports.
-        self.step: LeanStep | ModelStep = step_for(model)
+        # With `half_cache`, keys and values in float16 where chinwag's kernels run the step.
+        self.step: LeanStep | ModelStep = step_for(model, half_cache)
         self._closed = False
         self._thread: threading.Thread | None = None
 

@@ -109,6 +109,7 @@ class TransformersModel:
                 max_batch=config.max_batch,
                 max_queue=config.max_queue,
                 prefix_cache_mb=config.prefix_cache_mb,
+                half_cache=config.kv_cache == "float16",
             )
 
     @classmethod

@@ -189,6 +189,12 @@ class SchedulerSettings(_Section):
     max_batch: int = Field(default=8, ge=1, le=256)
     max_queue: int = Field(default=64, ge=0, le=100_000)
     prefix_cache_mb: int = Field(default=256, ge=0, le=65_536)
+    # The keys and values the scheduler keeps (the batch's and the prefix cache's): "float16" where
+    # chinwag's kernels run the decode step (half the memory, and half what attention reads: 8
+    # replies over 1,100-token prompts decode faster), else the model's own dtype; "float32": the
+    # model's own dtype always (greedy replies then match transformers' forward token for token at
+    # `model.kernels = "int16"`).
+    kv_cache: Literal["float16", "float32"] = "float16"
 
 
 class ServeSettings(_Section):

@@ -174,17 +174,60 @@ def test_a_row_decodes_bit_for_bit_the_same_alone_or_padded_in_a_batch(small: An
         assert all(torch.equal(t[row], a[0]) for t, a in zip(together, alone[row], strict=True))
 
 
+def _half(layers: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    return [(k.half(), v.half()) for k, v in layers]
+
+
 @pytest.mark.model
-def test_prompts_encoded_together_are_bit_for_bit_those_encoded_alone(small: Any) -> None:
-    lean = LeanStep(small)
+def test_a_float16_cache_is_decoded_as_the_layers_modules_decode_it(small: Any) -> None:
+    """`scheduler.kv_cache = "float16"`: the fused step keeps its keys and values in float16, rounded
+    as torch rounds them, and attends over those numbers as the layers' own modules do over the same
+    cache; a row still decodes bit for bit the same alone or padded in a batch. (How much float16
+    keys and values cost in answers is `bench/quality.py`'s to say: rounding a float32 cache's
+    prompt to float16 moves this model's logits by up to 10% of their scale at random tokens.)"""
+    half = LeanStep(small, half_cache=True)
+    if half._fused is None or not kernels.ready:
+        pytest.skip("chinwag's kernels are not in use here: the cache keeps the model's dtype")
+    assert half.cache_dtype == torch.float16 and LeanStep(small).cache_dtype == torch.float32
+    assert half.start(None).keys[0].dtype == torch.float16
+    prompt = _prefill(small, 40, 1)
+    ours, theirs = BatchCache(_half(prompt)), BatchCache(prompt)
+    _decode(half, ours, [5], [40], 1)
+    _decode(LeanStep(small), theirs, [5], [40], 1)
+    # The first layer's new keys and values come from the token alone: the same numbers, rounded.
+    assert torch.equal(ours.layer(0)[0][:, :, 40], theirs.layer(0)[0][:, :, 40].half())
+    assert torch.equal(ours.layer(0)[1][:, :, 40], theirs.layer(0)[1][:, :, 40].half())
+    # In float32 products, as in `test_the_fused_layers_compute_the_same_up_to_rounding`; a new key
+    # 1e-7 apart may round to the neighbouring float16, hence the looser bound.
+    with _float32_products():
+        fused = _decode(half, BatchCache(_half(prompt)), [5], [40], 8)
+        modules = _decode(_unfused(small), BatchCache(_half(prompt)), [5], [40], 8)
+    for a, b in zip(fused, modules, strict=True):
+        assert float((a - b).abs().max()) < 2e-3 * float(b.abs().max()) + 1e-3
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+    # Batch-invariant, as with float32.
+    second = _prefill(small, 23, 2)
+    alone = [_decode(half, BatchCache(_half(p)), [5], [n], 5) for p, n in ((prompt, 40), (second, 23))]
+    batch = BatchCache(_half(prompt))
+    batch.add(_half(second))
+    together = _decode(half, batch, [5, 5], [40, 23], 5)
+    for row in range(2):
+        assert all(torch.equal(t[row], a[0]) for t, a in zip(together, alone[row], strict=True))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_prompts_encoded_together_are_bit_for_bit_those_encoded_alone(small: Any, half: bool) -> None:
+    lean = LeanStep(small, half_cache=half)
     if not lean.can_feed_many():
         pytest.skip("chinwag's kernels are not in use here")
+    kept = _half if half else list  # the cache's dtype, as the scheduler keeps a conversation's
     g = torch.Generator().manual_seed(4)
     # A prompt from its first token, and two onto caches of different lengths (follow-up turns).
     requests = [
         (None, 0, torch.randint(100, 10_000, (12,), generator=g).tolist()),
-        (_prefill(small, 40, 1), 40, [17, 230, 4011, 9, 88, 1200]),
-        (_prefill(small, 23, 2), 23, torch.randint(100, 10_000, (31,), generator=g).tolist()),
+        (kept(_prefill(small, 40, 1)), 40, [17, 230, 4011, 9, 88, 1200]),
+        (kept(_prefill(small, 23, 2)), 23, torch.randint(100, 10_000, (31,), generator=g).tolist()),
     ]
     with torch.inference_mode():
         alone, caches = [], []

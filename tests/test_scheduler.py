@@ -2,11 +2,13 @@
 
 The reference is the same model with the scheduler off (one `generate` at a time); the scheduled
 models share its weights, so every comparison is the same network run two ways. They run with
-`model.kernels = "int16"`: the decode step then rounds its activations as transformers' forward
-does (to 16 bits), and a greedy reply is the same token for token. With the default, the decode
-step rounds them to int8 where transformers' forward keeps 16 bits, so the 135M model's replies
-part after a few dozen tokens; there batched replies are checked against the scheduler's own one
-at a time (`test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_time`).
+`model.kernels = "int16"` and `scheduler.kv_cache = "float32"`: the decode step then rounds its
+activations as transformers' forward does (to 16 bits) and keeps its keys and values as the forward
+does, and a greedy reply is the same token for token. With the defaults, the decode step rounds
+activations to int8 and keeps keys and values in float16, where transformers' forward keeps 16 bits
+and float32, so the 135M model's replies part after a few dozen tokens; there batched replies are
+checked against the scheduler's own one at a time
+(`test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_time`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from contextlib import aclosing
 from dataclasses import replace
 
 import pytest
+import torch
 
 from bot import kernels
 from bot.app import default_tools
@@ -85,7 +88,11 @@ def scheduled(naive: TransformersModel) -> Iterator[TransformersModel]:
 
 
 def _scheduled(naive: TransformersModel, settings: SchedulerSettings) -> TransformersModel:
-    # Shares the reference's weights rather than loading them again.
+    """A scheduler over the reference's weights (not loaded again). Its keys and values are kept in
+    float32 unless `settings` says otherwise: a float16 cache rounds them where transformers'
+    forward does not, and greedy replies may then part."""
+    if "kv_cache" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"kv_cache": "float32"})
     return TransformersModel(naive._model, naive._tokenizer, SMALL, "cpu", settings)
 
 
@@ -152,10 +159,12 @@ async def test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_tim
         pytest.skip("this CPU lacks AVX512-VNNI: the decode step keeps 16 bits or bf16")
     q_proj = naive._model.model.layers[0].self_attn.q_proj
     kernels.int8 = True
-    one = _scheduled(naive, SchedulerSettings(max_batch=1))
-    many = _scheduled(naive, SchedulerSettings(max_batch=8))
+    # As shipped: keys and values kept in float16 too (`scheduler.kv_cache`).
+    one = _scheduled(naive, SchedulerSettings(max_batch=1, kv_cache="float16"))
+    many = _scheduled(naive, SchedulerSettings(max_batch=8, kv_cache="float16"))
     try:
         assert q_proj.activation_bits() == 8
+        assert many.scheduler is not None and many.scheduler.step.cache_dtype == torch.float16
         expected = [await _collect(one, *prompt) for prompt in PROMPTS]
 
         async def staggered(i: int) -> tuple[str, Finish]:
