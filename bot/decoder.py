@@ -265,8 +265,8 @@ class LeanStep:
         self._fused: list[_Fused] | None = _fused_layers(model)
         self._fused_vnni: list[_Fused] | None = _fused_layers(model, vnni=True)
         # The dtype of the keys and values it keeps: with `half_cache` and its fused kernel in use,
-        # float16 (half the bytes attention reads: with 8 replies over long prompts, most of the
-        # step; computed in float32 all the same); else the model's own.
+        # float16 (half the memory of a conversation's cache; attention computes in float32 all the
+        # same); else the model's own.
         weight = self._embed.weight
         half = half_cache and self._fused is not None and kernels.ready
         self.cache_dtype = torch.float16 if half else weight.dtype

@@ -190,10 +190,9 @@ class SchedulerSettings(_Section):
     max_queue: int = Field(default=64, ge=0, le=100_000)
     prefix_cache_mb: int = Field(default=256, ge=0, le=65_536)
     # The keys and values the scheduler keeps (the batch's and the prefix cache's): "float16" where
-    # chinwag's kernels run the decode step (half the memory, and half what attention reads: 8
-    # replies over 1,100-token prompts decode faster), else the model's own dtype; "float32": the
-    # model's own dtype always (greedy replies then match transformers' forward token for token at
-    # `model.kernels = "int16"`).
+    # chinwag's kernels run the decode step (half the memory; attention computes in float32), else
+    # the model's own dtype; "float32": the model's own dtype always (greedy replies then match
+    # transformers' forward token for token at `model.kernels = "int16"`).
     kv_cache: Literal["float16", "float32"] = "float16"
 
 
