@@ -25,6 +25,12 @@ Side by side in one run, on the same weights:
   through the engine with the document store (bench/eval_corpus), every turn bringing new
   passages: time to first token (retrieval included) and the prompt tokens the turn encoded (the
   rest came from the prefix cache).
+- long_single_tps_by_kv_cache / long_agg8_tps_by_kv_cache: one reply alone (decode rate) and 8 at
+  once (total tokens/s) over document-length prompts (long_prompt_tokens, each conversation its own
+  documents from bench/eval_corpus), by `scheduler.kv_cache`; each prompt was asked once before,
+  so the 8 reuse their kept caches as follow-up questions do and decoding dominates
+  (long_encoded8: the prompt tokens the 8 encoded); long_kv_mb_per_1k_tokens: a conversation's
+  keys and values per 1,000 tokens.
 - start_to_first_token_s, rss_mb, peak_rss_mb: a fresh process with a warm model cache, from start
   to the first token of a reply; its resident memory then, and the peak while loading.
 - llamacpp_tps: llama-cpp-python (when installed) on the GGUF the embedded model ships as, with
@@ -280,6 +286,48 @@ async def _document_turns(model: TransformersModel, tokens: int, turns: int = 10
     }
 
 
+def _long_prompts(n: int, chars: int = 4000) -> list[list[ChatMessage]]:
+    """`n` conversations whose system prompt carries `chars` of documents (about 1,100 tokens),
+    each from its own place in bench/eval_corpus, and a question."""
+    corpus = "\n\n".join(path.read_text() for path in sorted((HERE / "eval_corpus").iterdir()))
+    prompts = []
+    for i in range(n):
+        start = i * len(corpus) // n
+        documents = (corpus[start:] + "\n\n" + corpus)[:chars]
+        system = f"{SYSTEM}\n\nDocuments:\n{documents}"
+        prompts.append([ChatMessage("system", system), ChatMessage("user", QUESTIONS[i % len(QUESTIONS)])])
+    return prompts
+
+
+async def _long(model: TransformersModel, tokens: int) -> dict[str, Any]:
+    """One reply, then 8 at once, over document-length prompts asked once before."""
+    prompts = _long_prompts(8)
+    for prompt in prompts:  # each conversation's first question: its cache is kept (a reply of
+        await _reply(model, prompt, 2)  # one token never joins the batch, which keeps caches)
+    single = statistics.median([(await _reply(model, prompts[0], tokens))["decode_tps"] for _ in range(2)])
+    scheduler = model.scheduler
+    reused = scheduler.prefix_hits if scheduler else 0
+    started = time.perf_counter()
+    results = await asyncio.gather(*(_reply(model, prompt, tokens) for prompt in prompts))
+    wall = max(r["end"] for r in results) - started
+    prompt_tokens = sum(r["prompt_tokens"] for r in results)
+    kv = None
+    if scheduler is not None:
+        step: Any = scheduler.step
+        config = model._model.config
+        dtype = getattr(step, "cache_dtype", model._model.dtype)
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * dim * dtype.itemsize
+        kv = per_token * 1000 / 2**20
+    return {
+        "prompt_tokens": results[0]["prompt_tokens"],
+        "single": single,
+        "agg8": sum(r["tokens"] for r in results) / wall,
+        "encoded8": prompt_tokens - ((scheduler.prefix_hits if scheduler else 0) - reused),
+        "kv_mb_per_1k_tokens": kv,
+    }
+
+
 _CHILD = """
 import asyncio, resource, sys, time
 started = float(sys.argv[2])
@@ -367,7 +415,11 @@ def _llamacpp(name: str, tokens: int) -> float | None:
 
 
 def _load(
-    settings: Any, quantization: str | None = None, scheduler: bool = True, kernels: str | None = None
+    settings: Any,
+    quantization: str | None = None,
+    scheduler: bool = True,
+    kernels: str | None = None,
+    kv_cache: str = "float16",
 ) -> TransformersModel:
     model_settings = settings.model
     if quantization is not None:
@@ -378,7 +430,7 @@ def _load(
         model_settings,
         settings.model_cache_dir,
         progress=False,
-        scheduler=SchedulerSettings(enabled=scheduler),
+        scheduler=SchedulerSettings(enabled=scheduler, kv_cache=kv_cache),
     )
 
 
@@ -390,7 +442,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of one reply then 8 at once")
     parser.add_argument(
         "--parts",
-        default="start,shipped,naive,docs,formats,kernels,llamacpp",
+        default="start,shipped,naive,docs,formats,kernels,long,llamacpp",
         help="which measurements, a,b,c",
     )
     args = parser.parse_args()
@@ -462,6 +514,23 @@ def main() -> None:
         result["single_tps_by_kernels"] = single
         result["agg8_tps_by_kernels"] = agg8
 
+    async def long() -> None:
+        single: dict[str, float] = {}
+        agg8: dict[str, float] = {}
+        encoded: dict[str, int] = {}
+        size: dict[str, float | None] = {}
+        for name in ("float16", "float32"):
+            model = _load(settings, kv_cache=name)
+            figures = await _long(model, args.tokens)
+            model.close()
+            result["long_prompt_tokens"] = figures["prompt_tokens"]
+            single[name], agg8[name] = figures["single"], figures["agg8"]
+            encoded[name], size[name] = figures["encoded8"], figures["kv_mb_per_1k_tokens"]
+        result["long_single_tps_by_kv_cache"] = single
+        result["long_agg8_tps_by_kv_cache"] = agg8
+        result["long_encoded8_by_kv_cache"] = encoded
+        result["long_kv_mb_per_1k_tokens_by_kv_cache"] = size
+
     # First, while this process is small: a child's peak memory counts its parent's at the fork.
     # Start time is the median of three starts (the page cache makes single starts vary).
     try:
@@ -479,7 +548,7 @@ def main() -> None:
     # still move with what the process allocated before (this VM's memory behind its buffers seems
     # to change; the by-kernels pass after the shipped rounds gave 87 and 262 against 73 and 299),
     # so compare figures within a part.
-    for part in (shipped, kernels, formats, naive, docs):
+    for part in (shipped, kernels, long, formats, naive, docs):
         if part.__name__ in parts:
             asyncio.run(part())
             print(json.dumps(result), file=sys.stderr, flush=True)
