@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -419,7 +419,7 @@ def _load(
     quantization: str | None = None,
     scheduler: bool = True,
     kernels: str | None = None,
-    kv_cache: str = "float16",
+    kv_cache: Literal["float16", "float32"] = "float16",
 ) -> TransformersModel:
     model_settings = settings.model
     if quantization is not None:
