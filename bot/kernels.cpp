@@ -1226,6 +1226,68 @@ void shortlist(at::Tensor& logits, const at::Tensor& x, const at::Tensor& weight
   });
 }
 
+// ---- The best token of each row ------------------------------------------------------------------
+
+// argmax(logits): float32 [R, V] -> int64 [R], as torch.argmax(logits, -1) chooses: the first index
+// of the largest value, or of the first NaN if there is one. One pass per row, 16 values at a time,
+// each lane keeping its first largest (torch's took 0.56 ms for 8 rows of 151,936, 3% of their
+// decode step).
+at::Tensor argmax(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.stride(1) == 1 && logits.size(1) > 0,
+              "logits: float32 [rows, vocab], rows contiguous");
+  const int64_t R = logits.size(0), V = logits.size(1), stride = logits.stride(0);
+  at::Tensor best = at::empty({R}, logits.options().dtype(at::kLong));
+  const float* lp = logits.data_ptr<float>();
+  int64_t* bp = best.data_ptr<int64_t>();
+  at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = lp + r * stride;
+      __m512 top = _mm512_set1_ps(-INFINITY);
+      __m512i where = _mm512_set1_epi32(-1);
+      __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+      const __m512i step = _mm512_set1_epi32(16);
+      __mmask16 nan = 0;
+      int64_t v = 0;
+      for (; v + 16 <= V && !nan; v += 16, at = _mm512_add_epi32(at, step)) {
+        const __m512 x = _mm512_loadu_ps(row + v);
+        nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        const __mmask16 larger = _mm512_cmp_ps_mask(x, top, _CMP_GT_OQ);  // strictly: the first stays
+        top = _mm512_mask_mov_ps(top, larger, x);
+        where = _mm512_mask_mov_epi32(where, larger, at);
+      }
+      int64_t found = -1;
+      if (nan) {
+        found = v - 16 + __builtin_ctz(nan);
+      } else {
+        float value = -INFINITY;
+        alignas(64) float tops[16];
+        alignas(64) int32_t indices[16];
+        _mm512_store_ps(tops, top);
+        _mm512_store_si512(indices, where);
+        for (int l = 0; l < 16; ++l)
+          if (indices[l] >= 0 && (tops[l] > value || (tops[l] == value && (found < 0 || indices[l] < found)))) {
+            value = tops[l];
+            found = indices[l];
+          }
+        for (; v < V; ++v) {
+          const float x = row[v];
+          if (std::isnan(x)) {
+            found = v;
+            break;
+          }
+          if (x > value) {
+            value = x;
+            found = v;
+          }
+        }
+        if (found < 0) found = 0;  // every value -inf: the first, as torch's
+      }
+      bp[r] = found;
+    }
+  });
+  return best;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(chinwag, m) {
@@ -1238,6 +1300,7 @@ TORCH_LIBRARY(chinwag, m) {
   m.def("has_vnni() -> bool");
   m.def("attend(Tensor q, Tensor keys, Tensor values, int fed, float scale) -> Tensor");
   m.def("shortlist(Tensor(a!) logits, Tensor x, Tensor weight, Tensor? bias, int count) -> ()");
+  m.def("argmax(Tensor logits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
@@ -1245,6 +1308,7 @@ TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("decode_layer", &decode_layer);
   m.impl("attend", &attend);
   m.impl("shortlist", &shortlist);
+  m.impl("argmax", &argmax);
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CatchAll, m) {

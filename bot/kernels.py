@@ -189,6 +189,14 @@ def linear(x: Any, weight: Any, scales: Any, bias: Any, bits: int = 16) -> Any:
     return torch.ops.chinwag.linear(x, weight, scales, bias, bits)
 
 
+def argmax(logits: Any) -> list[int]:
+    """Each row's best index, as `logits.argmax(-1)` chooses it (the first largest; a NaN first):
+    by chinwag's kernel where in use and the logits are float32 rows, else by torch."""
+    if ready and logits.dtype == torch.float32 and logits.dim() == 2 and logits.stride(1) == 1:
+        return list(torch.ops.chinwag.argmax(logits).tolist())
+    return list(logits.argmax(-1).tolist())
+
+
 def _registered() -> bool:
     return hasattr(torch.ops.chinwag, "linear")
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bot import kernels
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
@@ -380,7 +381,7 @@ class Scheduler:
             if penalized[i]:
                 self._penalize(request, logits[i])
         plain = [_plain_greedy(r) for r in rows]
-        best = logits.argmax(-1).tolist() if any(plain) else []
+        best = kernels.argmax(logits) if any(plain) else []
         for i, request in enumerate(rows):
             request.fed += 1
             try:

@@ -360,6 +360,23 @@ def test_the_attention_over_a_float16_cache_is_the_attention_over_its_values(
     assert torch.equal(half, torch.ops.chinwag.attend(q, keys.float(), values.float(), fed, dim**-0.5))
 
 
+def test_the_best_token_of_each_row_is_the_one_torch_chooses(native: None) -> None:
+    """`kernels.argmax` (the scheduler's greedy choice) against torch.argmax: ties go to the first,
+    a NaN wins, a row of -inf gives 0, whatever the length and the rows' stride."""
+    g = torch.Generator().manual_seed(7)
+    for vocab in (151_936, 49_152, 1_000, 37, 16, 5):
+        rows = torch.randn(9, vocab + 3, generator=g)[:, :vocab]  # rows 3 values apart
+        rows[1] = rows[1].round()  # many ties for the largest
+        rows[2, vocab // 2] = rows[2, vocab - 1] = rows[2].max() + 1  # the same best twice
+        rows[3] = -torch.inf
+        rows[4, vocab // 3] = torch.nan
+        rows[5, -1] = torch.nan
+        rows[6, [0, vocab // 2]] = torch.inf
+        rows[7] = 0.0
+        rows[8, -1] = rows[8].max() + 1  # the best last (past the last 16)
+        assert kernels.argmax(rows) == rows.argmax(-1).tolist()
+
+
 def test_without_a_compiler_the_layers_keep_torchs_kernels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
