@@ -727,10 +727,10 @@ inline __m512 sum16x16(const __m512 (&v)[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
-// The scheduler's keys and values are float32, or float16 (`scheduler.kv_cache`: half the bytes that
-// attention reads, which bound 8 replies' step over long conversations); either way the attention
-// computes in float32. 16 of them at a time, to and from float32 (rounded to nearest even, as torch's
-// conversion does).
+// The scheduler's keys and values are float32, or float16 (`scheduler.kv_cache`: half the memory;
+// decoding measured as fast, the conversion costing about what the halved reads save); either way
+// the attention computes in float32. 16 of them at a time, to and from float32 (rounded to nearest
+// even, as torch's conversion does).
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }

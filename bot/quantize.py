@@ -54,10 +54,11 @@ GROUP = 32  # int4: weights per scale/zero pair along the input dimension
 _INNER_K_TILES = 2
 _INT4_BLOCK = 64  # the CPU int4 kernel's packed layout: output channels in blocks of this many
 MARKER = "chinwag-quantized.json"
-# What the quantized layers multiply in. Everything else (embeddings, norms, attention, the KV
-# cache, the residual stream) stays float32: with bf16 there, a greedy reply's tokens depended on
-# which other replies shared its batch (attention over padded rows rounds differently), and the
-# cost in speed of float32 there is small (the bytes are in the linear layers' weights).
+# What the quantized layers multiply in. Everything else (embeddings, norms, attention, the
+# residual stream) computes in float32: with bf16 there, a greedy reply's tokens depended on which
+# other replies shared its batch (attention over padded rows rounds differently), and the cost in
+# speed of float32 there is small (the bytes are in the linear layers' weights). The scheduler's KV
+# cache may store float16 numbers (`scheduler.kv_cache`), read as float32.
 COMPUTE = torch.bfloat16
 # From this many rows (a prompt's tokens being encoded), a layer expands its weight for one plain
 # matmul instead of using the kernel, which is compute-bound there. Decoding (a row per reply, at
