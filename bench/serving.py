@@ -439,7 +439,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of one reply then 8 at once")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of one reply then 8 at once")
     parser.add_argument(
         "--parts",
         default="start,shipped,naive,docs,formats,kernels,long,llamacpp",
