@@ -98,7 +98,7 @@ def _prefill(model: Any, length: int, seed: int) -> list[tuple[Any, Any]]:
     ids = torch.randint(100, 10_000, (1, length), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         model(input_ids=ids, past_key_values=cache, use_cache=True)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr]
 
 
 def _decode(step: Any, cache: BatchCache, tokens: list[int], positions: list[int], steps: int) -> list[Any]:

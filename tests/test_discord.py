@@ -487,7 +487,11 @@ async def test_the_token_comes_from_the_environment_and_is_never_logged(
     secret = "MTIzNDU2.secret-token-value"
     monkeypatch.setenv("DISCORD_TOKEN", secret)
     assert token_from_env() == secret
-    options = {"api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "edit_interval_s": 0.05}
+    options: dict[str, Any] = {
+        "api_base_url": fake.api_base_url,
+        "gateway_url": fake.gateway_url,
+        "edit_interval_s": 0.05,
+    }
     adapter = DiscordAdapter(engine, history, DiscordSettings(**options), token_from_env())
     assert secret not in repr(adapter)
     adapter.client._connection.guild_ready_timeout = 0.05

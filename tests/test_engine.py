@@ -389,6 +389,7 @@ async def test_reset_starts_a_new_conversation_and_keeps_the_old(
 
     await run(engine, said("fresh start"))
     assert [m.content for m in model.prompts[-1][1:]] == ["fresh start"]
+    assert old_id is not None
     assert [m.content for m in await history.load(old_id)] == ["remember me", "ok"]
 
 

@@ -17,7 +17,7 @@ from config.settings import ToolsSettings
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        port = self.server.server_address[1]
+        port = int(self.server.server_address[1])  # type: ignore[index]
         routes = {
             "/shipments/42": (200, {"id": 42, "status": "in_transit"}),
             "/missing": (404, {"error": "not found"}),

@@ -47,6 +47,12 @@ def _int4(n: int, k: int, seed: int, bias: bool = False) -> Int4Linear:
     return _layer(Int4Linear, n, k, seed, bias)
 
 
+def _bias(layer: Int8Linear | Int4Linear) -> torch.Tensor:
+    """The layer's bias in float64 (the tests' layers have one)."""
+    assert isinstance(layer.bias, torch.Tensor)
+    return layer.bias.double()
+
+
 def _rows(m: int, k: int, seed: int) -> torch.Tensor:
     return torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
 
@@ -95,7 +101,7 @@ def test_int4_layers_compute_what_their_float_weights_do(variant: str, rows: int
         expected = _int4_product(x, VNNI_GROUP, _int4_levels(layer), pairs[..., 0], pairs[..., 1], 16)
     else:
         expected = _as_multiplied(variant, layer, x) @ _int4_exact(layer).t()
-    assert torch.allclose(layer(x).double(), expected + layer.bias.double(), rtol=1e-5, atol=1e-3)
+    assert torch.allclose(layer(x).double(), expected + _bias(layer), rtol=1e-5, atol=1e-3)
 
 
 def test_a_row_comes_out_bit_for_bit_the_same_whatever_else_is_in_the_batch(variant: str) -> None:
@@ -224,9 +230,9 @@ def test_the_vnni_kernel_computes_its_reference(
         q, scales, zeros = _int4_levels(layer), pairs[..., 0], pairs[..., 1]
         weight = _int4_exact(layer)
     if isinstance(layer, Int8Linear):
-        expected = _rounded_rows(x, activation_group(k, vnni), vnni) @ weight.t() + layer.bias.double()
+        expected = _rounded_rows(x, activation_group(k, vnni), vnni) @ weight.t() + _bias(layer)
     else:
-        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros, vnni) + layer.bias.double()
+        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros, vnni) + _bias(layer)
     assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     # Each row alone: bit for bit what it is among the others.
     for i in (0, rows - 1):
@@ -250,8 +256,10 @@ def test_a_layer_that_keeps_wide_activations_keeps_them_with_int8(native: None) 
     assert layer.activation_bits() == 16
     layer.wide_input = False
     assert layer.activation_bits() == 8
+    stored = layer.vnni()
+    assert stored is not None
     assert not torch.equal(
-        kernels.linear(x, *layer.vnni(), layer.bias, 16), kernels.linear(x, *layer.vnni(), layer.bias, 8)
+        kernels.linear(x, *stored, layer.bias, 16), kernels.linear(x, *stored, layer.bias, 8)
     )
 
 
@@ -302,7 +310,7 @@ def test_the_shortlist_kernel_makes_the_largest_estimates_exact(
     estimates[2, -3:] = 9.0  # the best in the last, short run
     logits = estimates.clone()
     torch.ops.chinwag.shortlist(logits, x, weight, offsets, count)
-    exact = x.double() @ weight.double().t() + (offsets.double() if bias else 0)
+    exact = x.double() @ weight.double().t() + (offsets.double() if offsets is not None else 0)
     for row in range(3):
         # The largest estimates, the lower index first among equals.
         order = sorted(range(vocab), key=lambda i: (-float(estimates[row, i]), i))[:count]

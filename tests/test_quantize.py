@@ -55,7 +55,9 @@ def test_int4_layer_rounds_each_weight_to_its_groups_grid(bias: bool) -> None:
     layer.quantize(linear.weight)
     if bias:
         layer.bias = linear.bias.detach().clone()
-    recovered = _dequantized(layer, 128) - (layer.bias[:, None] if bias else 0)
+    recovered = _dequantized(layer, 128) - (
+        layer.bias[:, None] if isinstance(layer.bias, torch.Tensor) else 0
+    )
     groups = linear.weight.detach().reshape(48, -1, GROUP)
     step = (groups.amax(-1) - groups.amin(-1)) / 15  # [out, groups]
     error = (recovered - linear.weight.detach()).abs().reshape(48, -1, GROUP)

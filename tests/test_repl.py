@@ -110,6 +110,7 @@ def test_chat_streams_sets_interrupts_and_resumes(tmp_path: Path) -> None:
     ]
     assert messages[1].content.strip(), "the first reply is empty"
     interrupted = messages[3]
+    assert interrupted.completion_tokens is not None
     assert interrupted.content.strip() and interrupted.completion_tokens < 400
     assert messages[4].content == "first line\nsecond line"
 
@@ -134,7 +135,8 @@ def test_chat_streams_sets_interrupts_and_resumes(tmp_path: Path) -> None:
     assert [m.content for m in messages][-2] == "And Germany?"
     assert messages[-1].role == "assistant" and messages[-1].content.strip()
     # The prompt of the resumed turn carried the earlier turns.
-    assert messages[-1].prompt_tokens > messages[1].prompt_tokens + 20
+    last, first = messages[-1].prompt_tokens, messages[1].prompt_tokens
+    assert last is not None and first is not None and last > first + 20
 
 
 def test_resume_of_unknown_conversation_is_a_clear_error(tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ def test_a_reopened_collection_embeds_offline_with_the_registered_function(
     )
     collection = client.get_collection(store.collection_name("global"))
     found = collection.query(query_texts=["error code for an already delivered shipment"], n_results=1)
-    assert "LRK-409" in found["documents"][0][0]
+    assert found["documents"] is not None and "LRK-409" in found["documents"][0][0]
 
 
 # Through the engine -----------------------------------------------------------------------

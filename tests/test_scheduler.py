@@ -17,12 +17,14 @@ import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 import torch
 
 from bot import kernels
 from bot.app import default_tools
+from bot.decoder import LeanStep
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, Queued
 from bot.scheduler import Request
@@ -124,7 +126,7 @@ async def _until(condition: Callable[[], object]) -> None:
         await asyncio.sleep(0.005)
 
 
-async def _peak_running(model: TransformersModel, until: asyncio.Future[object]) -> int:
+async def _peak_running(model: TransformersModel, until: asyncio.Future[Any]) -> int:
     """The most requests the scheduler generated at once while `until` was pending."""
     assert model.scheduler is not None
     peak = 0
@@ -164,7 +166,8 @@ async def test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_tim
     many = _scheduled(naive, SchedulerSettings(max_batch=8, kv_cache="float16"))
     try:
         assert q_proj.activation_bits() == 8
-        assert many.scheduler is not None and many.scheduler.step.cache_dtype == torch.float16
+        assert many.scheduler is not None and isinstance(many.scheduler.step, LeanStep)
+        assert many.scheduler.step.cache_dtype == torch.float16
         expected = [await _collect(one, *prompt) for prompt in PROMPTS]
 
         async def staggered(i: int) -> tuple[str, Finish]:
@@ -417,7 +420,7 @@ def test_a_reply_streams_the_text_its_tokens_decode_to(scheduled: TransformersMo
     assert scheduler is not None
     text = "Ça coûte 5 € — 東京 🙂👍🏽 naïve\n  spaced   out\tand <b>tags</b>!"
     pieces: list[str] = []
-    request = Request(prompt=[1], params=GREEDY, emit=lambda item: pieces.append(item.text))
+    request = Request(prompt=[1], params=GREEDY, emit=lambda item: pieces.append(cast(Chunk, item).text))
     ids = tokenizer.encode(text, add_special_tokens=False)
     for i, token in enumerate(ids):
         request.generated.append(token)

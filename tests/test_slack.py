@@ -124,7 +124,7 @@ async def start(engine: Engine, history: SqlHistory, settings: SlackSettings, fa
     stop = asyncio.Event()
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(adapter, stop, ready=ready.set_result))
-    await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
     if task.done():
         task.result()
     return Running(fake, adapter, ready.result(), stop, task)
