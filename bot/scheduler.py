@@ -287,6 +287,11 @@ class Scheduler:
             if self._accept(request, token):
                 ready.append(request)
             else:
+                # Over at its first token: it never joins the batch, whose leaving rows keep their
+                # caches, so its prompt's cache is kept here (a copy, as a row's is).
+                if self._keeps(request):
+                    layers = [(k.clone(), v.clone()) for k, v in self.step.layers(request.cache)]
+                    self._keep(self._prefix_of(request, layers, self._reason(request)))
                 self._done_prefilling(request)
         if ready:
             self._join(ready)
@@ -549,22 +554,36 @@ class Scheduler:
             else:
                 self._finish(request, result)
         for prefix in kept:
-            if prefix is not None:
-                tokens, layers, tail = prefix
-                self._prefix.put(tokens, layers)
-                if tail:
-                    self._pending.append(prefix)
+            self._keep(prefix)
+
+    def _keep(self, prefix: tuple[list[int], list[tuple[Any, Any]], list[int]] | None) -> None:
+        """Keep a finished request's cache for prefix reuse; extend it with `tail` when idle."""
+        if prefix is not None:
+            tokens, layers, tail = prefix
+            self._prefix.put(tokens, layers)
+            if tail:
+                self._pending.append(prefix)
 
     def _row_prefix(
         self, row: int, request: Request, reason: FinishReason
     ) -> tuple[list[int], list[tuple[Any, Any]], list[int]] | None:
-        """A copy of one row's cache (the tokens it holds, their keys and values) to keep, and the
-        tokens to encode into it first: the rest of the reply and the template's opening of the
-        next user message, for a reply that ended (not one that was cancelled)."""
-        if self._prefix.capacity <= 0 or request.fed < _MIN_PREFIX or self._batch is None:
+        """A copy of one row's cache to keep (see `_prefix_of`)."""
+        if self._batch is None or not self._keeps(request):
+            return None
+        return self._prefix_of(request, self._batch.row(row, request.fed), reason)
+
+    def _keeps(self, request: Request) -> bool:
+        return self._prefix.capacity > 0 and request.fed >= _MIN_PREFIX
+
+    def _prefix_of(
+        self, request: Request, layers: list[tuple[Any, Any]], reason: FinishReason
+    ) -> tuple[list[int], list[tuple[Any, Any]], list[int]] | None:
+        """A finished request's cache to keep (the tokens it holds and `layers`, their keys and
+        values), and the tokens to encode into it first: the rest of the reply and the template's
+        opening of the next user message, for a reply that ended (not one that was cancelled)."""
+        if not self._keeps(request):
             return None
         tokens = (request.prompt + request.generated)[: request.fed]
-        layers = self._batch.row(row, request.fed)
         tail: list[int] = []
         if request.follow and reason in ("stop", "length"):
             # The last token chosen was never fed. An end-of-turn token is not part of the stored

@@ -121,8 +121,11 @@ async def _collect(
     return text, finish
 
 
-async def _until(condition: Callable[[], object]) -> None:
+async def _until(condition: Callable[[], object], timeout: float = 60.0) -> None:
+    """Wait until `condition` holds; fail (not hang) if it has not within `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
         await asyncio.sleep(0.005)
 
 
@@ -352,7 +355,8 @@ async def test_a_follow_up_reuses_the_conversation_prefix_and_an_edit_does_not(
     assert scheduler.prefix_hits - before <= unchanged  # nothing after the edit is reused
 
 
-@pytest.mark.parametrize(("max_tokens", "reason"), [(64, "stop"), (4, "length")])
+# 1: a reply over at its first token never joins the batch; its cache is kept all the same.
+@pytest.mark.parametrize(("max_tokens", "reason"), [(64, "stop"), (4, "length"), (1, "length")])
 async def test_a_reply_that_ends_leaves_the_next_turns_opening_encoded(
     naive: TransformersModel, scheduled: TransformersModel, max_tokens: int, reason: str
 ) -> None:
