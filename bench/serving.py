@@ -302,8 +302,8 @@ def _long_prompts(n: int, chars: int = 4000) -> list[list[ChatMessage]]:
 async def _long(model: TransformersModel, tokens: int) -> dict[str, Any]:
     """One reply, then 8 at once, over document-length prompts asked once before."""
     prompts = _long_prompts(8)
-    for prompt in prompts:  # each conversation's first question: its cache is kept (a reply of
-        await _reply(model, prompt, 2)  # one token never joins the batch, which keeps caches)
+    for prompt in prompts:  # each conversation's first question: its cache is kept
+        await _reply(model, prompt, 2)
     single = statistics.median([(await _reply(model, prompts[0], tokens))["decode_tps"] for _ in range(2)])
     scheduler = model.scheduler
     reused = scheduler.prefix_hits if scheduler else 0
