@@ -939,16 +939,16 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
   at::parallel_for(0, M * kv_heads, 1, [&](int64_t t0, int64_t t1) {
     Scratch<float> p(groups * width), sums(2 * groups * dim), tile(16 * dim);
     std::vector<float> top(groups), norm(groups);
-    // Columns c .. c + n - 1 of a key or value head as float32 rows `stride` apart: the cache's own
-    // when it keeps float32, else converted into `tile`.
-    auto columns = [&](const KV* from, int64_t n, int64_t& stride) -> const float* {
+    // n columns of a key or value head from `from` on, as float32 rows `apart` floats apart: the
+    // cache's own when it keeps float32, else converted into `tile`.
+    auto columns = [&](const KV* from, int64_t n, int64_t& apart) -> const float* {
       if constexpr (std::is_same_v<KV, float>) {
-        stride = s2;
+        apart = s2;
         return from;
       } else {
         for (int64_t c = 0; c < n; ++c)
           for (int64_t d = 0; d < dim; d += 16) _mm512_storeu_ps(tile.data() + c * dim + d, load16(from + c * s2 + d));
-        stride = dim;
+        apart = dim;
         return tile.data();
       }
     };
@@ -1110,14 +1110,14 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
     at::Half* kp = keys.data_ptr<at::Half>();
     at::Half* vp = values.data_ptr<at::Half>();
     write_column(k.data(), v.data(), kp, vp, s0, s1, s2, M, kv_heads, dim, column);
-    auto attend = dim == 64 && s2 == 64 ? decode_attention<at::Half, 64> : decode_attention<at::Half, 0>;
-    attend(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
+    auto attention = dim == 64 && s2 == 64 ? decode_attention<at::Half, 64> : decode_attention<at::Half, 0>;
+    attention(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
   } else {
     float* kp = keys.data_ptr<float>();
     float* vp = values.data_ptr<float>();
     write_column(k.data(), v.data(), kp, vp, s0, s1, s2, M, kv_heads, dim, column);
-    auto attend = dim == 64 && s2 == 64 ? decode_attention<float, 64> : decode_attention<float, 0>;
-    attend(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
+    auto attention = dim == 64 && s2 == 64 ? decode_attention<float, 64> : decode_attention<float, 0>;
+    attention(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
   }
   linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data(), bits[3]);
   for (int64_t i = 0; i < M * H; ++i) xp[i] += o[i];
