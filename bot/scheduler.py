@@ -573,16 +573,16 @@ class Scheduler:
         return self._prefix_of(request, self._batch.row(row, request.fed), reason)
 
     def _keeps(self, request: Request) -> bool:
+        """Whether a finished request's cache is worth keeping."""
         return self._prefix.capacity > 0 and request.fed >= _MIN_PREFIX
 
     def _prefix_of(
         self, request: Request, layers: list[tuple[Any, Any]], reason: FinishReason
-    ) -> tuple[list[int], list[tuple[Any, Any]], list[int]] | None:
+    ) -> tuple[list[int], list[tuple[Any, Any]], list[int]]:
         """A finished request's cache to keep (the tokens it holds and `layers`, their keys and
-        values), and the tokens to encode into it first: the rest of the reply and the template's
-        opening of the next user message, for a reply that ended (not one that was cancelled)."""
-        if not self._keeps(request):
-            return None
+        values; `_keeps` says whether to), and the tokens to encode into it first: the rest of the
+        reply and the template's opening of the next user message, for a reply that ended (not one
+        that was cancelled)."""
         tokens = (request.prompt + request.generated)[: request.fed]
         tail: list[int] = []
         if request.follow and reason in ("stop", "length"):
