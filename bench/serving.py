@@ -111,16 +111,24 @@ def _ask(question: str) -> list[ChatMessage]:
     return [ChatMessage("system", SYSTEM), ChatMessage("user", question)]
 
 
-async def _single(model: TransformersModel, tokens: int) -> float:
+async def _single(model: TransformersModel, tokens: int, messages: list[ChatMessage] | None = None) -> float:
+    """One reply's decode rate (of `messages`, else the first question): the median of two."""
     await _reply(model, _ask("Say hello."), 8)  # warm-up
-    runs = [await _reply(model, _ask(QUESTIONS[0]), tokens) for _ in range(2)]
+    runs = [await _reply(model, messages or _ask(QUESTIONS[0]), tokens) for _ in range(2)]
     return statistics.median(r["decode_tps"] for r in runs)
 
 
-async def _concurrent(model: TransformersModel, tokens: int, n: int = 8) -> tuple[float, float]:
+async def _together(
+    model: TransformersModel, prompts: list[list[ChatMessage]], tokens: int
+) -> tuple[list[dict[str, Any]], float]:
+    """Every prompt asked at once: each reply's figures, and the seconds until the last ended."""
     started = time.perf_counter()
-    results = await asyncio.gather(*(_reply(model, _ask(q), tokens) for q in QUESTIONS[:n]))
-    wall = max(r["end"] for r in results) - started
+    results = await asyncio.gather(*(_reply(model, prompt, tokens) for prompt in prompts))
+    return results, max(r["end"] for r in results) - started
+
+
+async def _concurrent(model: TransformersModel, tokens: int, n: int = 8) -> tuple[float, float]:
+    results, wall = await _together(model, [_ask(q) for q in QUESTIONS[:n]], tokens)
     ttfts = sorted(r["ttft"] for r in results)
     p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
     return sum(r["tokens"] for r in results) / wall, p95
@@ -304,12 +312,10 @@ async def _long(model: TransformersModel, tokens: int) -> dict[str, Any]:
     prompts = _long_prompts(8)
     for prompt in prompts:  # each conversation's first question: its cache is kept
         await _reply(model, prompt, 2)
-    single = statistics.median([(await _reply(model, prompts[0], tokens))["decode_tps"] for _ in range(2)])
+    single = await _single(model, tokens, prompts[0])
     scheduler = model.scheduler
     reused = scheduler.prefix_hits if scheduler else 0
-    started = time.perf_counter()
-    results = await asyncio.gather(*(_reply(model, prompt, tokens) for prompt in prompts))
-    wall = max(r["end"] for r in results) - started
+    results, wall = await _together(model, prompts, tokens)
     prompt_tokens = sum(r["prompt_tokens"] for r in results)
     kv = None
     if scheduler is not None:
