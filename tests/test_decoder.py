@@ -217,6 +217,28 @@ def test_a_float16_cache_is_decoded_as_the_layers_modules_decode_it(small: Any) 
 
 @pytest.mark.model
 @pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_the_fused_attention_computes_the_same_whatever_the_caches_layout(small: Any, half: bool) -> None:
+    """The fused step's attention is compiled for heads of 64 values stored 64 apart (both models
+    here); any other layout takes its general form. Keys and values that are views of wider buffers
+    (columns 80 values apart) take that form, and it computes the same logits bit for bit."""
+    step = LeanStep(small, half_cache=half)
+    if step._fused is None or not kernels.ready:
+        pytest.skip("chinwag's kernels are not in use here")
+    prompt = _half(_prefill(small, 40, 1)) if half else _prefill(small, 40, 1)
+
+    def spaced(t: Any) -> Any:  # room for 16 more columns, each 80 values apart, 64 of them used
+        wide = t.new_zeros((*t.shape[:2], t.shape[2] + 16, 80))
+        wide[:, :, : t.shape[2], : t.shape[3]] = t
+        return wide[..., : t.shape[3]]
+
+    views = BatchCache.adopt([(spaced(k), spaced(v)) for k, v in prompt], 40)
+    assert views.keys[0].stride(2) == 80
+    expected = _decode(step, BatchCache(prompt), [5], [40], 6)
+    assert all(torch.equal(a, b) for a, b in zip(_decode(step, views, [5], [40], 6), expected, strict=True))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
 def test_prompts_encoded_together_are_bit_for_bit_those_encoded_alone(small: Any, half: bool) -> None:
     lean = LeanStep(small, half_cache=half)
     if not lean.can_feed_many():
