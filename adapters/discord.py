@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -32,7 +32,17 @@ from bot.app import App
 from bot.errors import ChinwagError
 from bot.history import ConversationKey, History, UserRef
 from bot.retriever import sources_footer
-from bot.types import CommandResult, Event, Incoming, Notice, TextDelta, ToolCall, TurnDone, TurnFailed
+from bot.types import (
+    CommandResult,
+    Event,
+    Incoming,
+    Notice,
+    TextDelta,
+    ToolCall,
+    TurnDone,
+    TurnFailed,
+    TurnStarted,
+)
 from config.settings import DiscordSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,12 @@ class Engine(Protocol):
 
     def handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
         """Answer one message or /command as a stream of events."""
+        ...
+
+    async def link_reply(
+        self, turn: TurnStarted | None, message_id: int | None, platform: str, external_ids: Sequence[str]
+    ) -> None:
+        """Link a turn's stored reply to the platform messages that show it."""
         ...
 
 
@@ -134,6 +150,9 @@ class Reply:
     conversation_id: int | None = None
     failed: bool = False
     finished: bool = False
+    # The turn (once the question is stored) and its stored reply (once told), to link the posts to.
+    turn: TurnStarted | None = None
+    stored_id: int | None = None
 
     def parts(self, limit: int) -> list[str]:
         """The messages the reply is now: the text, notes under it, split at the limit."""
@@ -142,8 +161,8 @@ class Reply:
         whole = "\n\n".join(p for p in (body, "\n".join(self.notes)) if p.strip())
         return split_message(whole, limit)
 
-    def apply(self, event: Event) -> TurnDone | None:
-        """Fold one engine event into the reply; the TurnDone, when it is one."""
+    def apply(self, event: Event) -> None:
+        """Fold one engine event into the reply."""
         if isinstance(event, TextDelta):
             self.text += event.text
             self.status = ""
@@ -157,11 +176,13 @@ class Reply:
             self.finished = True
         elif isinstance(event, TurnFailed):
             self.conversation_id = event.conversation_id or self.conversation_id
+            self.stored_id = event.message_id
             self.notes.append(f"⚠️ {event.message}")
             self.status = ""
             self.finished = True
         elif isinstance(event, TurnDone):
             self.conversation_id = event.conversation_id
+            self.stored_id = event.message_id
             self.text = event.text
             self.status = ""  # a notice ("Waiting for the model…") no longer holds
             self.finished = True
@@ -169,10 +190,9 @@ class Reply:
                 self.notes.append(f"-# {footer}")
             if event.status == "interrupted":
                 self.notes.append("-# *(interrupted)*")
-            return event
-        else:
-            self.conversation_id = getattr(event, "conversation_id", self.conversation_id)
-        return None
+        elif isinstance(event, TurnStarted):
+            self.conversation_id = event.conversation_id
+            self.turn = event
 
 
 # The adapter ----------------------------------------------------------------------------------
@@ -388,11 +408,10 @@ class DiscordAdapter(InFlight):
         finished = asyncio.Event()
         pusher = asyncio.create_task(self._push_loop(reply, changed, finished))
         typer = asyncio.create_task(self._type(typing, reply, finished)) if typing is not None else None
-        done: TurnDone | None = None
         try:
             async with aclosing(self.engine.handle(incoming)) as events:
                 async for event in events:
-                    done = reply.apply(event) or done
+                    reply.apply(event)
                     changed.set()
         except asyncio.CancelledError:
             reply.notes.append("-# *(interrupted: chinwag is restarting)*")
@@ -402,6 +421,8 @@ class DiscordAdapter(InFlight):
             changed.set()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(pusher), timeout=5)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._link(reply))
             raise
         finally:
             finished.set()
@@ -409,13 +430,17 @@ class DiscordAdapter(InFlight):
             if typer is not None:
                 typer.cancel()
         await pusher
-        if done is not None and reply.posted:
-            await self.history.link_message(done.message_id, PLATFORM, [str(m.id) for m in reply.posted])
+        await self._link(reply)
         if reply.failed:
             log.error(
                 "discord: the reply in conversation %s could not be posted in full; the history keeps it",
                 reply.conversation_id,
             )
+
+    async def _link(self, reply: Reply) -> None:
+        """Link the stored reply to the messages that show it (a 👍 on any of them then reaches it)."""
+        ids = [str(m.id) for m in reply.posted]
+        await self.engine.link_reply(reply.turn, reply.stored_id, PLATFORM, ids)
 
     async def _type(self, channel: discord.abc.Messageable, reply: Reply, finished: asyncio.Event) -> None:
         """Show "chinwag is typing…" until the answer's first words are posted (a placeholder with

@@ -47,6 +47,7 @@ from bot.types import (
     ToolCall,
     TurnDone,
     TurnFailed,
+    TurnStarted,
 )
 from config import Settings, SlackSettings
 
@@ -144,6 +145,9 @@ class _Reply:
     # Cut short by a shutdown: its last edit goes at once instead of waiting its turn under the pace
     # (with many answers cut at once, their turns would come after the process is gone).
     cut: asyncio.Event = field(default_factory=asyncio.Event)
+    # The turn (once the question is stored) and its stored reply (once told), to link the posts to.
+    turn: TurnStarted | None = None
+    stored_id: int | None = None
 
     def parts(self, limit: int, thinking: str) -> list[str]:
         """The messages the reply is now: Markdown made mrkdwn, notes under it, split below the limit."""
@@ -374,11 +378,10 @@ class SlackAdapter(InFlight):
         changed = asyncio.Event()
         finished = asyncio.Event()
         pusher = asyncio.create_task(self._push_loop(reply, changed, finished))
-        done: TurnDone | None = None
         try:
             async with aclosing(self.engine.handle(incoming)) as events:
                 async for event in events:
-                    done = self._apply(reply, event) or done
+                    self._apply(reply, event)
                     changed.set()
         except asyncio.CancelledError:
             reply.notes.append("_(interrupted: chinwag is restarting)_")
@@ -389,14 +392,14 @@ class SlackAdapter(InFlight):
             changed.set()  # the pusher may be idle, waiting for a change: this is the last one
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(pusher), timeout=5)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._link(reply))
             raise
         finally:
             finished.set()
             changed.set()
         await pusher
-        if done is not None and reply.posted:
-            refs = [_ref(reply.team, reply.channel, ts) for ts in reply.posted]
-            await self.history.link_message(done.message_id, PLATFORM, refs)
+        await self._link(reply)
         if reply.failed:
             log.error(
                 "slack: the reply in conversation %s could not be posted to %s; it is kept in the history",
@@ -404,7 +407,12 @@ class SlackAdapter(InFlight):
                 reply.channel,
             )
 
-    def _apply(self, reply: _Reply, event: Event) -> TurnDone | None:
+    async def _link(self, reply: _Reply) -> None:
+        """Link the stored reply to the messages that show it (a 👍 on any of them then reaches it)."""
+        refs = [_ref(reply.team, reply.channel, ts) for ts in reply.posted]
+        await self.engine.link_reply(reply.turn, reply.stored_id, PLATFORM, refs)
+
+    def _apply(self, reply: _Reply, event: Event) -> None:
         """Fold one engine event into the reply."""
         if isinstance(event, TextDelta):
             reply.text += event.text
@@ -419,11 +427,13 @@ class SlackAdapter(InFlight):
             reply.finished = True
         elif isinstance(event, TurnFailed):
             reply.conversation_id = event.conversation_id or reply.conversation_id
+            reply.stored_id = event.message_id
             reply.notes.append(f":warning: {event.message}")
             reply.status = ""
             reply.finished = True
         elif isinstance(event, TurnDone):
             reply.conversation_id = event.conversation_id
+            reply.stored_id = event.message_id
             reply.text = event.text
             reply.finished = True
             reply.status = "" if event.text.strip() else "_(no answer)_"
@@ -431,10 +441,9 @@ class SlackAdapter(InFlight):
                 reply.notes.append(f"_{footer}_")
             if event.status == "interrupted":
                 reply.notes.append("_(interrupted)_")
-            return event
-        else:
-            reply.conversation_id = getattr(event, "conversation_id", reply.conversation_id)
-        return None
+        elif isinstance(event, TurnStarted):
+            reply.conversation_id = event.conversation_id
+            reply.turn = event
 
     async def _push_loop(self, reply: _Reply, changed: asyncio.Event, finished: asyncio.Event) -> None:
         """Push the reply as it grows: one edit per message per interval, with all that came meanwhile."""

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -145,6 +145,25 @@ class Engine:
             if started:
                 self.metrics.ended(done)
 
+    async def link_reply(
+        self, turn: TurnStarted | None, message_id: int | None, platform: str, external_ids: Sequence[str]
+    ) -> None:
+        """Link a turn's reply to the platform messages that show it (reactions on them then reach
+        it): the stored reply `message_id` (from its TurnDone or TurnFailed) or, for a turn cut short
+        (a shutdown, a cancelled task) that never told it, the reply stored for `turn`'s message.
+        A failure is logged, not raised: the answer has been given and stored either way."""
+        if not external_ids:
+            return
+        try:
+            if message_id is None and turn is not None:
+                after = await self.history.load(turn.conversation_id, after_id=turn.user_message_id)
+                replies = [m.id for m in after if m.metadata.get("reply_to") == turn.user_message_id]
+                message_id = replies[0] if replies else None
+            if message_id is not None:
+                await self.history.link_message(message_id, platform, external_ids)
+        except Exception:  # the reply stands; only reactions on its messages would not reach it
+            log.exception("could not link reply %s to its %s messages", message_id, platform)
+
     async def _handle(self, incoming: Incoming, approve: Approver | None) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)
         text = incoming.text.strip()
@@ -230,7 +249,11 @@ class Engine:
                     yield item
                 else:
                     prompt, prompt_tokens = item
-        extra = {"sources": sources} if self.docs_enabled(conv) else {}
+        # The reply names the message it answers: a turn cut short ends without its TurnDone, and
+        # its adapter finds what was stored this way (`link_reply`).
+        extra: dict[str, Any] = {"reply_to": stored.id}
+        if self.docs_enabled(conv):
+            extra["sources"] = sources
         answer_stream = self._generate(conv, prompt, prompt_tokens, params, tools, extra, approve)
         async with aclosing(answer_stream) as answer:
             async for event in answer:

@@ -121,6 +121,22 @@ async def test_mention_opens_a_thread_and_streams_edits(
     assert (await history.find_message("discord", posted["id"])) == stored[1]
 
 
+async def test_a_failed_answer_is_linked_to_the_message_that_shows_it(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("partial", " answer", error=RuntimeError("CUDA exploded"), error_after=2)
+    await fake.user_says("tell me things", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await bot.idle()
+    [posted] = fake.bot_messages(DM_CHANNEL)
+    assert posted["content"].startswith("partial answer") and "your message was kept" in posted["content"]
+    conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
+    assert conv is not None
+    stored = await history.load(conv.id)
+    assert [m.status for m in stored] == ["complete", "failed"]
+    assert (await history.find_message("discord", posted["id"])) == stored[1]
+
+
 async def test_thread_follow_up_continues_without_a_mention(
     engine: Engine, history: SqlHistory, fake: FakeDiscord, model: FakeModel
 ) -> None:
@@ -469,6 +485,11 @@ async def test_shutdown_marks_an_unfinished_answer(
     stored = await history.load(conv.id)
     assert [m.role for m in stored] == ["user", "assistant"]
     assert stored[1].status == "interrupted"
+    # Cut short, the turn never told its reply's id, yet the message showing it is linked to it
+    # (a 👍 on it after the restart reaches the stored reply).
+    [posted] = fake.bot_messages(DM_CHANNEL)
+    assert (await history.find_message("discord", posted["id"])) == stored[1]
+    assert stored[1].metadata["reply_to"] == stored[0].id
 
 
 async def test_the_token_comes_from_the_environment_and_is_never_logged(

@@ -570,7 +570,10 @@ async def test_shutdown_past_the_grace_period_marks_the_answer_interrupted(
     assert shown["text"].endswith("_(interrupted: chinwag is restarting)_")
     conv = await history.find(ConversationKey("slack", TEAM, "C1", "1700.0001"))
     assert conv is not None
-    assert (await history.load(conv.id))[-1].status == "interrupted"
+    last = (await history.load(conv.id))[-1]
+    assert last.status == "interrupted"
+    # Cut short, the turn never told its reply's id, yet the message showing it is linked to it.
+    assert (await history.find_message("slack", f"{TEAM}:C1:{shown['ts']}")) == last
 
 
 async def test_an_answer_cut_off_while_the_model_is_silent_still_gets_its_last_edit(
@@ -609,8 +612,10 @@ async def test_answers_cut_off_together_get_their_last_edit_though_the_edit_pace
         assert conv is not None
         last = (await history.load(conv.id))[-1]
         assert last.status == "interrupted"
-        # What Slack shows is what was stored (the edit carries the reply as it was when cut).
+        # What Slack shows is what was stored (the edit carries the reply as it was when cut), and
+        # each message is linked to its own conversation's reply.
         assert shown["text"].startswith(last.content.strip())
+        assert (await history.find_message("slack", f"{TEAM}:C1:{shown['ts']}")) == last
 
 
 # Socket Mode -------------------------------------------------------------------------------------------
