@@ -226,7 +226,13 @@ class DiscordAdapter(InFlight):
     # Wiring ---------------------------------------------------------------------------
 
     def _register(self) -> None:
-        for handler in (self.on_message, self.on_raw_reaction_add, self.on_raw_reaction_remove):
+        for handler in (
+            self.on_message,
+            self.on_raw_message_delete,
+            self.on_raw_bulk_message_delete,
+            self.on_raw_reaction_add,
+            self.on_raw_reaction_remove,
+        ):
             self.client.event(handler)
         self.client.event(self.on_resumed)
 
@@ -376,7 +382,7 @@ class DiscordAdapter(InFlight):
             user_name=message.author.display_name,
             message_id=str(message.id),
         )
-        self.spawn(self._answer_message(message, incoming, new_thread))
+        self.spawn(self._answer_message(message, incoming, new_thread), str(message.id))
 
     async def _answer_message(self, message: discord.Message, incoming: Incoming, new_thread: bool) -> None:
         """Open the thread (when asked), then answer there."""
@@ -414,7 +420,14 @@ class DiscordAdapter(InFlight):
                     reply.apply(event)
                     changed.set()
         except asyncio.CancelledError:
-            reply.notes.append("-# *(interrupted: chinwag is restarting)*")
+            deleted = self.stopped()
+            if deleted and not reply.posted:
+                pusher.cancel()  # nothing shown yet: nothing to answer a deleted question with
+            reply.notes.append(
+                "-# *(stopped: the question was deleted)*"
+                if deleted
+                else "-# *(interrupted: chinwag is restarting)*"
+            )
             reply.status = ""
             reply.finished = True
             finished.set()
@@ -512,7 +525,15 @@ class DiscordAdapter(InFlight):
         )
         self.spawn(self._answer(incoming, InteractionSink(interaction, ephemeral)))
 
-    # Reactions ------------------------------------------------------------------------
+    # Deletions and reactions ----------------------------------------------------------
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        """A question deleted while its answer is being written: the answer stops there."""
+        self.stop(str(payload.message_id))
+
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            self.stop(str(message_id))
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         """👍/👎 on one of the bot's replies: the person's rating of that stored message."""

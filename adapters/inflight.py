@@ -11,19 +11,50 @@ log = logging.getLogger(__name__)
 
 
 class InFlight:
-    """Spawns answer tasks, and on shutdown stops taking new ones and lets the running ones finish."""
+    """Spawns answer tasks, and on shutdown stops taking new ones and lets the running ones finish.
+
+    An answer spawned for a platform message (`key`) is stopped when that message is deleted
+    (`stop`): its task is cancelled, as a shutdown cancels it, and `stopped` tells the two apart.
+    """
 
     platform = "chat"
 
     def __init__(self) -> None:
         self.accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_key: dict[str, asyncio.Task[None]] = {}
+        self._stopped: set[asyncio.Task[None]] = set()
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run work outside the event handler (after the platform's ack), tracked for shutdown."""
+    def spawn(self, work: Coroutine[Any, Any, None], key: str | None = None) -> None:
+        """Run work outside the event handler (after the platform's ack), tracked for shutdown and,
+        with `key` (the platform's id of the message it answers), for `stop`."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forget)
+        if key is not None:
+            self._by_key[key] = task
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._stopped.discard(task)
+        for key in [k for k, t in self._by_key.items() if t is task]:
+            del self._by_key[key]
+
+    def stop(self, key: str) -> bool:
+        """Stop the answer to the message `key` (deleted by its author) if it is still being written;
+        the others go on. Whether there was one."""
+        task = self._by_key.get(key)
+        if task is None or task.done():
+            return False
+        log.info("%s: message %s deleted; its answer stops", self.platform, key)
+        self._stopped.add(task)
+        task.cancel()
+        return True
+
+    def stopped(self) -> bool:
+        """Whether the running answer was cancelled by `stop` (its question deleted), not by a shutdown."""
+        task = asyncio.current_task()
+        return task is not None and task in self._stopped
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking new work; let answers in flight finish within `grace_s`, then cut them short."""

@@ -249,10 +249,14 @@ class SlackAdapter(InFlight):
         if not await self._claim_message(team, event["channel"], event["ts"]):
             return
         thread = event.get("thread_ts") or event["ts"]
-        self.spawn(self._answer(self._incoming(team, event, thread), thread))
+        key = _ref(team, event["channel"], event["ts"])
+        self.spawn(self._answer(self._incoming(team, event, thread), thread), key)
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        """A DM, or a message in a thread that is one of the bot's conversations."""
+        """A DM, or a message in a thread that is one of the bot's conversations (or a deletion)."""
+        if gone := _deleted_ts(event):
+            self.stop(_ref(_team(body, event), str(event.get("channel")), gone))
+            return
         if not self.accepting or event.get("subtype") not in _SPOKEN_SUBTYPES or event.get("bot_id"):
             return
         user, channel = event.get("user"), event.get("channel")
@@ -271,7 +275,9 @@ class SlackAdapter(InFlight):
             thread, reply_in = thread_ts, thread_ts
         if not await self._claim(body) or not await self._claim_message(team, channel, event["ts"]):
             return
-        self.spawn(self._answer(self._incoming(team, event, thread), reply_in))
+        self.spawn(
+            self._answer(self._incoming(team, event, thread), reply_in), _ref(team, channel, event["ts"])
+        )
 
     def _incoming(self, team: str, event: Mapping[str, Any], thread: str | None) -> Incoming:
         return Incoming(
@@ -384,7 +390,12 @@ class SlackAdapter(InFlight):
                     self._apply(reply, event)
                     changed.set()
         except asyncio.CancelledError:
-            reply.notes.append("_(interrupted: chinwag is restarting)_")
+            deleted = self.stopped()
+            reply.notes.append(
+                "_(stopped: the question was deleted)_"
+                if deleted
+                else "_(interrupted: chinwag is restarting)_"
+            )
             reply.status = ""  # a notice ("Waiting for the model…") no longer holds
             reply.finished = True
             reply.cut.set()
@@ -516,6 +527,17 @@ class SlackAdapter(InFlight):
 def _team(body: Mapping[str, Any], event: Mapping[str, Any]) -> str:
     """The workspace the event belongs to: the scope of its conversation."""
     return str(body.get("team_id") or event.get("team") or "unknown")
+
+
+def _deleted_ts(event: Mapping[str, Any]) -> str | None:
+    """The ts of the message a `message` event says was deleted: `message_deleted`, or for a message
+    with replies in its thread, `message_changed` to a tombstone ("This message was deleted.")."""
+    if event.get("subtype") == "message_deleted":
+        return event.get("deleted_ts")
+    changed = event.get("message") or {}
+    if event.get("subtype") == "message_changed" and changed.get("subtype") == "tombstone":
+        return changed.get("ts")
+    return None
 
 
 def _ref(team: str, channel: str, ts: str) -> str:

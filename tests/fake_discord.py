@@ -251,6 +251,14 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", payload)
         return payload
 
+    async def user_deletes(self, message: dict[str, Any]) -> None:
+        """A person deletes their message (MESSAGE_DELETE)."""
+        self.messages.pop(int(message["id"]), None)
+        data = {"id": message["id"], "channel_id": message["channel_id"]}
+        if "guild_id" in message:
+            data["guild_id"] = message["guild_id"]
+        await self.dispatch("MESSAGE_DELETE", data)
+
     async def react(
         self,
         emoji: str,

@@ -492,6 +492,48 @@ async def test_shutdown_marks_an_unfinished_answer(
     assert stored[1].metadata["reply_to"] == stored[0].id
 
 
+async def test_deleting_a_question_stops_its_answer_and_no_other(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    other_dm = DM_CHANNEL + 1
+    model.enqueue(*[f"w{n} " for n in range(200)], delay=0.03)
+    model.enqueue(*[f"v{n} " for n in range(20)], delay=0.03)
+    question = await fake.user_says("a long story", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await fake.user_says("a short one", channel_id=other_dm, user_id=78)
+    await fake.wait_for(lambda: len(fake.bot_messages(other_dm)) == 1)
+    await fake.user_deletes(question)
+    await bot.idle()
+    [stopped] = contents(fake, DM_CHANNEL)
+    assert stopped.startswith("w0") and stopped.endswith("*(stopped: the question was deleted)*")
+    assert "w199" not in stopped
+    assert contents(fake, other_dm) == [" ".join(f"v{n}" for n in range(20))]
+    assert model.cancelled == 1
+    conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
+    assert conv is not None
+    stored = await history.load(conv.id)
+    assert [(m.role, m.status) for m in stored] == [("user", "complete"), ("assistant", "interrupted")]
+    assert stopped.startswith(stored[1].content.strip())
+    [posted] = fake.bot_messages(DM_CHANNEL)
+    assert (await history.find_message("discord", posted["id"])) == stored[1]
+
+
+async def test_a_question_deleted_before_any_answer_is_shown_gets_none(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("never", "said", delay=2.0)
+    question = await fake.user_says("slow to start", channel_id=DM_CHANNEL, user_id=77)
+    async with asyncio.timeout(10):  # the model has the question (the fake sees no request for it)
+        while not model.prompts:
+            await asyncio.sleep(0.01)
+    await fake.user_deletes(question)
+    await bot.idle()
+    assert fake.bot_messages(DM_CHANNEL) == []
+    conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
+    assert conv is not None
+    assert [m.status for m in await history.load(conv.id)] == ["complete", "interrupted"]
+
+
 async def test_the_token_comes_from_the_environment_and_is_never_logged(
     engine: Engine,
     history: SqlHistory,

@@ -558,6 +558,72 @@ async def test_shutdown_lets_an_answer_in_flight_finish(
         await running.event(mention("anyone?", "1700.0002"), "Ev2")
 
 
+async def test_deleting_a_mention_stops_its_answer_and_no_other(
+    slack: Running, fake: FakeSlack, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue(*[f"w{n} " for n in range(200)], delay=0.03)
+    model.enqueue(*[f"v{n} " for n in range(20)], delay=0.03)
+    await slack.event(mention("a long story", "1700.0001"), "Ev1")
+    await fake.wait_for(lambda: any("w1" in c.args["text"] for c in fake.called("chat.update")))
+    await slack.event(mention("a short one", "1700.0002"), "Ev2")
+    # The mention has the answer in its thread: deleted, it becomes a tombstone.
+    tombstone = {
+        "type": "message",
+        "ts": "1700.0001",
+        "subtype": "tombstone",
+        "text": "This message was deleted.",
+    }
+    await slack.event(
+        {
+            "type": "message",
+            "subtype": "message_changed",
+            "channel": "C1",
+            "hidden": True,
+            "ts": "1700.0009",
+            "event_ts": "1700.0009",
+            "message": tombstone,
+        },
+        "Ev3",
+    )
+    await slack.settle()
+    (stopped,) = fake.thread("C1", "1700.0001")
+    assert stopped["text"].startswith("w0") and stopped["text"].endswith(
+        "_(stopped: the question was deleted)_"
+    )
+    assert "w199" not in stopped["text"]
+    (other,) = fake.thread("C1", "1700.0002")
+    assert other["text"] == " ".join(f"v{n}" for n in range(20))
+    assert model.cancelled == 1
+    conv = await history.find(ConversationKey("slack", TEAM, "C1", "1700.0001"))
+    assert conv is not None
+    last = (await history.load(conv.id))[-1]
+    assert last.status == "interrupted" and stopped["text"].startswith(last.content.strip())
+    assert (await history.find_message("slack", f"{TEAM}:C1:{stopped['ts']}")) == last
+
+
+async def test_deleting_a_direct_message_stops_its_answer(
+    slack: Running, fake: FakeSlack, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue(*[f"w{n} " for n in range(200)], delay=0.03)
+    await slack.event(message("a long story", "1700.0001", "D1", "im"), "Ev1")
+    await fake.wait_for(lambda: any("w1" in c.args["text"] for c in fake.called("chat.update")))
+    await slack.event(
+        message("", "1700.0002", "D1", "im", subtype="message_deleted", deleted_ts="1700.0001", hidden=True),
+        "Ev2",
+    )
+    await slack.settle()
+    (stopped,) = fake.thread("D1", None)
+    assert stopped["text"].endswith("_(stopped: the question was deleted)_")
+    assert model.cancelled == 1
+    # A deletion of a message whose answer is done, or of one never answered, changes nothing.
+    await slack.event(
+        message("", "1700.0003", "D1", "im", subtype="message_deleted", deleted_ts="1700.0001", hidden=True),
+        "Ev3",
+    )
+    await slack.settle()
+    assert fake.thread("D1", None) == [stopped]
+
+
 async def test_shutdown_past_the_grace_period_marks_the_answer_interrupted(
     engine: Engine, history: SqlHistory, fake: FakeSlack, model: FakeModel
 ) -> None:
