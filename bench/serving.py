@@ -15,7 +15,12 @@ Side by side in one run, on the same weights:
 - agg8_tps / naive_agg8_tps: total tokens/s of 8 conversations asking at once; p95_ttft8_s /
   naive_p95_ttft8_s: the 95th-percentile time to first token among them. single_tps, agg8_tps and
   p95_ttft8_s are the medians of `--rounds` rounds (one reply, then 8 at once, each round on a
-  freshly loaded model); agg8_over_single_by_round: each round's ratio.
+  freshly loaded model); single_tps_by_round, agg8_tps_by_round, agg8_over_single_by_round: each
+  round's figures and ratio; machine_by_round: what the machine did just before the round's one
+  reply and just before its 8, a float32 matmul in cache (GFLOP/s: what bounds 8 replies) and a
+  sum over 256 MB (GB/s: what bounds one). This VM moves between two states every few seconds to
+  minutes, one with about 15% more GFLOP/s and the other with about 50% more GB/s, and the ratio
+  moves with them.
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
   (scheduler, prefix reuse on; half a second before each question; the median of six
   conversations, whose first and last questions have as many tokens); encoded_turn1 /
@@ -57,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.engine import Engine
 from bot.model import Chunk, Finish
 from bot.models import prepare_model
+from bot.threads import run_apart
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone
 from config.settings import SchedulerSettings, load_settings
@@ -116,6 +122,26 @@ async def _single(model: TransformersModel, tokens: int, messages: list[ChatMess
     await _reply(model, _ask("Say hello."), 8)  # warm-up
     runs = [await _reply(model, messages or _ask(QUESTIONS[0]), tokens) for _ in range(2)]
     return statistics.median(r["decode_tps"] for r in runs)
+
+
+def _machine() -> dict[str, float]:
+    """The machine's speed now: a float32 matmul in cache (GFLOP/s) and a sum over 256 MB (GB/s)."""
+    import torch
+
+    side = 384
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    big = torch.ones(64 * 1024 * 1024)
+    times: dict[str, list[float]] = {"mm": [], "sum": []}
+    for name, work, repeats in (("mm", lambda: torch.mm(a, b), 40), ("sum", big.sum, 5)):
+        work()
+        for _ in range(repeats):
+            began = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - began)
+    return {
+        "matmul_gflops": round(2 * side**3 / statistics.median(times["mm"]) / 1e9, 1),
+        "memory_gbs": round(big.numel() * 4 / statistics.median(times["sum"]) / 1e9, 1),
+    }
 
 
 async def _together(
@@ -462,11 +488,16 @@ def main() -> None:
         # One reply then 8 at once, each round with a model of its own (so every round's 8 prompts
         # find only the system prompt kept, as the first's do): this machine's speed drifts by
         # 10-15% over minutes, and the medians of rounds measured side by side drift less.
-        singles, aggs, p95s = [], [], []
+        singles, aggs, p95s, machine = [], [], [], []
         for _ in range(args.rounds):
             model = _load(settings)
             result["weights"] = model.info.dtype
+            # The machine's state just before each measurement (in a thread of its own: its OpenMP
+            # workers must not outlive it, bot/threads.py).
+            before_single = run_apart(_machine)
             singles.append(await _single(model, args.tokens))
+            await asyncio.sleep(0.1)  # the decoding's OpenMP workers spin a while before they sleep
+            machine.append({"before_single": before_single, "before_agg8": run_apart(_machine)})
             agg, p95 = await _concurrent(model, args.tokens)
             aggs.append(agg)
             p95s.append(p95)
@@ -475,6 +506,9 @@ def main() -> None:
         result["agg8_tps"] = statistics.median(aggs)
         result["p95_ttft8_s"] = statistics.median(p95s)
         result["agg8_over_single_by_round"] = [round(a / s, 2) for a, s in zip(aggs, singles, strict=True)]
+        result["single_tps_by_round"] = [round(s, 1) for s in singles]
+        result["agg8_tps_by_round"] = [round(a, 1) for a in aggs]
+        result["machine_by_round"] = machine
         model = _load(settings)
         result.update(await _turns(model, args.tokens))
         model.close()
