@@ -7,7 +7,11 @@ engine with the real document store and the default tools, greedy:
 - document questions from bench/eval_questions.json (the reply must contain the fact);
 - unanswerable questions: the documents are close to the topic but do not hold the answer, and the
   reply must say so rather than invent one (dynamic int8 quantization of activations was seen to
-  make the 0.5B model answer such a question);
+  make the 0.5B model answer such a question). The 0.5B model invents in every format, float32
+  included, so each format also scores, after each of these prompts and through the decode steps
+  the server uses, a reply that declines (`DECLINE`) and its own reply: their mean log-probability
+  per token (unanswerable_decline_logprob, unanswerable_own_reply_logprob). A format that moves
+  away from declining shows as a lower first figure, though no greedy reply changes;
 - the tool-use prompts of bench/tools_eval.py (constrained decoding, as shipped);
 and reports, besides each score, how many document replies are word for word the same as the first
 format's (greedy decoding, so differences come from the weights alone) and the decode speed.
@@ -19,12 +23,14 @@ import argparse
 import asyncio
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tools_eval
 
 from bot.app import default_tools
+from bot.decoder import LeanStep
 from bot.engine import Engine
-from bot.model import Chunk, Finish
+from bot.model import ChatModel, Chunk, Finish, Queued
+from bot.threads import run_apart
 from bot.transformers_model import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, ToolCall, TurnDone
 from config import load_settings
@@ -65,6 +73,73 @@ _ADMITS = re.compile(
 def admits_not_knowing(reply: str) -> bool:
     """Whether a reply says the answer is not known / not in the documents."""
     return bool(_ADMITS.search(reply))
+
+
+# A reply that declines, scored after each unanswerable question's prompt: how readily a format
+# would say it does not know, even where its greedy reply invents (the 0.5B model invents in every
+# format, float32 included, so the count of admissions alone cannot show a format moving away from
+# declining).
+DECLINE = "The passages do not say, so I do not know."
+
+
+class _Recorded:
+    """The model as the engine sees it, keeping each prompt it is asked to answer (and its tools)."""
+
+    def __init__(self, model: TransformersModel) -> None:
+        self.model = model
+        self.asked: list[tuple[list[ChatMessage], list[dict[str, Any]]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[dict[str, Any]] | None = None,
+        constrain: bool = False,
+    ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
+        self.asked.append((list(messages), list(tools or [])))
+        return self.model.stream(messages, params, tools, constrain)
+
+
+def _mean_logprob(model: TransformersModel, prompt: list[int], reply: list[int]) -> float | None:
+    """The mean log-probability per token of `reply` after `prompt`, through the steps the scheduler
+    decodes with (the prompt encoded as it encodes one, then one token a step), or None without them."""
+    import torch
+
+    scheduler = model.scheduler
+    if scheduler is None or not isinstance(scheduler.step, LeanStep) or not reply:
+        return None
+    step = scheduler.step
+    total = 0.0
+    with torch.inference_mode():
+        cache = step.start(None)
+        logits = step.feed(cache, 0, prompt)
+        for n, token in enumerate(reply):
+            total += float(torch.log_softmax(logits.reshape(-1).float(), dim=-1)[token])
+            if n + 1 < len(reply):
+                logits = step(cache, torch.tensor([[token]]), torch.tensor([[len(prompt) + n]]))[0]
+    return total / len(reply)
+
+
+def _leanings(
+    model: TransformersModel, asked: list[tuple[list[ChatMessage], list[dict[str, Any]]]], replies: list[str]
+) -> tuple[float | None, float | None]:
+    """Over the unanswerable questions' last prompts: the mean log-probability per token of
+    `DECLINE`, and of the format's own replies."""
+    declines: list[float] = []
+    owns: list[float] = []
+    for (messages, tools), reply in zip(asked, replies, strict=True):
+        prompt = model._encode(messages, tools)
+        tokens = model._tokenizer  # a reply's text as ids, as the template's reply opens
+        decline = _mean_logprob(model, prompt, tokens(DECLINE, add_special_tokens=False)["input_ids"])
+        own = _mean_logprob(model, prompt, tokens(reply, add_special_tokens=False)["input_ids"])
+        if decline is None or own is None:
+            return None, None
+        declines.append(decline)
+        owns.append(own)
+    return round(statistics.mean(declines), 3), round(statistics.mean(owns), 3)
 
 
 async def _decode_tps(model: TransformersModel) -> float:
@@ -103,7 +178,8 @@ async def _one_format(
     history = await SqlHistory.open(settings)
     try:
         result["decode_tps"] = round(await _decode_tps(model), 2)
-        engine = Engine(model, history, settings, store, default_tools(settings))
+        recorded = _Recorded(model)
+        engine = Engine(cast(ChatModel, recorded), history, settings, store, default_tools(settings))
 
         async def ask(text: str, channel: str, n: int) -> tuple[str, list[ToolCall]]:
             where = f"{quantization}-{channel}"
@@ -124,12 +200,19 @@ async def _one_format(
         hits = [item["answer"].lower() in reply.lower() for item, reply in pairs]
         result["document_accuracy"] = round(sum(hits) / len(hits), 3) if hits else None
         admitted = 0
+        last_prompts, unanswered = [], []
         for n, question in enumerate(UNANSWERABLE):
             reply, _ = await ask(question, "unanswerable", n)
+            last_prompts.append(recorded.asked[-1])  # the prompt its reply answers
+            unanswered.append(reply)
             ok = admits_not_knowing(reply)
             admitted += ok
             _log(quantization, ok, "INVENTED", question, reply)
         result["unanswerable_admitted"] = round(admitted / len(UNANSWERABLE), 3)
+        # In a thread of its own: its OpenMP workers must not outlive it (bot/threads.py).
+        declines, owns = run_apart(_leanings, model, last_prompts, unanswered)
+        result["unanswerable_decline_logprob"] = declines
+        result["unanswerable_own_reply_logprob"] = owns
         settings.tools.constrained = True
         rows = []
         for n, case in enumerate(tool_cases):
