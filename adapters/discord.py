@@ -67,6 +67,10 @@ class Engine(Protocol):
         """Link a turn's stored reply to the platform messages that show it."""
         ...
 
+    async def forget(self, platform: str, external_id: str) -> int:
+        """Take a deleted question and its replies out of the conversation's context."""
+        ...
+
 
 def token_from_env(environ: Mapping[str, str] | None = None) -> str:
     """The bot token, from DISCORD_TOKEN only (never from a config file, never logged)."""
@@ -528,12 +532,12 @@ class DiscordAdapter(InFlight):
     # Deletions and reactions ----------------------------------------------------------
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        """A question deleted while its answer is being written: the answer stops there."""
-        self.stop(str(payload.message_id))
+        """A question deleted: its answer stops if it is being written, and both leave the
+        conversation's context."""
+        await self.deleted(self.engine, str(payload.message_id))
 
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
-        for message_id in payload.message_ids:
-            self.stop(str(message_id))
+        await asyncio.gather(*(self.deleted(self.engine, str(m)) for m in payload.message_ids))
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         """👍/👎 on one of the bot's replies: the person's rating of that stored message."""

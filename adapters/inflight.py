@@ -9,6 +9,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Seconds a deletion waits for the answer it stops to be stored (its last edit waits at most 5).
+STOP_WAIT_S = 10.0
+
 
 class InFlight:
     """Spawns answer tasks, and on shutdown stops taking new ones and lets the running ones finish.
@@ -40,16 +43,25 @@ class InFlight:
         for key in [k for k, t in self._by_key.items() if t is task]:
             del self._by_key[key]
 
-    def stop(self, key: str) -> bool:
+    def stop(self, key: str) -> asyncio.Task[None] | None:
         """Stop the answer to the message `key` (deleted by its author) if it is still being written;
-        the others go on. Whether there was one."""
+        the others go on. Its task (it ends once the answer is marked and stored), if there was one."""
         task = self._by_key.get(key)
         if task is None or task.done():
-            return False
+            return None
         log.info("%s: message %s deleted; its answer stops", self.platform, key)
         self._stopped.add(task)
         task.cancel()
-        return True
+        return task
+
+    async def deleted(self, engine: Any, key: str) -> None:
+        """A message deleted on the platform (`key`, its id as its Incoming gave it): its answer
+        stops if it is being written, then the question and its replies leave the conversation's
+        context (`Engine.forget`)."""
+        task = self.stop(key)
+        if task is not None:
+            await asyncio.wait({task}, timeout=STOP_WAIT_S)  # the reply it stores is forgotten too
+        await engine.forget(self.platform, key)
 
     def stopped(self) -> bool:
         """Whether the running answer was cancelled by `stop` (its question deleted), not by a shutdown."""

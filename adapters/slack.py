@@ -255,7 +255,8 @@ class SlackAdapter(InFlight):
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         """A DM, or a message in a thread that is one of the bot's conversations (or a deletion)."""
         if gone := _deleted_ts(event):
-            self.stop(_ref(_team(body, event), str(event.get("channel")), gone))
+            # Its answer stops and both leave the context; not in this handler (Slack's ack waits).
+            self.spawn(self.deleted(self.engine, _ref(_team(body, event), str(event.get("channel")), gone)))
             return
         if not self.accepting or event.get("subtype") not in _SPOKEN_SUBTYPES or event.get("bot_id"):
             return
@@ -287,7 +288,7 @@ class SlackAdapter(InFlight):
             channel=event["channel"],
             thread=thread,
             user_id=event.get("user") or "unknown",
-            message_id=event.get("ts"),
+            message_id=_ref(team, event["channel"], event["ts"]),  # ts is unique only in its channel
         )
 
     async def _on_reaction(self, body: dict[str, Any], event: dict[str, Any]) -> None:

@@ -88,6 +88,8 @@ async def _history(engine: Engine, conv: Conversation, args: str) -> Reply:
         mark = "" if usable_in_context(message) else f" _({message.status})_"
         if message.role == "assistant" and message.status == "interrupted":
             mark = " _(interrupted)_"
+        if message.metadata.get("deleted"):
+            mark = " _(deleted)_"
         lines.append(f"- **{who}:** {text}{mark}")
     return Reply("\n".join(lines), conv)
 

@@ -156,13 +156,40 @@ class Engine:
             return
         try:
             if message_id is None and turn is not None:
-                after = await self.history.load(turn.conversation_id, after_id=turn.user_message_id)
-                replies = [m.id for m in after if m.metadata.get("reply_to") == turn.user_message_id]
+                replies = await self._replies_to(turn.conversation_id, turn.user_message_id)
                 message_id = replies[0] if replies else None
             if message_id is not None:
                 await self.history.link_message(message_id, platform, external_ids)
         except Exception:  # the reply stands; only reactions on its messages would not reach it
             log.exception("could not link reply %s to its %s messages", message_id, platform)
+
+    async def forget(self, platform: str, external_id: str) -> int:
+        """A question deleted on its platform (`external_id`, as its Incoming gave it): it and the
+        replies to it leave the conversation's context, from the next turn on. They stay stored,
+        marked `deleted` in their metadata (a summary already written keeps what it says). How many
+        messages were marked: none when the platform message was not a question chinwag kept."""
+        question = await self.history.find_message(platform, external_id)
+        if question is None or question.role != "user":
+            return 0
+        gone = [question.id, *await self._replies_to(question.conversation_id, question.id)]
+        for message_id in gone:
+            await self.history.update_message(message_id, {"deleted": True})
+        log.info("conversation %s: %d messages deleted from its context", question.conversation_id, len(gone))
+        return len(gone)
+
+    async def _replies_to(self, conversation_id: int, question_id: int) -> list[int]:
+        """The stored replies to a question (those naming it in `reply_to`), oldest first."""
+        later = await self.history.load(conversation_id, after_id=question_id)
+        return [m.id for m in later if m.metadata.get("reply_to") == question_id]
+
+    async def _link_question(self, message_id: int, incoming: Incoming) -> None:
+        """Record the platform's id of a stored question (a deletion then finds it, `forget`)."""
+        if incoming.message_id is None:
+            return
+        try:
+            await self.history.link_message(message_id, incoming.platform, [incoming.message_id])
+        except Exception:  # answering does not depend on it
+            log.exception("could not link message %s to its %s id", message_id, incoming.platform)
 
     async def _handle(self, incoming: Incoming, approve: Approver | None) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)
@@ -205,12 +232,12 @@ class Engine:
                     },
                 ),
             )
+            await self._link_question(stored.id, incoming)
             yield TurnFailed(
                 f"Your message is {length} tokens; the limit is {limit} tokens "
                 f"(context window {self.window}, minus room for the reply and the persona). "
                 "It was saved but not answered: please shorten it or split it up.",
                 conv.id,
-                stored.id,
             )
             return
 
@@ -221,6 +248,7 @@ class Engine:
                 NewMessage("user", text, user=user, metadata={"platform_message_id": incoming.message_id}),
             )
         )
+        await self._link_question(stored.id, incoming)
         yield TurnStarted(conv.id, stored.id)
 
         passages: list[Passage] = []

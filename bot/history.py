@@ -156,6 +156,10 @@ class History(Protocol):
         """The stored message a platform id belongs to, or None."""
         ...
 
+    async def update_message(self, message_id: int, metadata: Mapping[str, Any]) -> None:
+        """Merge `metadata` into a stored message's metadata atomically; a None value removes a key."""
+        ...
+
     async def set_feedback(self, message_id: int, user: UserRef, value: int | None) -> None:
         """Store a person's rating of a message (+1 or -1); None withdraws it."""
         ...

@@ -24,8 +24,11 @@ _MESSAGE_SLACK = 2
 
 
 def usable_in_context(message: StoredMessage) -> bool:
-    """Whether a stored message belongs in the prompt (refused input and failed replies do not)."""
+    """Whether a stored message belongs in the prompt (refused input, failed replies, and questions
+    deleted on their platform with their replies, do not)."""
     if message.role not in ("user", "assistant") or not message.content.strip():
+        return False
+    if message.metadata.get("deleted"):
         return False
     if message.role == "user":
         return message.status != "rejected"

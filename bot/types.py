@@ -146,7 +146,8 @@ class TurnDone:
 
 @dataclass(frozen=True)
 class TurnFailed:
-    """The turn could not be answered; `message` is one line fit for the user."""
+    """The turn could not be answered; `message` is one line fit for the user, `message_id` the
+    stored reply that failed, when there is one."""
 
     message: str
     conversation_id: int | None = None

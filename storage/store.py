@@ -198,13 +198,7 @@ class SqlHistory:
         """Merge `changes` into the conversation's settings atomically; a None value removes a key."""
         async with self._transaction() as session:
             row = await _locked(session, conversation_id)
-            merged = dict(row.settings)
-            for name, value in changes.items():
-                if value is None:
-                    merged.pop(name, None)
-                else:
-                    merged[name] = value
-            row.settings = merged
+            row.settings = _merged(row.settings, changes)
             row.updated_at = utcnow()
             await session.flush()
             return _conversation(row, await _count(session, conversation_id))
@@ -293,6 +287,14 @@ class SqlHistory:
                 meta = dict(row.meta)
                 meta["platform_message_ids"] = [*meta.get("platform_message_ids", []), *fresh]
                 row.meta = meta
+
+    async def update_message(self, message_id: int, metadata: Mapping[str, Any]) -> None:
+        """Merge `metadata` into a stored message's metadata atomically; a None value removes a key."""
+        async with self._transaction() as session:
+            row = await session.get(MessageRow, message_id, with_for_update=True)
+            if row is None:
+                raise ChinwagError(f"No message #{message_id}.")
+            row.meta = _merged(row.meta, metadata)
 
     async def find_message(self, platform: str, external_id: str) -> StoredMessage | None:
         """The stored message a platform id belongs to, or None."""
@@ -419,6 +421,17 @@ async def _create(session: AsyncSession, key: ConversationKey) -> Conversation:
     session.add(row)
     await session.flush()
     return _conversation(row, 0)
+
+
+def _merged(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`current` with `changes` merged in (a new dict): a None value removes its key."""
+    merged = dict(current)
+    for name, value in changes.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
 
 
 async def _locked(session: AsyncSession, conversation_id: int) -> ConversationRow:

@@ -516,6 +516,29 @@ async def test_deleting_a_question_stops_its_answer_and_no_other(
     assert stopped.startswith(stored[1].content.strip())
     [posted] = fake.bot_messages(DM_CHANNEL)
     assert (await history.find_message("discord", posted["id"])) == stored[1]
+    # Both stay stored, out of the conversation's context.
+    assert [m.metadata.get("deleted") for m in stored] == [True, True]
+
+
+async def test_a_question_deleted_after_its_answer_leaves_the_context(
+    bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("Noted.")
+    model.enqueue("Sure.")
+    model.enqueue("Hello again.")
+    await fake.user_says("remember 1234", channel_id=DM_CHANNEL, user_id=77)
+    oops = await fake.user_says("my password is hunter2", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 2)
+    await bot.idle()
+    await fake.user_deletes(oops)
+    await fake.user_says("what do you know?", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 3)
+    await bot.idle()
+    asked = [m.content for m in model.prompts[-1]]
+    assert "remember 1234" in asked and "Noted." in asked
+    assert "my password is hunter2" not in asked and "Sure." not in asked
+    # The answer already shown stays as it was.
+    assert contents(fake, DM_CHANNEL) == ["Noted.", "Sure.", "Hello again."]
 
 
 async def test_a_question_deleted_before_any_answer_is_shown_gets_none(

@@ -202,6 +202,34 @@ async def test_too_long_message_is_kept_refused_and_never_prompted(
     assert all("word word" not in m.content for m in model.prompts[-1])
 
 
+async def test_a_question_deleted_on_its_platform_leaves_the_context_with_its_reply(
+    engine: Engine, model: FakeModel, history: SqlHistory
+) -> None:
+    model.enqueue("Blue.")
+    model.enqueue("A secret.")
+    model.enqueue("Blue, you said.")
+    await run(engine, said("My favourite colour is blue.", message_id="m1"))
+    events = await run(engine, said("Here is a secret: 1234.", message_id="m2"))
+    done = events[-1]
+    started = events[0]
+    assert isinstance(started, TurnStarted) and isinstance(done, TurnDone)
+    assert done.metadata["reply_to"] == started.user_message_id
+    found = await history.find_message("terminal", "m2")
+    assert found is not None and found.content == "Here is a secret: 1234."
+
+    assert await engine.forget("terminal", "m2") == 2  # the question and its reply
+    assert await engine.forget("terminal", "m9") == 0  # not a question it kept
+    await run(engine, said("What did I tell you?", message_id="m3"))
+    asked = [m.content for m in model.prompts[-1]]
+    assert "My favourite colour is blue." in asked and "Blue." in asked
+    assert not any("1234" in text or text == "A secret." for text in asked)
+    stored = await history.load(done.conversation_id)
+    assert [m.metadata.get("deleted", False) for m in stored] == [False, False, True, True, False, False]
+    # Kept, and shown as deleted.
+    listing = next(e for e in await run(engine, said("/history")) if isinstance(e, CommandResult)).text
+    assert "1234" in listing and "_(deleted)_" in listing
+
+
 async def test_model_failure_marks_reply_failed_without_traceback(
     engine: Engine, model: FakeModel, history: SqlHistory
 ) -> None:

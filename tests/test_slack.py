@@ -615,13 +615,21 @@ async def test_deleting_a_direct_message_stops_its_answer(
     (stopped,) = fake.thread("D1", None)
     assert stopped["text"].endswith("_(stopped: the question was deleted)_")
     assert model.cancelled == 1
-    # A deletion of a message whose answer is done, or of one never answered, changes nothing.
+    # The question and what was said of it leave the conversation's context.
+    model.enqueue("Hello.")
+    await slack.event(message("hi", "1700.0004", "D1", "im"), "Ev4")
+    await slack.settle()
+    assert [m.content for m in model.prompts[-1]][-1] == "hi"
+    assert not any("a long story" in m.content or "w0" in m.content for m in model.prompts[-1])
+    # Deleted again (a redelivery): nothing more happens.
+    shown = fake.thread("D1", None)
     await slack.event(
         message("", "1700.0003", "D1", "im", subtype="message_deleted", deleted_ts="1700.0001", hidden=True),
         "Ev3",
     )
     await slack.settle()
-    assert fake.thread("D1", None) == [stopped]
+    assert fake.thread("D1", None) == shown
+    assert model.cancelled == 1
 
 
 async def test_shutdown_past_the_grace_period_marks_the_answer_interrupted(

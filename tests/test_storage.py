@@ -171,6 +171,16 @@ async def test_settings_merge_and_a_none_value_removes_a_key(history: SqlHistory
     assert (await history.resolve(KEY)).settings == {"temperature": 0.2, "top_k": 5}
 
 
+async def test_a_message_s_metadata_merges_and_a_none_value_removes_a_key(history: SqlHistory) -> None:
+    conv = await history.resolve(KEY)
+    stored = await history.append(conv.id, NewMessage("user", "hi", metadata={"a": 1, "b": 2}))
+    await history.update_message(stored.id, {"deleted": True, "b": None, "absent": None})
+    [found] = await history.load(conv.id)
+    assert found.metadata == {"a": 1, "deleted": True}
+    with pytest.raises(ChinwagError):
+        await history.update_message(stored.id + 1, {"deleted": True})
+
+
 async def test_summary_is_stored_with_its_boundary(history: SqlHistory) -> None:
     conv = await history.resolve(KEY)
     stored = [await history.append(conv.id, NewMessage("user", f"m{i}")) for i in range(3)]
