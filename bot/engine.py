@@ -182,15 +182,6 @@ class Engine:
         later = await self.history.load(conversation_id, after_id=question_id)
         return [m.id for m in later if m.metadata.get("reply_to") == question_id]
 
-    async def _link_question(self, message_id: int, incoming: Incoming) -> None:
-        """Record the platform's id of a stored question (a deletion then finds it, `forget`)."""
-        if incoming.message_id is None:
-            return
-        try:
-            await self.history.link_message(message_id, incoming.platform, [incoming.message_id])
-        except Exception:  # answering does not depend on it
-            log.exception("could not link message %s to its %s id", message_id, incoming.platform)
-
     async def _handle(self, incoming: Incoming, approve: Approver | None) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)
         text = incoming.text.strip()
@@ -230,9 +221,9 @@ class Engine:
                         "limit": limit,
                         "platform_message_id": incoming.message_id,
                     },
+                    external_id=incoming.message_id,  # a deletion finds it by this (`forget`)
                 ),
             )
-            await self._link_question(stored.id, incoming)
             yield TurnFailed(
                 f"Your message is {length} tokens; the limit is {limit} tokens "
                 f"(context window {self.window}, minus room for the reply and the persona). "
@@ -245,10 +236,15 @@ class Engine:
         stored = await asyncio.shield(
             self.history.append(
                 conv.id,
-                NewMessage("user", text, user=user, metadata={"platform_message_id": incoming.message_id}),
+                NewMessage(
+                    "user",
+                    text,
+                    user=user,
+                    metadata={"platform_message_id": incoming.message_id},
+                    external_id=incoming.message_id,  # a deletion finds it by this (`forget`)
+                ),
             )
         )
-        await self._link_question(stored.id, incoming)
         yield TurnStarted(conv.id, stored.id)
 
         passages: list[Passage] = []

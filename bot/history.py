@@ -59,6 +59,9 @@ class NewMessage:
     latency_ms: int | None = None
     model: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The platform's id of this message (a question's), recorded as `link_message` records a
+    # reply's, in the same write, unless another message has it already.
+    external_id: str | None = None
 
 
 @dataclass(frozen=True)

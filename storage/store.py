@@ -236,6 +236,13 @@ class SqlHistory:
             if conversation.title is None and message.role == "user":
                 conversation.title = title_of(message.content)
             await session.flush()
+            if message.external_id is not None and not await _referenced(
+                session, conversation.platform, message.external_id
+            ):
+                ref = MessageRefRow(
+                    message_id=row.id, platform=conversation.platform, external_id=message.external_id
+                )
+                session.add(ref)
             return _stored(row, user[1] if user else None)
 
     async def load(
@@ -421,6 +428,14 @@ async def _create(session: AsyncSession, key: ConversationKey) -> Conversation:
     session.add(row)
     await session.flush()
     return _conversation(row, 0)
+
+
+async def _referenced(session: AsyncSession, platform: str, external_id: str) -> bool:
+    """Whether a stored message has this platform id already."""
+    query = select(MessageRefRow.id).where(
+        MessageRefRow.platform == platform, MessageRefRow.external_id == external_id
+    )
+    return (await session.scalar(query)) is not None
 
 
 def _merged(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

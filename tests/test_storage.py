@@ -171,6 +171,15 @@ async def test_settings_merge_and_a_none_value_removes_a_key(history: SqlHistory
     assert (await history.resolve(KEY)).settings == {"temperature": 0.2, "top_k": 5}
 
 
+async def test_a_message_appended_with_its_platform_id_is_found_by_it(history: SqlHistory) -> None:
+    conv = await history.resolve(KEY)
+    first = await history.append(conv.id, NewMessage("user", "hi", external_id="p1"))
+    # Another message with the same id (a redelivery the platform did not dedupe) is kept, unlinked.
+    second = await history.append(conv.id, NewMessage("user", "hi again", external_id="p1"))
+    assert await history.find_message(KEY.platform, "p1") == first
+    assert [m.id for m in await history.load(conv.id)] == [first.id, second.id]
+
+
 async def test_a_message_s_metadata_merges_and_a_none_value_removes_a_key(history: SqlHistory) -> None:
     conv = await history.resolve(KEY)
     stored = await history.append(conv.id, NewMessage("user", "hi", metadata={"a": 1, "b": 2}))
