@@ -386,7 +386,7 @@ class DiscordAdapter(InFlight):
             user_name=message.author.display_name,
             message_id=str(message.id),
         )
-        self.spawn(self._answer_message(message, incoming, new_thread), str(message.id))
+        self.spawn(self._answer_message(message, incoming, new_thread), incoming.message_id)
 
     async def _answer_message(self, message: discord.Message, incoming: Incoming, new_thread: bool) -> None:
         """Open the thread (when asked), then answer there."""

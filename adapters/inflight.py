@@ -30,14 +30,15 @@ class InFlight:
 
     def spawn(self, work: Coroutine[Any, Any, None], key: str | None = None) -> None:
         """Run work outside the event handler (after the platform's ack), tracked for shutdown and,
-        with `key` (the platform's id of the message it answers), for `stop`."""
+        with `key` (the platform's id of the message it answers, as its Incoming's `message_id`:
+        what `Engine.forget` finds it by), for `stop`."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._forget)
+        task.add_done_callback(self._ended)
         if key is not None:
             self._by_key[key] = task
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
+    def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._stopped.discard(task)
         for key in [k for k, t in self._by_key.items() if t is task]:

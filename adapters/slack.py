@@ -249,8 +249,8 @@ class SlackAdapter(InFlight):
         if not await self._claim_message(team, event["channel"], event["ts"]):
             return
         thread = event.get("thread_ts") or event["ts"]
-        key = _ref(team, event["channel"], event["ts"])
-        self.spawn(self._answer(self._incoming(team, event, thread), thread), key)
+        incoming = self._incoming(team, event, thread)
+        self.spawn(self._answer(incoming, thread), incoming.message_id)
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         """A DM, or a message in a thread that is one of the bot's conversations (or a deletion)."""
@@ -276,9 +276,8 @@ class SlackAdapter(InFlight):
             thread, reply_in = thread_ts, thread_ts
         if not await self._claim(body) or not await self._claim_message(team, channel, event["ts"]):
             return
-        self.spawn(
-            self._answer(self._incoming(team, event, thread), reply_in), _ref(team, channel, event["ts"])
-        )
+        incoming = self._incoming(team, event, thread)
+        self.spawn(self._answer(incoming, reply_in), incoming.message_id)
 
     def _incoming(self, team: str, event: Mapping[str, Any], thread: str | None) -> Incoming:
         return Incoming(
