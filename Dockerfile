@@ -8,7 +8,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# g++ builds chinwag's CPU kernels (bot/kernels.cpp) during `chinwag prepare`; the runtime image
+# g++ builds chinwag's CPU kernels (bot/inference/kernels.cpp) during `chinwag prepare`; the runtime image
 # takes the built library from the model cache and needs no compiler.
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends g++ \

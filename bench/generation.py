@@ -26,8 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.model import Chunk, Finish
-from bot.models import prepare_model
-from bot.transformers_model import TransformersModel
+from bot.inference.weights import prepare_model
+from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams
 from config.settings import SchedulerSettings, load_settings
 
@@ -95,7 +95,7 @@ def _cold_load(name: str) -> dict[str, float]:
         "import json, resource, sys, time\n"
         "from pathlib import Path\n"
         "from config.settings import load_settings\n"
-        "from bot.transformers_model import TransformersModel\n"
+        "from bot.inference.local import TransformersModel\n"
         "s = load_settings(model={'name': sys.argv[1]})\n"
         "t = time.perf_counter()\n"
         "TransformersModel.load(s.model, Path(sys.argv[2]), progress=False)\n"

@@ -47,7 +47,7 @@ def _rank(passages: list[Passage], doc: str, passage: str) -> int | None:
 
 
 async def _answers(settings: Settings, store: DocumentStore, questions: list[dict[str, Any]]) -> list[bool]:
-    from bot.transformers_model import TransformersModel
+    from bot.inference.local import TransformersModel
 
     model = await asyncio.to_thread(
         TransformersModel.load, settings.model, settings.model_cache_dir, progress=False

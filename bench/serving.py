@@ -61,9 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.engine import Engine
 from bot.model import Chunk, Finish
-from bot.models import prepare_model
+from bot.inference.weights import prepare_model
 from bot.threads import run_apart
-from bot.transformers_model import TransformersModel
+from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone
 from config.settings import SchedulerSettings, load_settings
 from retrieval.store import DocumentStore
@@ -365,7 +365,7 @@ import asyncio, resource, sys, time
 started = float(sys.argv[2])
 from pathlib import Path
 from config.settings import load_settings
-from bot.transformers_model import TransformersModel
+from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams
 from bot.model import Chunk
 s = load_settings(model={"name": sys.argv[1]})
@@ -404,7 +404,7 @@ def _fresh_process(name: str) -> tuple[float, float, float]:
 
 def _gguf(name: str, workdir: Path) -> Path | None:
     """The GGUF file a model comes from: a local .gguf, or the embedded model's parts assembled."""
-    from bot.models import EMBEDDED, _assemble
+    from bot.inference.weights import EMBEDDED, _assemble
 
     if name.lower().endswith(".gguf") and Path(name).expanduser().is_file():
         return Path(name).expanduser()

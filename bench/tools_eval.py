@@ -137,7 +137,7 @@ def _is_document_answer(case: Case, calls: list[ToolCall]) -> bool:
 
 
 async def _run(model_name: str | None, limit: int | None) -> dict[str, dict[str, Any]]:
-    from bot.transformers_model import TransformersModel
+    from bot.inference.local import TransformersModel
 
     cases = CASES[:limit] if limit else CASES
     with tempfile.TemporaryDirectory(prefix="chinwag-tools-eval-") as tmp:

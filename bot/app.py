@@ -13,6 +13,7 @@ from logging.handlers import RotatingFileHandler
 from bot.builtin_tools import builtin_tools
 from bot.engine import Engine
 from bot.errors import ChinwagError
+from bot.inference import load_model
 from bot.history import History
 from bot.http_tool import http_tool
 from bot.model import ChatModel
@@ -41,15 +42,6 @@ def configure_logging(settings: Settings) -> None:
     # Libraries that print to the terminal go through logging or stay quiet.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.captureWarnings(True)
-
-
-def load_model(settings: Settings, progress: bool = True) -> ChatModel:
-    """Prepare (first time: assemble, verify, convert, with a progress bar) and load the model."""
-    from bot.transformers_model import TransformersModel
-
-    return TransformersModel.load(
-        settings.model, settings.model_cache_dir, progress=progress, scheduler=settings.scheduler
-    )
 
 
 async def open_history(settings: Settings) -> History:

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from bot.app import App, configure_logging, load_model, open_history, running
+from bot import inference
+from bot.app import App, configure_logging, open_history, running
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.history import Conversation, History, StoredMessage
@@ -129,12 +130,10 @@ async def _chat(settings: Settings, resume: str | None) -> None:
     if resumed is not None:
         template = Incoming(**{**asdict(template), "conversation_id": resumed.id})
 
-    from bot.models import prepare_model
-
     # The first time, preparing the model shows its own progress bars; later it returns at once.
-    await asyncio.to_thread(prepare_model, settings.model, settings.model_cache_dir, True)
+    await asyncio.to_thread(inference.prepare_weights, settings, True)
     with console.status(f"[dim]Loading {settings.model.name}…[/dim]"):
-        model = await asyncio.to_thread(load_model, settings, False)
+        model = await asyncio.to_thread(inference.load_model, settings, False)
     async with running(settings, model=model) as app:
         session = Session(template, app.model.info.name)
         repl = Repl(app.engine, session, settings.resolved_data_dir / "repl_history")
@@ -691,27 +690,10 @@ def docs_search(obj: Context, query: str, scope: str, k: int) -> None:
 @click.pass_obj
 def prepare(obj: Context, model: str | None) -> None:
     """Prepare the model ahead of time (assemble, verify, convert) so the first chat starts fast."""
-    from bot.models import prepare_model
-
     settings = obj.settings(model={"name": model})
     try:
-        path = prepare_model(settings.model, settings.model_cache_dir, True)
-    except ChinwagError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"{settings.model.name} is ready: {path}")
-    from bot.transformers_model import resolve_device, resolve_quantization
-
-    try:
-        scheme = resolve_quantization(settings.model.quantization, resolve_device(settings.model.device))
-        if scheme is not None:
-            from bot.quantize import label, prepare_quantized
-
-            quantized = prepare_quantized(path, scheme, settings.model_cache_dir, True)
-            click.echo(f"{settings.model.name} ({label(scheme)} weights) is ready: {quantized}")
-            if settings.model.kernels != "torch":
-                from bot import kernels
-
-                click.echo(kernels.prepare(settings.model_cache_dir, True))
+        for line in inference.prepare(settings, True):
+            click.echo(line)
     except ChinwagError as error:
         raise click.ClickException(str(error)) from None
     if settings.retrieval.enabled:

@@ -208,7 +208,7 @@ def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
     line = next(x for x in result.stdout.splitlines() if "(int4/int8 weights) is ready" in x)
     assert (Path(line.rsplit(": ", 1)[1]) / "model.pt").is_file()
     # And chinwag's CPU kernels, built into the same cache (or a sentence saying why not).
-    from bot import kernels
+    from bot.inference import kernels
 
     if shutil.which("g++") and kernels._unsupported() is None:
         assert "chinwag's CPU kernels are ready." in result.stdout

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from bot import kernels
-from bot.decoder import _GROW, BatchCache, LeanStep, ModelStep
-from bot.transformers_model import TransformersModel
+from bot.inference import kernels
+from bot.inference.decoder import _GROW, BatchCache, LeanStep, ModelStep
+from bot.inference.local import TransformersModel
 from config import load_settings
 from config.settings import SchedulerSettings
 

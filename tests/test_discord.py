@@ -593,7 +593,7 @@ async def test_the_token_comes_from_the_environment_and_is_never_logged(
 async def test_the_real_small_model_answers_in_a_thread(
     history: SqlHistory, settings: Settings, fake: FakeDiscord
 ) -> None:
-    from bot.transformers_model import TransformersModel
+    from bot.inference.local import TransformersModel
 
     real = load_settings(model={"name": "smollm2-135m-instruct", "threads": 0})
     small = await asyncio.to_thread(TransformersModel.load, real.model, real.model_cache_dir, False)

@@ -10,8 +10,8 @@ from typing import TypeVar
 import pytest
 import torch
 
-from bot import kernels
-from bot.quantize import HEAD_GROUP, VNNI_GROUP, Int4Linear, Int8Linear, ShortlistHead, activation_group
+from bot.inference import kernels
+from bot.inference.quantize import HEAD_GROUP, VNNI_GROUP, Int4Linear, Int8Linear, ShortlistHead, activation_group
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
@@ -393,7 +393,7 @@ def test_without_a_compiler_the_layers_keep_torchs_kernels(
     monkeypatch.setattr(kernels, "_registered", lambda: False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++, c++ or clang++ on it
     monkeypatch.delenv("CXX", raising=False)
-    with caplog.at_level("INFO", logger="bot.kernels"):
+    with caplog.at_level("INFO", logger="bot.inference.kernels"):
         assert not kernels.enable(tmp_path / "cache")
     assert "no C++ compiler found" in caplog.text
     layer = _int8(64, 64, 12)
@@ -424,7 +424,7 @@ def test_a_failing_compilation_is_reported_not_raised(
     monkeypatch.setattr(kernels, "_loaded", None)
     monkeypatch.setattr(kernels, "ready", False)
     monkeypatch.setattr(kernels, "_registered", lambda: False)
-    with caplog.at_level("INFO", logger="bot.kernels"):
+    with caplog.at_level("INFO", logger="bot.inference.kernels"):
         assert not kernels.enable(tmp_path / "cache")
     assert "failed" in caplog.text
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.transformers_model import _Mailbox
+from bot.inference.local import _Mailbox
 
 
 async def test_items_posted_together_reach_their_queues_in_order_in_one_wake_up(

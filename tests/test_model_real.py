@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from bot import models
+from bot.inference import weights
 from bot.engine import Engine
 from bot.errors import ModelIntegrityError, ModelNotFoundError
 from bot.model import Chunk, Finish
-from bot.models import EMBEDDED, EmbeddedModel, GgufPart, prepare_model
-from bot.transformers_model import TransformersModel
+from bot.inference.weights import EMBEDDED, EmbeddedModel, GgufPart, prepare_model
+from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone
 from config import Settings, load_settings
 from storage import SqlHistory
@@ -95,8 +95,8 @@ def test_parts_are_assembled_in_order_and_verified(
         # Conversion itself is covered with the real SmolLM2 below; here we check what it is given.
         converted.append(gguf.read_bytes())
         target.mkdir(parents=True)
-        (target / models.MARKER).write_text(
-            json.dumps({"source_sha256": sha, "conversion": models.CONVERSION_VERSION})
+        (target / weights.MARKER).write_text(
+            json.dumps({"source_sha256": sha, "conversion": weights.CONVERSION_VERSION})
         )
 
     monkeypatch.setattr(models, "_convert", convert)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot import kernels
+from bot.inference import kernels
 from bot.errors import ModelError
-from bot.quantize import (
+from bot.inference.quantize import (
     GROUP,
     INT4_LAYERS,
     INT4_PREFILL_ROWS,
@@ -23,7 +23,7 @@ from bot.quantize import (
     native_bf16,
     on_4bit_grid,
 )
-from bot.transformers_model import TransformersModel, resolve_quantization
+from bot.inference.local import TransformersModel, resolve_quantization
 from bot.types import ChatMessage
 from config import load_settings
 
@@ -163,7 +163,7 @@ def test_the_output_head_computes_its_best_candidates_exactly(tied: bool) -> Non
 def test_mixed_stores_the_mlp_input_projections_and_4bit_layers_as_int4_the_rest_as_int8() -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from bot.quantize import quantize_model
+    from bot.inference.quantize import quantize_model
 
     torch.manual_seed(5)
     config = Qwen2Config(
@@ -301,8 +301,8 @@ def test_quantizing_runs_in_a_thread_that_ends_with_it(
     same process ran at 41 tokens/s instead of 60 (2 cores). So the quantizing thread must end."""
     import threading
 
-    from bot import quantize
-    from bot.models import prepare_model
+    from bot.inference import quantize
+    from bot.inference.weights import prepare_model
 
     settings = load_settings(model={"name": "smollm2-135m-instruct"})
     source = prepare_model(settings.model, settings.model_cache_dir, progress=False)

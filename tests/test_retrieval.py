@@ -314,7 +314,7 @@ def test_the_onnx_embedder_matches_the_pytorch_model(settings: Settings) -> None
 
 
 def test_a_strict_chat_template_gets_the_passages_with_the_message_they_answer() -> None:
-    from bot.transformers_model import _plain
+    from bot.inference.local import _plain
 
     messages = [
         {"role": "system", "content": "persona"},

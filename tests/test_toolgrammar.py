@@ -9,7 +9,7 @@ import torch
 
 from bot.app import default_tools
 from bot.toolgrammar import RELEASED, ToolCallGrammar, compile_schema
-from bot.transformers_model import ToolCallConstraint
+from bot.inference.local import ToolCallConstraint
 
 
 @pytest.fixture(scope="module")

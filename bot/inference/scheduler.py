@@ -2,8 +2,8 @@
 
 One worker thread owns the model. Each request is prefilled on its own KV cache (in chunks, between
 decode steps, so a long prompt never stalls the others for long), then joins a shared, left-padded
-batch cache (`bot.decoder.BatchCache`); every decode step feeds one token per active request in a
-single forward pass (`bot.decoder`'s lean step for the architectures it knows), and a request
+batch cache (`bot.inference.decoder.BatchCache`); every decode step feeds one token per active request in a
+single forward pass (`bot.inference.decoder`'s lean step for the architectures it knows), and a request
 leaves the batch as soon as it stops, is cancelled or fails. Admission is first come, first
 served; every active request gets one token per step, so a long answer cannot starve a short one.
 
@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bot import kernels
+from bot.inference import kernels
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
 
 if TYPE_CHECKING:
-    from bot.decoder import BatchCache, LeanStep, ModelStep
+    from bot.inference.decoder import BatchCache, LeanStep, ModelStep
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
         self._rows: list[Request] = []
-        from bot.decoder import step_for
+        from bot.inference.decoder import step_for
 
         self._batch: BatchCache | None = None  # the active rows' keys and values
         # How a decode step runs; replaceable by `ModelStep(model)`, which any model supports.
@@ -311,7 +311,7 @@ class Scheduler:
         next chunk is short (fewer tokens than a prompt's many rows, `PREFILL_ROWS`) and the step
         can encode several in one pass over the weights, every other whose whole remaining prompt
         is short too (8 questions arriving at once: one pass instead of 8)."""
-        from bot.quantize import PREFILL_ROWS
+        from bot.inference.quantize import PREFILL_ROWS
 
         first = self._prefilling[0]
         self._start(first)
@@ -521,7 +521,7 @@ class Scheduler:
 
     def _join(self, requests: list[Request]) -> None:
         """Add prefilled requests to the batch in one copy, left-padding whichever are shorter."""
-        from bot.decoder import BatchCache
+        from bot.inference.decoder import BatchCache
 
         rows = [self.step.layers(request.cache) for request in requests]
         if self._batch is None:

@@ -155,17 +155,17 @@ class KernelError(Exception):
 
 def build(cache_dir: Path, progress: bool = False) -> Path:
     """The compiled library in `cache_dir/kernels`, compiled now if it is not there yet."""
-    from bot.models import _locked, _say
+    from bot.inference.weights import locked, say
 
     target = cache_dir / "kernels" / f"chinwag-kernels-{_key()}.so"
     if target.is_file():  # built before, maybe elsewhere (a Docker image's build stage)
         return target
     compiler = _compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / ".build.lock"):
+    with locked(target.parent / ".build.lock"):
         if target.is_file():
             return target
-        _say(progress, "Compiling chinwag's CPU kernels; this happens once.")
+        say(progress, "Compiling chinwag's CPU kernels; this happens once.")
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name

@@ -31,9 +31,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bot import kernels
+from bot.inference import kernels
 from bot.errors import ModelError
-from bot.models import _locked, _say, building
+from bot.inference.weights import locked, say, building
 from bot.threads import run_apart
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def available(scheme: Scheme, device: str) -> bool:
     return all(hasattr(torch.ops.aten, op) for op in ops)
 
 
-class _QuantizedLinear(nn.Module):
+class QuantizedLinear(nn.Module):
     """A linear layer whose weight is stored quantized; subclasses say how."""
 
     scheme: Scheme
@@ -187,7 +187,7 @@ class _QuantizedLinear(nn.Module):
         return 8 if kernels.int8 and not self.wide_input else 16
 
 
-class Int8Linear(_QuantizedLinear):
+class Int8Linear(QuantizedLinear):
     """int8 weights with one scale per output channel."""
 
     scheme: Scheme = "int8"
@@ -234,7 +234,7 @@ class Int8Linear(_QuantizedLinear):
         return self.weight.to(dtype) * self.scales.to(dtype)[:, None]
 
 
-class Int4Linear(_QuantizedLinear):
+class Int4Linear(QuantizedLinear):
     """int4 weights in groups of `GROUP` inputs, each with a scale and a zero point (asymmetric)."""
 
     scheme: Scheme = "int4"
@@ -444,7 +444,7 @@ def activation_group(in_features: int, bits: int) -> int:
     return WIDE_GROUP if bits == 16 and in_features % WIDE_GROUP == 0 else VNNI_GROUP
 
 
-def _vnni_fits(layer: _QuantizedLinear) -> bool:
+def _vnni_fits(layer: QuantizedLinear) -> bool:
     """Whether the int8-activation kernel takes this layer's shape."""
     return layer.out_features % 16 == 0 and layer.in_features % VNNI_GROUP == 0
 
@@ -495,7 +495,7 @@ def vnni_pack_int4(q: Any, scales: Any, zeros: Any) -> tuple[Any, Any]:
     return packed, pairs
 
 
-_LAYERS: dict[str, type[_QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
+_LAYERS: dict[str, type[QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
 
 
 def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: set[str] | None = None) -> int:
@@ -515,7 +515,7 @@ def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: s
             if not isinstance(child, nn.Linear):
                 continue
             path = f"{prefix}.{name}" if prefix else name
-            layer_type: type[_QuantizedLinear] | type[ShortlistHead]
+            layer_type: type[QuantizedLinear] | type[ShortlistHead]
             if child is head and ShortlistHead.supports(child.in_features, child.out_features):
                 # The output head decides every token directly: int4 alone cost the most agreement
                 # with the full model for the fewest bytes; int4 with exact logits for its best
@@ -533,7 +533,7 @@ def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: s
             if not layer_type.supports(child.in_features, child.out_features):
                 continue
             layer = layer_type(child.in_features, child.out_features, child.bias is not None, dtype)
-            if isinstance(layer, _QuantizedLinear):
+            if isinstance(layer, QuantizedLinear):
                 layer.wide_input = name in WIDE_INPUT_LAYERS
             if fill:
                 if isinstance(layer, ShortlistHead):
@@ -571,7 +571,7 @@ def prepare_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: b
     target = _target(source, scheme, cache_dir)
     if not _is_prepared(target, source):
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(target.parent / f".{target.name}.lock"):
+        with locked(target.parent / f".{target.name}.lock"):
             if not _is_prepared(target, source):
                 run_apart(_prepare, source, scheme, target, progress)
     return target
@@ -604,7 +604,7 @@ def _prepare(source: Path, scheme: Scheme, target: Path, progress: bool) -> None
     from transformers import AutoModelForCausalLM
 
     # Progress goes where the model preparation's goes (stderr): stdout may be `ask --json`.
-    _say(progress, f"Quantizing the model's weights to {label(scheme)}; this happens once.")
+    say(progress, f"Quantizing the model's weights to {label(scheme)}; this happens once.")
     started = time.perf_counter()
     with building(target, f"Could not quantize {source.name} to {scheme}") as tmp:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 from bot.errors import ChinwagError, ModelError
 from bot.model import Chunk, Finish, FinishReason, Queued
-from bot.models import prepare_model, quiet_transformers
-from bot.scheduler import Request, RowProcessor, Scheduler
+from bot.inference.weights import prepare_model, quiet_transformers
+from bot.inference.scheduler import Request, RowProcessor, Scheduler
 from bot.toolgrammar import RELEASED, ToolCallGrammar
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 from config.settings import ModelSettings, SchedulerSettings
@@ -136,8 +136,8 @@ class TransformersModel:
             if tokenizer.chat_template is None:
                 raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
             if scheme is not None:
-                from bot import kernels
-                from bot.quantize import load_quantized
+                from bot.inference import kernels
+                from bot.inference.quantize import load_quantized
 
                 model = load_quantized(path, scheme, cache_dir, progress)
                 if settings.kernels == "torch":
@@ -656,14 +656,14 @@ def resolve_device(name: str) -> str:
 
 def resolve_quantization(name: str, device: str) -> Any:
     """The weight format to load: "int8", "int4" or None (the model's own floats)."""
-    from bot.quantize import available
+    from bot.inference.quantize import available
 
     if name == "none":
         return None
     if name == "auto":
         # The fastest format that kept every answer-quality score: int4 for the MLP's input
         # projections and where the weights already are 4-bit, int8 elsewhere (int4 throughout
-        # measurably cost the default model tool-use answers; see bot.quantize.INT4_LAYERS).
+        # measurably cost the default model tool-use answers; see bot.inference.quantize.INT4_LAYERS).
         return "mixed" if available("mixed", device) else None
     if not available(name, device):  # type: ignore[arg-type]
         raise ModelError(
@@ -732,7 +732,7 @@ def _describe_dtype(model: Any, quantization: Any) -> str:
     dtype = str(model.dtype).removeprefix("torch.")
     if not quantization:
         return dtype
-    from bot.quantize import label
+    from bot.inference.quantize import label
 
     return f"{label(quantization)} weights, {dtype}"
 

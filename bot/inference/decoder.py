@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bot import kernels
+from bot.inference import kernels
 
 # Columns added at a time when the buffers are full.
 _GROW = 256
@@ -503,7 +503,7 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
     projections must all be int8 or int4 layers of shapes the kernels take, float32 elsewhere, with
     a SiLU MLP and RMSNorms of float32 weights. With `vnni`, the copies laid out for the
     VNNI kernel of the projections that have one."""
-    from bot.quantize import _QuantizedLinear
+    from bot.inference.quantize import QuantizedLinear
 
     if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
         return None
@@ -517,7 +517,7 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
         weights, scales, biases, linears = [], [], [], []
         for part, name in _PROJECTIONS:
             linear = getattr(getattr(layer, part, None), name, None)
-            if not isinstance(linear, _QuantizedLinear):
+            if not isinstance(linear, QuantizedLinear):
                 return None
             stored = linear.native()
             if vnni and getattr(linear, "vnni_weight", None) is not None:
