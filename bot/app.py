@@ -10,15 +10,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bot.builtin_tools import builtin_tools
+from bot.tools.builtin import builtin_tools
 from bot.engine import Engine
 from bot.errors import ChinwagError
 from bot.inference import load_model
 from bot.history import History
-from bot.http_tool import http_tool
+from bot.tools.http import http_tool
 from bot.model import ChatModel
 from bot.retriever import Retriever
-from bot.tools import ToolRegistry, tools_from_entry_points, tools_from_module
+from bot.tools.registry import ToolRegistry, tools_from_entry_points, tools_from_module
 from config import Settings
 
 log = logging.getLogger(__name__)

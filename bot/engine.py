@@ -32,8 +32,8 @@ from bot.retriever import (
     scopes_for,
     source_record,
 )
-from bot.toolcalls import parse_tool_calls
-from bot.tools import Tool, ToolError, ToolRegistry
+from bot.tools.calls import parse_tool_calls
+from bot.tools.registry import Tool, ToolError, ToolRegistry
 from bot.types import (
     ChatMessage,
     CommandResult,

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bot.http_tool import fetch_json, http_tool
-from bot.tools import ToolError
+from bot.tools.http import fetch_json, http_tool
+from bot.tools.registry import ToolError
 from config.settings import ToolsSettings
 
 

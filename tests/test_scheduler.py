@@ -28,7 +28,7 @@ from bot.inference.decoder import LeanStep
 from bot.errors import BusyError
 from bot.model import Chunk, Finish, Queued
 from bot.inference.scheduler import Request
-from bot.toolcalls import parse_tool_calls
+from bot.tools.calls import parse_tool_calls
 from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams
 from config import load_settings

@@ -9,7 +9,7 @@ import pytest
 
 from bot.app import default_tools
 from bot.engine import Engine
-from bot.tools import Tool, ToolRegistry
+from bot.tools.registry import Tool, ToolRegistry
 from bot.types import CommandResult, Event, Incoming, TextDelta, ToolCall, TurnDone
 from config import Settings
 from storage import SqlHistory
@@ -381,7 +381,7 @@ async def test_a_tool_that_fails_every_round_ends_in_a_plain_answer(
 
 
 def test_the_clock_understands_city_names() -> None:
-    from bot.builtin_tools import clock
+    from bot.tools.builtin import clock
 
     assert " in Europe/Berlin, UTC+0" in clock("Berlin")
     assert " in America/New_York, UTC-0" in clock("new york")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bot.app import default_tools
-from bot.toolgrammar import RELEASED, ToolCallGrammar, compile_schema
+from bot.tools.grammar import RELEASED, ToolCallGrammar, compile_schema
 from bot.inference.local import ToolCallConstraint
 
 

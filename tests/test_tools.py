@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from bot.builtin_tools import builtin_tools, calculate, clock, days_between
-from bot.toolcalls import parse_tool_calls
-from bot.tools import Tool, ToolError, ToolRegistry
+from bot.tools.builtin import builtin_tools, calculate, clock, days_between
+from bot.tools.calls import parse_tool_calls
+from bot.tools.registry import Tool, ToolError, ToolRegistry
 
 
 def lookup_order(order_id: int, include_items: bool = False, region: str = "eu") -> str:

@@ -20,7 +20,7 @@ from bot.errors import ChinwagError, ModelError
 from bot.model import Chunk, Finish, FinishReason, Queued
 from bot.inference.weights import prepare_model, quiet_transformers
 from bot.inference.scheduler import Request, RowProcessor, Scheduler
-from bot.toolgrammar import RELEASED, ToolCallGrammar
+from bot.tools.grammar import RELEASED, ToolCallGrammar
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 from config.settings import ModelSettings, SchedulerSettings
 
@@ -203,7 +203,7 @@ class TransformersModel:
         """Generate in the worker thread; deltas arrive through a queue; closing cancels.
 
         With `constrain`, a reply that starts a tool call can only be a well-formed call of one
-        of `tools` (see `bot.toolgrammar`); any other reply is generated freely. A reply that has
+        of `tools` (see `bot.tools.grammar`); any other reply is generated freely. A reply that has
         to wait for the scheduler yields `Queued` (its place in line) before its first `Chunk`.
         """
         if self._scheduler is not None:

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from bot.tools import Tool, ToolError
+from bot.tools.registry import Tool, ToolError
 
 # Limits that keep one expression cheap: its length, nesting, and the size of any number in it.
 MAX_EXPRESSION = 500

@@ -14,7 +14,7 @@ import json
 import socket
 from urllib.parse import urljoin, urlsplit
 
-from bot.tools import Tool, ToolError
+from bot.tools.registry import Tool, ToolError
 from config.settings import ToolsSettings
 
 _MAX_REDIRECTS = 3
