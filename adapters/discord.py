@@ -30,8 +30,8 @@ from adapters.inflight import InFlight
 from adapters.textsplit import split_message
 from bot.app import App
 from bot.errors import ChinwagError
-from bot.history import ConversationKey, History, UserRef
-from bot.retriever import sources_footer
+from bot.seams.history import ConversationKey, History, UserRef
+from bot.citations import sources_footer
 from bot.types import (
     CommandResult,
     Event,

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.text import Text
 
-from bot.retriever import sources_footer
+from bot.citations import sources_footer
 from bot.types import (
     CommandResult,
     Event,

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.model import Chunk, Finish
+from bot.seams.model import Chunk, Finish
 from bot.inference.weights import prepare_model
 from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams

@@ -40,7 +40,7 @@ import tools_eval
 from bot.app import default_tools
 from bot.inference.decoder import LeanStep
 from bot.engine import Engine
-from bot.model import ChatModel, Chunk, Finish, Queued
+from bot.seams.model import ChatModel, Chunk, Finish, Queued
 from bot.threads import run_apart
 from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, ToolCall, TurnDone

@@ -60,7 +60,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.engine import Engine
-from bot.model import Chunk, Finish
+from bot.seams.model import Chunk, Finish
 from bot.inference.weights import prepare_model
 from bot.threads import run_apart
 from bot.inference.local import TransformersModel
@@ -367,7 +367,7 @@ from pathlib import Path
 from config.settings import load_settings
 from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams
-from bot.model import Chunk
+from bot.seams.model import Chunk
 s = load_settings(model={"name": sys.argv[1]})
 model = TransformersModel.load(s.model, s.model_cache_dir, progress=False, scheduler=s.scheduler)
 params = GenerationParams(temperature=0.0, max_tokens=4)

@@ -14,10 +14,10 @@ from bot.tools.builtin import builtin_tools
 from bot.engine import Engine
 from bot.errors import ChinwagError
 from bot.inference import load_model
-from bot.history import History
+from bot.seams.history import History
 from bot.tools.http import http_tool
-from bot.model import ChatModel
-from bot.retriever import Retriever
+from bot.seams.model import ChatModel
+from bot.seams.retriever import Retriever
 from bot.tools.registry import ToolRegistry, tools_from_entry_points, tools_from_module
 from config import Settings
 

@@ -19,8 +19,8 @@ from bot import inference
 from bot.app import App, configure_logging, open_history, running
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
-from bot.history import Conversation, History, StoredMessage
-from bot.retriever import source_label, sources_footer
+from bot.seams.history import Conversation, History, StoredMessage
+from bot.citations import source_label, sources_footer
 from bot.types import CommandResult, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
 from config import ConfigError, Settings, load_settings
 
@@ -665,7 +665,7 @@ def docs_remove(obj: Context, target: str, scope: str | None) -> None:
 @click.pass_obj
 def docs_search(obj: Context, query: str, scope: str, k: int) -> None:
     """Show the passages a question would retrieve, with their scores."""
-    from bot.retriever import scopes_for
+    from bot.seams.retriever import scopes_for
 
     settings = obj.settings()
     store = _open_store(settings)

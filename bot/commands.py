@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.errors import CommandError
-from bot.history import Conversation
+from bot.seams.history import Conversation
 from bot.params import SETTABLE, effective_params, parse_setting
 from bot.prompt import usable_in_context
-from bot.retriever import source_label
+from bot.citations import source_label
 
 if TYPE_CHECKING:
     from bot.engine import Engine

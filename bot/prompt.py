@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.history import StoredMessage
-from bot.model import ChatModel
+from bot.seams.history import StoredMessage
+from bot.seams.model import ChatModel
 from bot.types import ChatMessage
 
 SUMMARY_HEADER = "Summary of the earlier part of this conversation (older turns, condensed):"

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.seams.retriever import GLOBAL_SCOPE
 from config import Settings
 from retrieval.chunking import TextChunk, split
 from retrieval.embeddings import Embedder, EmbeddingError, chroma_embedding_function, shared_embedder
@@ -29,7 +30,6 @@ from retrieval.loaders import LoadedDocument, LoadError, iter_files, load
 
 log = logging.getLogger(__name__)
 
-GLOBAL_SCOPE = "global"
 # Chunks embedded and written together; large enough to batch well, small enough to show progress.
 _FLUSH_CHUNKS = 256
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.errors import ChinwagError, ConversationNotFoundError
-from bot.history import Conversation, ConversationKey, Feedback, NewMessage, StoredMessage, UserRef
+from bot.seams.history import Conversation, ConversationKey, Feedback, NewMessage, StoredMessage, UserRef
 from bot.types import Role, Status
 from config import Settings
 from storage.db import create_engine, upgrade

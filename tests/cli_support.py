@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bot.history import Conversation, StoredMessage
+from bot.seams.history import Conversation, StoredMessage
 from config import load_settings
 from storage import SqlHistory
 

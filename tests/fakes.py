@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.model import Chunk, Finish, Queued
+from bot.seams.model import Chunk, Finish, Queued
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 
 

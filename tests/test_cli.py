@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.history import ConversationKey, NewMessage
+from bot.seams.history import ConversationKey, NewMessage
 from config import load_settings
 from storage import SqlHistory
 from tests.cli_support import SMALL_MODEL, chinwag_bin, cli_env, stored

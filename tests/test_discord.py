@@ -14,7 +14,7 @@ from adapters.discord import DiscordAdapter, serve
 from bot.app import default_tools
 from bot.engine import Engine
 from bot.errors import ChinwagError
-from bot.history import ConversationKey
+from bot.seams.history import ConversationKey
 from config import Settings, load_settings
 from config.settings import DiscordSettings
 from storage import SqlHistory

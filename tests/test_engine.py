@@ -8,7 +8,7 @@ from contextlib import aclosing
 import pytest
 
 from bot.engine import Engine
-from bot.history import NewMessage, StoredMessage
+from bot.seams.history import NewMessage, StoredMessage
 from bot.types import (
     CommandResult,
     Event,

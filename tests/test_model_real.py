@@ -18,7 +18,7 @@ import pytest
 from bot.inference import weights
 from bot.engine import Engine
 from bot.errors import ModelIntegrityError, ModelNotFoundError
-from bot.model import Chunk, Finish
+from bot.seams.model import Chunk, Finish
 from bot.inference.weights import EMBEDDED, EmbeddedModel, GgufPart, prepare_model
 from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.engine import Engine
-from bot.retriever import PASSAGES_INTRO, sources_footer
+from bot.citations import PASSAGES_INTRO, sources_footer
 from bot.types import ChatMessage, CommandResult, Event, Incoming, TurnDone
 from config import Settings, load_settings
 from retrieval.store import DocumentStore

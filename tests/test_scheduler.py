@@ -26,7 +26,7 @@ from bot.inference import kernels
 from bot.app import default_tools
 from bot.inference.decoder import LeanStep
 from bot.errors import BusyError
-from bot.model import Chunk, Finish, Queued
+from bot.seams.model import Chunk, Finish, Queued
 from bot.inference.scheduler import Request
 from bot.tools.calls import parse_tool_calls
 from bot.inference.local import TransformersModel

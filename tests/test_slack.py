@@ -30,7 +30,7 @@ import pytest
 from adapters.slack import SlackAdapter, SlackCredentials, serve
 from adapters.slack_format import to_mrkdwn
 from bot.engine import Engine
-from bot.history import ConversationKey
+from bot.seams.history import ConversationKey
 from config import Settings, SlackSettings
 from storage import SqlHistory
 from tests.cli_support import chinwag_bin, cli_env, stored

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.errors import ChinwagError, ConversationNotFoundError
-from bot.history import ConversationKey, History, NewMessage, UserRef
+from bot.seams.history import ConversationKey, History, NewMessage, UserRef
 from config import Settings
 from storage import SqlHistory
 from storage.models import Base, ConversationRow

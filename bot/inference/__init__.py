@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from bot.model import ChatModel
+from bot.seams import ChatModel
 from config import Settings
 
 

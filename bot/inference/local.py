@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ChinwagError, ModelError
-from bot.model import Chunk, Finish, FinishReason, Queued
+from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.inference.weights import prepare_model, quiet_transformers
 from bot.inference.scheduler import Request, RowProcessor, Scheduler
 from bot.tools.grammar import RELEASED, ToolCallGrammar

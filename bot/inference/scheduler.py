@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.inference import kernels
 from bot.errors import BusyError
-from bot.model import Chunk, Finish, FinishReason, Queued
+from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
 
 if TYPE_CHECKING:
