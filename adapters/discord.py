@@ -29,9 +29,9 @@ from discord.gateway import DiscordWebSocket
 from adapters.inflight import InFlight
 from adapters.textsplit import split_message
 from bot.app import App
+from bot.citations import sources_footer
 from bot.errors import ChinwagError
 from bot.seams.history import ConversationKey, History, UserRef
-from bot.citations import sources_footer
 from bot.types import (
     CommandResult,
     Event,

@@ -35,9 +35,9 @@ from adapters.inflight import InFlight
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.textsplit import split_message
 from bot.app import App
+from bot.citations import sources_footer
 from bot.errors import ChinwagError
 from bot.seams.history import ConversationKey, History, UserRef
-from bot.citations import sources_footer
 from bot.types import (
     CommandResult,
     Event,

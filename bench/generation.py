@@ -25,9 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.seams.model import Chunk, Finish
-from bot.inference.weights import prepare_model
 from bot.inference.local import TransformersModel
+from bot.inference.weights import prepare_model
+from bot.seams.model import Chunk, Finish
 from bot.types import ChatMessage, GenerationParams
 from config.settings import SchedulerSettings, load_settings
 

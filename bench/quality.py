@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tools_eval
 
 from bot.app import default_tools
-from bot.inference.decoder import LeanStep
 from bot.engine import Engine
+from bot.inference.decoder import LeanStep
+from bot.inference.local import TransformersModel
 from bot.seams.model import ChatModel, Chunk, Finish, Queued
 from bot.threads import run_apart
-from bot.inference.local import TransformersModel
 from bot.types import ChatMessage, GenerationParams, Incoming, ToolCall, TurnDone
 from config import load_settings
 from retrieval.store import DocumentStore

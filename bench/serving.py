@@ -60,10 +60,10 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.engine import Engine
-from bot.seams.model import Chunk, Finish
-from bot.inference.weights import prepare_model
-from bot.threads import run_apart
 from bot.inference.local import TransformersModel
+from bot.inference.weights import prepare_model
+from bot.seams.model import Chunk, Finish
+from bot.threads import run_apart
 from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone
 from config.settings import SchedulerSettings, load_settings
 from retrieval.store import DocumentStore

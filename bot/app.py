@@ -10,14 +10,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 
-from bot.tools.builtin import builtin_tools
 from bot.engine import Engine
 from bot.errors import ChinwagError
 from bot.inference import load_model
 from bot.seams.history import History
-from bot.tools.http import http_tool
 from bot.seams.model import ChatModel
 from bot.seams.retriever import Retriever
+from bot.tools.builtin import builtin_tools
+from bot.tools.http import http_tool
 from bot.tools.registry import ToolRegistry, tools_from_entry_points, tools_from_module
 from config import Settings
 

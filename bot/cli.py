@@ -17,10 +17,10 @@ from rich.console import Console
 
 from bot import inference
 from bot.app import App, configure_logging, open_history, running
+from bot.citations import source_label, sources_footer
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.seams.history import Conversation, History, StoredMessage
-from bot.citations import source_label, sources_footer
 from bot.types import CommandResult, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
 from config import ConfigError, Settings, load_settings
 

@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bot.citations import source_label
 from bot.errors import CommandError
-from bot.seams.history import Conversation
 from bot.params import SETTABLE, effective_params, parse_setting
 from bot.prompt import usable_in_context
-from bot.citations import source_label
+from bot.seams.history import Conversation
 
 if TYPE_CHECKING:
     from bot.engine import Engine

@@ -13,15 +13,23 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bot.citations import (
+    PASSAGES_INTRO,
+    PASSAGES_TASK,
+    cite_label,
+    mark_cited,
+    passage_block,
+    passages_context,
+    source_record,
+)
 from bot.commands import parse_command, run_command
 from bot.errors import ChinwagError, CommandError, ConversationNotFoundError
-from bot.seams.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
 from bot.metrics import Metrics
-from bot.seams.model import ChatModel, Chunk, Finish, Queued
 from bot.params import effective_params
 from bot.prompt import PromptBudget
+from bot.seams.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
+from bot.seams.model import ChatModel, Chunk, Finish, Queued
 from bot.seams.retriever import Passage, Retriever, scopes_for
-from bot.citations import PASSAGES_INTRO, PASSAGES_TASK, cite_label, mark_cited, passage_block, passages_context, source_record
 from bot.tools.calls import parse_tool_calls
 from bot.tools.registry import Tool, ToolError, ToolRegistry
 from bot.types import (

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from bot.inference import kernels
-from bot.inference.quantize import HEAD_GROUP, VNNI_GROUP, Int4Linear, Int8Linear, ShortlistHead, activation_group
+from bot.inference.quantize import (
+    HEAD_GROUP,
+    VNNI_GROUP,
+    Int4Linear,
+    Int8Linear,
+    ShortlistHead,
+    activation_group,
+)
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 

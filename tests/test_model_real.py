@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.inference import weights
 from bot.engine import Engine
 from bot.errors import ModelIntegrityError, ModelNotFoundError
-from bot.seams.model import Chunk, Finish
-from bot.inference.weights import EMBEDDED, EmbeddedModel, GgufPart, prepare_model
+from bot.inference import weights
 from bot.inference.local import TransformersModel
+from bot.inference.weights import EMBEDDED, EmbeddedModel, GgufPart, prepare_model
+from bot.seams.model import Chunk, Finish
 from bot.types import ChatMessage, GenerationParams, Incoming, TextDelta, TurnDone
 from config import Settings, load_settings
 from storage import SqlHistory
@@ -99,7 +99,7 @@ def test_parts_are_assembled_in_order_and_verified(
             json.dumps({"source_sha256": sha, "conversion": weights.CONVERSION_VERSION})
         )
 
-    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(weights, "_convert", convert)
     model_settings = settings.model.model_copy(update={"name": split_model.name})
     target = prepare_model(model_settings, tmp_path, False)
     assert converted == [b"GGUF first half and second half"]

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.inference import kernels
 from bot.errors import ModelError
+from bot.inference import kernels
+from bot.inference.local import TransformersModel, resolve_quantization
 from bot.inference.quantize import (
     GROUP,
     INT4_LAYERS,
@@ -23,7 +24,6 @@ from bot.inference.quantize import (
     native_bf16,
     on_4bit_grid,
 )
-from bot.inference.local import TransformersModel, resolve_quantization
 from bot.types import ChatMessage
 from config import load_settings
 

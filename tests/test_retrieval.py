@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import Engine
 from bot.citations import PASSAGES_INTRO, sources_footer
+from bot.engine import Engine
 from bot.types import ChatMessage, CommandResult, Event, Incoming, TurnDone
 from config import Settings, load_settings
 from retrieval.store import DocumentStore

@@ -22,14 +22,14 @@ from typing import Any, cast
 import pytest
 import torch
 
-from bot.inference import kernels
 from bot.app import default_tools
-from bot.inference.decoder import LeanStep
 from bot.errors import BusyError
-from bot.seams.model import Chunk, Finish, Queued
-from bot.inference.scheduler import Request
-from bot.tools.calls import parse_tool_calls
+from bot.inference import kernels
+from bot.inference.decoder import LeanStep
 from bot.inference.local import TransformersModel
+from bot.inference.scheduler import Request
+from bot.seams.model import Chunk, Finish, Queued
+from bot.tools.calls import parse_tool_calls
 from bot.types import ChatMessage, GenerationParams
 from config import load_settings
 from config.settings import SchedulerSettings

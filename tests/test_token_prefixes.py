@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bot.inference.weights import EMBEDDED, prepare_model
 from bot.inference.local import TokenPrefixes
+from bot.inference.weights import EMBEDDED, prepare_model
 from config import load_settings
 
 TURNS = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.inference.weights import EMBEDDED, prepare_model
 from bot.inference.local import load_tokenizer
+from bot.inference.weights import EMBEDDED, prepare_model
 from config import load_settings
 
 TEXTS = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bot.app import default_tools
-from bot.tools.grammar import RELEASED, ToolCallGrammar, compile_schema
 from bot.inference.local import ToolCallConstraint
+from bot.tools.grammar import RELEASED, ToolCallGrammar, compile_schema
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ChinwagError, ModelError
-from bot.seams.model import Chunk, Finish, FinishReason, Queued
-from bot.inference.weights import prepare_model, quiet_transformers
 from bot.inference.scheduler import Request, RowProcessor, Scheduler
+from bot.inference.weights import prepare_model, quiet_transformers
+from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.tools.grammar import RELEASED, ToolCallGrammar
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 from config.settings import ModelSettings, SchedulerSettings

@@ -31,9 +31,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bot.inference import kernels
 from bot.errors import ModelError
-from bot.inference.weights import locked, say, building
+from bot.inference import kernels
+from bot.inference.weights import building, locked, say
 from bot.threads import run_apart
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bot.inference import kernels
 from bot.errors import BusyError
+from bot.inference import kernels
 from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
 
