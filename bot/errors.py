@@ -1,10 +1,18 @@
-"""The error tree: every error chinwag raises on purpose is a ChinwagError with a one-line message."""
+"""The error tree: every error chinwag raises on purpose is a ChinwagError with a one-line message.
+
+This module imports nothing, so every package (config, retrieval and storage included) can raise
+from the same tree without depending on anything else in `bot`.
+"""
 
 from __future__ import annotations
 
 
 class ChinwagError(Exception):
     """Base of our errors; `str(error)` is fit to show to a user."""
+
+
+class ConfigError(ChinwagError):
+    """The configuration is invalid; the message names the key at fault."""
 
 
 class ModelError(ChinwagError):
@@ -19,8 +27,12 @@ class ModelIntegrityError(ModelError):
     """A model file does not match its expected size or checksum."""
 
 
-class InputError(ChinwagError):
-    """The user's input cannot be answered as it is (empty, too long)."""
+class KernelError(ChinwagError):
+    """chinwag's CPU kernels could not be built or loaded here (the message says why)."""
+
+
+class BusyError(ChinwagError):
+    """The model's queue is full (or it is shutting down): try again in a moment."""
 
 
 class CommandError(ChinwagError):
@@ -31,5 +43,21 @@ class ConversationNotFoundError(ChinwagError):
     """No stored conversation with that id."""
 
 
-class BusyError(ChinwagError):
-    """The model's queue is full (or it is shutting down): try again in a moment."""
+class ToolError(ChinwagError):
+    """A tool call could not be made: unknown tool, invalid arguments, failure or timeout."""
+
+
+class RetrievalError(ChinwagError):
+    """The document store could not be opened or used."""
+
+
+class EmbeddingError(RetrievalError):
+    """The embedding model could not be found or run."""
+
+
+class LoadError(RetrievalError):
+    """A file that could not be read (the message names the file and the reason)."""
+
+
+class UnsupportedFileError(LoadError):
+    """A file type we do not ingest."""

@@ -16,6 +16,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bot.errors import ConfigError
+
 APP_NAME = "chinwag"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("chinwag.toml")
 CONFIG_ENV_VAR = "CHINWAG_CONFIG"
@@ -26,10 +28,6 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 _config_file: ContextVar[Path] = ContextVar("chinwag_config_file", default=DEFAULT_CONFIG_FILE)
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the key at fault."""
 
 
 class _Section(BaseModel):

@@ -21,14 +21,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bot.errors import EmbeddingError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 _EXPORT_VERSION = 1
-
-
-class EmbeddingError(Exception):
-    """The embedding model could not be found or run (one line, fit to show)."""
 
 
 class _Runner(Protocol):

@@ -11,6 +11,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Literal
 
+from bot.errors import LoadError, UnsupportedFileError
+
 Kind = Literal["markdown", "text", "html", "pdf", "code"]
 
 
@@ -31,14 +33,6 @@ class LoadedDocument:
     kind: Kind
     pages: list[Page]
     language: str | None = None
-
-
-class LoadError(Exception):
-    """A file that could not be read (the message names the file and the reason)."""
-
-
-class UnsupportedFileError(LoadError):
-    """A file type we do not ingest."""
 
 
 # Code suffixes map to langchain_text_splitters.Language values where one exists.

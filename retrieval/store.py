@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot.errors import RetrievalError
 from bot.seams.retriever import GLOBAL_SCOPE
 from config import Settings
 from retrieval.chunking import TextChunk, split
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 # Chunks embedded and written together; large enough to batch well, small enough to show progress.
 _FLUSH_CHUNKS = 256
-
-
-class RetrievalError(Exception):
-    """The document store could not be opened or used (one line, fit to show)."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError
+
 from bot.errors import ChinwagError, ModelError
 from bot.inference.scheduler import Request, RowProcessor, Scheduler
 from bot.inference.weights import prepare_model, quiet_transformers
@@ -100,6 +102,7 @@ class TransformersModel:
         self._groups: dict[str, list[int]] = {}
         self._scheduler: Scheduler | None = None
         self._follow: list[int] | None = None
+        self._plain_prompts = False  # the template refused a prompt once (logged) and renders plainly
         config = scheduler or SchedulerSettings()
         if config.enabled and Scheduler.supports(model):
             self._scheduler = Scheduler(
@@ -321,7 +324,9 @@ class TransformersModel:
                 tokenize=False,
             )
             between = text[text.index(reply) + len(reply) : text.index(question)]
-        except Exception:  # a template that cannot render this: no head start, nothing else lost
+        except (TemplateError, ValueError, TypeError, KeyError) as error:
+            # A template that cannot render this: no head start for the next turn, nothing else lost.
+            log.info("the chat template gives no next-turn opening (%s)", error)
             return []
         ids = list(self._tokenizer(between, add_special_tokens=False)["input_ids"])
         return ids if ids and ids[0] in self._eos_ids else []
@@ -425,7 +430,14 @@ class TransformersModel:
             text = self._tokenizer.apply_chat_template(
                 rendered, tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=True
             )
-        except Exception:  # a template without a "tool" role, tools support or later system messages
+        except (TemplateError, ValueError, TypeError, KeyError) as error:
+            # A template without a "tool" role, tools support or later system messages: the prompt
+            # is rendered as plain user/assistant turns instead, and the log says so once.
+            if not self._plain_prompts:
+                self._plain_prompts = True
+                log.warning(
+                    "%s's chat template refused this prompt (%s); rendering it plainly", self.info.name, error
+                )
             text = self._tokenizer.apply_chat_template(
                 _plain(rendered), tokenize=False, add_generation_prompt=True
             )

@@ -16,11 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from bot.errors import ChinwagError
-
-
-class ToolError(ChinwagError):
-    """A tool call could not be made: unknown tool, invalid arguments, failure or timeout."""
+from bot.errors import ChinwagError, ToolError
 
 
 @dataclass(frozen=True)
