@@ -18,9 +18,8 @@ Side by side in one run, on the same weights:
   freshly loaded model); single_tps_by_round, agg8_tps_by_round, agg8_over_single_by_round: each
   round's figures and ratio; machine_by_round: what the machine did just before the round's one
   reply and just before its 8, a float32 matmul in cache (GFLOP/s: what bounds 8 replies) and a
-  sum over 256 MB (GB/s: what bounds one). This VM moves between two states every few seconds to
-  minutes, one with about 15% more GFLOP/s and the other with about 50% more GB/s, and the ratio
-  moves with them.
+  sum over 256 MB (GB/s: what bounds one). A VM may switch between states that favour one or the
+  other, and the ratio moves with them (bench/RESULTS.md records such a VM).
 - ttft_turn1_s / ttft_turn10_s: time to first token of a conversation's first and tenth turn
   (scheduler, prefix reuse on; half a second before each question; the median of six
   conversations, whose first and last questions have as many tokens); encoded_turn1 /

@@ -32,15 +32,13 @@ def source_label(title: str, location: str, sep: str = " — ") -> str:
 # passages in the leading system prompt, every turn with new passages re-encoded the whole
 # history). Later prompts show earlier messages as they are stored, without their passages.
 #
-# Worded for small models (bench/quality.py, 24 document questions, Qwen2.5-0.5B as shipped):
+# Worded for small models, by bench/quality.py's document questions (figures in bench/RESULTS.md):
 # - "Passage [1] (from ...)" headers: with a bare "[1] Title" the model often answered with the
 #   header alone.
-# - The instructions after the passages, and no citation example: the wording tuned for the
-#   leading system prompt ("... like this: [2]") answered 18 of 24 there, but 13 of 24 in this
-#   message and 11 in the user's message, often with a bare "[2]". This one answers 19 of 24
-#   (it cites less often: 2 replies of 24 carry a [n], against 9, most of them "[2]." openers;
-#   the sources footer then lists every passage). An example sentence with a fact in it leaked
-#   into answers.
+# - The instructions after the passages, and no citation example: a wording with an example
+#   ("... like this: [2]") answered fewer questions in this place, often with a bare "[2]", and an
+#   example sentence with a fact in it leaked into answers. Of the wordings tried this one answered
+#   the most, though it cites less often (the sources footer then lists every passage).
 PASSAGES_INTRO = "Passages from the team's documents for the user's latest message:"
 PASSAGES_TASK = (
     "Answer the user's latest message from these passages, in your own words and in full "
@@ -59,8 +57,8 @@ def passages_context(passages: Sequence[Passage]) -> str | None:
     """What the model is told of the documents for the user's latest message (None: nothing).
 
     When no passage matched, the prompt is the one without documents. A note saying so, next to the
-    question, talked the 0.5B model out of its tools ("answer from your own knowledge": tool choice
-    33 of 41) and sent SmolLM2 off topic even when it said only "do not cite any".
+    question, talked the 0.5B model out of its tools ("answer from your own knowledge") and sent
+    SmolLM2 off topic even when it said only "do not cite any".
     """
     if not passages:
         return None

@@ -1,4 +1,4 @@
-"""The `chinwag` command: chat, ask, history, prepare. The composition root of the process."""
+"""The `chinwag` command: chat, ask, serve, history, ingest, docs, prepare; the process's composition root."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ def run_apart(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     operations keep a pool of OpenMP workers for each thread that calls them, for as long as that
     thread lives; once libgomp manages more threads than there are CPUs, every pool's workers sleep
     instead of spinning between parallel regions, and the scheduler's decoding (a couple of hundred
-    regions a step) ran a third slower, 62 against 42 tokens/s on 2 cores, for the rest of a process
-    whose main thread had done such work once. A thread that exits takes its pool with it.
+    regions a step) ran a third slower for the rest of a process whose main thread had done such
+    work once (bench/RESULTS.md). A thread that exits takes its pool with it.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-apart") as pool:
         return pool.submit(function, *args, **kwargs).result()

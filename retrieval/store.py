@@ -1,8 +1,8 @@
 """DocumentStore: ingested documents as embedded chunks in Chroma, searched within scopes.
 
-Two collections: `<name>` holds the chunks (vectors, text, where each came from) and
-`<name>_documents` one record per ingested file (path, scope, content hash, chunk count) so that
-re-ingesting an unchanged file costs one lookup. Chroma results become `Passage` objects here;
+Each scope's chunks (vectors, text, where each came from) live in a collection of their own, and
+`<name>_documents` holds one record per ingested file (path, scope, content hash, chunk count) so
+that re-ingesting an unchanged file costs one lookup. Chroma results become `Passage` objects here;
 nothing of Chroma leaves this module.
 """
 
@@ -102,8 +102,8 @@ class DocumentStore:
     """Chunks in Chroma, one collection per scope. Sync methods block; `search`/`get` are the seam.
 
     A collection per scope keeps scopes apart physically (a query cannot reach another scope's
-    chunks, whatever its filter) and keeps queries fast: a metadata filter over one shared
-    collection cost ~39 ms at 10k chunks, a plain nearest-neighbour query a few.
+    chunks, whatever its filter) and keeps queries fast: a plain nearest-neighbour query measured
+    several times faster than a metadata filter over one shared collection (bench/RESULTS.md).
     """
 
     def __init__(self, client: Any, settings: Settings) -> None:
