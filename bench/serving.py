@@ -247,9 +247,9 @@ THINK_S = 0.5
 
 async def _turns(model: TransformersModel, tokens: int, conversations: int = 6) -> dict[str, float]:
     """TTFT of turn 1 and turn 10 of a conversation (earlier replies kept in the prompt), each the
-    median over `conversations` conversations (a single time to first token varies by 10-20 ms, a
-    quarter of it once the model is fast),
-    and the prompt tokens those turns encoded (the rest came from the prefix cache)."""
+    median over `conversations` conversations (a single time to first token varies by a sizeable
+    share of itself once the model is fast), and the prompt tokens those turns encoded (the rest
+    came from the prefix cache)."""
     scheduler = model.scheduler
     first: list[float] = []
     tenth: list[float] = []
