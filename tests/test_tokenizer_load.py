@@ -8,6 +8,9 @@ from bot.inference.local import load_tokenizer
 from bot.inference.weights import EMBEDDED, prepare_model
 from config import load_settings
 
+# Each case prepares (converts, the first time) a real model.
+pytestmark = pytest.mark.slow
+
 TEXTS = [
     "Hello!",
     " leading space",
