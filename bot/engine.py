@@ -42,7 +42,7 @@ from bot.types import (
     TurnStarted,
     Usage,
 )
-from config import Settings
+from config import GenerationSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,14 @@ class Engine:
             return False
         return bool(conv.settings.get("docs", self.settings.retrieval.enabled))
 
+    @property
+    def generation(self) -> GenerationSettings:
+        """The configured generation parameters, which a conversation's /set overrides."""
+        return self.settings.generation
+
     def params(self, conv: Conversation) -> GenerationParams:
         """The generation parameters this conversation uses."""
-        return effective_params(self.settings.generation, conv.settings)
+        return effective_params(self.generation, conv.settings)
 
     # One turn -------------------------------------------------------------------------
 
