@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from bot.citations import source_label
 from bot.errors import CommandError
-from bot.params import SETTABLE, effective_params, parse_setting
+from bot.params import SETTABLE, parse_setting
 from bot.prompt import usable_in_context
-from bot.seams.history import Conversation
-
-if TYPE_CHECKING:
-    from bot.engine import Engine
+from bot.seams.history import Conversation, History
+from bot.seams.model import ChatModel
+from bot.seams.retriever import Retriever
+from bot.tools.registry import ToolRegistry
+from bot.types import GenerationParams
+from config import GenerationSettings
 
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:\s+(.*))?$", re.DOTALL)
 # Longest message shown per line in /history.
@@ -33,6 +35,37 @@ def parse_command(text: str) -> tuple[str, str] | None:
     return match.group(1).lower(), (match.group(2) or "").strip()
 
 
+class EngineView(Protocol):
+    """The engine as commands see it, and all of it they may use; `Engine` provides it."""
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def model(self) -> ChatModel: ...
+
+    @property
+    def retriever(self) -> Retriever | None: ...
+
+    @property
+    def window(self) -> int:
+        """Tokens of the model's context window that this bot uses."""
+        ...
+
+    @property
+    def generation(self) -> GenerationSettings:
+        """The configured generation parameters, which a conversation's /set overrides."""
+        ...
+
+    def system_prompt(self, conv: Conversation) -> str: ...
+
+    def docs_enabled(self, conv: Conversation) -> bool: ...
+
+    def params(self, conv: Conversation) -> GenerationParams: ...
+
+    def tools_for(self, conv: Conversation) -> ToolRegistry: ...
+
+
 @dataclass(frozen=True)
 class Reply:
     """What a command answers, and which conversation is current afterwards."""
@@ -42,7 +75,7 @@ class Reply:
     ok: bool = True
 
 
-Handler = Callable[["Engine", Conversation, str], Awaitable[Reply]]
+Handler = Callable[[EngineView, Conversation, str], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -54,19 +87,19 @@ class Command:
     handler: Handler
 
 
-async def _help(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _help(engine: EngineView, conv: Conversation, args: str) -> Reply:
     lines = ["**Commands**", ""]
     lines += [f"- `{c.usage}` — {c.summary}" for c in COMMANDS.values()]
     lines += ["", "Anything else you type is sent to the model."]
     return Reply("\n".join(lines), conv)
 
 
-async def _reset(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _reset(engine: EngineView, conv: Conversation, args: str) -> Reply:
     fresh = await engine.history.start_new(conv.key)
     return Reply(f"Started a new conversation (#{fresh.id}); #{conv.id} is kept in the history.", fresh)
 
 
-async def _history(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _history(engine: EngineView, conv: Conversation, args: str) -> Reply:
     try:
         limit = int(args) if args else _HISTORY_DEFAULT
     except ValueError:
@@ -94,21 +127,21 @@ async def _history(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply("\n".join(lines), conv)
 
 
-async def _set(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _set(engine: EngineView, conv: Conversation, args: str) -> Reply:
     key, _, value = args.partition(" ")
     if not key:
         keys = ", ".join(SETTABLE)
         raise CommandError(f"Usage: /set KEY VALUE, where KEY is one of {keys}.")
-    parsed = parse_setting(engine.settings.generation, key, value, max_reply_tokens=engine.window // 2)
+    parsed = parse_setting(engine.generation, key, value, max_reply_tokens=engine.window // 2)
     key = key.lower()
     updated = await engine.history.update_settings(conv.id, {key: parsed})
     if parsed is None:
-        default = getattr(engine.settings.generation, key)
+        default = getattr(engine.generation, key)
         return Reply(f"{key} is back to the default ({_show(default)}).", updated)
     return Reply(f"{key} = {_show(parsed)} for this conversation.", updated)
 
 
-async def _system(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _system(engine: EngineView, conv: Conversation, args: str) -> Reply:
     if not args:
         return Reply(f"System prompt:\n\n> {engine.system_prompt(conv)}", conv)
     if args.lower() in ("default", "reset"):
@@ -121,8 +154,8 @@ async def _system(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply("System prompt set for this conversation.", updated)
 
 
-async def _settings(engine: Engine, conv: Conversation, args: str) -> Reply:
-    params = effective_params(engine.settings.generation, conv.settings)
+async def _settings(engine: EngineView, conv: Conversation, args: str) -> Reply:
+    params = engine.params(conv)
     lines = [f"**Settings of conversation #{conv.id}**", ""]
     for key in SETTABLE:
         source = "this conversation" if key in conv.settings else "default"
@@ -132,7 +165,7 @@ async def _settings(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply("\n".join(lines), conv)
 
 
-async def _model(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _model(engine: EngineView, conv: Conversation, args: str) -> Reply:
     info = engine.model.info
     text = "\n".join(
         [
@@ -145,7 +178,7 @@ async def _model(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply(text, conv)
 
 
-async def _docs(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _docs(engine: EngineView, conv: Conversation, args: str) -> Reply:
     if engine.retriever is None:
         raise CommandError("Document search is not available in this chinwag (no document store).")
     choice = args.strip().lower()
@@ -159,7 +192,7 @@ async def _docs(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply(f"Document search is {state} for this conversation (`/docs on|off` changes it).", conv)
 
 
-async def _sources(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _sources(engine: EngineView, conv: Conversation, args: str) -> Reply:
     messages = await engine.history.load(conv.id)
     last = next((m for m in reversed(messages) if m.role == "assistant"), None)
     if last is None:
@@ -184,7 +217,7 @@ async def _sources(engine: Engine, conv: Conversation, args: str) -> Reply:
     return Reply("\n".join(lines).rstrip(), conv)
 
 
-async def _tools(engine: Engine, conv: Conversation, args: str) -> Reply:
+async def _tools(engine: EngineView, conv: Conversation, args: str) -> Reply:
     choice = args.strip().lower()
     if choice in ("on", "off"):
         updated = await engine.history.update_settings(conv.id, {"tools": choice == "on"})
@@ -231,7 +264,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-async def run_command(engine: Engine, conv: Conversation, name: str, args: str) -> Reply:
+async def run_command(engine: EngineView, conv: Conversation, name: str, args: str) -> Reply:
     """Run one command; unknown commands and bad arguments raise CommandError."""
     command = COMMANDS.get(name)
     if command is None:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import logging
-import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from bot.citations import (
@@ -28,10 +25,10 @@ from bot.metrics import Metrics
 from bot.params import effective_params
 from bot.prompt import PromptBudget
 from bot.seams.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
-from bot.seams.model import ChatModel, Chunk, Finish, Queued
+from bot.seams.model import ChatModel, Chunk
 from bot.seams.retriever import Passage, Retriever, scopes_for
-from bot.tools.calls import parse_tool_calls
-from bot.tools.registry import Tool, ToolError, ToolRegistry
+from bot.toolloop import Approver, ToolLoop
+from bot.tools.registry import Tool, ToolRegistry
 from bot.types import (
     ChatMessage,
     CommandResult,
@@ -40,15 +37,12 @@ from bot.types import (
     Incoming,
     Notice,
     Status,
-    TextDelta,
-    ToolCall,
-    ToolStatus,
     TurnDone,
     TurnFailed,
     TurnStarted,
     Usage,
 )
-from config import Settings
+from config import GenerationSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +102,14 @@ class Engine:
             return False
         return bool(conv.settings.get("docs", self.settings.retrieval.enabled))
 
+    @property
+    def generation(self) -> GenerationSettings:
+        """The configured generation parameters, which a conversation's /set overrides."""
+        return self.settings.generation
+
     def params(self, conv: Conversation) -> GenerationParams:
         """The generation parameters this conversation uses."""
-        return effective_params(self.settings.generation, conv.settings)
+        return effective_params(self.generation, conv.settings)
 
     # One turn -------------------------------------------------------------------------
 
@@ -372,127 +371,26 @@ class Engine:
         extra: dict[str, Any] | None = None,
         approve: Approver | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """Stream the reply, with tool rounds (`tools`: those this conversation may use), and store it."""
-        extra = dict(extra or {})
+        """Stream the reply through its tool rounds (`tools`: those this conversation may use), then
+        store it: complete, or as far as it got when it was interrupted or failed."""
+        loop = ToolLoop(self.model, params, tools, self.settings.tools, prompt_tokens, approve)
         model_name = self.model.info.name
-        started = time.monotonic()
-        first_token: float | None = None
-        parts: list[str] = []
-        finish: Finish | None = None
-        completion = 0
-        calls: list[ToolCall] = []
-        messages = list(prompt)
-        corrections = 0
-
-        def usage() -> Usage:
-            now = time.monotonic()
-            return Usage(
-                prompt_tokens=finish.prompt_tokens if finish else prompt_tokens,
-                completion_tokens=completion + (0 if finish else len(parts)),
-                latency_ms=int((now - started) * 1000),
-                first_token_ms=int((first_token - started) * 1000) if first_token else None,
-            )
 
         def metadata() -> dict[str, Any]:
-            meta = dict(extra)
-            if calls:
-                meta["tool_calls"] = [asdict(call) for call in calls]
+            meta = dict(extra or {})
+            if loop.calls:
+                meta["tool_calls"] = [asdict(call) for call in loop.calls]
             return meta
 
         try:
-            ran: dict[str, ToolCall] = {}
-            for round_number in range(self.settings.tools.max_rounds + 1):
-                offer = tools if tools.tools and round_number < self.settings.tools.max_rounds else None
-                schemas = offer.schemas() if offer else None
-                if offer is None and calls:
-                    # The answer round. Small models that see their own calls in the prompt tend
-                    # to call again instead of answering; given the results as plain context (or,
-                    # when no tool gave one, the original prompt), they answer.
-                    ok = any(call.status == "ok" for call in calls)
-                    messages = _results_prompt(prompt, calls) if ok else list(prompt)
-                parts, finish = [], None
-                # While a call is possible (tools offered, or tools already used this turn), text
-                # that starts like a call is held back until we know.
-                held: list[str] = []
-                streaming = offer is None and not calls
-                constrain = bool(schemas) and self.settings.tools.constrained
-                async with aclosing(self.model.stream(messages, params, schemas, constrain)) as stream:
-                    async for item in stream:
-                        if isinstance(item, Chunk):
-                            if first_token is None:
-                                first_token = time.monotonic()
-                            parts.append(item.text)
-                            if streaming:
-                                yield TextDelta(item.text)
-                                continue
-                            held.append(item.text)
-                            if _call_prefix("".join(held)) is False:
-                                streaming = True
-                                yield TextDelta("".join(held))
-                                held = []
-                        elif isinstance(item, Queued):
-                            # Shown while waiting, never part of the reply.
-                            yield Notice(queue_notice(item.position))
-                        else:
-                            finish = item
-                completion += finish.completion_tokens if finish else len(parts)
-                output = "".join(parts)
-                parsed = parse_tool_calls(output) if not streaming else None
-                if offer is None or parsed is None or not (parsed.calls or parsed.malformed):
-                    if parsed is not None and (parsed.calls or parsed.malformed) and calls:
-                        # Out of rounds and still calling: say what the tools found instead of JSON.
-                        parts = [_results_reply(calls)]
-                        held = parts
-                    if held:
-                        yield TextDelta("".join(held))
-                    break
-                # A tool round: run the calls, hand the results back, generate again.
-                messages.append(ChatMessage("assistant", output))
-                problems = list(parsed.malformed and ["the tool call is not valid JSON"])
-                repeated = 0
-                for found in parsed.calls:
-                    key = f"{found.name}:{json.dumps(found.arguments, sort_keys=True, default=str)}"
-                    if (key in ran and ran[key].status == "ok") or _echoes(found.arguments, calls):
-                        # Small models often repeat a call after its result; do not run it again.
-                        repeated += 1
-                        previous = ran.get(key) or next(c for c in reversed(calls) if c.status == "ok")
-                        messages.append(ChatMessage("tool", previous.result))
-                        continue
-                    call = await self._call_tool(offer, found.name, found.arguments, approve)
-                    ran[key] = call
-                    calls.append(call)
-                    yield call
-                    if call.status == "invalid":
-                        problems.append(call.result)
-                    else:
-                        messages.append(ChatMessage("tool", call.result))
-                if repeated and repeated == len(parsed.calls):
-                    # The model has what it needs and is going round in circles: answer now.
-                    tools = ToolRegistry()
-                if problems:
-                    corrections += 1
-                    hint = (
-                        "Your tool call could not be used: "
-                        + "; ".join(problems)
-                        + ". "
-                        + (
-                            "Call a tool again with valid JSON arguments, or answer directly."
-                            if corrections == 1
-                            else "Answer the user directly now, without tools."
-                        )
-                    )
-                    messages.append(ChatMessage("tool", hint))
-                    if corrections > 1:
-                        tools = ToolRegistry()
-                        if not any(call.status == "ok" for call in calls):
-                            # Nothing useful came of the tools: answer as if none had been offered,
-                            # from the original prompt, without the failed attempts in it.
-                            messages = list(prompt)
+            async with aclosing(loop.run(prompt)) as rounds:
+                async for event in rounds:
+                    yield event
         except (asyncio.CancelledError, GeneratorExit):
             # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
             await asyncio.shield(
                 self._store_reply(
-                    conv, "".join(parts), "interrupted", usage(), model_name, params, metadata()
+                    conv, loop.text, "interrupted", loop.usage(), model_name, params, metadata()
                 )
             )
             raise
@@ -500,9 +398,9 @@ class Engine:
             log.exception("generation failed in conversation %s", conv.id)
             stored = await self._store_reply(
                 conv,
-                "".join(parts),
+                loop.text,
                 "failed",
-                usage(),
+                loop.usage(),
                 model_name,
                 params,
                 metadata(),
@@ -515,13 +413,14 @@ class Engine:
             )
             return
 
+        finish = loop.finish
         status: Status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
-        text = "".join(parts)
+        text = loop.text
         meta: dict[str, Any] = {**metadata(), "finish_reason": finish.reason if finish else "stop"}
         if "sources" in meta:
             meta["sources"] = mark_cited(meta["sources"], text)
-        stored = await self._store_reply(conv, text, status, usage(), model_name, params, meta)
-        yield TurnDone(conv.id, stored.id, text, status, usage(), model_name, meta)
+        stored = await self._store_reply(conv, text, status, loop.usage(), model_name, params, meta)
+        yield TurnDone(conv.id, stored.id, text, status, loop.usage(), model_name, meta)
 
     def tools_for(self, conv: Conversation) -> ToolRegistry:
         """The tools this conversation may use (none when tools are off)."""
@@ -561,46 +460,6 @@ class Engine:
 
         return Tool.from_function(search_documents, timeout_s=10.0)
 
-    async def _call_tool(
-        self, tools: ToolRegistry, name: str, arguments: Any, approve: Approver | None = None
-    ) -> ToolCall:
-        """Validate and run one call off the event loop, with a timeout; never raises."""
-        started = time.monotonic()
-
-        def done(result: str, status: ToolStatus, args: dict[str, Any]) -> ToolCall:
-            limit = self.settings.tools.result_max_chars
-            if len(result) > limit:
-                result = result[:limit] + f"… [cut at {limit} characters]"
-            return ToolCall(name, args, result, status, int((time.monotonic() - started) * 1000))
-
-        shown = arguments if isinstance(arguments, dict) else {"_": arguments}
-        try:
-            tool = tools.get(name)
-            checked = tool.validate(arguments)
-        except ToolError as error:
-            return done(str(error), "invalid", shown)
-        if tool.needs_approval:
-            if approve is None:
-                return done(f"{name} needs the user's approval, which cannot be asked here", "error", checked)
-            asked = time.monotonic()
-            if not await approve(ApprovalRequest(name, checked, tool.description)):
-                return done(f"The user declined to run {name}", "error", checked)
-            started += time.monotonic() - asked  # the user's thinking time is not the tool's
-        timeout = min(tool.timeout_s, self.settings.tools.timeout_s)
-        try:
-            if inspect.iscoroutinefunction(tool.function):
-                result = await asyncio.wait_for(tool.function(**checked), timeout)
-            else:
-                result = await asyncio.wait_for(asyncio.to_thread(tool.function, **checked), timeout)
-        except TimeoutError:
-            return done(f"{name} did not finish within {timeout:g} s", "timeout", checked)
-        except ToolError as error:
-            return done(f"Error: {error}", "error", checked)
-        except Exception as error:
-            log.exception("tool %s failed", name)
-            return done(f"Error: {name} failed ({type(error).__name__})", "error", checked)
-        return done(result if isinstance(result, str) else json.dumps(result, default=str), "ok", checked)
-
     async def _store_reply(
         self,
         conv: Conversation,
@@ -638,69 +497,6 @@ class Engine:
                 metadata=meta,
             ),
         )
-
-
-@dataclass(frozen=True)
-class ApprovalRequest:
-    """A tool call waiting for the user's yes or no."""
-
-    name: str
-    arguments: dict[str, Any]
-    description: str
-
-
-Approver = Callable[[ApprovalRequest], Awaitable[bool]]
-
-
-def _echoes(arguments: Any, calls: list[ToolCall]) -> bool:
-    """A call whose only input is an earlier result: the model is done, and restating it."""
-    results = {call.result.strip() for call in calls if call.status == "ok"}
-    if not results or not isinstance(arguments, dict) or not arguments:
-        return False
-    # Schema words small models copy into calls ("type": "string") are not inputs.
-    values = [v for k, v in arguments.items() if k not in ("type", "description", "title")]
-    return bool(values) and all(str(value).strip() in results for value in values)
-
-
-def _results_prompt(prompt: list[ChatMessage], calls: list[ToolCall]) -> list[ChatMessage]:
-    """The original prompt with the tools' results in the system message, for the answer round."""
-    results = "\n".join(f"- {call.summary(limit=1500)}" for call in calls if call.status == "ok")
-    note = (
-        "Tools were run for the user's last message. Their results:\n"
-        f"{results}\n"
-        "Answer the user's last message in plain words, using these results. Do not write a tool call."
-    )
-    if prompt and prompt[0].role == "system":
-        return [ChatMessage("system", f"{prompt[0].content}\n\n{note}"), *prompt[1:]]
-    return [ChatMessage("system", note), *prompt]
-
-
-def _results_reply(calls: list[ToolCall]) -> str:
-    """A plain reply from the tool results, for a model that keeps calling instead of answering."""
-    found = [call for call in calls if call.status == "ok"]
-    if not found:
-        return "I could not get an answer from the tools."
-    return "\n".join(f"{call.summary(limit=500)}" for call in found)
-
-
-def _call_prefix(text: str) -> bool | None:
-    """Whether a reply that starts with `text` is a tool call (True), is not (False), or may be (None)."""
-    start = text.lstrip()
-    if not start:
-        return None
-    for prefix in ("<tool_call>", "```", "{", "["):
-        if start.startswith(prefix) or (len(start) < len(prefix) and prefix.startswith(start)):
-            return True
-    return False
-
-
-def queue_notice(position: int) -> str:
-    """What the user is told while the reply waits for the model (0: it has started)."""
-    if position <= 0:
-        return "Thinking…"
-    if position == 1:
-        return "Waiting for the model — you are next"
-    return f"Waiting for the model — {position - 1} ahead of you"
 
 
 def key_of(incoming: Incoming) -> ConversationKey:

@@ -506,26 +506,39 @@ async def test_summary_is_reused_not_rewritten_every_turn(history: SqlHistory, s
     assert 1 <= len(summaries) <= 4
 
 
-class _SlowWrites(SqlHistory):
-    """The real store, with each write taking a moment (a busy disk), so a cancel can land mid-write."""
+class _HeldWrites(SqlHistory):
+    """The real store, with each write held until the test lets it go (a busy disk), so that a
+    cancel lands mid-write; `finished` is set when a write ends, whether it was stored or not."""
+
+    entered: asyncio.Event
+    release: asyncio.Event
+    finished: asyncio.Event
 
     async def append(self, conversation_id: int, message: NewMessage) -> StoredMessage:
-        await asyncio.sleep(0.2)
-        return await super().append(conversation_id, message)
+        self.entered.set()
+        try:
+            await self.release.wait()
+            return await super().append(conversation_id, message)
+        finally:
+            self.finished.set()
 
 
 async def test_a_cancel_while_the_message_is_written_does_not_lose_it(
     model: FakeModel, settings: Settings
 ) -> None:
-    history = await _SlowWrites.open(settings)
+    history = await _HeldWrites.open(settings)
+    assert isinstance(history, _HeldWrites)
+    history.entered, history.release, history.finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
     try:
         engine = Engine(model, history, settings)
         task = asyncio.create_task(run(engine, said("please keep me")))
-        await asyncio.sleep(0.05)  # inside the write
+        await history.entered.wait()  # inside the write
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.3)  # the shielded write finishes on its own
+        assert not history.finished.is_set()
+        history.release.set()
+        await history.finished.wait()  # the shielded write goes on without the cancelled turn
         [conv] = await history.list()
         assert [(m.role, m.content) for m in await history.load(conv.id)] == [("user", "please keep me")]
         assert model.prompts == []  # nothing was generated for a cancelled turn
