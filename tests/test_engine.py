@@ -563,7 +563,7 @@ async def test_latest_conversation_is_the_channels_last_active_one_not_archived(
     # An answer that was being written at the /reset is stored after it: the archived
     # conversation is now the last updated, and still not the one commands act on.
     await history.append(second.conversation_id, NewMessage("assistant", "late"))
-    [last_updated, *_] = await history.list(**where)
+    [last_updated, *_] = await history.list(platform="slack", scope="T1", channel="C1")
     assert last_updated.id == second.conversation_id and last_updated.archived
     latest = await engine.latest_conversation(**where)
     assert latest is not None and latest.id == fresh
