@@ -15,34 +15,20 @@ import contextlib
 import logging
 import os
 import re
-import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import discord
 import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from adapters.inflight import InFlight
-from adapters.textsplit import split_message
+from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from bot.app import App
-from bot.citations import sources_footer
 from bot.errors import ChinwagError
-from bot.seams.history import ConversationKey, History, UserRef
-from bot.types import (
-    CommandResult,
-    Event,
-    Incoming,
-    Notice,
-    TextDelta,
-    ToolCall,
-    TurnDone,
-    TurnFailed,
-    TurnStarted,
-)
+from bot.seams.history import ConversationKey, History
+from bot.types import Incoming
 from config.settings import DiscordSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -54,22 +40,16 @@ TYPING_EVERY_S = 8.0  # Discord shows "is typing…" for about 10 seconds per re
 THREAD_NAME_CHARS = 90  # Discord allows 100
 
 
-class Engine(Protocol):
-    """What the adapter needs of the engine."""
-
-    def handle(self, incoming: Incoming) -> AsyncGenerator[Event, None]:
-        """Answer one message or /command as a stream of events."""
-        ...
-
-    async def link_reply(
-        self, turn: TurnStarted | None, message_id: int | None, platform: str, external_ids: Sequence[str]
-    ) -> None:
-        """Link a turn's stored reply to the platform messages that show it."""
-        ...
-
-    async def forget(self, platform: str, external_id: str) -> int:
-        """Take a deleted question and its replies out of the conversation's context."""
-        ...
+# Discord's Markdown for a reply: notes under the answer in small print (-#). No placeholder:
+# "is typing…" shows that the bot is on it.
+STYLE = Style(
+    status="*{}*",
+    remark="-# *{}*",
+    sources="-# {}",
+    tool="-# ⚙ `{}`",
+    warning="⚠️ {}",
+    tick="ʼ",
+)
 
 
 def token_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -101,20 +81,31 @@ def point_at(settings: DiscordSettings) -> None:
 # One reply, posted as one or more messages ------------------------------------------------------
 
 
-class Sink(Protocol):
+class Sink(Place[discord.Message]):
     """Where a reply's messages go: a channel or thread, or an interaction's follow-ups."""
 
-    async def post(self, text: str) -> discord.Message:
-        """Post one more message of the reply."""
-        ...
+    failures = (discord.HTTPException, OSError, TimeoutError)
+
+    async def edit(self, message: discord.Message, text: str) -> discord.Message:
+        """Edit a posted message; discord.py waits out a 429 (retry_after) and retries by itself."""
+        return await message.edit(content=text) or message
+
+    def ref(self, message: discord.Message) -> str:
+        """A posted message's id in the history: its snowflake."""
+        return str(message.id)
 
 
 @dataclass
-class ChannelSink:
+class ChannelSink(Sink):
     """Messages in a channel, thread or DM; the first one replies to `reference` when given."""
 
     channel: discord.abc.Messageable
     reference: discord.Message | None = None
+
+    @property
+    def where(self) -> str:
+        """The channel, for logs."""
+        return f"channel {getattr(self.channel, 'id', self.channel)}"
 
     async def post(self, text: str) -> discord.Message:
         """Send a message (as a reply to the question, the first time)."""
@@ -125,12 +116,17 @@ class ChannelSink:
 
 
 @dataclass
-class InteractionSink:
+class InteractionSink(Sink):
     """The deferred response of a slash command, then follow-up messages."""
 
     interaction: discord.Interaction
     ephemeral: bool = False
     _first: bool = True
+
+    @property
+    def where(self) -> str:
+        """The interaction, for logs."""
+        return f"interaction {self.interaction.id}"
 
     async def post(self, text: str) -> discord.Message:
         """Fill in the deferred "thinking" response, then send follow-ups."""
@@ -140,76 +136,16 @@ class InteractionSink:
         return await self.interaction.followup.send(text, ephemeral=self.ephemeral, wait=True)
 
 
-@dataclass
-class Reply:
-    """One answer on Discord: what it says so far, and the messages that show it."""
-
-    sink: Sink
-    text: str = ""
-    notes: list[str] = field(default_factory=list)
-    status: str = ""
-    posted: list[discord.Message] = field(default_factory=list)
-    shown: list[str] = field(default_factory=list)
-    last_edit: float = 0.0
-    conversation_id: int | None = None
-    failed: bool = False
-    finished: bool = False
-    # The turn (once the question is stored) and its stored reply (once told), to link the posts to.
-    turn: TurnStarted | None = None
-    stored_id: int | None = None
-
-    def parts(self, limit: int) -> list[str]:
-        """The messages the reply is now: the text, notes under it, split at the limit."""
-        empty = self.finished and not self.notes
-        body = self.text.strip() or self.status or ("*(no answer)*" if empty else "")
-        whole = "\n\n".join(p for p in (body, "\n".join(self.notes)) if p.strip())
-        return split_message(whole, limit)
-
-    def apply(self, event: Event) -> None:
-        """Fold one engine event into the reply."""
-        if isinstance(event, TextDelta):
-            self.text += event.text
-            self.status = ""
-        elif isinstance(event, Notice):
-            self.status = f"*{event.text}*"
-        elif isinstance(event, ToolCall):
-            self.notes.append(f"-# ⚙ `{event.summary().replace('`', 'ʼ')}`")
-        elif isinstance(event, CommandResult):
-            self.conversation_id = event.conversation_id
-            self.text = event.text if event.ok else f"⚠️ {event.text}"
-            self.finished = True
-        elif isinstance(event, TurnFailed):
-            self.conversation_id = event.conversation_id or self.conversation_id
-            self.stored_id = event.message_id
-            self.notes.append(f"⚠️ {event.message}")
-            self.status = ""
-            self.finished = True
-        elif isinstance(event, TurnDone):
-            self.conversation_id = event.conversation_id
-            self.stored_id = event.message_id
-            self.text = event.text
-            self.status = ""  # a notice ("Waiting for the model…") no longer holds
-            self.finished = True
-            if footer := sources_footer(event.metadata.get("sources") or []):
-                self.notes.append(f"-# {footer}")
-            if event.status == "interrupted":
-                self.notes.append("-# *(interrupted)*")
-        elif isinstance(event, TurnStarted):
-            self.conversation_id = event.conversation_id
-            self.turn = event
-
-
 # The adapter ----------------------------------------------------------------------------------
 
 
-class DiscordAdapter(InFlight):
+class DiscordAdapter(ChatAdapter):
     """Discord events in, engine turns out; one per process (one bot token, any number of guilds)."""
 
     platform = PLATFORM
 
-    def __init__(self, engine: Engine, history: History, settings: DiscordSettings, token: str) -> None:
-        self.engine = engine
-        self.history = history
+    def __init__(self, engine: ChatEngine, history: History, settings: DiscordSettings, token: str) -> None:
+        super().__init__(engine, history)
         self.settings = settings
         self._token = token
         point_at(settings)
@@ -219,7 +155,6 @@ class DiscordAdapter(InFlight):
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self.tree = app_commands.CommandTree(self.client)
-        super().__init__()
         self._connection: asyncio.Task[None] | None = None
         self._register()
 
@@ -376,16 +311,7 @@ class DiscordAdapter(InFlight):
         # A resumed gateway may replay events; a message is answered once, even across restarts.
         if not await self.history.claim_event(PLATFORM, f"message:{message.id}"):
             return
-        incoming = Incoming(
-            text=text,
-            platform=PLATFORM,
-            scope=key.scope,
-            channel=key.channel,
-            thread=key.thread,
-            user_id=str(message.author.id),
-            user_name=message.author.display_name,
-            message_id=str(message.id),
-        )
+        incoming = _incoming(key, message.author, text, str(message.id))
         self.spawn(self._answer_message(message, incoming, new_thread), incoming.message_id)
 
     async def _answer_message(self, message: discord.Message, incoming: Incoming, new_thread: bool) -> None:
@@ -412,100 +338,27 @@ class DiscordAdapter(InFlight):
     async def _answer(
         self, incoming: Incoming, sink: Sink, typing: discord.abc.Messageable | None = None
     ) -> None:
-        """Run one turn and stream it to Discord; the reply is stored even if Discord cannot take it."""
-        reply = Reply(sink)
-        changed = asyncio.Event()
-        finished = asyncio.Event()
-        pusher = asyncio.create_task(self._push_loop(reply, changed, finished))
-        typer = asyncio.create_task(self._type(typing, reply, finished)) if typing is not None else None
+        """Run one turn and stream it to Discord, showing "is typing…" in `typing` meanwhile."""
+        limit, interval = self.settings.max_message_chars, self.settings.edit_interval_s
+        stream = Stream(Reply(STYLE), sink, limit, interval)
+        typer = asyncio.create_task(self._type(typing, stream)) if typing is not None else None
         try:
-            async with aclosing(self.engine.handle(incoming)) as events:
-                async for event in events:
-                    reply.apply(event)
-                    changed.set()
-        except asyncio.CancelledError:
-            deleted = self.stopped()
-            if deleted and not reply.posted:
-                pusher.cancel()  # nothing shown yet: nothing to answer a deleted question with
-            reply.notes.append(
-                "-# *(stopped: the question was deleted)*"
-                if deleted
-                else "-# *(interrupted: chinwag is restarting)*"
-            )
-            reply.status = ""
-            reply.finished = True
-            finished.set()
-            changed.set()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(pusher), timeout=5)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._link(reply))
-            raise
+            await self.answer(incoming, stream)
         finally:
-            finished.set()
-            changed.set()
             if typer is not None:
                 typer.cancel()
-        await pusher
-        await self._link(reply)
-        if reply.failed:
-            log.error(
-                "discord: the reply in conversation %s could not be posted in full; the history keeps it",
-                reply.conversation_id,
-            )
 
-    async def _link(self, reply: Reply) -> None:
-        """Link the stored reply to the messages that show it (a 👍 on any of them then reaches it)."""
-        ids = [str(m.id) for m in reply.posted]
-        await self.engine.link_reply(reply.turn, reply.stored_id, PLATFORM, ids)
-
-    async def _type(self, channel: discord.abc.Messageable, reply: Reply, finished: asyncio.Event) -> None:
+    async def _type(self, channel: discord.abc.Messageable, stream: Stream[discord.Message]) -> None:
         """Show "chinwag is typing…" until the answer's first words are posted (a placeholder with
         the reply's place in the queue does not count: the bot is still working on it)."""
-        while not (reply.posted and reply.text.strip()) and not finished.is_set():
+        while not (stream.posted and stream.reply.text.strip()) and not stream.ended.is_set():
             try:
                 await channel.typing()
             except (discord.HTTPException, OSError) as error:
                 log.debug("discord: typing indicator failed: %s", error)
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=TYPING_EVERY_S)
-
-    async def _push_loop(self, reply: Reply, changed: asyncio.Event, finished: asyncio.Event) -> None:
-        """Push the reply as it grows: at most one edit per interval, carrying all that came meanwhile."""
-        while True:
-            await changed.wait()
-            changed.clear()
-            if not finished.is_set():
-                wait = reply.last_edit + self.settings.edit_interval_s - time.monotonic()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(finished.wait(), timeout=wait)
-            await self._show(reply)
-            if finished.is_set():
-                await self._show(reply)  # the last events may have come while the edit was under way
-                return
-
-    async def _show(self, reply: Reply) -> None:
-        """Bring the reply's messages up to date: edit what changed, post what is new."""
-        if reply.failed:
-            return
-        parts = reply.parts(self.settings.max_message_chars)
-        try:
-            for index, part in enumerate(parts):
-                if index < len(reply.posted):
-                    if reply.shown[index] == part:
-                        continue
-                    # discord.py waits out a 429 (retry_after) and retries by itself.
-                    reply.posted[index] = await reply.posted[index].edit(content=part) or reply.posted[index]
-                    reply.shown[index] = part
-                else:
-                    reply.posted.append(await reply.sink.post(part))
-                    reply.shown.append(part)
-                reply.last_edit = time.monotonic()
-        except (discord.HTTPException, OSError, TimeoutError) as error:
-            reply.failed = True
-            log.error("discord: posting a reply failed (%s) in conversation %s", error, reply.conversation_id)
+                await asyncio.wait_for(stream.ended.wait(), timeout=TYPING_EVERY_S)
 
     # Slash commands -------------------------------------------------------------------
 
@@ -517,16 +370,7 @@ class DiscordAdapter(InFlight):
             return
         await interaction.response.defer(thinking=True, ephemeral=ephemeral)
         key = self._key(interaction.guild_id, interaction.user.id, interaction.channel)
-        incoming = Incoming(
-            text=text,
-            platform=PLATFORM,
-            scope=key.scope,
-            channel=key.channel,
-            thread=key.thread,
-            user_id=str(interaction.user.id),
-            user_name=interaction.user.display_name,
-            message_id=f"interaction:{interaction.id}",
-        )
+        incoming = _incoming(key, interaction.user, text, f"interaction:{interaction.id}")
         self.spawn(self._answer(incoming, InteractionSink(interaction, ephemeral)))
 
     # Deletions and reactions ----------------------------------------------------------
@@ -534,10 +378,10 @@ class DiscordAdapter(InFlight):
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         """A question deleted: its answer stops if it is being written, and both leave the
         conversation's context."""
-        await self.deleted(self.engine, str(payload.message_id))
+        await self.deleted(str(payload.message_id))
 
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
-        await asyncio.gather(*(self.deleted(self.engine, str(m)) for m in payload.message_ids))
+        await asyncio.gather(*(self.deleted(str(m)) for m in payload.message_ids))
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         """👍/👎 on one of the bot's replies: the person's rating of that stored message."""
@@ -557,23 +401,27 @@ class DiscordAdapter(InFlight):
         if payload.guild_id is not None and self.settings.allowed_guilds:
             if str(payload.guild_id) not in self.settings.allowed_guilds:
                 return
-        stored = await self.history.find_message(PLATFORM, str(payload.message_id))
-        if stored is None or stored.role != "assistant":
-            return
-        user = UserRef(PLATFORM, str(payload.user_id))
-        if added:
-            await self.history.set_feedback(stored.id, user, value)
-        else:
-            ratings = await self.history.feedback(stored.id)
-            current = [f.value for f in ratings if f.user.external_id == user.external_id]
-            if current != [value]:
-                return
-            await self.history.set_feedback(stored.id, user, None)
-        log.info("discord: feedback %+d on message %s (%s)", value, stored.id, "on" if added else "off")
+        await self.rate(str(payload.message_id), str(payload.user_id), value, added)
 
     async def on_resumed(self) -> None:
         """The gateway came back: answers in flight kept going over REST meanwhile."""
         log.info("discord: gateway session resumed (%d answers in flight)", len(self._tasks))
+
+
+def _incoming(
+    key: ConversationKey, user: discord.User | discord.Member, text: str, message_id: str
+) -> Incoming:
+    """What `user` said in the conversation `key`, as the engine takes it."""
+    return Incoming(
+        text=text,
+        platform=PLATFORM,
+        scope=key.scope,
+        channel=key.channel,
+        thread=key.thread,
+        user_id=str(user.id),
+        user_name=user.display_name,
+        message_id=message_id,
+    )
 
 
 def _rating(emoji: str) -> int | None:

@@ -9,9 +9,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Seconds a deletion waits for the answer it stops to be stored (its last edit waits at most 5).
-STOP_WAIT_S = 10.0
-
 
 class InFlight:
     """Spawns answer tasks, and on shutdown stops taking new ones and lets the running ones finish.
@@ -54,15 +51,6 @@ class InFlight:
         self._stopped.add(task)
         task.cancel()
         return task
-
-    async def deleted(self, engine: Any, key: str) -> None:
-        """A message deleted on the platform (`key`, its id as its Incoming gave it): its answer
-        stops if it is being written, then the question and its replies leave the conversation's
-        context (`Engine.forget`)."""
-        task = self.stop(key)
-        if task is not None:
-            await asyncio.wait({task}, timeout=STOP_WAIT_S)  # the reply it stores is forgotten too
-        await engine.forget(self.platform, key)
 
     def stopped(self) -> bool:
         """Whether the running answer was cancelled by `stop` (its question deleted), not by a shutdown."""

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.text import Text
 
+from adapters.reply import ChatEngine
 from bot.citations import sources_footer
 from bot.types import (
     CommandResult,
@@ -30,16 +31,6 @@ from bot.types import (
 
 EXIT_WORDS = {"/exit", "/quit", "/bye"}
 PROMPT = "you › "
-
-
-class Handler(Protocol):
-    """What the REPL needs of the engine."""
-
-    def handle(
-        self, incoming: Incoming, approve: Callable[[Any], Awaitable[bool]] | None = None
-    ) -> AsyncGenerator[Event, None]:
-        """Answer one message as a stream of events; `approve` is asked before sensitive tools run."""
-        ...
 
 
 @dataclass
@@ -107,7 +98,7 @@ class Repl:
 
     def __init__(
         self,
-        handler: Handler,
+        handler: ChatEngine,
         session: Session,
         history_file: Path,
         console: Console | None = None,

@@ -10,13 +10,12 @@ feedback. Scope = the workspace (team) id, so history and documents stay within 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -31,24 +30,12 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.inflight import InFlight
+from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from adapters.slack_format import from_slack, to_mrkdwn
-from adapters.textsplit import split_message
 from bot.app import App
-from bot.citations import sources_footer
 from bot.errors import ChinwagError
-from bot.seams.history import ConversationKey, History, UserRef
-from bot.types import (
-    CommandResult,
-    Event,
-    Incoming,
-    Notice,
-    TextDelta,
-    ToolCall,
-    TurnDone,
-    TurnFailed,
-    TurnStarted,
-)
+from bot.seams.history import ConversationKey, History
+from bot.types import Incoming
 from config import Settings, SlackSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +46,16 @@ LIKE = {"+1", "thumbsup"}
 DISLIKE = {"-1", "thumbsdown"}
 # Message subtypes that are still a person talking; edits, deletions, joins and bots are not.
 _SPOKEN_SUBTYPES = {None, "thread_broadcast", "file_share"}
+# Slack's markup (mrkdwn) for a reply; the placeholder comes from the settings.
+STYLE = Style(
+    status="_{}_",
+    remark="_{}_",
+    sources="_{}_",
+    tool="⚙ `{}`",
+    warning=":warning: {}",
+    tick="'",
+    markup=to_mrkdwn,
+)
 
 
 @dataclass(frozen=True)
@@ -127,49 +124,61 @@ class Pace:
 
 
 @dataclass
-class _Reply:
-    """One answer on Slack: the messages it is posted as, and what each shows."""
+class SlackThread(Place[str]):
+    """Where a reply goes on Slack: posts in a channel or thread (known by their ts), edited at the
+    workspace's pace."""
 
+    client: AsyncWebClient
+    pace: Pace
+    team: str
     channel: str
     thread_ts: str | None
-    team: str
-    conversation_id: int | None = None
-    text: str = ""
-    notes: list[str] = field(default_factory=list)
-    status: str = ""
-    posted: list[str] = field(default_factory=list)  # message ts, in order
-    shown: list[str] = field(default_factory=list)
-    edited_at: dict[int, float] = field(default_factory=dict)
-    failed: bool = False
-    finished: bool = False
-    # Cut short by a shutdown: its last edit goes at once instead of waiting its turn under the pace
-    # (with many answers cut at once, their turns would come after the process is gone).
-    cut: asyncio.Event = field(default_factory=asyncio.Event)
-    # The turn (once the question is stored) and its stored reply (once told), to link the posts to.
-    turn: TurnStarted | None = None
-    stored_id: int | None = None
 
-    def parts(self, limit: int, thinking: str) -> list[str]:
-        """The messages the reply is now: Markdown made mrkdwn, notes under it, split below the limit."""
-        body = to_mrkdwn(self.text.strip()) or self.status or ("" if self.finished else thinking)
-        whole = "\n\n".join(p for p in (body, "\n".join(self.notes)) if p.strip())
-        return split_message(whole, limit) or [thinking]
+    failures = (SlackApiError, SlackClientError, OSError, TimeoutError)
+
+    @property
+    def where(self) -> str:
+        """The channel, for logs."""
+        return self.channel
+
+    async def post(self, text: str) -> str:
+        """Post one more message in the thread; its ts."""
+        response = await self.client.chat_postMessage(
+            channel=self.channel, thread_ts=self.thread_ts, text=text, unfurl_links=False
+        )
+        return str(response["ts"])
+
+    async def edit(self, message: str, text: str) -> str:
+        """Change a posted message (chat.update)."""
+        await self.client.chat_update(channel=self.channel, ts=message, text=text)
+        return message
+
+    def ref(self, message: str) -> str:
+        """A posted message's id in the history."""
+        return _ref(self.team, self.channel, message)
+
+    async def ready(self) -> None:
+        """Wait until the workspace may take one more edit."""
+        await self.pace.take(self.team)
+
+    def describe(self, error: Exception) -> str:
+        """Slack's error code, or the kind of failure."""
+        return str(error.response.get("error")) if isinstance(error, SlackApiError) else type(error).__name__
 
 
-class SlackAdapter(InFlight):
+class SlackAdapter(ChatAdapter):
     """Slack events in, engine turns out; one instance per process (one bot token, any number of teams)."""
 
     platform = PLATFORM
 
     def __init__(
         self,
-        engine: Any,
+        engine: ChatEngine,
         history: History,
         settings: SlackSettings,
         credentials: SlackCredentials,
     ) -> None:
-        self.engine = engine
-        self.history = history
+        super().__init__(engine, history)
         self.settings = settings
         self.credentials = credentials
         self.client = web_client(credentials.bot_token, settings.api_base_url)
@@ -186,8 +195,8 @@ class SlackAdapter(InFlight):
             name="chinwag",
         )
         self.pace = Pace(settings.updates_per_minute)
+        self.style = replace(STYLE, placeholder=settings.thinking_text)
         self.bot_user_id: str | None = None
-        super().__init__()
         self._register()
 
     # Wiring ---------------------------------------------------------------------------
@@ -256,7 +265,7 @@ class SlackAdapter(InFlight):
         """A DM, or a message in a thread that is one of the bot's conversations (or a deletion)."""
         if gone := _deleted_ts(event):
             # Its answer stops and both leave the context; not in this handler (Slack's ack waits).
-            self.spawn(self.deleted(self.engine, _ref(_team(body, event), str(event.get("channel")), gone)))
+            self.spawn(self.deleted(_ref(_team(body, event), str(event.get("channel")), gone)))
             return
         if not self.accepting or event.get("subtype") not in _SPOKEN_SUBTYPES or event.get("bot_id"):
             return
@@ -300,25 +309,10 @@ class SlackAdapter(InFlight):
             return
         if not self.allowed(item.get("channel"), event.get("user")) or not await self._claim(body):
             return
-        team = _team(body, event)
-        stored = await self.history.find_message(PLATFORM, _ref(team, item["channel"], item["ts"]))
-        if stored is None:
-            return
-        user = UserRef(PLATFORM, str(event.get("user")))
-        value = 1 if name in LIKE else -1
-        if event.get("type") == "reaction_removed":
-            # Withdrawn only if it was this rating that the person gave.
-            current = [
-                f.value
-                for f in await self.history.feedback(stored.id)
-                if f.user.external_id == user.external_id
-            ]
-            if current != [value]:
-                return
-            await self.history.set_feedback(stored.id, user, None)
-        else:
-            await self.history.set_feedback(stored.id, user, value)
-        log.info("slack: feedback %+d on message %s", value, stored.id)
+        ref = _ref(_team(body, event), item["channel"], item["ts"])
+        await self.rate(
+            ref, str(event.get("user")), 1 if name in LIKE else -1, event.get("type") == "reaction_added"
+        )
 
     async def _on_command(
         self,
@@ -348,180 +342,32 @@ class SlackAdapter(InFlight):
         )
         if not channel.startswith("D"):
             # Slash commands carry no thread: in a channel they act on its latest conversation.
-            latest = [
-                c
-                for c in await self.history.list(platform=PLATFORM, scope=team, channel=channel)
-                if not c.archived
-            ]
-            if not latest:
+            latest = await self.engine.latest_conversation(PLATFORM, team, channel)
+            if latest is None:
                 await respond(
                     text=f"No conversation with chinwag in this channel yet: mention <@{self.bot_user_id}> "
                     f"to start one; `{COMMAND}` then acts on the latest.",
                     response_type="ephemeral",
                 )
                 return
-            incoming = replace(incoming, conversation_id=latest[0].id, thread=latest[0].key.thread)
-        text = "No answer."
+            incoming = replace(incoming, conversation_id=latest.id, thread=latest.key.thread)
+        reply = Reply(self.style)
         async with aclosing(self.engine.handle(incoming)) as events:
             async for event in events:
-                if isinstance(event, CommandResult):
-                    text = event.text if event.ok else f":warning: {event.text}"
-                elif isinstance(event, TurnFailed):
-                    text = f":warning: {event.message}"
-                elif isinstance(event, TurnDone):
-                    text = event.text
+                reply.apply(event)
+        text = reply.whole() if reply.finished else "No answer."
         try:
-            await respond(text=to_mrkdwn(text)[:3000], response_type="ephemeral")
+            await respond(text=text[:3000], response_type="ephemeral")
         except Exception:
             log.exception("slack: could not answer %s %s in %s", COMMAND, words.split()[0], channel)
 
     # Answers --------------------------------------------------------------------------
 
     async def _answer(self, incoming: Incoming, thread_ts: str | None) -> None:
-        """Run one turn and stream it to Slack; the reply is stored even if Slack cannot take it."""
-        reply = _Reply(incoming.channel, thread_ts, incoming.scope)
-        await self._show(reply)  # the placeholder: the user sees at once that the bot is on it
-        changed = asyncio.Event()
-        finished = asyncio.Event()
-        pusher = asyncio.create_task(self._push_loop(reply, changed, finished))
-        try:
-            async with aclosing(self.engine.handle(incoming)) as events:
-                async for event in events:
-                    self._apply(reply, event)
-                    changed.set()
-        except asyncio.CancelledError:
-            deleted = self.stopped()
-            reply.notes.append(
-                "_(stopped: the question was deleted)_"
-                if deleted
-                else "_(interrupted: chinwag is restarting)_"
-            )
-            reply.status = ""  # a notice ("Waiting for the model…") no longer holds
-            reply.finished = True
-            reply.cut.set()
-            finished.set()
-            changed.set()  # the pusher may be idle, waiting for a change: this is the last one
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(pusher), timeout=5)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._link(reply))
-            raise
-        finally:
-            finished.set()
-            changed.set()
-        await pusher
-        await self._link(reply)
-        if reply.failed:
-            log.error(
-                "slack: the reply in conversation %s could not be posted to %s; it is kept in the history",
-                reply.conversation_id,
-                reply.channel,
-            )
-
-    async def _link(self, reply: _Reply) -> None:
-        """Link the stored reply to the messages that show it (a 👍 on any of them then reaches it)."""
-        refs = [_ref(reply.team, reply.channel, ts) for ts in reply.posted]
-        await self.engine.link_reply(reply.turn, reply.stored_id, PLATFORM, refs)
-
-    def _apply(self, reply: _Reply, event: Event) -> None:
-        """Fold one engine event into the reply."""
-        if isinstance(event, TextDelta):
-            reply.text += event.text
-        elif isinstance(event, Notice):
-            reply.status = f"_{event.text}_"
-        elif isinstance(event, ToolCall):
-            summary = event.summary().replace("`", "'")
-            reply.notes.append(f"⚙ `{summary}`")
-        elif isinstance(event, CommandResult):
-            reply.conversation_id = event.conversation_id
-            reply.text = event.text if event.ok else f":warning: {event.text}"
-            reply.finished = True
-        elif isinstance(event, TurnFailed):
-            reply.conversation_id = event.conversation_id or reply.conversation_id
-            reply.stored_id = event.message_id
-            reply.notes.append(f":warning: {event.message}")
-            reply.status = ""
-            reply.finished = True
-        elif isinstance(event, TurnDone):
-            reply.conversation_id = event.conversation_id
-            reply.stored_id = event.message_id
-            reply.text = event.text
-            reply.finished = True
-            reply.status = "" if event.text.strip() else "_(no answer)_"
-            if footer := sources_footer(event.metadata.get("sources") or []):
-                reply.notes.append(f"_{footer}_")
-            if event.status == "interrupted":
-                reply.notes.append("_(interrupted)_")
-        elif isinstance(event, TurnStarted):
-            reply.conversation_id = event.conversation_id
-            reply.turn = event
-
-    async def _push_loop(self, reply: _Reply, changed: asyncio.Event, finished: asyncio.Event) -> None:
-        """Push the reply as it grows: one edit per message per interval, with all that came meanwhile."""
-        while True:
-            await changed.wait()
-            changed.clear()
-            if not finished.is_set():
-                # Let more text arrive before editing; what comes meanwhile is sent in the same edit.
-                last = max(reply.edited_at.values(), default=0.0)
-                wait = last + self.settings.update_interval_s - time.monotonic()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(finished.wait(), timeout=wait)
-            await self._show(reply)
-            if finished.is_set():
-                await self._show(reply)  # the last events may have come in while the edit was under way
-                return
-
-    async def _show(self, reply: _Reply) -> None:
-        """Bring the reply's messages on Slack up to date: edit what changed, post what is new."""
-        if reply.failed:
-            return
-        limit, thinking = self.settings.max_message_chars, self.settings.thinking_text
-        try:
-            index = 0
-            while index < len(parts := reply.parts(limit, thinking)):
-                part = parts[index]
-                if index >= len(reply.posted):
-                    response = await self.client.chat_postMessage(
-                        channel=reply.channel, thread_ts=reply.thread_ts, text=part, unfurl_links=False
-                    )
-                    reply.posted.append(str(response["ts"]))
-                    reply.shown.append(part)
-                    reply.edited_at[index] = time.monotonic()
-                elif reply.shown[index] != part:
-                    await self._turn(reply)
-                    # The edit carries the reply as it is now, with whatever came while it waited.
-                    parts = reply.parts(limit, thinking)
-                    if index >= len(parts):
-                        break
-                    part = parts[index]
-                    await self.client.chat_update(channel=reply.channel, ts=reply.posted[index], text=part)
-                    reply.shown[index] = part
-                    reply.edited_at[index] = time.monotonic()
-                index += 1
-        except (SlackApiError, SlackClientError, OSError, TimeoutError) as error:
-            # Retries (429 Retry-After, 5xx, connection errors) are behind us: give up on this reply.
-            reply.failed = True
-            detail = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
-            log.error(
-                "slack: posting to %s failed (%s) in conversation %s",
-                reply.channel,
-                detail,
-                reply.conversation_id,
-            )
-
-    async def _turn(self, reply: _Reply) -> None:
-        """Wait until the workspace may take one more edit, or until the reply is cut short."""
-        if reply.cut.is_set():
-            return
-        turn = asyncio.ensure_future(self.pace.take(reply.team))
-        cut = asyncio.ensure_future(reply.cut.wait())
-        try:
-            await asyncio.wait({turn, cut}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            turn.cancel()
-            cut.cancel()
+        """Run one turn and stream it into the thread, the placeholder first."""
+        place = SlackThread(self.client, self.pace, incoming.scope, incoming.channel, thread_ts)
+        limit, interval = self.settings.max_message_chars, self.settings.update_interval_s
+        await self.answer(incoming, Stream(Reply(self.style), place, limit, interval))
 
 
 def _team(body: Mapping[str, Any], event: Mapping[str, Any]) -> str:

@@ -498,6 +498,14 @@ class Engine:
             ),
         )
 
+    async def latest_conversation(self, platform: str, scope: str, channel: str) -> Conversation | None:
+        """The channel's most recently active conversation that is not archived: what a command
+        that names no thread (a Slack slash command in a channel) acts on. None if there is none."""
+        for conv in await self.history.list(platform=platform, scope=scope, channel=channel):
+            if not conv.archived:
+                return conv
+        return None
+
 
 def key_of(incoming: Incoming) -> ConversationKey:
     """The conversation key of an incoming message."""

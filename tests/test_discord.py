@@ -418,7 +418,7 @@ async def test_a_failed_send_is_logged_and_the_reply_kept(
 ) -> None:
     fake.fail_posts = 1
     model.enqueue("lost on the way")
-    with caplog.at_level(logging.ERROR, logger="adapters.discord"):
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
         await fake.user_says("hi", channel_id=DM_CHANNEL, user_id=77)
         await fake.wait_for(lambda: fake.fail_posts == 0)
         await bot.idle()

@@ -544,3 +544,45 @@ async def test_a_cancel_while_the_message_is_written_does_not_lose_it(
         assert model.prompts == []  # nothing was generated for a cancelled turn
     finally:
         await history.close()
+
+
+async def test_latest_conversation_is_the_channels_last_active_one_not_archived(
+    engine: Engine, model: FakeModel, history: SqlHistory
+) -> None:
+    where = {"platform": "slack", "scope": "T1", "channel": "C1"}
+    assert await engine.latest_conversation(**where) is None
+
+    model.enqueue("first")
+    older = await run(engine, said("one", thread="100.1", **where))
+    model.enqueue("second")
+    newer = await run(engine, said("two", thread="200.2", **where))
+    model.enqueue("elsewhere")
+    await run(engine, said("three", thread="300.3", platform="slack", scope="T1", channel="C2"))
+    model.enqueue("other team")
+    await run(engine, said("four", thread="400.4", platform="slack", scope="T2", channel="C1"))
+    first, second = older[0], newer[0]
+    assert isinstance(first, TurnStarted) and isinstance(second, TurnStarted)
+
+    latest = await engine.latest_conversation(**where)
+    assert latest is not None and latest.id == second.conversation_id
+    assert latest.key.thread == "200.2"
+
+    # /reset in that thread archives it; the fresh one it starts is now the latest.
+    reset = await run(engine, said("/reset", thread="200.2", **where))
+    fresh = next(e for e in reset if isinstance(e, CommandResult)).conversation_id
+    assert fresh != second.conversation_id
+    latest = await engine.latest_conversation(**where)
+    assert latest is not None and latest.id == fresh and not latest.archived
+    # An answer that was being written at the /reset is stored after it: the archived
+    # conversation is now the last updated, and still not the one commands act on.
+    await history.append(second.conversation_id, NewMessage("assistant", "late"))
+    [last_updated, *_] = await history.list(platform="slack", scope="T1", channel="C1")
+    assert last_updated.id == second.conversation_id and last_updated.archived
+    latest = await engine.latest_conversation(**where)
+    assert latest is not None and latest.id == fresh
+
+    # Talking in the older thread again makes it the latest.
+    model.enqueue("again")
+    await run(engine, said("five", thread="100.1", **where))
+    latest = await engine.latest_conversation(**where)
+    assert latest is not None and latest.id == first.conversation_id

@@ -395,7 +395,7 @@ async def test_a_reply_slack_will_not_take_is_logged_and_kept(
 ) -> None:
     slack.fake.errors["chat.postMessage"] = "channel_not_found"
     model.enqueue("kept", " anyway")
-    with caplog.at_level(logging.ERROR, logger="adapters.slack"):
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
         await slack.event(mention("hello?", "1700.0001"), "Ev1")
         await slack.settle()
     conv = await history.find(ConversationKey("slack", TEAM, "C1", "1700.0001"))
