@@ -20,6 +20,7 @@ from bot.inference.quantize import (
     Int8Linear,
     ShortlistHead,
     available,
+    int4_layout,
     load_quantized,
     native_bf16,
     on_4bit_grid,
@@ -123,6 +124,10 @@ def test_an_int8_layer_gives_the_same_product_through_its_kernel_and_expanded() 
 
 @needs_kernels
 def test_an_int4_layers_weights_unpack_from_the_kernels_layout_exactly() -> None:
+    # torch packs int4 weights by the instructions its CPU code runs: blocks of 64 channels with
+    # AVX-512, 32 with AVX2, pairs without vector code. The layout read must be this machine's.
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert int4_layout() == (64 if capability.startswith("AVX512") else 32 if capability == "AVX2" else 0)
     torch.manual_seed(7)
     layer = Int4Linear(256, 192, False, torch.float32)
     layer.quantize(torch.randn(192, 256) * 0.05)

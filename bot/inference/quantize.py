@@ -291,7 +291,10 @@ class Int4Linear(QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
 
     def native(self) -> tuple[Any, Any] | None:
-        return (self.weight, self.scales_and_zeros) if self.out_features % _INT4_BLOCK == 0 else None
+        # chinwag's kernels read the layout torch packs in with AVX-512 (blocks of 64 channels).
+        if self.out_features % _INT4_BLOCK or int4_layout() != _INT4_BLOCK:
+            return None
+        return self.weight, self.scales_and_zeros
 
     def _many(self, rows: Any) -> Any:
         if rows.shape[0] < INT4_PREFILL_ROWS or not native_bf16() or self.out_features % _INT4_BLOCK:
@@ -299,15 +302,44 @@ class Int4Linear(QuantizedLinear):
         return torch.nn.functional.linear(rows.to(COMPUTE), self.unpacked()).to(rows.dtype)
 
     def unpacked(self) -> Any:
-        """The weight [out, in] in bf16, read out of the kernel's packed layout: per block of 64
-        output channels and per input, 32 bytes whose low halves hold channels 0-31 and whose high
-        halves hold 32-63. Rounded once to bf16 from the exact (q - 8) * scale + zero."""
+        """The weight [out, in] in bf16, read out of the kernel's packed layout (`int4_layout`; out
+        a multiple of 64). Rounded once to bf16 from the exact (q - 8) * scale + zero."""
         n, k = self.out_features, self.in_features
-        blocks = self.weight.view(n // _INT4_BLOCK, k, _INT4_BLOCK // 2)
-        q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // GROUP, GROUP)
+        q = unpack_int4(self.weight, n, k, int4_layout()).reshape(n, k // GROUP, GROUP)
         scales = self.scales_and_zeros[..., 0].t().unsqueeze(-1)  # [out, groups, 1]
         zeros = self.scales_and_zeros[..., 1].t().unsqueeze(-1)
         return torch.addcmul(zeros, q.to(COMPUTE) - 8, scales).reshape(n, k)
+
+
+def unpack_int4(packed: Any, n: int, k: int, layout: int) -> Any:
+    """The levels q [n, k] (0-15) of an int4 weight packed by torch in `layout` (see `int4_layout`;
+    n a multiple of the block)."""
+    block = layout or 32
+    bytes_ = packed.view(n // block, k, block // 2)  # per block of channels and per input
+    if layout:  # byte c: channel c in its low nibble, c + block / 2 in its high one
+        levels = torch.cat([bytes_ & 0xF, bytes_ >> 4], dim=2)
+    else:  # byte c: channels 2c and 2c + 1
+        levels = torch.stack([bytes_ & 0xF, bytes_ >> 4], dim=3).reshape(n // block, k, block)
+    return levels.transpose(1, 2).reshape(n, k)
+
+
+@functools.cache
+def int4_layout() -> int:
+    """How torch's `_convert_weight_to_int4pack_for_cpu` packs int4 weights in this process: per
+    block of this many output channels and per input, a byte holds channel c in its low nibble and
+    c + block / 2 in its high one; 64 where torch's CPU code runs AVX-512, 32 with AVX2; 0: blocks of
+    32 whose byte c holds channels 2c and 2c + 1 (no vector code). torch picks the layout by the
+    instructions it runs, so a stored copy is for machines of one layout (`_target`), and
+    chinwag's kernels read the first only. -1: this torch has no int4 CPU kernel."""
+    if not available("int4", "cpu"):
+        return -1
+    n, k = 64, 2 * GROUP
+    q = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, _INNER_K_TILES)
+    for layout in (_INT4_BLOCK, 32, 0):
+        if torch.equal(unpack_int4(packed, n, k, layout).to(torch.int32), q):
+            return layout
+    raise ModelError("torch packs int4 weights in a layout chinwag does not know")
 
 
 def on_4bit_grid(groups: Any) -> tuple[Any, Any, Any]:
@@ -578,7 +610,10 @@ def prepare_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: b
 
 
 def _target(source: Path, scheme: Scheme, cache_dir: Path) -> Path:
-    key = hashlib.sha256(f"{source.resolve()}|{torch.__version__}".encode()).hexdigest()[:10]
+    # int4 weights are stored as torch packs them on this machine (`int4_layout`): a copy made where
+    # torch packs otherwise would be read wrongly here, so it is another copy.
+    identity = f"{source.resolve()}|{torch.__version__}|int4 layout {int4_layout()}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:10]
     return cache_dir / "quantized" / f"{source.resolve().parent.name}-{source.name}-{scheme}-{key}"
 
 
