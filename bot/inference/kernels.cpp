@@ -22,11 +22,24 @@
 //     bot/quantize.py's `vnni_pack_int8` / `vnni_pack_int4`).
 // decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
 
+// GCC 12's AVX-512 intrinsics start from `_mm512_undefined_*` (a variable initialised with itself),
+// which -Wuninitialized reports in every function that inlines them (GCC bug 105593, fixed in 13).
+// The intrinsics are the compiler's own code, not ours: their warnings are silenced for them alone
+// (first, as torch's headers include them too).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
-#include <immintrin.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -1017,7 +1030,7 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
             const int64_t nv = std::min<int64_t>(4, (dim - i) / 16);
             float* es = even_sums + h * dim + i;
             float* os = odd_sums + h * dim + i;
-            __m512 even[4], odd[4];
+            __m512 even[4] = {}, odd[4] = {};  // those past nv are never used
             UNROLL for (int j = 0; j < 4; ++j) {
               if (j < nv) {
                 even[j] = _mm512_loadu_ps(es + 16 * j);
