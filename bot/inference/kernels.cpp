@@ -228,9 +228,9 @@ void int4_rows(const void* xv, const float* xsum, int64_t K, const uint8_t* w, c
   }
 }
 
-// Whether the kernels multiply in bf16 (on CPUs that have AVX512-BF16; tests turn it off to check
-// the float32 variants too).
-bool multiply_bf16 = __builtin_cpu_supports("avx512bf16");
+// Whether this CPU multiplies in bf16 (AVX512-BF16). The kernels that can take `bf16` multiply so
+// only where it does; the choice is each call's (each loaded model's), never this library's.
+bool has_bf16() { return __builtin_cpu_supports("avx512bf16"); }
 
 inline uint32_t to_bf16(float f) {  // round to nearest even
   uint32_t bits;
@@ -587,15 +587,15 @@ int64_t features(const at::Tensor& weight, const at::Tensor& scales, int64_t K) 
 }
 
 // y [M, N] = x [M, K] by the weight, plus bias (checked by `features`); a VNNI weight's activations
-// rounded to `bits`.
+// rounded to `bits`, an int8 or int4 weight's to bf16 with `bf16` (where the CPU has AVX512-BF16).
 void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight, const at::Tensor& scales,
-                 const float* bp, float* yp, int64_t bits) {
+                 const float* bp, float* yp, int64_t bits, bool bf16_wanted) {
   if (weight.dim() == 4) return vnni_products(xp, M, K, {{weight, scales, bp, yp, bits}});
   const int64_t N = features(weight, scales, K);
   if (weight.scalar_type() == at::kChar) {
     const int8_t* wp = weight.data_ptr<int8_t>();
     const uint16_t* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr());
-    const bool bf16 = multiply_bf16 && K % 32 == 0;
+    const bool bf16 = bf16_wanted && has_bf16() && K % 32 == 0;
     std::vector<uint16_t> xb(bf16 ? M * K : 0);
     for (size_t i = 0; i < xb.size(); ++i) xb[i] = uint16_t(to_bf16(xp[i]));
     const void* xin = bf16 ? static_cast<const void*>(xb.data()) : static_cast<const void*>(xp);
@@ -616,7 +616,7 @@ void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight
     return;
   }
   const int64_t groups = K / kGroup;
-  const bool bf16 = multiply_bf16;
+  const bool bf16 = bf16_wanted && has_bf16();
   // Each row's sum over each group of inputs (as multiplied: rounded to bf16 or not), for the zero
   // points; with bf16, the rows as pairs of bf16.
   std::vector<float> xsum(M * groups);
@@ -655,18 +655,13 @@ void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight
   });
 }
 
-bool use_bf16(bool enable) {
-  multiply_bf16 = enable && __builtin_cpu_supports("avx512bf16");
-  return multiply_bf16;
-}
-
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                  const std::optional<at::Tensor>& bias, int64_t bits) {
+                  const std::optional<at::Tensor>& bias, int64_t bits, bool bf16) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, K], contiguous");
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t N = features(weight, scales, K);
   at::Tensor y = at::empty({M, N}, x.options());
-  linear_into(x.data_ptr<float>(), M, K, weight, scales, bias_of(bias, N), y.data_ptr<float>(), bits);
+  linear_into(x.data_ptr<float>(), M, K, weight, scales, bias_of(bias, N), y.data_ptr<float>(), bits, bf16);
   return y;
 }
 
@@ -905,7 +900,7 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& keys, const at::Tensor&
 // Projections `which` of a layer, all of the same input x [M, K], into `outs`: in one pass when all
 // of them are in VNNI layouts (`vnni_products`), else one after the other.
 void products_into(const float* xp, int64_t M, int64_t K, at::TensorList weights, at::TensorList scales,
-                   const float* const* bias, at::IntArrayRef bits, std::initializer_list<int> which,
+                   const float* const* bias, at::IntArrayRef bits, bool bf16, std::initializer_list<int> which,
                    std::initializer_list<float*> outs) {
   bool vnni = true;
   for (int i : which) vnni = vnni && weights[i].dim() == 4;
@@ -915,7 +910,7 @@ void products_into(const float* xp, int64_t M, int64_t K, at::TensorList weights
     for (int i : which) products.push_back({weights[i], scales[i], bias[i], *out++, bits[i]});
     return vnni_products(xp, M, K, products);
   }
-  for (int i : which) linear_into(xp, M, K, weights[i], scales[i], bias[i], *out++, bits[i]);
+  for (int i : which) linear_into(xp, M, K, weights[i], scales[i], bias[i], *out++, bits[i], bf16);
 }
 
 // The new token's keys and values (k, v [M, kv_heads, dim]) into column `column` of the cache.
@@ -1081,8 +1076,9 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
 // optional bias, in the order q, k, v, o, gate, up, down; the MLP's activation is SiLU.
 void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
                   at::TensorList weights, at::TensorList scales, const c10::List<std::optional<at::Tensor>>& biases,
-                  at::IntArrayRef bits, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys, at::Tensor& values, int64_t column,
-                  at::IntArrayRef starts, int64_t heads, int64_t kv_heads, double scale) {
+                  at::IntArrayRef bits, bool bf16, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& keys,
+                  at::Tensor& values, int64_t column, at::IntArrayRef starts, int64_t heads, int64_t kv_heads,
+                  double scale) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: float32 [M, hidden]");
   TORCH_CHECK(weights.size() == 7 && scales.size() == 7 && biases.size() == 7 && bits.size() == 7, "seven projections");
   const int64_t M = x.size(0), H = x.size(1);
@@ -1115,7 +1111,7 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
   Scratch<float> gate(M * n[4]), up(M * n[4]);
   // Attention.
   rms_norm(xp, M, H, input_norm.data_ptr<float>(), float(eps), h.data());
-  products_into(h.data(), M, H, weights, scales, bias, bits, {0, 1, 2}, {q.data(), k.data(), v.data()});
+  products_into(h.data(), M, H, weights, scales, bias, bits, bf16, {0, 1, 2}, {q.data(), k.data(), v.data()});
   rotate(q.data(), M, heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   rotate(k.data(), M, kv_heads, dim, cos.data_ptr<float>(), sin.data_ptr<float>());
   const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
@@ -1132,11 +1128,11 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
     auto attention = dim == 64 && s2 == 64 ? decode_attention<float, 64> : decode_attention<float, 0>;
     attention(q.data(), kp, vp, s0, s1, s2, M, heads, groups, dim, column, starts, float(scale), att.data());
   }
-  linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data(), bits[3]);
+  linear_into(att.data(), M, n[0], weights[3], scales[3], bias[3], o.data(), bits[3], bf16);
   for (int64_t i = 0; i < M * H; ++i) xp[i] += o[i];
   // MLP.
   rms_norm(xp, M, H, post_norm.data_ptr<float>(), float(eps), h.data());
-  products_into(h.data(), M, H, weights, scales, bias, bits, {4, 5}, {gate.data(), up.data()});
+  products_into(h.data(), M, H, weights, scales, bias, bits, bf16, {4, 5}, {gate.data(), up.data()});
   const int64_t F = M * n[4];
   // silu(gate) * up = gate / (1 + e^-gate) * up, split between the threads 1024 values at a time
   at::parallel_for(0, (F + 1023) / 1024, 8, [&](int64_t c0, int64_t c1) {
@@ -1150,7 +1146,7 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
     }
     for (; i < end; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
   });
-  linear_into(gate.data(), M, n[4], weights[6], scales[6], bias[6], o.data(), bits[6]);
+  linear_into(gate.data(), M, n[4], weights[6], scales[6], bias[6], o.data(), bits[6], bf16);
   for (int64_t j = 0; j < M * H; ++j) xp[j] += o[j];
 }
 
@@ -1304,12 +1300,12 @@ at::Tensor argmax(const at::Tensor& logits) {
 }  // namespace
 
 TORCH_LIBRARY(chinwag, m) {
-  m.def("linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias, int bits) -> Tensor");
+  m.def("linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias, int bits, bool bf16) -> Tensor");
   m.def(
       "decode_layer(Tensor(a!) x, Tensor input_norm, Tensor post_norm, float eps, Tensor[] weights, "
-      "Tensor[] scales, Tensor?[] biases, int[] bits, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
+      "Tensor[] scales, Tensor?[] biases, int[] bits, bool bf16, Tensor cos, Tensor sin, Tensor(b!) keys, Tensor(c!) values, "
       "int column, int[] starts, int heads, int kv_heads, float scale) -> ()");
-  m.def("use_bf16(bool enable) -> bool");
+  m.def("has_bf16() -> bool");
   m.def("has_vnni() -> bool");
   m.def("attend(Tensor q, Tensor keys, Tensor values, int fed, float scale) -> Tensor");
   m.def("shortlist(Tensor(a!) logits, Tensor x, Tensor weight, Tensor? bias, int count) -> ()");
@@ -1325,6 +1321,6 @@ TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(chinwag, CatchAll, m) {
-  m.impl("use_bf16", &use_bf16);
+  m.impl("has_bf16", &has_bf16);
   m.impl("has_vnni", &has_vnni);
 }
