@@ -1,12 +1,14 @@
-// chinwag's CPU kernels for weight-only quantized linear layers (AVX-512), built by bot/kernels.py.
+// chinwag's CPU kernels for weight-only quantized linear layers (AVX-512), built by
+// bot/inference/kernels.py.
 //
 // Decoding reads every weight once per step, so these kernels stream the weights once (with
-// software prefetch: torch's own `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` reached 15
-// and 20 GB/s from memory on 2 cores where a plain sum reads 36) and keep the activations, a few
-// rows, in L1. They take and return float32, so no conversion surrounds a layer. On CPUs with
-// AVX512-BF16 they multiply in bf16 (the activations rounded to bf16, as torch's kernels do; the
-// weights' values are exact in bf16): vdpbf16ps does twice the products of an FMA, and beyond one
-// row these kernels are bound by the products, not the memory. Elsewhere they multiply in float32.
+// software prefetch: torch's own `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` read them
+// well below the memory's bandwidth) and keep the activations, a few rows, in L1. They take and
+// return float32, so no conversion surrounds a layer. Where the caller asks for bf16 (`bf16`) and
+// the CPU has AVX512-BF16 they multiply in bf16 (the activations rounded to bf16, as torch's kernels
+// do; the weights' values are exact in bf16): vdpbf16ps does twice the products of an FMA, and
+// beyond one row these kernels are bound by the products, not the memory. Elsewhere they multiply
+// in float32. Nothing here is chosen once for the process: each call says how it multiplies.
 //
 // Every kernel computes each row of its output with the same sequence of operations whatever the
 // number of rows, so a reply's logits do not depend on which other replies share its batch.
@@ -19,7 +21,7 @@
 //     scales bf16 [K / 32, N, 2] (scale and zero per group of 32 inputs; a weight is
 //     (q - 8) * scale + zero);
 //   - 4-D, int8 or uint8: the same weights laid out for int8 activations (AVX512-VNNI; see there and
-//     bot/quantize.py's `vnni_pack_int8` / `vnni_pack_int4`).
+//     bot/inference/quantize.py's `vnni_pack_int8` / `vnni_pack_int4`).
 // decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
 
 // GCC 12's AVX-512 intrinsics start from `_mm512_undefined_*` (a variable initialised with itself),
@@ -59,7 +61,7 @@ namespace {
 #define UNROLL _Pragma("GCC unroll 16")
 
 // n values left uninitialized, for buffers every use writes before it reads (std::vector zeroes its
-// values: 3% of 8 replies' decode step).
+// values, a measurable part of a decode step).
 template <typename T>
 class Scratch {
  public:
@@ -77,8 +79,8 @@ class Scratch {
 constexpr int64_t kRows = 4;     // rows of x computed together (their accumulators stay in registers)
 constexpr int64_t kGroup = 32;   // int4: inputs per scale/zero pair
 constexpr int64_t kBlock = 64;   // int4: output channels per packed block
-// int8: prefetch the weights of the channels this far ahead (the hardware prefetcher alone reached
-// 15 GB/s on these short, interleaved streams; a prefetch past the end is harmless).
+// int8: prefetch the weights of the channels this far ahead (the hardware prefetcher alone falls
+// behind on these short, interleaved streams; a prefetch past the end is harmless).
 constexpr int64_t kAhead = 16;
 
 inline float sum16(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -265,17 +267,14 @@ void in_blocks(int64_t total, const F& f) {
 // vpdpbusd adds 4 products of unsigned by signed bytes per 32-bit lane: 64 products per instruction,
 // twice vdpbf16ps, and the weights need no conversion. The activations are rounded with one scale
 // per group of inputs (max |x| of the group's), as llama.cpp's Q8_0 does:
-// - to 16 bits (prompts; `model.kernels = "int16"`): two bytes per input, each multiplied by the weights with its own
-//   vpdpbusd, so as many products per instruction as vdpbf16ps but no weight conversion, and about
-//   60 times closer to the exact product than bf16 activations (8 significant bits) are (2.5e-5 of
-//   the product's scale against 1.5e-3, 896x4864 and 4864x896 int8 layers). Beyond one row the
-//   products bound the time: at 8 rows, an int8 layer took 0.19 ms against bf16's 0.27, an int4
-//   layer 0.2; one row, 40 us against 64-95 (896x4864 and 4864x896, in cache). int8 weights take
-//   one activation scale per 128 inputs (`kWideGroup`): a group's sums are converted to float a
-//   quarter as often as per 32, which took 17% off those layers at 8 rows.
-// - to int8 (the decode step's, by default): half the products again. One scale per row lost the full
-//   model's top token at 5.7% of the evaluation's positions, per group of 32 at 1.2%, where bf16
-//   loses it at 0.25%.
+// - to 16 bits (prompts; `model.kernels = "int16"`): two bytes per input, each multiplied by the
+//   weights with its own vpdpbusd, so as many products per instruction as vdpbf16ps but no weight
+//   conversion, and far closer to the exact product than bf16 activations (8 significant bits)
+//   are. Beyond one row the products bound the time, and these are faster than bf16's. int8
+//   weights take one activation scale per 128 inputs (`kWideGroup`): a group's sums are converted
+//   to float a quarter as often as per 32.
+// - to int8 (the decode step's, by default): half the products again. A scale per group of 32
+//   (`kI8Group`) loses the full model's top token far less often than one per row.
 // The weights are laid out per block of 16 output channels and per group, in 64-byte words whose
 // bytes 4c..4c+3 hold channel c's weights for 4 consecutive inputs (so a lane is a channel and a
 // row's 4 inputs are one broadcast 32-bit word):
@@ -471,8 +470,7 @@ struct Rounded {
 };
 
 // Inputs per activation scale for a VNNI weight whose activations are rounded to `bits`: an int4
-// weight's own groups; for int8 weights 32 with int8 activations (one scale per row lost the full
-// model's top token at 5.7% of the evaluation's positions, per 32 at 1.2%) and 128 with 16 bits,
+// weight's own groups; for int8 weights 32 with int8 activations (see above) and 128 with 16 bits,
 // whose error stays far below bf16's (a sum over 128 inputs still fits in int32).
 int64_t vnni_group(const at::Tensor& weight, int64_t K, int64_t bits) {
   if (weight.scalar_type() != at::kChar) return 8 * weight.size(2);
@@ -930,14 +928,14 @@ void write_column(const float* k, const float* v, KV* kp, KV* vp, int64_t s0, in
 // capacity, dim] (strides s0, s1, s2), into att [M, heads * dim].
 //
 // A row's key head at a time, with its `groups` query heads: each tile of 16 columns is read once
-// for all of them (from L1 after the first; float16 converted once), not once per query head (8
-// replies over 1,100-token prompts: the cache is 27 MB a reply and a step, read from memory once
-// and from L2 six more times). Each head's sums are the same operations in the same order as one
-// head at a time.
+// for all of them (from L1 after the first; float16 converted once), not once per query head (a
+// long conversation's cache is megabytes a reply and a step: read from memory once, not from L2
+// for every query head). Each head's sums are the same operations in the same order as one head at
+// a time.
 //
 // `D`: the head size when it is known at compile time (64, the default and the test model's, with
-// columns D apart: the loops over it unrolled, every address an offset from one pointer; 8 replies
-// over 2,048 columns spent 22 ms a step in attention with them at run time), else 0.
+// columns D apart: the loops over it unrolled, every address an offset from one pointer; long
+// conversations spent much longer in attention with it at run time), else 0.
 template <typename KV, int D>
 void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, int64_t s1, int64_t stride, int64_t M,
                       int64_t heads, int64_t groups, int64_t size, int64_t column, at::IntArrayRef starts,
@@ -1154,8 +1152,8 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
 
 // A row's `count` largest estimates (ties: the lower index first), by way of the largest of each run
 // of 64: the count-th largest of those maxima is at most the count-th largest estimate, so only the
-// runs whose maximum reaches it hold candidates. One pass over the row, where torch's topk took
-// 0.95 ms for 8 rows of 151,936.
+// runs whose maximum reaches it hold candidates. One pass over the row (faster than torch's topk
+// over a large vocabulary).
 void top_estimates(const float* row, int64_t V, int64_t count, std::vector<int64_t>& top) {
   constexpr int64_t kRun = 64;
   const int64_t runs = (V + kRun - 1) / kRun;
@@ -1239,8 +1237,7 @@ void shortlist(at::Tensor& logits, const at::Tensor& x, const at::Tensor& weight
 
 // argmax(logits): float32 [R, V] -> int64 [R], as torch.argmax(logits, -1) chooses: the first index
 // of the largest value, or of the first NaN if there is one. One pass per row, 16 values at a time,
-// each lane keeping its first largest (torch's took 0.56 ms for 8 rows of 151,936, 3% of their
-// decode step).
+// each lane keeping its first largest (faster than torch's over a large vocabulary).
 at::Tensor argmax(const at::Tensor& logits) {
   TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.stride(1) == 1 && logits.size(1) > 0,
               "logits: float32 [rows, vocab], rows contiguous");
