@@ -240,7 +240,7 @@ def _torch_flags() -> list[str]:
 
 def _torch_libraries() -> list[str]:
     # torch's own lib directory first: it holds the OpenMP runtime torch itself uses, so the kernels
-    # share torch's threads instead of starting a second pool that would fight it for the 2 cores.
+    # share torch's threads instead of starting a second pool that would fight it for the cores.
     from torch.utils.cpp_extension import library_paths
 
     lib = library_paths()[0]
