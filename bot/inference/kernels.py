@@ -1,27 +1,19 @@
 """chinwag's own CPU kernels for the quantized linear layers (`kernels.cpp`), and `Kernels`: which
 of them one loaded model uses.
 
-Decoding streams every weight once per token. These kernels read the weights faster than torch's
-int8 and int4 CPU kernels, take the float32 activations as they are (torch's take bf16, so every
-layer also converted its input and output) and add the bias in the same pass; `decode_layer` runs a
-whole decoder layer of a decode step in one call instead of dozens of torch calls from Python.
-They need AVX-512, and a C++ compiler the first time: the shared library is kept in the model
-cache, keyed by its source, the compiler flags and torch's version (a Docker image builds it in its
-build stage and needs no compiler at run time). Without either, the quantized layers keep torch's
-kernels and say so in the log.
+Decoding streams every weight once per token. These kernels read the weights faster than torch's,
+take the float32 activations as they are and add the bias in the same pass; `decode_layer` runs a
+whole decoder layer of a decode step in one call. They need AVX-512, and a C++ compiler the first
+time: the library is kept in the model cache, keyed by its source, the compiler flags and torch's
+version (a Docker image builds it in its build stage). Without either, the quantized layers keep
+torch's kernels and say so in the log.
 
-Loading the library into torch.ops is process-wide (an op library registers once); which kernels a
-model uses is not: each loaded model gets its own `Kernels`, made from its `model.kernels`, which
-its layers and its decode step read. "auto" (or "int8") rounds the activations where the CPU allows
-faster products: with AVX512-VNNI, to int8 with a scale per 32 inputs in the decode step (one token
-per reply, bound by the products with several replies; as llama.cpp does) but for the MLP's down
-projection (`WIDE_INPUT_LAYERS`), and to 16 bits for prompts (their keys and values stay with the
-conversation); with AVX512-BF16 only, to bf16 (as torch's kernels do); else it multiplies in
-float32. "int16" keeps 16 bits in the decode step too: transformers' own forward and the fused step
-then agree, where with int8 an activation may round to a neighbouring level and their greedy replies
-part after some dozens of tokens. "float32" multiplies exact activations; "torch" uses torch's
-kernels (to compare, or if these misbehave). Each row is rounded on its own, so a reply is the same
-whichever others share its steps.
+Loading the library into torch.ops is process-wide (an op library registers once); the choice of
+kernels is not: each loaded model has its own `Kernels`, made from its `model.kernels`, which its
+layers and decode step read. It says whether activations are rounded for faster products (int8 in
+the decode step and 16 bits for prompts with AVX512-VNNI, bf16 with AVX512-BF16 only), multiplied
+exactly in float32, or left to torch's kernels. Each row is rounded on its own, so a reply is the
+same whichever others share its steps.
 """
 
 from __future__ import annotations
@@ -61,7 +53,10 @@ FLAGS = (
 )
 # Seconds a compilation may take.
 COMPILE_TIMEOUT = 300
-# `model.kernels` settings whose decode step rounds activations to int8 (where the CPU has VNNI).
+# `model.kernels` settings whose decode step rounds activations to int8 (where the CPU has VNNI):
+# half the products of 16 bits. transformers' forward (16 bits) and the fused step may then round an
+# activation to neighbouring levels and their greedy replies part after a while; "int16" keeps them
+# in agreement.
 INT8_SETTINGS = frozenset({"auto", "int8"})
 
 # Serialises loading the library: torch.ops must not register it twice.
