@@ -210,7 +210,7 @@ def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
     # And chinwag's CPU kernels, built into the same cache (or a sentence saying why not).
     from bot.inference import kernels
 
-    if shutil.which("g++") and kernels._unsupported() is None:
+    if shutil.which("g++") and kernels.unsupported() is None:
         assert "chinwag's CPU kernels are ready." in result.stdout
     else:
         assert "chinwag's CPU kernels" in result.stdout

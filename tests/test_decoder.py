@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
 
-from bot.inference import kernels
 from bot.inference.decoder import _GROW, BatchCache, LeanStep, ModelStep
 from bot.inference.local import TransformersModel
+from bot.inference.quantize import kernels_of, use_kernels
 from config import load_settings
 from config.settings import SchedulerSettings
 
@@ -114,19 +115,15 @@ def _decode(step: Any, cache: BatchCache, tokens: list[int], positions: list[int
 
 
 @contextlib.contextmanager
-def _float32_products() -> Iterator[None]:
-    """chinwag's kernels (where in use) multiplying exact float32 activations meanwhile (not bf16,
-    nor rounded to 16 bits by the VNNI kernel)."""
-    if not kernels.ready:
-        yield
-        return
-    vnni, kernels.vnni = kernels.vnni, False
-    torch.ops.chinwag.use_bf16(False)
+def _float32_products(model: Any) -> Iterator[None]:
+    """The model's layers, and the decode steps made for it meanwhile, multiplying exact float32
+    activations with chinwag's kernels where in use (not bf16, nor rounded by the VNNI kernel)."""
+    chosen = kernels_of(model)
+    use_kernels(model, replace(chosen, bf16=False, vnni=False, int8=False))
     try:
         yield
     finally:
-        torch.ops.chinwag.use_bf16(True)
-        kernels.vnni = vnni
+        use_kernels(model, chosen)
 
 
 def _unfused(model: Any) -> LeanStep:
@@ -147,12 +144,12 @@ def test_the_lean_step_computes_what_the_models_forward_does(small: Any) -> None
 
 @pytest.mark.model
 def test_the_fused_layers_compute_the_same_up_to_rounding(small: Any) -> None:
-    step = LeanStep(small)
-    if step._fused is None or not kernels.ready:
+    if LeanStep(small)._fused is None or not kernels_of(small).ready:
         pytest.skip("chinwag's kernels are not in use here")
     # In float32: in bf16 or 16 bits both paths round their activations, and a difference of 1e-7
     # upstream may round a value the other way (the kernels' own tests check those products).
-    with _float32_products():
+    with _float32_products(small):
+        step = LeanStep(small)
         prompt = _prefill(small, 40, 1)
         fused = _decode(step, BatchCache(prompt), [5], [40], 8)
         full = _decode(ModelStep(small), BatchCache(prompt), [5], [40], 8)
@@ -184,9 +181,9 @@ def test_a_float16_cache_is_decoded_as_the_layers_modules_decode_it(small: Any) 
     as torch rounds them, and attends over those numbers as the layers' own modules do over the same
     cache; a row still decodes bit for bit the same alone or padded in a batch. (How much float16
     keys and values cost in answers is `bench/quality.py`'s to say: rounding a float32 cache's
-    prompt to float16 moves this model's logits by up to 10% of their scale at random tokens.)"""
+    prompt to float16 moves this model's logits by a visible part of their scale at random tokens.)"""
     half = LeanStep(small, half_cache=True)
-    if half._fused is None or not kernels.ready:
+    if half._fused is None or not half.kernels.ready:
         pytest.skip("chinwag's kernels are not in use here: the cache keeps the model's dtype")
     assert half.cache_dtype == torch.float16 and LeanStep(small).cache_dtype == torch.float32
     assert half.start(None).keys[0].dtype == torch.float16
@@ -199,8 +196,8 @@ def test_a_float16_cache_is_decoded_as_the_layers_modules_decode_it(small: Any) 
     assert torch.equal(ours.layer(0)[1][:, :, 40], theirs.layer(0)[1][:, :, 40].half())
     # In float32 products, as in `test_the_fused_layers_compute_the_same_up_to_rounding`; a new key
     # 1e-7 apart may round to the neighbouring float16, hence the looser bound.
-    with _float32_products():
-        fused = _decode(half, BatchCache(_half(prompt)), [5], [40], 8)
+    with _float32_products(small):
+        fused = _decode(LeanStep(small, half_cache=True), BatchCache(_half(prompt)), [5], [40], 8)
         modules = _decode(_unfused(small), BatchCache(_half(prompt)), [5], [40], 8)
     for a, b in zip(fused, modules, strict=True):
         assert float((a - b).abs().max()) < 2e-3 * float(b.abs().max()) + 1e-3
@@ -222,7 +219,7 @@ def test_the_fused_attention_computes_the_same_whatever_the_caches_layout(small:
     here); any other layout takes its general form. Keys and values that are views of wider buffers
     (columns 80 values apart) take that form, and it computes the same logits bit for bit."""
     step = LeanStep(small, half_cache=half)
-    if step._fused is None or not kernels.ready:
+    if step._fused is None or not step.kernels.ready:
         pytest.skip("chinwag's kernels are not in use here")
     prompt = _half(_prefill(small, 40, 1)) if half else _prefill(small, 40, 1)
 
@@ -287,7 +284,7 @@ def test_a_prompt_is_encoded_as_the_models_forward_encodes_it(small: Any) -> Non
         # chinwag's kernels the attention is theirs: compared with float32 products, as with bf16
         # a difference of 1e-7 may round a layer's input the other way (and random tokens make a
         # prompt whose logits then moved by 2 of 31).
-        with _float32_products():
+        with _float32_products(small):  # the projections are the layers' own forwards
             a, b = lean.feed(ours, 40, more), full.feed(theirs, 40, more)
         assert torch.allclose(a, b, atol=1e-3) and int(a.argmax()) == int(b.argmax())
         assert lean.layers(ours)[0][0].shape == full.layers(theirs)[0][0].shape == (1, 3, 44, 64)

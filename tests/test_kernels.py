@@ -1,9 +1,15 @@
-"""chinwag's CPU kernels (bot/kernels.cpp): built for real, checked against plain float32 matmuls."""
+"""chinwag's CPU kernels (kernels.cpp): built for real, checked against plain float32 matmuls; each
+loaded model's own choice of them (`Kernels`).
+
+Compiling needs only a C++ compiler and torch's headers; running the kernels needs AVX-512, and the
+tests that run them skip on other CPUs.
+"""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -11,47 +17,63 @@ import pytest
 import torch
 
 from bot.inference import kernels
+from bot.inference.decoder import step_for
+from bot.inference.kernels import TORCH, Kernels
+from bot.inference.local import TransformersModel
 from bot.inference.quantize import (
     HEAD_GROUP,
     VNNI_GROUP,
     Int4Linear,
     Int8Linear,
+    QuantizedLinear,
     ShortlistHead,
     activation_group,
+    kernels_of,
+    use_kernels,
 )
+from config import load_settings
+from config.settings import SchedulerSettings
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
-pytestmark = pytest.mark.skipif(
-    kernels._unsupported() is not None or shutil.which("g++") is None, reason="no AVX-512 or no g++ here"
-)
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ here")
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache of the test run's own with the library built into it (on any CPU)."""
+    cache = tmp_path_factory.getbasetemp() / "kernel-cache"
+    kernels.build(cache)
+    return cache
 
 
 @pytest.fixture
-def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The kernels built (into a cache of the test run's own) and in use; as they were afterwards."""
-    before = kernels.ready, kernels.vnni, kernels.int8
-    assert kernels.enable(tmp_path_factory.getbasetemp() / "kernel-cache")
-    yield
-    kernels.ready, kernels.vnni, kernels.int8 = before
+def native(library: Path) -> Kernels:
+    """The kernels `model.kernels = "auto"` chooses here, loaded and in use (AVX-512 only)."""
+    if kernels.unsupported() is not None:
+        pytest.skip(f"chinwag's kernels do not run here: {kernels.unsupported()}")
+    chosen = Kernels.load("auto", library)
+    assert chosen.ready
+    return chosen
 
 
-def _layer(kind: type[Layer], n: int, k: int, seed: int, bias: bool) -> Layer:
-    """A layer of `kind` quantized from random weights (and a random bias)."""
+def _layer(kind: type[Layer], n: int, k: int, seed: int, bias: bool, chosen: Kernels) -> Layer:
+    """A layer of `kind` quantized from random weights (and a random bias), multiplying with `chosen`."""
     g = torch.Generator().manual_seed(seed)
     layer = kind(k, n, bias, torch.float32)
     layer.quantize(torch.randn(n, k, generator=g))
     if bias:
         layer.bias = torch.randn(n, generator=g)
+    layer.kernels = chosen
     return layer
 
 
-def _int8(n: int, k: int, seed: int, bias: bool = True) -> Int8Linear:
-    return _layer(Int8Linear, n, k, seed, bias)
+def _int8(n: int, k: int, seed: int, chosen: Kernels, bias: bool = True) -> Int8Linear:
+    return _layer(Int8Linear, n, k, seed, bias, chosen)
 
 
-def _int4(n: int, k: int, seed: int, bias: bool = False) -> Int4Linear:
-    return _layer(Int4Linear, n, k, seed, bias)
+def _int4(n: int, k: int, seed: int, chosen: Kernels, bias: bool = False) -> Int4Linear:
+    return _layer(Int4Linear, n, k, seed, bias, chosen)
 
 
 def _bias(layer: Int8Linear | Int4Linear) -> torch.Tensor:
@@ -65,34 +87,32 @@ def _rows(m: int, k: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture(params=["wide", "bf16", "float32"])
-def variant(request: pytest.FixtureRequest, native: None) -> Iterator[str]:
+def variant(request: pytest.FixtureRequest, native: Kernels) -> Kernels:
     """The kernels' ways of multiplying a layer's activations (not the decode step's int8):
     rounded to 16 bits by the VNNI kernel (CPUs with AVX512-VNNI, layers with a copy for it), to
     bf16 (CPUs with AVX512-BF16, without VNNI or a copy for it), or exact in float32."""
-    if request.param == "wide" and not kernels.vnni:
+    if request.param == "wide" and not native.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
-    if request.param == "bf16" and not torch.ops.chinwag.use_bf16(True):
+    if request.param == "bf16" and not torch.ops.chinwag.has_bf16():
         pytest.skip("this CPU lacks AVX512-BF16")
-    kernels.vnni = request.param == "wide"
-    torch.ops.chinwag.use_bf16(request.param != "float32")
-    yield request.param
-    torch.ops.chinwag.use_bf16(True)
+    rounded = request.param != "float32"
+    return replace(native, bf16=rounded, vnni=request.param == "wide", int8=False)
 
 
-def _as_multiplied(variant: str, layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
+def _as_multiplied(variant: Kernels, layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
     """The activations as `variant` multiplies them by this layer (float64)."""
-    if variant == "wide" and layer.vnni() is not None:
+    if variant.vnni and layer.vnni() is not None:
         group = activation_group(layer.in_features, 16) if isinstance(layer, Int8Linear) else VNNI_GROUP
         return _rounded_rows(x, group, 16)
-    if variant != "float32" and layer.in_features % 32 == 0:
+    if variant.bf16 and torch.ops.chinwag.has_bf16() and layer.in_features % 32 == 0:
         return x.bfloat16().double()
     return x.double()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9])
 @pytest.mark.parametrize(("n", "k"), [(96, 64), (131, 80), (64, 320), (7, 96)])
-def test_int8_layers_compute_what_their_float_weights_do(variant: str, rows: int, n: int, k: int) -> None:
-    layer = _int8(n, k, rows)
+def test_int8_layers_compute_what_their_float_weights_do(variant: Kernels, rows: int, n: int, k: int) -> None:
+    layer = _int8(n, k, rows, variant)
     x = _rows(rows, k, n)
     expected = _as_multiplied(variant, layer, x) @ layer._dequantized(torch.float32).double().t()
     assert torch.allclose(layer(x).double(), expected + layer.bias.double(), rtol=1e-5, atol=1e-4)
@@ -100,10 +120,10 @@ def test_int8_layers_compute_what_their_float_weights_do(variant: str, rows: int
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 7])
 @pytest.mark.parametrize(("n", "k"), [(64, 32), (192, 96), (128, 512)])
-def test_int4_layers_compute_what_their_float_weights_do(variant: str, rows: int, n: int, k: int) -> None:
-    layer = _int4(n, k, rows, bias=True)
+def test_int4_layers_compute_what_their_float_weights_do(variant: Kernels, rows: int, n: int, k: int) -> None:
+    layer = _int4(n, k, rows, variant, bias=True)
     x = _rows(rows, k, n)
-    if variant == "wide":  # the zero points multiply the exact sums of the activations
+    if variant.vnni:  # the zero points multiply the exact sums of the activations
         pairs = layer.scales_and_zeros.transpose(0, 1)
         expected = _int4_product(x, VNNI_GROUP, _int4_levels(layer), pairs[..., 0], pairs[..., 1], 16)
     else:
@@ -111,8 +131,8 @@ def test_int4_layers_compute_what_their_float_weights_do(variant: str, rows: int
     assert torch.allclose(layer(x).double(), expected + _bias(layer), rtol=1e-5, atol=1e-3)
 
 
-def test_a_row_comes_out_bit_for_bit_the_same_whatever_else_is_in_the_batch(variant: str) -> None:
-    for layer in (_int8(136, 96, 1), _int4(128, 96, 2, bias=True)):
+def test_a_row_comes_out_bit_for_bit_the_same_whatever_else_is_in_the_batch(variant: Kernels) -> None:
+    for layer in (_int8(136, 96, 1, variant), _int4(128, 96, 2, variant, bias=True)):
         x = _rows(9, 96, 3)
         together = layer(x)
         for row in range(9):
@@ -120,20 +140,19 @@ def test_a_row_comes_out_bit_for_bit_the_same_whatever_else_is_in_the_batch(vari
             assert torch.equal(layer(x[row:]), together[row:])
 
 
-def test_the_kernels_agree_with_torchs_up_to_its_bf16_inputs(native: None) -> None:
-    for layer in (_int8(256, 128, 4), _int4(256, 128, 5)):
+def test_the_kernels_agree_with_torchs_up_to_its_bf16_inputs(native: Kernels) -> None:
+    for layer in (_int8(256, 128, 4, native), _int4(256, 128, 5, native)):
         x = _rows(3, 128, 6)
         ours = layer(x)
-        kernels.disable()
+        layer.kernels = TORCH
         theirs = layer(x)
-        kernels.ready = True
         assert not torch.equal(ours, theirs)  # different kernels, different rounding
         # torch's kernel rounds its inputs and outputs to bf16 (8 significant bits).
         assert float((ours - theirs).abs().max()) <= 2**-7 * float(theirs.abs().max())
 
 
-def test_a_prompts_many_rows_keep_the_plain_matmul(native: None) -> None:
-    layer = _int8(64, 64, 9)
+def test_a_prompts_many_rows_keep_the_plain_matmul(native: Kernels) -> None:
+    layer = _int8(64, 64, 9, native)
     x = _rows(40, 64, 10)  # a prompt's rows: the weight expanded for one matmul
     expected = x @ layer._dequantized(torch.float32).t() + layer.bias
     # On CPUs with bf16 arithmetic the prompt's rows are rounded to bf16 for that matmul.
@@ -141,22 +160,23 @@ def test_a_prompts_many_rows_keep_the_plain_matmul(native: None) -> None:
     assert not torch.equal(layer(x[:1]), layer(x)[:1])  # one row: the kernel, rounded differently
 
 
-def test_rowwise_computes_many_rows_each_as_alone(variant: str) -> None:
+def test_rowwise_computes_many_rows_each_as_alone(variant: Kernels) -> None:
     """Prompts encoded together (`LeanStep.feed_many`): the kernel at any number of rows, where the
     layer's forward multiplies a prompt's many rows by its expanded weight."""
-    for layer in (_int8(64, 64, 16), _int4(64, 64, 17, bias=True)):
+    for layer in (_int8(64, 64, 16, variant), _int4(64, 64, 17, variant, bias=True)):
         x = _rows(40, 64, 18)
         together = layer.rowwise(x)
         for row in (0, 17, 39):
             assert torch.equal(together[row : row + 1], layer(x[row : row + 1]))
-    assert not torch.equal(_int8(64, 64, 16)(x), _int8(64, 64, 16).rowwise(x))
+    assert not torch.equal(_int8(64, 64, 16, variant)(x), _int8(64, 64, 16, variant).rowwise(x))
 
 
-def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(native: None) -> None:
+def test_the_output_head_shortlists_with_the_kernel_and_keeps_exact_winners(native: Kernels) -> None:
     g = torch.Generator().manual_seed(11)
     weight = torch.randn(640, 64, generator=g)
     head = ShortlistHead(64, 640, False, torch.float32)
     head.quantize(weight, tied=True)  # exact logits from these float32 weights
+    use_kernels(head, native)
     x = torch.randn(3, 64, generator=g)
     logits, exact = head(x), x @ weight.t()
     assert torch.equal(logits.argmax(-1), exact.argmax(-1))
@@ -202,34 +222,34 @@ def _int4_exact(layer: Int4Linear) -> torch.Tensor:
     return (_int4_levels(layer).double() - 8) * expand(pairs[..., 0]) + expand(pairs[..., 1])
 
 
-@pytest.fixture(params=[8, 16])
-def vnni(request: pytest.FixtureRequest, native: None) -> int:
-    """The decode step multiplying the layers' activations rounded to 8 bits (`kernels.int8`,
-    `model.kernels` "auto") or to 16 ("int16") by the VNNI kernel; the bits."""
-    if not kernels.vnni:
+@pytest.fixture(params=["auto", "int16"])
+def vnni(request: pytest.FixtureRequest, native: Kernels, library: Path) -> Kernels:
+    """The decode step multiplying the layers' activations rounded to 8 bits (`Kernels.int8`,
+    `model.kernels` "auto") or to 16 ("int16") by the VNNI kernel."""
+    if not native.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
-    kernels.int8 = request.param == 8
-    return int(request.param)
+    return Kernels.load(request.param, library)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17])
 @pytest.mark.parametrize(("n", "k"), [(16, 64), (96, 192), (4864, 896), (896, 4864)])
 @pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
 def test_the_vnni_kernel_computes_its_reference(
-    vnni: int, kind: type[Layer], rows: int, n: int, k: int
+    vnni: Kernels, kind: type[Layer], rows: int, n: int, k: int
 ) -> None:
     if kind is Int4Linear and n % 64:
         pytest.skip("int4 layers: blocks of 64 outputs")
-    layer = _layer(kind, n, k, rows + n, bias=True)
+    chosen, vnni_bits = vnni, 8 if vnni.int8 else 16
+    layer = _layer(kind, n, k, rows + n, True, chosen)
     x = _rows(rows, k, rows)
     x[0, :7] = 0  # zeros round to zero
     x[0, 32:64] = 0  # a group of zeros
     x[-1, 3] = 300.0  # an outlier rounds its own group only
     stored = layer.vnni()
-    assert stored is not None and stored[0].dim() == 4 and layer.activation_bits() == vnni
-    out = kernels.linear(x, *stored, layer.bias, vnni)
+    assert stored is not None and stored[0].dim() == 4 and layer.activation_bits() == vnni_bits
+    out = chosen.linear(x, *stored, layer.bias, vnni_bits)
     # The layer's own forward (prompts, transformers' forward) keeps 16 bits whatever the step's.
-    assert torch.equal(layer(x), kernels.linear(x, *stored, layer.bias, 16))
+    assert torch.equal(layer(x), chosen.linear(x, *stored, layer.bias, 16))
     if isinstance(layer, Int8Linear):
         weight = layer.weight.double() * layer.scales.double()[:, None]
     else:
@@ -237,46 +257,46 @@ def test_the_vnni_kernel_computes_its_reference(
         q, scales, zeros = _int4_levels(layer), pairs[..., 0], pairs[..., 1]
         weight = _int4_exact(layer)
     if isinstance(layer, Int8Linear):
-        expected = _rounded_rows(x, activation_group(k, vnni), vnni) @ weight.t() + _bias(layer)
+        expected = _rounded_rows(x, activation_group(k, vnni_bits), vnni_bits) @ weight.t() + _bias(layer)
     else:
-        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros, vnni) + _bias(layer)
+        expected = _int4_product(x, VNNI_GROUP, q, scales, zeros, vnni_bits) + _bias(layer)
     assert float((out.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     # Each row alone: bit for bit what it is among the others.
     for i in (0, rows - 1):
         assert torch.equal(
-            kernels.linear(x[i : i + 1].contiguous(), *stored, layer.bias, vnni), out[i : i + 1]
+            chosen.linear(x[i : i + 1].contiguous(), *stored, layer.bias, vnni_bits), out[i : i + 1]
         )
     # The rounding is the activations' only (the outlier's group rounds coarsely): near the exact
     # product, and with 16 bits very near.
     exact = x.double() @ weight.t() + layer.bias.double()
     error = float((out.double() - exact).abs().max())
-    assert error <= (0.05 if vnni == 8 else 2e-4) * float(exact.abs().max())
+    assert error <= (0.05 if vnni_bits == 8 else 2e-4) * float(exact.abs().max())
 
 
-def test_a_layer_that_keeps_wide_activations_keeps_them_with_int8(native: None) -> None:
-    if not kernels.vnni:
+def test_a_layer_that_keeps_wide_activations_keeps_them_with_int8(native: Kernels) -> None:
+    if not native.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
-    layer = _int8(96, 192, 14)
+    layer = _int8(96, 192, 14, replace(native, int8=True))
     layer.wide_input = True  # the MLP's down projection (WIDE_INPUT_LAYERS)
     x = _rows(3, 192, 15)
-    kernels.int8 = True
     assert layer.activation_bits() == 16
     layer.wide_input = False
     assert layer.activation_bits() == 8
     stored = layer.vnni()
     assert stored is not None
     assert not torch.equal(
-        kernels.linear(x, *stored, layer.bias, 16), kernels.linear(x, *stored, layer.bias, 8)
+        native.linear(x, *stored, layer.bias, 16), native.linear(x, *stored, layer.bias, 8)
     )
 
 
-def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(native: None) -> None:
-    if not kernels.vnni:
+def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winners(native: Kernels) -> None:
+    if not native.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI")
     g = torch.Generator().manual_seed(12)
     weight = torch.randn(4096, 128, generator=g)
     head = ShortlistHead(128, 4096, False, torch.float32)
     head.quantize(weight, tied=True)
+    use_kernels(head, native)
     assert head.vnni_weight is not None and head.vnni_weight.shape[2] * 8 == HEAD_GROUP
     x = torch.randn(8, 128, generator=g)
     logits, exact = head(x), x @ weight.t()
@@ -285,7 +305,7 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
     assert torch.allclose(logits.gather(-1, top), exact.gather(-1, top), atol=1e-4)
     # The rest are the kernel's estimates (not the int4 layer's): the activations rounded per group
     # of 64 by the head's own int4 copy.
-    estimates = kernels.linear(x, head.vnni_weight, head.vnni_scales, None, 8)
+    estimates = native.linear(x, head.vnni_weight, head.vnni_scales, None, 8)
     pairs = head.vnni_scales.permute(0, 3, 2, 1).reshape(4096, 2, -1)  # [N, (scale, zero), groups]
     levels = head.vnni_weight.view(256, 2, 8, 16, 4)  # [block, group, j, c, i]
     q = torch.stack([levels & 0xF, levels >> 4], dim=-2)  # [block, group, j, c, half, i]
@@ -295,7 +315,7 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
     rest = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, estimates.topk(64, dim=-1).indices, False)
     assert torch.equal(logits[rest], estimates[rest])
     # Without AVX512-VNNI's kernel (or with model.kernels = "float32"): the int4 layer's estimates.
-    kernels.vnni = False
+    use_kernels(head, replace(native, vnni=False))
     coarse = head.coarse(x)
     rest = torch.ones_like(logits, dtype=torch.bool).scatter_(-1, coarse.topk(64, dim=-1).indices, False)
     assert torch.equal(head(x)[rest], coarse[rest])
@@ -304,7 +324,7 @@ def test_the_output_head_shortlists_with_int8_activations_and_keeps_exact_winner
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_the_shortlist_kernel_makes_the_largest_estimates_exact(
-    native: None, dtype: torch.dtype, bias: bool
+    native: Kernels, dtype: torch.dtype, bias: bool
 ) -> None:
     g = torch.Generator().manual_seed(7)
     vocab, k, count = 5000, 96, 64  # not a multiple of the kernel's runs of 64 (a small vocabulary below)
@@ -342,7 +362,7 @@ def test_the_shortlist_kernel_makes_the_largest_estimates_exact(
     [(14, 2, 64, 30, 12), (14, 2, 64, 690, 12), (9, 3, 64, 5, 1), (4, 4, 128, 17, 40), (6, 2, 80, 100, 315)],
 )
 def test_the_attention_of_new_tokens_over_a_cache_is_torchs(
-    native: None, heads: int, kv_heads: int, dim: int, fed: int, count: int
+    native: Kernels, heads: int, kv_heads: int, dim: int, fed: int, count: int
 ) -> None:
     g = torch.Generator().manual_seed(fed + count)
     columns = fed + count
@@ -363,7 +383,7 @@ def test_the_attention_of_new_tokens_over_a_cache_is_torchs(
     ("heads", "kv_heads", "dim", "fed", "count"), [(14, 2, 64, 690, 12), (6, 2, 80, 100, 7)]
 )
 def test_the_attention_over_a_float16_cache_is_the_attention_over_its_values(
-    native: None, heads: int, kv_heads: int, dim: int, fed: int, count: int
+    native: Kernels, heads: int, kv_heads: int, dim: int, fed: int, count: int
 ) -> None:
     """Keys and values kept in float16 (`scheduler.kv_cache`) are read as the float32 numbers they
     hold: the same attention, bit for bit, as over those numbers kept in float32."""
@@ -375,8 +395,8 @@ def test_the_attention_over_a_float16_cache_is_the_attention_over_its_values(
     assert torch.equal(half, torch.ops.chinwag.attend(q, keys.float(), values.float(), fed, dim**-0.5))
 
 
-def test_the_best_token_of_each_row_is_the_one_torch_chooses(native: None) -> None:
-    """`kernels.argmax` (the scheduler's greedy choice) against torch.argmax: ties go to the first,
+def test_the_best_token_of_each_row_is_the_one_torch_chooses(native: Kernels) -> None:
+    """`Kernels.argmax` (the scheduler's greedy choice) against torch.argmax: ties go to the first,
     a NaN wins, a row of -inf gives 0, whatever the length and the rows' stride."""
     g = torch.Generator().manual_seed(7)
     for vocab in (151_936, 49_152, 1_000, 37, 16, 5):
@@ -389,49 +409,112 @@ def test_the_best_token_of_each_row_is_the_one_torch_chooses(native: None) -> No
         rows[6, [0, vocab // 2]] = torch.inf
         rows[7] = 0.0
         rows[8, -1] = rows[8].max() + 1  # the best last (past the last 16)
-        assert kernels.argmax(rows) == rows.argmax(-1).tolist()
+        assert native.argmax(rows) == rows.argmax(-1).tolist()
+        assert TORCH.argmax(rows) == rows.argmax(-1).tolist()
 
 
 def test_without_a_compiler_the_layers_keep_torchs_kernels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(kernels, "_loaded", None)
-    monkeypatch.setattr(kernels, "ready", False)
+    monkeypatch.setattr(kernels, "unsupported", lambda: None)  # as on a CPU that runs them
     monkeypatch.setattr(kernels, "_registered", lambda: False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++, c++ or clang++ on it
     monkeypatch.delenv("CXX", raising=False)
     with caplog.at_level("INFO", logger="bot.inference.kernels"):
-        assert not kernels.enable(tmp_path / "cache")
+        chosen = Kernels.load("auto", tmp_path / "cache")
+    assert chosen == Kernels("auto") and not chosen.ready
     assert "no C++ compiler found" in caplog.text
-    layer = _int8(64, 64, 12)
+    layer = _int8(64, 64, 12, chosen)
     x = _rows(2, 64, 13)
     assert torch.allclose(
         layer(x), x @ layer._dequantized(torch.float32).t() + layer.bias, rtol=2e-2, atol=0.2
     )
 
 
-def test_a_library_built_beforehand_needs_no_compiler(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    built = kernels.build(tmp_path)  # as a Docker image's build stage does
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+@needs_compiler
+def test_a_library_built_beforehand_needs_no_compiler(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = kernels.build(library)  # built by the fixture, as a Docker image's build stage does
+    monkeypatch.setenv("PATH", str(library / "empty"))
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(kernels.KernelError):
-        kernels.build(tmp_path / "elsewhere")
-    assert kernels.build(tmp_path) == built
-    assert [p.name for p in (tmp_path / "kernels").iterdir() if p.suffix == ".so"] == [built.name]
+        kernels.build(library / "elsewhere")
+    assert kernels.build(library) == built
+    assert [p.name for p in (library / "kernels").iterdir() if p.suffix == ".so"] == [built.name]
 
 
 def test_a_failing_compilation_is_reported_not_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ here")
     broken = tmp_path / "kernels.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(kernels, "SOURCE", broken)
-    monkeypatch.setattr(kernels, "_loaded", None)
-    monkeypatch.setattr(kernels, "ready", False)
+    monkeypatch.setattr(kernels, "unsupported", lambda: None)
     monkeypatch.setattr(kernels, "_registered", lambda: False)
     with caplog.at_level("INFO", logger="bot.inference.kernels"):
-        assert not kernels.enable(tmp_path / "cache")
+        assert not Kernels.load("auto", tmp_path / "cache").ready
     assert "failed" in caplog.text
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
+
+
+@needs_compiler
+def test_the_kernels_compile_without_a_warning(tmp_path: Path) -> None:
+    """Our C++ compiles warning-free with the flags it is built with (-Wall -Wextra), and warnings
+    are errors here, so a new one fails this test (compiling needs no AVX-512, only g++ and torch's
+    headers; torch's are included as system headers, their warnings not ours)."""
+    assert "-w" not in kernels.FLAGS and {"-Wall", "-Wextra"} <= set(kernels.FLAGS)
+    command = [*kernels.compile_command(kernels.compiler(), tmp_path / "kernels.so"), "-Werror"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=kernels.COMPILE_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning" not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.model
+def test_models_loaded_with_different_kernels_each_keep_their_own(tmp_path: Path) -> None:
+    """Which kernels a model uses is its own (`model.kernels`), not the process's: loading another
+    model with other settings changes nothing for those loaded before. Here "torch" first, then the
+    default "auto" (which loads the library where the CPU runs it), then "float32"."""
+    loaded = {}
+    for setting in ("torch", "auto", "float32"):
+        settings = load_settings(model={"name": "smollm2-135m-instruct", "threads": 0, "kernels": setting})
+        alone = SchedulerSettings(enabled=False)
+        loaded[setting] = TransformersModel.load(
+            settings.model, settings.model_cache_dir, progress=False, scheduler=alone
+        )
+    runs = kernels.unsupported() is None and shutil.which("g++") is not None
+    try:
+        chosen = {setting: kernels_of(model._model) for setting, model in loaded.items()}
+        assert chosen["torch"] == Kernels("torch") and not chosen["torch"].ready
+        assert chosen["auto"].setting == "auto" and chosen["auto"].ready == runs
+        assert chosen["float32"].setting == "float32" and chosen["float32"].ready == runs
+        assert not chosen["float32"].bf16 and not chosen["float32"].vnni
+        assert chosen["auto"].bf16 == runs
+        for setting, model in loaded.items():
+            # Every quantized layer of a model, and its decode step, has the model's own.
+            layers = [m for m in model._model.modules() if isinstance(m, QuantizedLinear | ShortlistHead)]
+            assert layers and all(layer.kernels is chosen[setting] for layer in layers)
+            assert step_for(model._model).kernels is chosen[setting]
+        # And each computes with its own: the same input through the same layer of each model.
+        q_proj = {setting: model._model.model.layers[0].self_attn.q_proj for setting, model in loaded.items()}
+        x = torch.randn(3, q_proj["torch"].in_features, generator=torch.Generator().manual_seed(1))
+        out = {setting: layer(x) for setting, layer in q_proj.items()}
+        theirs = q_proj["torch"]._matmul(x.to(torch.bfloat16)).float()  # torch's kernel, bf16 inputs
+        if q_proj["torch"].bias is not None:
+            theirs = theirs + q_proj["torch"].bias
+        assert torch.equal(out["torch"], theirs)
+        for setting in ("auto", "float32"):
+            layer = q_proj[setting]
+            assert isinstance(layer, QuantizedLinear)
+            if runs:
+                stored = layer.vnni() or layer.native()
+                assert stored is not None
+                assert torch.equal(out[setting], chosen[setting].linear(x, *stored, layer.bias, 16))
+                assert not torch.equal(out[setting], out["torch"])
+            else:
+                assert torch.equal(out[setting], out["torch"])
+        if runs and (chosen["auto"].vnni or torch.ops.chinwag.has_bf16()):  # rounded against exact
+            assert not torch.equal(out["auto"], out["float32"])
+    finally:
+        for model in loaded.values():
+            model.close()

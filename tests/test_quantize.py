@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from bot.errors import ModelError
-from bot.inference import kernels
 from bot.inference.local import TransformersModel, resolve_quantization
 from bot.inference.quantize import (
     GROUP,
@@ -20,6 +19,7 @@ from bot.inference.quantize import (
     Int8Linear,
     ShortlistHead,
     available,
+    int4_layout,
     load_quantized,
     native_bf16,
     on_4bit_grid,
@@ -34,15 +34,10 @@ needs_kernels = pytest.mark.skipif(
 
 def _dequantized(layer: torch.nn.Module, in_features: int) -> torch.Tensor:
     """The weight a quantized layer multiplies by, read back through its own kernel (x = identity,
-    fed in fewer rows than a prompt's, which an int8 layer multiplies by its expanded weight). Not
-    through the VNNI kernel (whose rounded activations are a scale times an integer: 1.0 comes back
-    as 32639 times 1 / 32639, not exactly 1)."""
+    fed in fewer rows than a prompt's, which an int8 layer multiplies by its expanded weight): a new
+    layer's kernels are torch's (`TORCH`), whose bf16 inputs hold 1.0 exactly."""
     eye = torch.eye(in_features, dtype=torch.float32)
-    vnni, kernels.vnni = kernels.vnni, False
-    try:
-        rows = [layer(eye[i : i + PREFILL_ROWS // 2]) for i in range(0, in_features, PREFILL_ROWS // 2)]
-    finally:
-        kernels.vnni = vnni
+    rows = [layer(eye[i : i + PREFILL_ROWS // 2]) for i in range(0, in_features, PREFILL_ROWS // 2)]
     return torch.cat(rows).T  # [out, in]
 
 
@@ -123,6 +118,10 @@ def test_an_int8_layer_gives_the_same_product_through_its_kernel_and_expanded() 
 
 @needs_kernels
 def test_an_int4_layers_weights_unpack_from_the_kernels_layout_exactly() -> None:
+    # torch packs int4 weights by the instructions its CPU code runs: blocks of 64 channels with
+    # AVX-512, 32 with AVX2, pairs without vector code. The layout read must be this machine's.
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert int4_layout() == (64 if capability.startswith("AVX512") else 32 if capability == "AVX2" else 0)
     torch.manual_seed(7)
     layer = Int4Linear(256, 192, False, torch.float32)
     layer.quantize(torch.randn(192, 256) * 0.05)
@@ -298,7 +297,7 @@ def test_quantizing_runs_in_a_thread_that_ends_with_it(
 ) -> None:
     """torch's parallel operations leave OpenMP workers to the thread that ran them, and with more
     of those than CPUs every pool sleeps between parallel regions: decoding after quantizing in the
-    same process ran at 41 tokens/s instead of 60 (2 cores). So the quantizing thread must end."""
+    same process ran markedly slower. So the quantizing thread must end."""
     import threading
 
     from bot.inference import quantize

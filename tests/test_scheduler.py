@@ -24,9 +24,9 @@ import torch
 
 from bot.app import default_tools
 from bot.errors import BusyError
-from bot.inference import kernels
 from bot.inference.decoder import LeanStep
 from bot.inference.local import TransformersModel
+from bot.inference.quantize import kernels_of, use_kernels
 from bot.inference.scheduler import Request
 from bot.seams.model import Chunk, Finish, Queued
 from bot.tools.calls import parse_tool_calls
@@ -159,10 +159,11 @@ async def test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_tim
     """The default (`model.kernels = "auto"`) where the CPU has AVX512-VNNI: the decode step rounds
     most layers' activations to int8, row by row, so a reply is the same whichever others share its
     steps, and prompts arriving together are encoded as each alone (prompts keep 16 bits)."""
-    if not kernels.vnni:
+    chosen = kernels_of(naive._model)  # "int16", as loaded
+    if not chosen.vnni:
         pytest.skip("this CPU lacks AVX512-VNNI: the decode step keeps 16 bits or bf16")
     q_proj = naive._model.model.layers[0].self_attn.q_proj
-    kernels.int8 = True
+    use_kernels(naive._model, replace(chosen, int8=True))  # as "auto" chooses them
     # As shipped: keys and values kept in float16 too (`scheduler.kv_cache`).
     one = _scheduled(naive, SchedulerSettings(max_batch=1, kv_cache="float16"))
     many = _scheduled(naive, SchedulerSettings(max_batch=8, kv_cache="float16"))
@@ -191,7 +192,7 @@ async def test_with_int8_steps_batched_replies_equal_the_schedulers_one_at_a_tim
         assert list(await asyncio.gather(*(_collect(many, q, params) for q in questions))) == alone
         assert many.scheduler.encoded_together - before >= 2 or not many.scheduler.step.can_feed_many()
     finally:
-        kernels.int8 = False
+        use_kernels(naive._model, chosen)
         one.close()
         many.close()
 

@@ -1,24 +1,22 @@
 """The batch's KV cache and its decode step: one token for every active request in one pass.
 
 `BatchCache` keeps every layer's keys and values in buffers with room to grow, left-padded so that
-all rows end at the same column; a decode step writes its new column in place. (transformers'
-`DynamicCache` concatenates a layer's whole cache to add one column: with 8 replies of a few
-hundred tokens that was 14 ms of a 100 ms step, growing with the conversation.)
+all rows end at the same column; a decode step writes its new column in place (transformers'
+`DynamicCache` concatenates a layer's whole cache to add one column, a cost growing with the
+conversation).
 
 For the decoder-only architectures it knows (Llama, Qwen2: the default model and the test model),
 `LeanStep` runs the layers' own modules without transformers' per-call machinery (mask building,
-cache bookkeeping, keyword plumbing through every layer): one reply's decode step of the default
-model took 35 ms against 37-40 ms through the forward (2 cores). It computes what the forward
-computes, op for op, and attends each padded row over its own tokens only, so a row's logits do
-not depend on the rest of the batch (`tests/test_decoder.py`, `tests/test_scheduler.py`). Any other
-architecture goes through the model's own forward (`ModelStep`).
+cache bookkeeping, keyword plumbing through every layer). It computes what the forward computes, op
+for op, and attends each padded row over its own tokens only, so a row's logits do not depend on
+the rest of the batch (`tests/test_decoder.py`, `tests/test_scheduler.py`). Any other architecture
+goes through the model's own forward (`ModelStep`).
 
-With chinwag's kernels loaded (`bot/kernels.py`) and every projection int8 or int4, a decode step
-runs each layer in one call of `chinwag::decode_layer` (norms, projections, rotary, attention over
-each row's own columns, MLP) instead of about 45 torch calls from Python: one reply's step of the
-default model took 16 ms against 22 (2 cores), 8 padded replies 36 ms against 49. It rounds
-differently from the forward (in float32, logits within 1e-5 of their scale) and is batch-invariant
-too.
+Where the model's kernels (its `Kernels`, bot/inference/kernels.py) are chinwag's and every
+projection is int8 or int4, a decode step runs each layer in one call of `chinwag::decode_layer`
+(norms, projections, rotary, attention over each row's own columns, MLP) instead of dozens of torch
+calls from Python. It rounds differently from the forward (in float32, logits within 1e-5 of their
+scale) and is batch-invariant too.
 """
 
 from __future__ import annotations
@@ -28,7 +26,8 @@ from typing import Any
 
 import torch
 
-from bot.inference import kernels
+from bot.inference.kernels import Kernels
+from bot.inference.quantize import QuantizedLinear, kernels_of
 
 # Columns added at a time when the buffers are full.
 _GROW = 256
@@ -91,9 +90,8 @@ class BatchCache:
 
     def add(self, *rows: list[tuple[Any, Any]]) -> None:
         """Append rows (each, per layer: keys, values [1, kv_heads, n, dim]), padding on the left
-        whichever are shorter. Several at once are one copy of the batch (8 prompts encoded
-        together, added one by one, took 33 ms of a 280 ms pass: each copied and zeroed the whole
-        batch again)."""
+        whichever are shorter. Several at once are one copy of the batch (added one by one, each
+        would copy and zero the whole batch again)."""
         lengths = [row[0][0].shape[2] for row in rows]
         width = max(self.columns, *lengths)
         shift = width - self.columns  # existing rows move right when a new one is longer
@@ -166,7 +164,7 @@ class BatchCache:
 def _room(tensor: Any, capacity: int, dim: int = 2, zero: bool = False) -> Any:
     """`tensor` copied into a buffer of `capacity` along `dim` (at its start). The rest is left as
     it comes unless `zero`: keys and values beyond the columns in use are written before anything
-    reads them (zeroing them cost half a millisecond per turn of a 700-token conversation)."""
+    reads them (zeroing them would cost time on every turn)."""
     shape = list(tensor.shape)
     used = shape[dim]
     shape[dim] = capacity
@@ -178,8 +176,10 @@ def _room(tensor: Any, capacity: int, dim: int = 2, zero: bool = False) -> Any:
 class ModelStep:
     """A decode step through the model's own forward: works for any architecture the batch supports."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, kernels: Kernels | None = None) -> None:
         self._model = model
+        # The model's kernels (its layers use them in the forward; the scheduler's greedy choice).
+        self.kernels = kernels if kernels is not None else kernels_of(model)
 
     def start(self, prefix: list[tuple[Any, Any]] | None, used: int | None = None) -> Any:
         """A request's own cache, holding `prefix` (per layer: keys, values) if given; with `used`,
@@ -247,8 +247,10 @@ class LeanStep:
 
     ARCHITECTURES = ("llama", "qwen2")
 
-    def __init__(self, model: Any, half_cache: bool = False) -> None:
+    def __init__(self, model: Any, half_cache: bool = False, kernels: Kernels | None = None) -> None:
         self._model = model
+        # The model's own kernels (`kernels_of`) unless told otherwise.
+        self.kernels = kernels if kernels is not None else kernels_of(model)
         base = model.model
         self._embed = base.embed_tokens
         self._rotary = base.rotary_emb
@@ -261,14 +263,14 @@ class LeanStep:
         self._heads = model.config.num_attention_heads
         self._kv_heads = model.config.num_key_value_heads
         # The layers for chinwag's fused kernel: with the weights as they are, and (where they have
-        # them) laid out for its VNNI products, used wherever those run (`kernels.vnni`).
+        # them) laid out for its VNNI products, used wherever those run (`Kernels.vnni`).
         self._fused: list[_Fused] | None = _fused_layers(model)
         self._fused_vnni: list[_Fused] | None = _fused_layers(model, vnni=True)
         # The dtype of the keys and values it keeps: with `half_cache` and its fused kernel in use,
         # float16 (half the memory of a conversation's cache; attention computes in float32 all the
         # same); else the model's own.
         weight = self._embed.weight
-        half = half_cache and self._fused is not None and kernels.ready
+        half = half_cache and self._fused is not None and self.kernels.ready
         self.cache_dtype = torch.float16 if half else weight.dtype
 
     @classmethod
@@ -291,8 +293,7 @@ class LeanStep:
         """A request's own cache (a batch of one row), holding `prefix` (per layer: keys, values).
 
         With `used`, `prefix` is buffers with room after their first `used` columns, and the cache
-        is made of them, writing its new tokens into that room (no copy of the history: 1.5 ms for
-        a 700-token conversation of the default model, more when fresh memory faults in).
+        is made of them, writing its new tokens into that room (no copy of the history).
         """
         if prefix is not None:
             return BatchCache(prefix) if used is None else BatchCache.adopt(prefix, used)
@@ -323,7 +324,7 @@ class LeanStep:
     def can_feed_many(self) -> bool:
         """Whether `feed_many` encodes several requests in one pass (chinwag's kernels in use for
         every projection), rather than one after the other."""
-        return self._fused is not None and kernels.ready
+        return self._fused is not None and self.kernels.ready
 
     def feed_many(self, requests: list[tuple[BatchCache, int, list[int]]]) -> list[Any]:
         """`feed` for several requests (each: its cache, the tokens it holds, the tokens to encode),
@@ -364,9 +365,8 @@ class LeanStep:
                 cache.keys[i][:, :, fed : fed + count] = k[:, :, first : first + count]
                 cache.values[i][:, :, fed : fed + count] = v[:, :, first : first + count]
                 mine = q[:, :, first : first + count]
-                if fed and kernels.ready and dim % 16 == 0 and count * (fed + count) <= _ATTEND_AREA:
-                    # chinwag's kernel: 12 new tokens over 700 columns took 0.18 ms a layer against
-                    # 0.27 with torch's masked attention, a 315-token prompt over 345 1.1 against 3.0.
+                if fed and self.kernels.ready and dim % 16 == 0 and count * (fed + count) <= _ATTEND_AREA:
+                    # chinwag's kernel: faster than torch's masked attention over a cache.
                     out = torch.ops.chinwag.attend(
                         mine[0].contiguous(), cache.keys[i][0], cache.values[i][0], fed, self._scaling
                     )
@@ -421,9 +421,9 @@ class LeanStep:
         starts = (~cache.mask).sum(1).tolist() if not bool(cache.mask.all()) else None
         x = self._embed(ids)  # [rows, 1, hidden]
         cos, sin = self._rotary(x, positions)
-        fused = self._fused_vnni if kernels.vnni and self._fused_vnni is not None else self._fused
-        if fused is not None and kernels.ready:
-            # Each layer in one call of chinwag's kernels (bot/kernels.cpp).
+        fused = self._fused_vnni if self.kernels.vnni and self._fused_vnni is not None else self._fused
+        if fused is not None and self.kernels.ready:
+            # Each layer in one call of chinwag's kernels (kernels.cpp).
             x, cos, sin = x[:, 0].contiguous(), cos[:, 0].contiguous(), sin[:, 0].contiguous()
             first = starts or [0] * rows
             for i, (*layer, linears) in enumerate(fused):
@@ -431,6 +431,7 @@ class LeanStep:
                     x,
                     *layer,
                     [linear.activation_bits() for linear in linears],
+                    self.kernels.bf16,
                     cos,
                     sin,
                     cache.keys[i],
@@ -503,8 +504,6 @@ def _fused_layers(model: Any, vnni: bool = False) -> list[_Fused] | None:
     projections must all be int8 or int4 layers of shapes the kernels take, float32 elsewhere, with
     a SiLU MLP and RMSNorms of float32 weights. With `vnni`, the copies laid out for the
     VNNI kernel of the projections that have one."""
-    from bot.inference.quantize import QuantizedLinear
-
     if getattr(model.config, "hidden_act", None) != "silu" or model.config.hidden_size % 16:
         return None
     if model.model.embed_tokens.weight.dtype != torch.float32:  # the residual stream must be float32
@@ -554,7 +553,10 @@ def _rotate_half(x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def step_for(model: Any, half_cache: bool = False) -> ModelStep | LeanStep:
+def step_for(model: Any, half_cache: bool = False, kernels: Kernels | None = None) -> ModelStep | LeanStep:
     """The fastest decode step that computes `model` exactly (with `half_cache`, up to keys and
-    values kept in float16 where chinwag's kernels run it; see `LeanStep`)."""
-    return LeanStep(model, half_cache) if LeanStep.supports(model) else ModelStep(model)
+    values kept in float16 where chinwag's kernels run it; see `LeanStep`), with the model's own
+    kernels (`kernels_of`) unless given others."""
+    if LeanStep.supports(model):
+        return LeanStep(model, half_cache, kernels)
+    return ModelStep(model, kernels)

@@ -139,19 +139,12 @@ class TransformersModel:
             if tokenizer.chat_template is None:
                 raise ModelError(f"{settings.name} has no chat template, so it cannot chat")
             if scheme is not None:
-                from bot.inference import kernels
-                from bot.inference.quantize import load_quantized
+                from bot.inference.kernels import Kernels
+                from bot.inference.quantize import load_quantized, use_kernels
 
                 model = load_quantized(path, scheme, cache_dir, progress)
-                if settings.kernels == "torch":
-                    kernels.disable()
-                else:
-                    kernels.enable(
-                        cache_dir,
-                        progress,
-                        bf16=settings.kernels != "float32",
-                        activations8=settings.kernels in ("auto", "int8"),
-                    )
+                # This model's own choice of kernels: others in the process keep theirs.
+                use_kernels(model, Kernels.load(settings.kernels, cache_dir, progress))
             else:
                 dtype = _resolve_dtype(settings.dtype, device)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)

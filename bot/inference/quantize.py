@@ -1,16 +1,14 @@
 """Weight-only quantization for CPU decoding: fewer bytes per weight, more tokens per second.
 
 Decoding one token reads every weight of the model once, so on a CPU its speed is bound by memory
-bandwidth: fp32 Qwen 0.5B reads about 2 GB per token (about 10 tokens/s here). Storing the linear
-layers' weights as int4 (groups of 32 along the input, a bf16 scale and zero point per group) or
-int8 (one bf16 scale per output channel) reads an eighth or a quarter of that. The layers
-multiply with chinwag's own kernels when they are loaded (`bot/kernels.py`: faster, float32 in
-and out) and otherwise with torch's (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`); both
-read the stored tensors as they are. Only weights are quantized, never what flows between layers
-(quantizing activations, as `quantize_dynamic` does, made the 0.5B model answer a question it
-should have declined): by default the kernels round a layer's inputs to 16 bits per group of 32
-(closer than bf16) or to bf16 at most, and everything else stays float32. `model.kernels = "int8"`
-opts into int8 inputs per group of 32, with the same quality scores for the default model.
+bandwidth. Storing the linear layers' weights as int4 (groups of 32 along the input, a bf16 scale
+and zero point per group) or int8 (one bf16 scale per output channel) reads an eighth or a quarter
+of float32's bytes. The layers multiply with chinwag's own kernels where the model's `Kernels` say
+so (bot/inference/kernels.py: faster, float32 in and out) and otherwise with torch's
+(`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`); both read the stored tensors as they are.
+Only weights are stored quantized, never what flows between layers (quantizing activations for
+good, as `quantize_dynamic` does, made the 0.5B model answer a question it should have declined):
+the kernels round a layer's inputs for its products only, and everything else stays float32.
 
 Quantizing takes seconds, so the result is kept in the model cache next to the prepared model and
 later starts load it directly: a skeleton of the model is built without memory for its weights and
@@ -32,7 +30,7 @@ import torch
 from torch import nn
 
 from bot.errors import ModelError
-from bot.inference import kernels
+from bot.inference.kernels import TORCH, Kernels, cpu_flags
 from bot.inference.weights import building, locked, say
 from bot.threads import run_apart
 
@@ -44,11 +42,10 @@ log = logging.getLogger(__name__)
 Scheme = Literal["int8", "int4", "mixed"]
 # Bumped when the stored format changes, so older copies are rebuilt.
 QUANT_VERSION = 11
-# Layers "mixed" stores as int4 even when their weights are not on a 4-bit grid: together they are
-# 58% of the default model's layer weights (not 4-bit in its GGUF). The default model then decoded at
-# 37 tokens/s instead of 29 (2 cores), with the same scores on every answer-quality evaluation
-# (bench/quality.py: documents 19/24, unanswerable 0/8, tool choice 35/41, arguments 41/41, tool
-# answers 27/32); int4 for every layer (the attention projections too) cost tool-use answers.
+# Layers "mixed" stores as int4 even when their weights are not on a 4-bit grid: the larger part of
+# the default model's layer weights, so it decodes faster, with the same scores on every
+# answer-quality evaluation (bench/quality.py); int4 for every layer (the attention projections
+# too) cost tool-use answers.
 INT4_LAYERS = frozenset({"gate_proj", "up_proj"})
 GROUP = 32  # int4: weights per scale/zero pair along the input dimension
 _INNER_K_TILES = 2
@@ -60,15 +57,13 @@ MARKER = "chinwag-quantized.json"
 # speed of float32 there is small (the bytes are in the linear layers' weights). The scheduler's KV
 # cache may store float16 numbers (`scheduler.kv_cache`), read as float32.
 COMPUTE = torch.bfloat16
-# From this many rows (a prompt's tokens being encoded), a layer expands its weight for one plain
-# matmul instead of using the kernel, which is compute-bound there. Decoding (a row per reply, at
-# most `scheduler.max_batch`) stays on the kernels. A 4864x896 layer, 2 cores:
-# - a CPU with bf16 arithmetic (AVX512-BF16, AMX; `native_bf16`), 400 rows: int8 kernel 22.8 ms,
-#   int8 values as bf16 (exact) and a bf16 matmul 9.3 ms; int4 kernel 21.3 ms, its weights
-#   unpacked to bf16 and a bf16 matmul 15.4 ms (unpacking costs 4.4 ms: from 256 rows only);
-# - without, int8 kernel 30.8 ms, expanded to float32 and a float32 matmul 1 + 12.5 ms (386 rows;
-#   at 16 rows the kernel is faster, 1.3 ms against 2.3); int4 keeps its kernel.
+# From this many rows (a prompt's tokens being encoded), an int8 layer expands its weight for one
+# plain matmul instead of using the kernel, which is compute-bound there (in bf16 on CPUs with bf16
+# arithmetic, `native_bf16`; else float32). Decoding (a row per reply, at most
+# `scheduler.max_batch`) stays on the kernels.
 PREFILL_ROWS = 32
+# The same for int4 layers on CPUs with bf16 arithmetic (their weights unpacked to bf16): unpacking
+# costs more, so it pays from more rows. Elsewhere int4 keeps its kernel.
 INT4_PREFILL_ROWS = 256
 # torch's own format: it aligns every tensor to 64 bytes, so the weights are used straight from the
 # memory-mapped file (safetensors aligns to 8, and the int8 kernel's vector loads crashed on that).
@@ -79,7 +74,7 @@ WEIGHTS = "model.pt"
 def native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic itself (AVX512-BF16 or AMX), where a bf16 matmul over
     many rows is about twice as fast as a float32 one (elsewhere bf16 is emulated, and slower)."""
-    return bool((kernels.cpu_flags() or frozenset()) & {"avx512_bf16", "amx_bf16"})
+    return bool((cpu_flags() or frozenset()) & {"avx512_bf16", "amx_bf16"})
 
 
 def label(scheme: Scheme) -> str:
@@ -106,10 +101,12 @@ class QuantizedLinear(nn.Module):
     # The weight laid out for the int8-activation kernel (None: the layer has no such copy).
     vnni_weight: Any
     # Whether its activations keep 16 bits in the decode step even where the other layers' are
-    # rounded to 8 (`WIDE_INPUT_LAYERS`, `kernels.int8`).
+    # rounded to 8 (`WIDE_INPUT_LAYERS`, `Kernels.int8`).
     wide_input = False
-    # Rows below which chinwag's kernels (when loaded) compute the layer.
+    # Rows below which chinwag's kernels (where in use) compute the layer.
     native_rows = PREFILL_ROWS
+    # The kernels it multiplies with: its model's (`use_kernels`).
+    kernels: Kernels = TORCH
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
         super().__init__()
@@ -133,14 +130,14 @@ class QuantizedLinear(nn.Module):
         rows = x.reshape(-1, shape[-1])
         if (
             rows.shape[0] < kernel_rows
-            and kernels.ready
+            and self.kernels.ready
             and rows.dtype == torch.float32
             and (stored := self.vnni() or self.native()) is not None
         ):
-            # chinwag's kernels (bot/kernels.cpp): float32 in and out, the bias added in the same pass.
+            # chinwag's kernels (kernels.cpp): float32 in and out, the bias added in the same pass.
             # The activations keep 16 bits here (prompts, and transformers' own forward); only the
             # scheduler's decode step rounds them to `activation_bits`.
-            out = kernels.linear(rows.contiguous(), *stored, self.bias, 16)
+            out = self.kernels.linear(rows.contiguous(), *stored, self.bias, 16)
             return out.reshape(*shape[:-1], self.out_features)
         # Many rows at once (a prompt being encoded): the quantized kernels are compute-bound
         # there, and expanding the weight for one plain matmul is the faster way.
@@ -169,22 +166,22 @@ class QuantizedLinear(nn.Module):
         return None
 
     def native(self) -> tuple[Any, Any] | None:
-        """The weight and scales as chinwag's kernels take them (`kernels.linear`), or None when
+        """The weight and scales as chinwag's kernels take them (`Kernels.linear`), or None when
         they do not take this layer's shape."""
         return None
 
     def vnni(self) -> tuple[Any, Any] | None:
-        """The weight and scales laid out for chinwag's VNNI kernel, while the layers use it
-        (`kernels.vnni`), else None."""
+        """The weight and scales laid out for chinwag's VNNI kernel, where the layer's kernels use it
+        (`Kernels.vnni`), else None."""
         weight = getattr(self, "vnni_weight", None)
-        return (weight, self.vnni_scales) if kernels.vnni and weight is not None else None
+        return (weight, self.vnni_scales) if self.kernels.vnni and weight is not None else None
 
     def activation_bits(self) -> int:
         """What the scheduler's decode step (`chinwag::decode_layer`, one token per reply) rounds this
-        layer's activations to in the VNNI kernel: 8 bits where `kernels.int8` (`model.kernels`
+        layer's activations to in the VNNI kernel: 8 bits where `Kernels.int8` (`model.kernels`
         "auto" or "int8") unless the layer is one of `WIDE_INPUT_LAYERS`, else 16. The layer's own
         forward (prompts being encoded, transformers' forward) always keeps 16 bits."""
-        return 8 if kernels.int8 and not self.wide_input else 16
+        return 8 if self.kernels.int8 and not self.wide_input else 16
 
 
 class Int8Linear(QuantizedLinear):
@@ -238,9 +235,8 @@ class Int4Linear(QuantizedLinear):
     """int4 weights in groups of `GROUP` inputs, each with a scale and a zero point (asymmetric)."""
 
     scheme: Scheme = "int4"
-    # chinwag's kernel at any number of rows: at 4864x896, 2 cores, 32 rows 0.9 ms against 2.0 with
-    # torch's kernel; 255 rows 7.6 ms against 14.5, and against 17.9 for the weights unpacked to
-    # bf16 and one matmul (int8's kernel falls behind its bf16 matmul beyond about 64 rows).
+    # chinwag's kernel at any number of rows: it stays ahead of torch's kernel and of the weights
+    # unpacked for one matmul (int8's kernel falls behind its bf16 matmul with many rows).
     native_rows = 1 << 62
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
@@ -291,7 +287,10 @@ class Int4Linear(QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, GROUP, self.scales_and_zeros)
 
     def native(self) -> tuple[Any, Any] | None:
-        return (self.weight, self.scales_and_zeros) if self.out_features % _INT4_BLOCK == 0 else None
+        # chinwag's kernels read the layout torch packs in with AVX-512 (blocks of 64 channels).
+        if self.out_features % _INT4_BLOCK or int4_layout() != _INT4_BLOCK:
+            return None
+        return self.weight, self.scales_and_zeros
 
     def _many(self, rows: Any) -> Any:
         if rows.shape[0] < INT4_PREFILL_ROWS or not native_bf16() or self.out_features % _INT4_BLOCK:
@@ -299,15 +298,44 @@ class Int4Linear(QuantizedLinear):
         return torch.nn.functional.linear(rows.to(COMPUTE), self.unpacked()).to(rows.dtype)
 
     def unpacked(self) -> Any:
-        """The weight [out, in] in bf16, read out of the kernel's packed layout: per block of 64
-        output channels and per input, 32 bytes whose low halves hold channels 0-31 and whose high
-        halves hold 32-63. Rounded once to bf16 from the exact (q - 8) * scale + zero."""
+        """The weight [out, in] in bf16, read out of the kernel's packed layout (`int4_layout`; out
+        a multiple of 64). Rounded once to bf16 from the exact (q - 8) * scale + zero."""
         n, k = self.out_features, self.in_features
-        blocks = self.weight.view(n // _INT4_BLOCK, k, _INT4_BLOCK // 2)
-        q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k // GROUP, GROUP)
+        q = unpack_int4(self.weight, n, k, int4_layout()).reshape(n, k // GROUP, GROUP)
         scales = self.scales_and_zeros[..., 0].t().unsqueeze(-1)  # [out, groups, 1]
         zeros = self.scales_and_zeros[..., 1].t().unsqueeze(-1)
         return torch.addcmul(zeros, q.to(COMPUTE) - 8, scales).reshape(n, k)
+
+
+def unpack_int4(packed: Any, n: int, k: int, layout: int) -> Any:
+    """The levels q [n, k] (0-15) of an int4 weight packed by torch in `layout` (see `int4_layout`;
+    n a multiple of the block)."""
+    block = layout or 32
+    bytes_ = packed.view(n // block, k, block // 2)  # per block of channels and per input
+    if layout:  # byte c: channel c in its low nibble, c + block / 2 in its high one
+        levels = torch.cat([bytes_ & 0xF, bytes_ >> 4], dim=2)
+    else:  # byte c: channels 2c and 2c + 1
+        levels = torch.stack([bytes_ & 0xF, bytes_ >> 4], dim=3).reshape(n // block, k, block)
+    return levels.transpose(1, 2).reshape(n, k)
+
+
+@functools.cache
+def int4_layout() -> int:
+    """How torch's `_convert_weight_to_int4pack_for_cpu` packs int4 weights in this process: per
+    block of this many output channels and per input, a byte holds channel c in its low nibble and
+    c + block / 2 in its high one; 64 where torch's CPU code runs AVX-512, 32 with AVX2; 0: blocks of
+    32 whose byte c holds channels 2c and 2c + 1 (no vector code). torch picks the layout by the
+    instructions it runs, so a stored copy is for machines of one layout (`_target`), and
+    chinwag's kernels read the first only. -1: this torch has no int4 CPU kernel."""
+    if not available("int4", "cpu"):
+        return -1
+    n, k = 64, 2 * GROUP
+    q = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, _INNER_K_TILES)
+    for layout in (_INT4_BLOCK, 32, 0):
+        if torch.equal(unpack_int4(packed, n, k, layout).to(torch.int32), q):
+            return layout
+    raise ModelError("torch packs int4 weights in a layout chinwag does not know")
 
 
 def on_4bit_grid(groups: Any) -> tuple[Any, Any, Any]:
@@ -336,16 +364,16 @@ class ShortlistHead(nn.Module):
     """The output head: int4 logits over the whole vocabulary choose a shortlist of candidates,
     whose logits are then computed exactly from the float32 weights.
 
-    The head is read in full for every token (136 MB as int8 for Qwen2.5-0.5B's 151,936 tokens,
-    15 ms of a 60 ms step on 2 cores; 5.6 ms as int4), but only the best few logits decide a greedy
-    or top-p choice. Exact logits for int4's top `SHORTLIST` make those match the float32 model's
-    (the float32 winner is far inside int4's top 64); the rest keep int4's close estimate. With tied
+    The head is read in full for every token (the largest single layer of a small model with a large
+    vocabulary), but only the best few logits decide a greedy or top-p choice. Exact logits for
+    int4's top `SHORTLIST` make those match the float32 model's (the float32 winner is far inside
+    int4's top 64); the rest keep int4's close estimate. With tied
     embeddings the float32 weights are the input embedding's, shared: nothing more is stored;
     otherwise they are kept in bf16 (8 significant bits: the same winner in practice).
 
     Where chinwag's kernels run with AVX512-VNNI, the estimates come from their int8-activation
     kernel instead, over a copy of the weights in int4 groups of `HEAD_GROUP` (`vnni_pack_int4`): as
-    good a shortlist, and with several replies at once half the time. The int4 layer stays for other
+    good a shortlist, and faster with several replies at once. The int4 layer stays for other
     CPUs; the copy they do not use is never read from the memory-mapped file.
     """
 
@@ -353,6 +381,8 @@ class ShortlistHead(nn.Module):
     # The VNNI copy's weight and scales (None where the shape does not suit it).
     vnni_weight: Any
     vnni_scales: Any
+    # The kernels it multiplies with: its model's (`use_kernels`).
+    kernels: Kernels = TORCH
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: Any) -> None:
         super().__init__()
@@ -395,13 +425,14 @@ class ShortlistHead(nn.Module):
         if rows.shape[0] >= PREFILL_ROWS:  # logits for a whole prompt (rare): exact throughout
             logits = torch.nn.functional.linear(rows, weight.to(rows.dtype), bias)
             return logits.reshape(*shape[:-1], self.out_features)
+        kernels = self.kernels
         if kernels.ready and kernels.vnni and self.vnni_weight is not None and rows.dtype == torch.float32:
             logits = kernels.linear(rows.contiguous(), self.vnni_weight, self.vnni_scales, None, 8)
         else:
             logits = self.coarse(rows)
         if kernels.ready and rows.dtype == torch.float32 and weight.dtype in (torch.float32, COMPUTE):
             # chinwag's kernel: the shortlist in one pass over the estimates, its logits in place
-            # (8 rows: 0.2 ms against 1.5 for torch's topk, gather and einsum).
+            # (faster than torch's topk, gather and einsum).
             torch.ops.chinwag.shortlist(logits, rows.contiguous(), weight, bias, SHORTLIST)
             return logits.reshape(*shape[:-1], self.out_features)
         shortlist = logits.topk(SHORTLIST, dim=-1).indices  # [rows, SHORTLIST]
@@ -415,26 +446,20 @@ class ShortlistHead(nn.Module):
 
 # Candidates whose logits the output head computes exactly.
 SHORTLIST = 64
-# The output head's int8-activation estimates: int4 weights in groups of this many inputs. With
-# activations rounded to int8 by one scale per row, they kept the float32 winner within their top 5
-# and the top 20 within their top 64 at every one of 1,845 positions of the evaluation documents and
-# questions, as the int4 layer's do (groups of 128: 99.7% of the top 20; one group per output: 98%);
-# the activations now have a scale per group, which rounds them less.
+# The output head's int8-activation estimates: int4 weights in groups of this many inputs. They keep
+# the float32 winner and the top 20 within their top 64 on the evaluation documents and questions,
+# as the int4 layer's do (coarser groups lost some of the top 20).
 HEAD_GROUP = 64
 # The VNNI kernel's groups of inputs for int8 weights (one activation scale each), activations rounded
 # to int8 (see `activation_group`).
 VNNI_GROUP = 32
 # The same with 16-bit activations, for layers whose inputs are a multiple of it: the error stays far
-# below bf16's, and the kernel converts a group's sums a quarter as often (8 replies' int8 layers
-# took 17% less time than with groups of 32).
+# below bf16's, and the kernel converts a group's sums a quarter as often.
 WIDE_GROUP = 128
 # Layers whose activations keep 16 bits in the decode step where the others' are rounded to 8
-# (`kernels.int8`): the MLP's down projection, whose input (silu(gate) * up) has the largest
-# outliers. With its activations rounded to int8 too (prompts as well), one of the 24 document
-# questions of bench/quality.py lost its answer (18/24); with bf16 or 16 bits there, every score is
-# as without int8 (19/24, 0/8, 35/41, 41/41, 27/32, no false calls). Rounded to int8 in the decode
-# step only, the scores held (23 of 24 replies the same), but 8 replies' step was only 3.5% faster
-# (18.3 against 18.9 ms), so it keeps 16 bits.
+# (`Kernels.int8`): the MLP's down projection, whose input (silu(gate) * up) has the largest
+# outliers. Rounded to int8 everywhere, it cost a document answer in bench/quality.py; in the decode
+# step only, the scores held but the step was barely faster, so it keeps 16 bits.
 WIDE_INPUT_LAYERS = frozenset({"down_proj"})
 
 
@@ -496,6 +521,22 @@ def vnni_pack_int4(q: Any, scales: Any, zeros: Any) -> tuple[Any, Any]:
 
 
 _LAYERS: dict[str, type[QuantizedLinear]] = {"int8": Int8Linear, "int4": Int4Linear}
+
+
+def use_kernels(model: Any, kernels: Kernels) -> None:
+    """Have `model`'s quantized layers (and the decode steps made for it afterwards, `kernels_of`)
+    multiply with `kernels`: the model's own choice, whatever other models in the process use."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear | ShortlistHead):
+            module.kernels = kernels
+
+
+def kernels_of(model: Any) -> Kernels:
+    """The kernels `model`'s quantized layers multiply with (`TORCH` for a model without any)."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear | ShortlistHead):
+            return module.kernels
+    return TORCH
 
 
 def quantize_model(model: Any, scheme: Scheme, fill: bool = True, int4_layers: set[str] | None = None) -> int:
@@ -561,7 +602,7 @@ def load_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: bool
     """The model in `source` (a transformers directory) with `scheme` linear layers.
 
     The first time, the model is loaded, quantized and stored under `cache_dir`; afterwards the
-    stored copy loads in about a second.
+    stored copy is loaded, memory-mapped (quickly).
     """
     return _load(source, scheme, prepare_quantized(source, scheme, cache_dir, progress))
 
@@ -578,7 +619,10 @@ def prepare_quantized(source: Path, scheme: Scheme, cache_dir: Path, progress: b
 
 
 def _target(source: Path, scheme: Scheme, cache_dir: Path) -> Path:
-    key = hashlib.sha256(f"{source.resolve()}|{torch.__version__}".encode()).hexdigest()[:10]
+    # int4 weights are stored as torch packs them on this machine (`int4_layout`): a copy made where
+    # torch packs otherwise would be read wrongly here, so it is another copy.
+    identity = f"{source.resolve()}|{torch.__version__}|int4 layout {int4_layout()}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:10]
     return cache_dir / "quantized" / f"{source.resolve().parent.name}-{source.name}-{scheme}-{key}"
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import BusyError
-from bot.inference import kernels
 from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.types import GenerationParams
 
@@ -386,7 +385,7 @@ class Scheduler:
             if penalized[i]:
                 self._penalize(request, logits[i])
         plain = [_plain_greedy(r) for r in rows]
-        best = kernels.argmax(logits) if any(plain) else []
+        best = self.step.kernels.argmax(logits) if any(plain) else []
         for i, request in enumerate(rows):
             request.fed += 1
             try:
