@@ -36,6 +36,9 @@ from config.settings import SchedulerSettings
 
 Layer = TypeVar("Layer", Int8Linear, Int4Linear)
 
+# Every test here compiles the kernels (seconds to a minute) or loads a model.
+pytestmark = pytest.mark.slow
+
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ here")
 
 
