@@ -147,7 +147,7 @@ class OpenAIServerModel:
         try:
             served = list_served(settings, api_key, timeout_s=_LISTING_TIMEOUT_S)
         except ModelServerError as error:
-            log.warning("%s; using the configured context window %d", error, window)
+            log.warning("%s Using the configured context window, %d tokens.", error, window)
             served = []
         match = next((m for m in served if m.id == settings.name), None)
         if served and match is None:
