@@ -234,7 +234,7 @@ class OpenAIServerModel:
         constrain: bool = False,
     ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         """Stream a reply from the server; `constrain` cannot be honoured there and is ignored."""
-        from openai import APIConnectionError, APIError
+        from openai import APIConnectionError, APIError, APITimeoutError
 
         parts: list[str] = []
         calls: dict[int, dict[str, str]] = {}
@@ -257,10 +257,12 @@ class OpenAIServerModel:
                             reason = "length"
                 break
             except APIError as error:
-                # A stream that broke before its first piece is tried again; a reply half-said is not
-                # (the user has seen it), nor a server that answered with an error in the stream.
+                # A stream whose connection broke before its first piece is tried again; not a reply
+                # half-said (the user has seen it), a server that answered with an error in the
+                # stream, nor one that is slow (asked again, it would have the work twice).
                 midway = bool(parts or calls)
-                if midway or not isinstance(error, APIConnectionError) or attempt == self._settings.retries:
+                retry = isinstance(error, APIConnectionError) and not isinstance(error, APITimeoutError)
+                if midway or not retry or attempt == self._settings.retries:
                     raise _failure(self.server, error, attempt + 1, midway) from None
                 log.warning("the model server at %s broke off a reply (%s); trying again", self.server, error)
                 await asyncio.sleep(_BACKOFF_S * 2**attempt * (1 + random.random() / 4))
@@ -304,7 +306,7 @@ class OpenAIServerModel:
 
         client = self._client()
         while True:
-            request = self._request(messages, params, tools)
+            request = self.request_body(messages, params, tools)
             try:
                 return await client.chat.completions.create(**request)
             except (BadRequestError, UnprocessableEntityError) as error:
@@ -338,12 +340,13 @@ class OpenAIServerModel:
             return True
         return False
 
-    def _request(
+    def request_body(
         self,
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None,
     ) -> dict[str, Any]:
+        """The body of the streamed chat request for these messages, without what the server refused."""
         wire, schemas = self._wire(messages, tools)
         request: dict[str, Any] = {
             "model": self._settings.name,
