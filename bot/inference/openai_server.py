@@ -132,7 +132,7 @@ class OpenAIServerModel:
         # What this server turned out to refuse (learnt from its answers, kept for this model).
         self._refused: set[str] = set()
         self._native_tools = True
-        self._template_refused = False
+        self._template_refused = False  # logged once
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
         )
@@ -209,13 +209,22 @@ class OpenAIServerModel:
     ) -> int:
         """Tokens of the prompt these messages (and tool schemas) render to, generation prompt included."""
         wire, schemas = self._wire(messages, tools)
-        if self._tokenizer is not None and not self._template_refused:
+        if self._tokenizer is not None:
             try:
                 return self._tokenizer.count(wire, schemas)
             except (TemplateError, TypeError, KeyError, ValueError) as error:
-                # The server's own template may render these anyway; ours cannot: estimate from now on.
-                self._template_refused = True
-                log.warning("the chat template refused a prompt (%s); estimating token counts", error)
+                # A template without tool calls (the server may cope in its own way): count the
+                # prompt as plain messages, the tools' schemas as text beside it.
+                if not self._template_refused:
+                    self._template_refused = True
+                    log.warning(
+                        "the chat template refused a prompt (%s); counting it as plain messages", error
+                    )
+            try:
+                plain = self._tokenizer.count(plain_messages(messages))
+                return plain + (self._tokenizer.count_text(json.dumps(schemas)) if schemas else 0)
+            except (TemplateError, TypeError, KeyError, ValueError):
+                log.warning("the chat template refused plain messages too; estimating this prompt's tokens")
         return self._estimate.count(wire, schemas)
 
     def count_text_tokens(self, text: str) -> int:
