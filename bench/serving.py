@@ -465,6 +465,71 @@ def _load(
     )
 
 
+async def _on_server(settings: Any, tokens: int, conversations: int = 2) -> dict[str, Any]:
+    """The same workload on a model server (`--backend openai`): one reply, 8 at once, turns 1 and
+    10; and chinwag's own cost on top of the server: the one reply through chinwag's backend
+    against the same request from a bare `openai` client (server_overhead_ms: the difference in
+    time to the last token; server_overhead_tps_pct: in decode rate)."""
+    from openai import AsyncOpenAI
+
+    from bot.inference.openai_server import OpenAIServerModel, api_key_from
+
+    model = OpenAIServerModel.load(settings.model, settings.model_cache_dir, api_key_from(os.environ))
+    out: dict[str, Any] = {"server": model.server, "server_model": settings.model.name}
+    out["server_single_tps"] = await _single(model, tokens)  # type: ignore[arg-type]
+    out["server_agg8_tps"], out["server_p95_ttft8_s"] = await _concurrent(model, tokens)  # type: ignore[arg-type]
+    first, tenth = [], []
+    for questions in CONVERSATIONS[:conversations]:
+        messages = [ChatMessage("system", SYSTEM)]
+        ttft = []
+        for question in questions:
+            messages.append(ChatMessage("user", question))
+            result = await _reply(model, messages, tokens)  # type: ignore[arg-type]
+            ttft.append(result["ttft"])
+            messages.append(ChatMessage("assistant", result["text"]))
+        first.append(ttft[0])
+        tenth.append(ttft[-1])
+    out["server_ttft_turn1_s"] = statistics.median(first)
+    out["server_ttft_turn10_s"] = statistics.median(tenth)
+
+    client = AsyncOpenAI(base_url=settings.model.base_url, api_key=api_key_from(os.environ) or "no-key")
+    messages = _ask(QUESTIONS[0])
+    # What chinwag sends for such a reply, minus what the server refused (as chinwag learnt above).
+    request = model.request_body(
+        messages, GenerationParams(temperature=0.0, max_tokens=tokens, repetition_penalty=1.0), None
+    )
+
+    async def raw() -> tuple[float, float]:
+        started = time.perf_counter()
+        first_at, count = None, 0
+        stream = await client.chat.completions.create(**request)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                first_at = first_at or time.perf_counter()
+                count += 1
+        ended = time.perf_counter()
+        return ended - started, (count - 1) / (ended - (first_at or ended)) if count > 1 else 0.0
+
+    async def ours() -> tuple[float, float]:
+        started = time.perf_counter()
+        result = await _reply(model, messages, tokens)  # type: ignore[arg-type]
+        return result["end"] - started, result["decode_tps"]
+
+    pairs = []
+    for _ in range(5):  # alternated, so that drift in the server's speed hits both alike
+        pairs.append((await raw(), await ours()))
+    raw_s = statistics.median(p[0][0] for p in pairs)
+    ours_s = statistics.median(p[1][0] for p in pairs)
+    raw_tps = statistics.median(p[0][1] for p in pairs)
+    ours_tps = statistics.median(p[1][1] for p in pairs)
+    out["server_raw_reply_s"] = raw_s
+    out["server_chinwag_reply_s"] = ours_s
+    out["server_overhead_ms"] = (ours_s - raw_s) * 1000
+    out["server_overhead_tps_pct"] = (raw_tps - ours_tps) / raw_tps * 100 if raw_tps else None
+    await client.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
@@ -476,8 +541,20 @@ def main() -> None:
         default="start,shipped,naive,docs,formats,kernels,long,llamacpp",
         help="which measurements, a,b,c",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "openai"),
+        default="local",
+        help="openai: also run the workload on the model server at --base-url (part 'server')",
+    )
+    parser.add_argument("--base-url", help="the model server's OpenAI-compatible URL (--backend openai)")
+    parser.add_argument("--server-model", help="the model's id on that server (default: --model)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    if args.backend == "openai":
+        if not args.base_url:
+            parser.error("--backend openai needs --base-url")
+        parts.add("server")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     settings = load_settings(model={"name": args.model})
     prepare_model(settings.model, settings.model_cache_dir, progress=not args.json)
@@ -593,6 +670,13 @@ def main() -> None:
             print(json.dumps(result), file=sys.stderr, flush=True)
     if "llamacpp" in parts:
         result["llamacpp_tps"] = _llamacpp(settings.model.name, args.tokens)
+    if "server" in parts:
+        server = {
+            "backend": "openai",
+            "base_url": args.base_url,
+            "name": args.server_model or settings.model.name,
+        }
+        result.update(asyncio.run(_on_server(load_settings(model=server), args.tokens)))
     if args.json:
         print(json.dumps(result))
         return

@@ -1,4 +1,4 @@
-"""The `chinwag` command: chat, ask, serve, history, ingest, docs, prepare; the process's composition root."""
+"""The `chinwag` command: chat, ask, serve, history, ingest, docs, models, prepare; the composition root."""
 
 from __future__ import annotations
 
@@ -680,6 +680,38 @@ def docs_search(obj: Context, query: str, scope: str, k: int) -> None:
         click.echo(f"[{n}] {passage.score:.3f}  {label}  [{passage.scope}] {passage.path}{mark}")
         text = " ".join(passage.text.split())
         click.echo("    " + (text if len(text) <= 400 else text[:399] + "…"))
+
+
+# models ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.pass_obj
+def models(obj: Context) -> None:
+    """List the models the configured model server offers (or, locally, the embedded ones)."""
+    import os
+
+    settings = obj.settings()
+    if settings.model.backend != "openai":
+        from bot.inference.weights import embedded_names
+
+        click.echo(f"model.backend is local (this process runs {settings.model.name}); embedded models:")
+        for name in embedded_names():
+            click.echo(f"  {name}")
+        return
+    from bot.inference.openai_server import api_key_from, display_url, list_served
+
+    try:
+        served = list_served(settings.model, api_key_from(os.environ))
+    except ChinwagError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"The model server at {display_url(settings.model.base_url or '')} offers:")
+    for model in served:
+        window = f"  (context window {model.context_window})" if model.context_window else ""
+        mark = "*" if model.id == settings.model.name else " "
+        click.echo(f"{mark} {model.id}{window}")
+    if not any(model.id == settings.model.name for model in served):
+        click.echo(f"model.name {settings.model.name!r} is not among them.")
 
 
 # prepare --------------------------------------------------------------------------------

@@ -167,15 +167,14 @@ async def _settings(engine: EngineView, conv: Conversation, args: str) -> Reply:
 
 async def _model(engine: EngineView, conv: Conversation, args: str) -> Reply:
     info = engine.model.info
-    text = "\n".join(
-        [
-            f"- **model:** {info.name}",
-            f"- **device:** {info.device}",
-            f"- **dtype:** {info.dtype}",
-            f"- **context window:** {info.context_window} tokens (this bot uses up to {engine.window})",
-        ]
-    )
-    return Reply(text, conv)
+    lines = [f"- **model:** {info.name}"]
+    if info.server is not None:
+        lines.append(f"- **server:** {info.server}")
+    else:
+        lines += [f"- **device:** {info.device}", f"- **dtype:** {info.dtype}"]
+    lines.append(f"- **context window:** {info.context_window} tokens (this bot uses up to {engine.window})")
+    lines += [f"- _{note}_" for note in info.notes]
+    return Reply("\n".join(lines), conv)
 
 
 async def _docs(engine: EngineView, conv: Conversation, args: str) -> Reply:
@@ -255,7 +254,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "system": Command("/system [TEXT]", "show or set the system prompt ('default' restores it)", _system),
     "settings": Command("/settings", "the settings this conversation uses", _settings),
-    "model": Command("/model", "the model: name, device, dtype, context window", _model),
+    "model": Command("/model", "the model: name, where it runs, context window", _model),
     "docs": Command("/docs [on|off]", "search the team's documents for this conversation, or not", _docs),
     "sources": Command("/sources", "the passages the last reply drew on, with their scores", _sources),
     "tools": Command(

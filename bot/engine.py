@@ -406,11 +406,10 @@ class Engine:
                 metadata(),
                 error=str(error) or type(error).__name__,
             )
-            yield TurnFailed(
-                "The model failed while answering; your message was kept. Please try again.",
-                conv.id,
-                stored.id,
-            )
+            told = "The model failed while answering; your message was kept. Please try again."
+            if isinstance(error, ChinwagError):  # ours say what happened (a model server that did not answer)
+                told = f"{error} Your message was kept. Please try again."
+            yield TurnFailed(told, conv.id, stored.id)
             return
 
         finish = loop.finish

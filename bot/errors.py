@@ -27,6 +27,10 @@ class ModelIntegrityError(ModelError):
     """A model file does not match its expected size or checksum."""
 
 
+class ModelServerError(ModelError):
+    """The model server did not answer (down, timing out, busy, failing) or refused the request."""
+
+
 class KernelError(ChinwagError):
     """chinwag's CPU kernels could not be built or loaded here (the message says why)."""
 

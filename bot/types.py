@@ -61,6 +61,10 @@ class ModelInfo:
     device: str
     dtype: str
     context_window: int
+    # A model on a model server: the server's address (without credentials), and what the user
+    # should know about how it is used there (e.g. parameters it refuses).
+    server: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

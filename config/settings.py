@@ -35,8 +35,12 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    """Which model to run and where."""
+    """Which model to run and where: in this process ("local") or on a model server ("openai")."""
 
+    # "openai": any server speaking the OpenAI-compatible chat API (vLLM, llama.cpp, Ollama, TGI…)
+    # at `base_url`, `name` being the model's id there; its key comes from CHINWAG_MODEL_API_KEY.
+    backend: Literal["local", "openai"] = "local"
+    base_url: str | None = None
     name: str = "qwen2.5-coder-0.5b-instruct"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -49,6 +53,17 @@ class ModelSettings(_Section):
     kernels: Literal["auto", "int8", "int16", "float32", "torch"] = "auto"
     cache_dir: Path | None = None
     threads: int = Field(default=0, ge=0)
+    # backend "openai": the context window when the server's model listing does not report one,
+    # how long to wait for the server, and how often to retry one that is down, busy or failing.
+    context_window: int = Field(default=4096, ge=256)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    retries: int = Field(default=3, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> ModelSettings:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError('backend "openai" needs base_url (e.g. "http://gpu-box:8000/v1")')
+        return self
 
 
 class GenerationSettings(_Section):
