@@ -22,11 +22,16 @@ MIGRATION_LOCK_KEY = 0x63_68_69_6E_77_61_67
 def create_engine(url: str | URL, busy_timeout_ms: int = 5000) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE.
 
-    Any other backend (PostgreSQL) is passed through as it is. An in-memory SQLite database
-    (`sqlite+aiosqlite://` or `...:///:memory:`) lives in one connection that callers take in
-    turn: fine for tests, never shared between engines, gone when the engine is disposed.
+    PostgreSQL is passed through as it is (a bare `postgresql://` gets asyncpg). An in-memory
+    SQLite database (`sqlite+aiosqlite://` or `...:///:memory:`) lives in one connection that
+    callers take in turn: fine for tests, never shared between engines, gone when the engine is
+    disposed.
     """
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "+" not in parsed.drivername:
+        # A bare `postgresql://` (as PostgreSQL's own tools write it) means the async driver of
+        # the `postgres` extra; SQLAlchemy would pick a synchronous or absent one.
+        parsed = parsed.set(drivername="postgresql+asyncpg")
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(parsed)
 

@@ -88,7 +88,10 @@ class SqlHistory:
             raise ChinwagError(f"Invalid history database URL: {error}") from None
         try:
             engine = create_engine(url, busy_timeout_ms)
-        except (SQLAlchemyError, ImportError, OSError) as error:
+        except ImportError as error:
+            hint = " (pip install 'chinwag[postgres]')" if error.name == "asyncpg" else ""
+            raise ChinwagError(f"Cannot open the history database {shown}: {error}{hint}") from error
+        except (SQLAlchemyError, OSError) as error:
             raise ChinwagError(f"Cannot open the history database {shown}: {error}") from error
         try:
             await upgrade(engine)

@@ -22,6 +22,7 @@ from bot.errors import ChinwagError, ConversationNotFoundError
 from bot.seams.history import ConversationKey, History, NewMessage, UserRef
 from config import Settings
 from storage import SqlHistory
+from storage.db import create_engine
 from storage.models import Base, ConversationRow
 from storage.store import TITLE_LENGTH, title_of
 
@@ -124,6 +125,17 @@ async def test_a_database_that_cannot_be_opened_is_a_clear_error(tmp_path: Path)
     blocker.write_text("not a directory")
     with pytest.raises(ChinwagError, match="history database"):
         await SqlHistory.from_url(f"sqlite+aiosqlite:///{blocker}/chinwag.db")
+
+
+def test_a_bare_postgresql_url_means_asyncpg_and_its_absence_says_which_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("asyncpg")
+    assert create_engine("postgresql://chinwag@127.0.0.1/chinwag").dialect.driver == "asyncpg"
+
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if the extra were not installed
+    with pytest.raises(ChinwagError, match=r"pip install 'chinwag\[postgres\]'"):
+        asyncio.run(SqlHistory.from_url("postgresql://chinwag@127.0.0.1/chinwag"))
 
 
 # Conversations -----------------------------------------------------------------------
@@ -423,6 +435,7 @@ REPLICA = """
 import asyncio, sys
 from bot.seams.history import ConversationKey, NewMessage
 from storage import SqlHistory
+from storage.db import create_engine
 
 async def main(url: str, n: str) -> None:
     print("ready", flush=True)
