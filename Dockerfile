@@ -27,7 +27,7 @@ COPY adapters ./adapters
 COPY retrieval ./retrieval
 COPY storage ./storage
 COPY config ./config
-RUN pip install .
+RUN pip install ".[postgres]"
 
 # Prepare the default model (and build the kernels) into the cache the runtime image uses.
 ENV CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models

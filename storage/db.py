@@ -7,22 +7,31 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, make_url
+from sqlalchemy import Connection, event, func, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
+# The PostgreSQL advisory lock that serialises migrations: any fixed 64-bit number works, as long
+# as nothing else in the database uses it ("chinwag" in ASCII).
+MIGRATION_LOCK_KEY = 0x63_68_69_6E_77_61_67
+
 
 def create_engine(url: str | URL, busy_timeout_ms: int = 5000) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE.
 
-    Any other backend (PostgreSQL) is passed through as it is. An in-memory SQLite database
-    (`sqlite+aiosqlite://` or `...:///:memory:`) lives in one connection that callers take in
-    turn: fine for tests, never shared between engines, gone when the engine is disposed.
+    PostgreSQL is passed through as it is (a bare `postgresql://` gets asyncpg). An in-memory
+    SQLite database (`sqlite+aiosqlite://` or `...:///:memory:`) lives in one connection that
+    callers take in turn: fine for tests, never shared between engines, gone when the engine is
+    disposed.
     """
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "+" not in parsed.drivername:
+        # A bare `postgresql://` (as PostgreSQL's own tools write it) means the async driver of
+        # the `postgres` extra; SQLAlchemy would pick a synchronous or absent one.
+        parsed = parsed.set(drivername="postgresql+asyncpg")
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(parsed)
 
@@ -95,12 +104,25 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+def lock_migrations(connection: Connection) -> None:
+    """Make other processes' migrations wait until this connection's transaction ends.
+
+    SQLite needs nothing more: BEGIN IMMEDIATE already holds the database's write lock. On
+    PostgreSQL, replicas starting together on an empty database would all try to create
+    `alembic_version` and all but one fail; a transaction-scoped advisory lock makes them
+    migrate in turn, and the later ones find the schema already there.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema up to `revision` in one transaction (a no-op when it is already there)."""
 
     def run(connection: Connection) -> None:
         command.upgrade(alembic_config(connection), revision)
 
-    # One transaction: with BEGIN IMMEDIATE two processes starting together migrate in turn.
+    # One transaction, and `env.py` takes the migration lock first (`lock_migrations`):
+    # processes starting together migrate in turn.
     async with engine.begin() as connection:
         await connection.run_sync(run)

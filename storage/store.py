@@ -88,7 +88,10 @@ class SqlHistory:
             raise ChinwagError(f"Invalid history database URL: {error}") from None
         try:
             engine = create_engine(url, busy_timeout_ms)
-        except (SQLAlchemyError, ImportError, OSError) as error:
+        except ImportError as error:
+            hint = " (pip install 'chinwag[postgres]')" if error.name == "asyncpg" else ""
+            raise ChinwagError(f"Cannot open the history database {shown}: {error}{hint}") from error
+        except (SQLAlchemyError, OSError) as error:
             raise ChinwagError(f"Cannot open the history database {shown}: {error}") from error
         try:
             await upgrade(engine)
@@ -277,9 +280,7 @@ class SqlHistory:
     async def link_message(self, message_id: int, platform: str, external_ids: Sequence[str]) -> None:
         """Record the platform's ids of a stored message (also listed in its metadata)."""
         async with self._transaction() as session:
-            row = await session.get(MessageRow, message_id, with_for_update=True)
-            if row is None:
-                raise ChinwagError(f"No message #{message_id}.")
+            row = await _locked_message(session, message_id)
             known = set(
                 await session.scalars(
                     select(MessageRefRow.external_id).where(
@@ -298,9 +299,7 @@ class SqlHistory:
     async def update_message(self, message_id: int, metadata: Mapping[str, Any]) -> None:
         """Merge `metadata` into a stored message's metadata atomically; a None value removes a key."""
         async with self._transaction() as session:
-            row = await session.get(MessageRow, message_id, with_for_update=True)
-            if row is None:
-                raise ChinwagError(f"No message #{message_id}.")
+            row = await _locked_message(session, message_id)
             row.meta = _merged(row.meta, metadata)
 
     async def find_message(self, platform: str, external_id: str) -> StoredMessage | None:
@@ -371,7 +370,7 @@ class SqlHistory:
         found = await session.scalar(
             select(UserRow)
             .where(UserRow.platform == user.platform, UserRow.external_id == user.external_id)
-            .with_for_update()
+            .with_for_update(of=UserRow)
         )
         if found is None:
             found = UserRow(
@@ -451,9 +450,19 @@ def _merged(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str,
 
 async def _locked(session: AsyncSession, conversation_id: int) -> ConversationRow:
     """The conversation row, locked for this transaction (FOR UPDATE on PostgreSQL)."""
-    row = await session.get(ConversationRow, conversation_id, with_for_update=True)
+    row = await session.get(ConversationRow, conversation_id, with_for_update={"of": ConversationRow})
     if row is None:
         raise ConversationNotFoundError(f"No conversation #{conversation_id}.")
+    return row
+
+
+async def _locked_message(session: AsyncSession, message_id: int) -> MessageRow:
+    """The message row, locked for this transaction (FOR UPDATE OF messages on PostgreSQL)."""
+    # A message is loaded with its user by a LEFT OUTER JOIN; PostgreSQL refuses a plain
+    # FOR UPDATE on the nullable side of it, and the user row need not be locked anyway.
+    row = await session.get(MessageRow, message_id, with_for_update={"of": MessageRow})
+    if row is None:
+        raise ChinwagError(f"No message #{message_id}.")
     return row
 
 

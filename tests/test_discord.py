@@ -531,6 +531,16 @@ async def test_a_question_deleted_after_its_answer_leaves_the_context(
     await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 2)
     await bot.idle()
     await fake.user_deletes(oops)
+
+    # discord.py handles the deletion in a task of its own, alongside the next message: let it land
+    # first, as it would for a person (SQLite's queued writes happen to order them; PostgreSQL's don't).
+    async def forgotten() -> bool:
+        question = await history.find_message("discord", str(oops["id"]))
+        return question is not None and question.metadata.get("deleted") is True
+
+    async with asyncio.timeout(10):
+        while not await forgotten():
+            await asyncio.sleep(0.01)
     await fake.user_says("what do you know?", channel_id=DM_CHANNEL, user_id=77)
     await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 3)
     await bot.idle()

@@ -1,8 +1,13 @@
-"""SqlHistory on a real SQLite file in tmp_path: schema, pragmas, conversations, messages, races."""
+"""SqlHistory on a real database: schema, pragmas, conversations, messages, races.
+
+A SQLite file in tmp_path, and PostgreSQL too when CHINWAG_TEST_DATABASE_URL is set (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from bot.errors import ChinwagError, ConversationNotFoundError
 from bot.seams.history import ConversationKey, History, NewMessage, UserRef
 from config import Settings
 from storage import SqlHistory
+from storage.db import create_engine
 from storage.models import Base, ConversationRow
 from storage.store import TITLE_LENGTH, title_of
 
@@ -32,6 +38,7 @@ async def scalar(store: SqlHistory, sql: str) -> Any:
 # Schema and connection settings -----------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_open_migrates_a_new_file_and_reopening_is_a_no_op(settings: Settings) -> None:
     store = await SqlHistory.open(settings)
     try:
@@ -89,6 +96,7 @@ async def test_the_database_refuses_two_active_conversations_per_key(history: Sq
         await connection.execute(duplicate.values(archived=True))  # archived ones may pile up
 
 
+@pytest.mark.sqlite_only
 async def test_sqlite_runs_in_wal_with_foreign_keys_and_a_busy_timeout(
     history: SqlHistory, settings: Settings
 ) -> None:
@@ -117,6 +125,17 @@ async def test_a_database_that_cannot_be_opened_is_a_clear_error(tmp_path: Path)
     blocker.write_text("not a directory")
     with pytest.raises(ChinwagError, match="history database"):
         await SqlHistory.from_url(f"sqlite+aiosqlite:///{blocker}/chinwag.db")
+
+
+def test_a_bare_postgresql_url_means_asyncpg_and_its_absence_says_which_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("asyncpg")
+    assert create_engine("postgresql://chinwag@127.0.0.1/chinwag").dialect.driver == "asyncpg"
+
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if the extra were not installed
+    with pytest.raises(ChinwagError, match=r"pip install 'chinwag\[postgres\]'"):
+        asyncio.run(SqlHistory.from_url("postgresql://chinwag@127.0.0.1/chinwag"))
 
 
 # Conversations -----------------------------------------------------------------------
@@ -351,6 +370,9 @@ async def increment(store: SqlHistory, conversation_id: int) -> None:
         await connection.execute(statement.values(settings={**current, "count": count}))
 
 
+# BEGIN IMMEDIATE is SQLite's: on PostgreSQL (READ COMMITTED) an unlocked read-modify-write does lose
+# updates, which is why the store locks its rows (the next test).
+@pytest.mark.sqlite_only
 async def test_concurrent_read_modify_writes_lose_nothing(settings: Settings) -> None:
     stores = [await SqlHistory.open(settings) for _ in range(4)]
     try:
@@ -384,6 +406,95 @@ async def test_concurrent_update_settings_keep_every_key(settings: Settings) -> 
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_concurrent_message_updates_keep_every_key(settings: Settings) -> None:
+    # update_message locks the message row (on PostgreSQL: only that row, not its user's).
+    stores = [await SqlHistory.open(settings) for _ in range(4)]
+    try:
+        conv = await stores[0].resolve(KEY)
+        message = await stores[0].append(conv.id, NewMessage("user", "hi", user=UserRef("slack", "U1")))
+
+        async def worker(n: int) -> None:
+            for r in range(5):
+                await stores[n % len(stores)].update_message(message.id, {f"task{n}-{r}": r})
+
+        await asyncio.gather(*(worker(n) for n in range(20)))
+        [found] = await stores[3].load(conv.id)
+        assert len(found.metadata) == 20 * 5 and found.user == UserRef("slack", "U1")
+    finally:
+        for store in stores:
+            await store.close()
+
+
+REPLICAS = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+# One replica: import everything, say so, wait for the word, then open (migrate) and write.
+REPLICA = """
+import asyncio, sys
+from bot.seams.history import ConversationKey, NewMessage
+from storage import SqlHistory
+from storage.db import create_engine
+
+async def main(url: str, n: str) -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    # A long busy timeout: on SQLite the file lock queues the replicas, on a loaded machine too.
+    async with await SqlHistory.from_url(url, busy_timeout_ms=60_000) as store:
+        conv = await store.resolve(ConversationKey("slack", "T1", "C1"))
+        await store.append(conv.id, NewMessage("user", "replica " + n))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_replicas_starting_together_on_an_empty_database_all_start(settings: Settings) -> None:
+    # Several processes opening an empty database at once migrate in turn (SQLite's write lock,
+    # PostgreSQL's advisory lock) instead of racing to create the same tables.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    replicas = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            REPLICA,
+            settings.database_url,
+            str(n),
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for n in range(REPLICAS)
+    ]
+    try:
+        for replica in replicas:
+            assert replica.stdout is not None
+            assert await asyncio.wait_for(replica.stdout.readline(), 120) == b"ready\n"
+        for replica in replicas:  # all at once, as an orchestrator starts them
+            assert replica.stdin is not None
+            replica.stdin.write(b"go\n")
+        await asyncio.gather(*(replica.stdin.drain() for replica in replicas if replica.stdin))
+        outcomes = await asyncio.wait_for(asyncio.gather(*(r.communicate() for r in replicas)), 120)
+    finally:
+        for replica in replicas:
+            if replica.returncode is None:
+                replica.kill()
+                await replica.wait()
+    # The last line of each failure's traceback (the error itself).
+    failures = [
+        err.decode().strip().rpartition("\n")[2]
+        for r, (_, err) in zip(replicas, outcomes, strict=True)
+        if r.returncode
+    ]
+    assert failures == []
+
+    async with await SqlHistory.open(settings) as store:
+        assert await scalar(store, "SELECT count(*) FROM alembic_version") == 1
+        [conv] = await store.list()
+        contents = sorted(m.content for m in await store.load(conv.id))
+        assert contents == sorted(f"replica {n}" for n in range(REPLICAS))
 
 
 # Platform events, message ids, feedback -------------------------------------------------

@@ -9,7 +9,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
-from storage.db import create_engine
+from storage.db import create_engine, lock_migrations
 from storage.models import Base, UTCDateTime
 
 config = context.config
@@ -35,6 +35,9 @@ def run_on(connection: Connection) -> None:
     )
     # Inside a caller's transaction (storage.db.upgrade) this adds none of its own.
     with context.begin_transaction():
+        # Before Alembic reads the current revision: a process that waited here sees the
+        # schema its predecessor committed.
+        lock_migrations(connection)
         context.run_migrations()
 
 
