@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ChinwagError, ModelError
-from bot.inference.scheduler import Request, RowProcessor, Scheduler
+from bot.inference.planner import Request, RowProcessor
+from bot.inference.scheduler import Scheduler
 from bot.inference.weights import prepare_model, quiet_transformers
 from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.tools.grammar import RELEASED, ToolCallGrammar
