@@ -182,8 +182,8 @@ class Planner:
     """The scheduler's queues and decisions: first come, first served admission up to `max_batch`
     running, `max_queue` more waiting, and prompts of fewer than `group_rows` tokens encoded together.
 
-    Not thread-safe: `Scheduler` calls it under its lock, but for what only its worker changes (the
-    rows, `group`).
+    Not thread-safe: `Scheduler` calls it under its lock wherever `submit` and `load` could see the
+    change (the queue, the counts); the rest (`group`, the kept caches) only its worker reads.
     """
 
     def __init__(self, max_batch: int, max_queue: int, prefix_bytes: int, group_rows: int) -> None:

@@ -208,10 +208,10 @@ class Scheduler:
     def _prefill_step(self) -> None:
         """Encode the next chunk of the first prompt waiting to be encoded, and with it every other
         short one (`Planner.group`); a prompt encoded to its end gets its first token and joins."""
-        plan = self.planner.group(self.step.can_feed_many())
-        for state, reuse in plan.start:
+        chosen = self.planner.group(self.step.can_feed_many())
+        for state, reuse in chosen.start:
             self._start(state, reuse)
-        group = plan.encode
+        group = chosen.encode
         if len(group) > 1:
             self.encoded_together += len(group)
         try:
