@@ -19,7 +19,8 @@ from typing import Any
 from jinja2 import TemplateError
 
 from bot.errors import ChinwagError, ModelError
-from bot.inference.scheduler import Request, RowProcessor, Scheduler
+from bot.inference.planner import Request, RowProcessor
+from bot.inference.scheduler import Scheduler
 from bot.inference.weights import prepare_model, quiet_transformers
 from bot.seams.model import Chunk, Finish, FinishReason, Queued
 from bot.tools.grammar import RELEASED, ToolCallGrammar
