@@ -562,8 +562,8 @@ def main() -> None:
 
     async def shipped() -> None:
         # One reply then 8 at once, each round with a model of its own (so every round's 8 prompts
-        # find only the system prompt kept, as the first's do): this machine's speed drifts by
-        # 10-15% over minutes, and the medians of rounds measured side by side drift less.
+        # find only the system prompt kept, as the first's do): a VM's speed drifts over minutes,
+        # and the medians of rounds measured side by side drift less.
         singles, aggs, p95s, machine = [], [], [], []
         for _ in range(args.rounds):
             model = _load(settings)
@@ -593,7 +593,7 @@ def main() -> None:
         model = _load(settings, "none", scheduler=False)
         result["naive_single_tps"] = await _single(model, args.tokens)
         result["naive_agg8_tps"], result["naive_p95_ttft8_s"] = await _concurrent(model, args.tokens)
-        # One conversation: ten times slower at turn 10, and that does not need a median.
+        # One conversation: the naive path's slowdown at turn 10 is large enough without a median.
         turns = await _turns(model, args.tokens, 1)
         result.update({f"naive_{key}": value for key, value in turns.items()})
         model.close()
@@ -659,11 +659,9 @@ def main() -> None:
         print(error, file=sys.stderr)
         result["start_to_first_token_s"] = result["rss_mb"] = result["peak_rss_mb"] = None
     # Each part's figures go to stderr as they come, so a failure late in the run loses nothing.
-    # The quantized parts first: once this process had loaded the 2 GB float32 model (naive, docs,
-    # the "none" format), one reply measured 10-15% faster and 8 at once 10% slower. Later parts
-    # still move with what the process allocated before (this VM's memory behind its buffers seems
-    # to change; the by-kernels pass after the shipped rounds gave 87 and 262 against 73 and 299),
-    # so compare figures within a part.
+    # The quantized parts first: once this process has loaded the float32 model (naive, docs, the
+    # "none" format), the quantized figures move. Later parts still move with what the process
+    # allocated before, so compare figures within a part.
     for part in (shipped, kernels, long, formats, naive, docs):
         if part.__name__ in parts:
             asyncio.run(part())

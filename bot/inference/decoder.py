@@ -32,7 +32,7 @@ from bot.inference.quantize import QuantizedLinear, kernels_of
 # Columns added at a time when the buffers are full.
 _GROW = 256
 # The most new tokens times columns whose attention `chinwag::attend` computes (it keeps every
-# score: 16 MB a thread here); beyond, torch's attention.
+# score, so the area bounds its memory per thread); beyond, torch's attention.
 _ATTEND_AREA = 1 << 22
 
 

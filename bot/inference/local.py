@@ -620,9 +620,9 @@ def load_tokenizer(path: Path) -> Any:
     """The model's tokenizer, as `AutoTokenizer.from_pretrained` gives it.
 
     For the classes that are the `tokenizers` backend over tokenizer.json (the embedded models'),
-    straight from that file: `from_pretrained` also parses its 11 MB in Python, twice for Qwen, 1.1 s
-    of the 4.5-5 s from start to first token on 2 cores, against 0.36 s. The same ids, special
-    tokens, chat template and decoding (`tests/test_tokenizer_load.py`). Anything else goes through
+    straight from that file: `from_pretrained` also parses it in Python (twice for Qwen), a large
+    part of the time from start to first token. The same ids, special tokens, chat template and
+    decoding (`tests/test_tokenizer_load.py`). Anything else goes through
     `AutoTokenizer`.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -682,8 +682,8 @@ def resolve_quantization(name: str, device: str) -> Any:
 class TokenPrefixes:
     """Tokenizing a rendered prompt, the conversation's earlier turns from a cache.
 
-    Each turn renders the whole conversation again; tokenizing all of it grew with the
-    conversation (2.9 ms at 700 tokens, of a 50 ms first token). A prompt is cut before its last
+    Each turn renders the whole conversation again; tokenizing all of it would grow with the
+    conversation and show in the time to the first token. A prompt is cut before its last
     special token (the template's marks between messages, which the tokenizer splits off before
     anything else), so the next turn's prompt, which starts with that text, only tokenizes what
     follows. Thread-safe: prompts are prepared on worker threads.

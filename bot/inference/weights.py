@@ -240,8 +240,8 @@ def _hub_snapshot(repo_id: str) -> Path:
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
+    except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
+        log.info("%s is not in the local Hugging Face cache (%s); asking the hub", repo_id, error)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:
