@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -413,6 +414,32 @@ async def test_a_429_on_edit_is_waited_out(
     assert "rate limited" in caplog.text
 
 
+async def test_an_answer_discord_keeps_rate_limiting_is_shown_in_full_once_it_lets_up(
+    bot: Running, fake: FakeDiscord, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Twelve 429s in a row: discord.py gives an edit up after five tries; the final edit is among them.
+    fake.rate_limit_edits = 12
+    words = [f"w{n} " for n in range(10)]
+    model.enqueue(*words, delay=0.03)
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
+        await fake.user_says("go", channel_id=DM_CHANNEL, user_id=77)
+        await fake.wait_for(lambda: fake.rate_limit_edits == 0, within=20)
+        await asyncio.wait_for(bot.adapter.idle(), timeout=20)
+    assert contents(fake, DM_CHANNEL) == ["".join(words).strip()]
+    assert not [r for r in caplog.records if r.name == "adapters.reply"]
+
+
+async def test_an_answer_discord_keeps_failing_with_5xx_is_shown_in_full_once_it_recovers(
+    bot: Running, fake: FakeDiscord, model: FakeModel
+) -> None:
+    fake.failing_edits = 3  # no wait named: the pauses double (0.5 s, 1 s, 2 s)
+    model.enqueue("down ", "for ", "a ", "while", delay=0.03)
+    await fake.user_says("go", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: fake.failing_edits == 0, within=20)
+    await asyncio.wait_for(bot.adapter.idle(), timeout=20)
+    assert contents(fake, DM_CHANNEL) == ["down for a while"]
+
+
 async def test_a_failed_send_is_logged_and_the_reply_kept(
     bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -555,6 +582,45 @@ async def test_a_question_deleted_before_any_answer_is_shown_gets_none(
     conv = await history.find(ConversationKey("discord", "dm-77", str(DM_CHANNEL)))
     assert conv is not None
     assert [m.status for m in await history.load(conv.id)] == ["complete", "interrupted"]
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("how", ["refused", "503"])
+async def test_a_gateway_unreachable_at_start_is_named_with_its_cause(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord, how: str
+) -> None:
+    if how == "refused":
+        gateway, cause = f"ws://127.0.0.1:{closed_port()}/gateway", "Connect call failed"
+    else:
+        fake.refuse_gateway = True
+        gateway, cause = fake.gateway_url, "503"
+    adapter = make_adapter(engine, history, fake, gateway_url=gateway)
+    with pytest.raises(ChinwagError) as raised:
+        await adapter.start()
+    message = str(raised.value)
+    assert message.startswith(f"Cannot connect to Discord's gateway at {gateway}: "), message
+    assert cause in message and "NoneType" not in message and "\n" not in message
+
+
+async def test_an_api_unreachable_at_start_is_named_with_its_cause(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord
+) -> None:
+    api = f"http://127.0.0.1:{closed_port()}/api/v10"
+    adapter = make_adapter(engine, history, fake, api_base_url=api)
+    try:
+        with pytest.raises(ChinwagError) as raised:
+            await adapter.start()
+    finally:
+        await adapter.close()
+    message = str(raised.value)
+    assert message.startswith(f"Cannot reach Discord's API at {api}: "), message
+    assert "Connect call failed" in message
 
 
 async def test_the_token_comes_from_the_environment_and_is_never_logged(

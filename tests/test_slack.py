@@ -30,6 +30,7 @@ import pytest
 from adapters.slack import SlackAdapter, SlackCredentials, serve
 from adapters.slack_format import to_mrkdwn
 from bot.engine import Engine
+from bot.errors import ChinwagError
 from bot.seams.history import ConversationKey
 from config import Settings, SlackSettings
 from storage import SqlHistory
@@ -404,6 +405,51 @@ async def test_a_reply_slack_will_not_take_is_logged_and_kept(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "channel_not_found" in logged
     assert f"conversation {conv.id}" in logged
+
+
+async def test_an_answer_slack_keeps_rate_limiting_is_shown_in_full_once_it_lets_up(
+    slack: Running, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seven 429s in a row: more than the client's own three retries, the final edit among them.
+    slack.fake.fail_next("chat.update", 7)
+    words = [f"w{n} " for n in range(12)]
+    model.enqueue(*words, delay=0.02)
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
+        await slack.event(mention("go", "1700.0001"), "Ev1")
+        await slack.settle(within=30)
+    updates = slack.fake.called("chat.update")
+    assert [u.status for u in updates[:7]] == [429] * 7
+    assert updates[-1].status == 200
+    (shown,) = slack.fake.thread("C1", "1700.0001")
+    assert shown["text"] == "".join(words).strip()
+    assert not [r for r in caplog.records if r.name == "adapters.reply"]
+
+
+async def test_an_answer_slack_keeps_failing_with_5xx_is_shown_in_full_once_it_recovers(
+    slack: Running, model: FakeModel
+) -> None:
+    slack.fake.fail_next("chat.update", 5, status=503)
+    model.enqueue("down ", "for ", "a ", "while")
+    await slack.event(mention("go", "1700.0001"), "Ev1")
+    await slack.settle(within=30)
+    assert [u.status for u in slack.fake.called("chat.update")][:5] == [503] * 5
+    (shown,) = slack.fake.thread("C1", "1700.0001")
+    assert shown["text"] == "down for a while"
+
+
+async def test_slack_unreachable_at_start_names_the_api_url_and_the_cause(
+    engine: Engine, history: SqlHistory, fake: FakeSlack
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/api/"
+    adapter = SlackAdapter(engine, history, slack_settings(fake, api_base_url=closed), CREDENTIALS)
+    with pytest.raises(ChinwagError) as raised:
+        await adapter.start()
+    message = str(raised.value)
+    assert message.startswith(f"Cannot reach Slack's API at {closed} (auth.test): ")
+    assert "Connect call failed" in message or "Connection refused" in message
+    assert "\n" not in message
 
 
 # Long answers ----------------------------------------------------------------------------------------
