@@ -261,8 +261,9 @@ class DiscordAdapter(ChatAdapter):
         connection still being retried is given up."""
         await within(self.client.close(), within_s, "discord: closing the connection")
         if connection := self._connection:
-            await asyncio.wait({connection}, timeout=within_s / 2)
-            connection.cancel()  # waiting out a reconnect's backoff, perhaps
+            # Closed, the client ends its connection loop at its next step; it may be waiting out a
+            # reconnect's backoff meanwhile.
+            connection.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await connection
 

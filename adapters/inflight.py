@@ -27,9 +27,9 @@ MIN_RESERVE_S = 1.0
 @dataclass(frozen=True)
 class ShutdownPlan:
     """When each step of a shutdown that began at `started` (time.monotonic()) must be done so that
-    the process ends within `timeout_s`: answers in flight finish; those cut short make their last
-    edit (half the reserve), are stored and linked (a sixth); the connection closes (a sixth); the
-    database and the model close and the process exits (the last sixth)."""
+    the process ends within `timeout_s`: answers in flight finish; those cut short stop the model,
+    make their last edit (half the reserve), and are stored and linked (a quarter); the connection
+    closes (an eighth); the database and the model close and the process exits (the last eighth)."""
 
     timeout_s: float
     started: float = field(default_factory=time.monotonic)
@@ -57,12 +57,12 @@ class ShutdownPlan:
     @property
     def stored_by(self) -> float:
         """When they must be stored and linked to the messages that show them."""
-        return self.last_edits_by + self.reserve_s / 6
+        return self.answers_by + self.reserve_s * 3 / 4
 
     @property
     def closed_by(self) -> float:
         """When the platform connection must be closed."""
-        return self.stored_by + self.reserve_s / 6
+        return self.answers_by + self.reserve_s * 7 / 8
 
     @staticmethod
     def left(until: float) -> float:

@@ -126,11 +126,9 @@ class FakeSlack:
         self.responses.append((request.match_info["id"], await request.json()))
         return web.Response(text="ok")
 
-    def fail_next(
-        self, method: str, times: int, status: int = 429, headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next `times` calls of `method` with `status` (429: with Retry-After 0)."""
-        headers = headers if headers is not None else ({"Retry-After": "0"} if status == 429 else {})
+    def fail_next(self, method: str, times: int, status: int = 429, retry_after: str = "0") -> None:
+        """Answer the next `times` calls of `method` with `status` (a 429 with `retry_after`)."""
+        headers = {"Retry-After": retry_after} if status == 429 else {}
         self.failing.setdefault(method, []).extend([(status, headers)] * times)
 
     # Queries ------------------------------------------------------------------------------
@@ -180,6 +178,11 @@ class FakeSlack:
         finally:
             self._sockets.remove(socket)
         return socket
+
+    @property
+    def sockets_open(self) -> int:
+        """Socket Mode connections open now."""
+        return len(self._sockets)
 
     async def drop_sockets(self) -> None:
         """End every open Socket Mode connection (the app then reconnects)."""
