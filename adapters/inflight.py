@@ -16,53 +16,48 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# What a shutdown keeps back from the answers in flight for what follows them (the last edits of
-# those it cuts short, storing them, closing the connection, the database and the model): half of
-# its time, but at least MIN_RESERVE_S (storing what was said comes before ending on time) and at
-# most CLOSING_RESERVE_S.
-CLOSING_RESERVE_S = 3.0
-MIN_RESERVE_S = 1.0
+# What a shutdown keeps back from the answers in flight for what follows them: the answers it cuts
+# short stop the model (a step can take a second on a busy CPU), make their last edit and are
+# stored; then the connection, the database and the model close. A shorter shutdown_timeout_s
+# still takes this long: storing what was said comes before ending on time.
+RESERVE_S = 3.0
 
 
 @dataclass(frozen=True)
 class ShutdownPlan:
     """When each step of a shutdown that began at `started` (time.monotonic()) must be done so that
-    the process ends within `timeout_s`: answers in flight finish; those cut short stop the model,
-    make their last edit (half the reserve), and are stored and linked (a quarter); the connection
-    closes (an eighth); the database and the model close and the process exits (the last eighth)."""
+    the process ends within `timeout_s` (at least RESERVE_S): answers in flight finish until the
+    reserve; those cut short then make their last edit (in half of it) and are stored and linked
+    (by five sixths); the connection closes (by eleven twelfths); the database and the model
+    close and the process exits in the rest."""
 
     timeout_s: float
     started: float = field(default_factory=time.monotonic)
 
     @property
-    def reserve_s(self) -> float:
-        """The time kept back from the answers for the steps after them."""
-        return min(CLOSING_RESERVE_S, max(self.timeout_s / 2, MIN_RESERVE_S))
-
-    @property
     def ends_by(self) -> float:
         """When the process must be gone."""
-        return self.started + max(self.timeout_s, self.reserve_s)
+        return self.started + max(self.timeout_s, RESERVE_S)
 
     @property
     def answers_by(self) -> float:
         """When answers still being written are cut short."""
-        return self.ends_by - self.reserve_s
+        return self.ends_by - RESERVE_S
 
     @property
     def last_edits_by(self) -> float:
         """When the answers cut short must have made their last edit."""
-        return self.answers_by + self.reserve_s / 2
+        return self.answers_by + RESERVE_S / 2
 
     @property
     def stored_by(self) -> float:
         """When they must be stored and linked to the messages that show them."""
-        return self.answers_by + self.reserve_s * 3 / 4
+        return self.answers_by + RESERVE_S * 5 / 6
 
     @property
     def closed_by(self) -> float:
         """When the platform connection must be closed."""
-        return self.answers_by + self.reserve_s * 7 / 8
+        return self.answers_by + RESERVE_S * 11 / 12
 
     @staticmethod
     def left(until: float) -> float:

@@ -31,7 +31,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.inflight import ShutdownPlan, unless_stopped, within
+from adapters.inflight import RESERVE_S, ShutdownPlan, unless_stopped, within
 from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from adapters.slack_format import from_slack, to_mrkdwn
 from bot.app import App
@@ -487,7 +487,7 @@ async def serve(
         # Stop taking events first (answers in flight go on over the Web API); a connection being
         # retried is given up.
         closing = handler.close_async()
-        await within(closing, plan.reserve_s / 6, "slack: closing the Socket Mode connection")
+        await within(closing, RESERVE_S / 6, "slack: closing the Socket Mode connection")
         await adapter.drain(plan)
 
 

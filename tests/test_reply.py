@@ -341,7 +341,7 @@ async def test_a_shutdown_does_not_wait_for_a_platform_that_keeps_refusing_the_l
         while not board.messages:
             await asyncio.sleep(0.01)
     board.busy, board.busy_wait = 10_000, 30.0  # from now on: "come back in 30 s"
-    plan = ShutdownPlan(timeout_s=2.0)
+    plan = ShutdownPlan(timeout_s=3.0)  # answers are cut short at once
     with caplog.at_level(logging.ERROR, logger="adapters.reply"):
         await chat.drain(plan)
     assert time.monotonic() < plan.stored_by + 0.2
@@ -428,7 +428,7 @@ async def test_a_shutdown_cuts_the_answer_short_and_its_last_edit_goes_at_once(
         while not board.messages:
             await asyncio.sleep(0.01)
     started = time.monotonic()
-    await chat.drain(ShutdownPlan(timeout_s=2.0))  # answers get 1 s, then are cut short
+    await chat.drain(ShutdownPlan(timeout_s=4.0))  # answers get 1 s, then are cut short
     assert time.monotonic() - started < 3
     assert not chat.accepting
     [shown] = board.messages
