@@ -19,11 +19,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
+from adapters.inflight import ShutdownPlan, unless_stopped, within
 from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from bot.app import App
 from bot.errors import ChinwagError
@@ -84,7 +86,7 @@ def point_at(settings: DiscordSettings) -> None:
 class Sink(Place[discord.Message]):
     """Where a reply's messages go: a channel or thread, or an interaction's follow-ups."""
 
-    failures = (discord.HTTPException, OSError, TimeoutError)
+    failures = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError, TimeoutError)
 
     async def edit(self, message: discord.Message, text: str) -> discord.Message:
         """Edit a posted message; discord.py waits out a 429 (retry_after) and retries by itself."""
@@ -93,6 +95,21 @@ class Sink(Place[discord.Message]):
     def ref(self, message: discord.Message) -> str:
         """A posted message's id in the history: its snowflake."""
         return str(message.id)
+
+    def retry_after(self, error: Exception) -> float | None:
+        """429s (once discord.py's own retries are spent), 5xx and network errors pass; a refusal
+        such as Missing Permissions (403) or Unknown Message (404) stays."""
+        if isinstance(error, discord.RateLimited):
+            return error.retry_after
+        if isinstance(error, discord.HTTPException):
+            return 0.0 if error.status == 429 or error.status >= 500 else None
+        return 0.0
+
+    def describe(self, error: Exception) -> str:
+        """Discord's status and message, or the kind of failure."""
+        if isinstance(error, discord.HTTPException):
+            return f"HTTP {error.status}: {error.text or error.response.reason}"
+        return str(error) or type(error).__name__
 
 
 @dataclass
@@ -199,12 +216,13 @@ class DiscordAdapter(ChatAdapter):
 
     async def start(self) -> None:
         """Log in, register the slash commands, and connect to the gateway (until ready)."""
+        api, gateway = self.settings.api_base_url, self.settings.gateway_url
         try:
             await self.client.login(self._token)
         except discord.LoginFailure:
             raise ChinwagError("Discord refused the bot token (DISCORD_TOKEN).") from None
-        except (discord.HTTPException, OSError) as error:
-            raise ChinwagError(f"Cannot reach Discord at {self.settings.api_base_url}: {error}") from None
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise ChinwagError(f"Cannot reach Discord's API at {api}: {_cause(error)}") from None
         if self.settings.sync_commands:
             try:
                 await self.tree.sync()
@@ -214,9 +232,11 @@ class DiscordAdapter(ChatAdapter):
             self.client.connect(reconnect=True), name="discord-gateway"
         )
         ready = asyncio.create_task(self.client.wait_until_ready())
-        await asyncio.wait({connection, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
+        try:
+            await asyncio.wait({connection, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()  # (a stop while connecting cancels start(): close() ends the connection)
+        if not self.client.is_ready():
             await self.client.close()
             failure = connection.exception()
             if isinstance(failure, discord.PrivilegedIntentsRequired):
@@ -224,7 +244,7 @@ class DiscordAdapter(ChatAdapter):
                     "Discord refused the Message Content intent: enable it for the bot in the Developer "
                     "Portal, or set discord.message_content_intent = false."
                 )
-            raise ChinwagError(f"Discord gateway connection failed: {failure}")
+            raise ChinwagError(f"Cannot connect to Discord's gateway at {gateway}: {_cause(failure)}")
         user = self.client.user
         guilds = len(self.client.guilds)
         log.info("discord: connected as %s (%s) in %d guilds", user, user and user.id, guilds)
@@ -236,12 +256,16 @@ class DiscordAdapter(ChatAdapter):
             raise RuntimeError("start() the adapter first")
         return self._connection
 
-    async def close(self) -> None:
-        """Disconnect from the gateway and close the HTTP session."""
-        await self.client.close()
+    async def close(self, within_s: float = 5.0) -> None:
+        """Disconnect from the gateway and close the HTTP session, in at most about `within_s`; a
+        connection still being retried is given up."""
+        await within(self.client.close(), within_s, "discord: closing the connection")
         if connection := self._connection:
+            # Closed, the client ends its connection loop at its next step; it may be waiting out a
+            # reconnect's backoff meanwhile.
+            connection.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(connection, timeout=5)
+                await connection
 
     # Checks ---------------------------------------------------------------------------
 
@@ -433,6 +457,24 @@ def _rating(emoji: str) -> int | None:
     return None
 
 
+# What a connection that cannot be made raises (a timeout apart).
+NETWORK_ERRORS = (OSError, aiohttp.ClientError, discord.ConnectionClosed, discord.GatewayNotFound)
+
+
+def _cause(error: BaseException | None) -> str:
+    """What made a connection fail, in a few words. discord.py can hide a network error behind an
+    error of its own (retrying a first connection, it reads the state of a websocket that never
+    opened): the network error is then found in the chain."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return "no answer in time"
+        if isinstance(seen, NETWORK_ERRORS):
+            return str(seen) or type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return (str(error) or type(error).__name__) if error is not None else "the connection closed"
+
+
 def _thread_name(text: str) -> str:
     """A thread title from the question's first line."""
     line = " ".join(text.split()) or "chinwag"
@@ -445,22 +487,28 @@ def _thread_name(text: str) -> str:
 async def serve(
     adapter: DiscordAdapter, stop: asyncio.Event, ready: Callable[[], None] | None = None
 ) -> None:
-    """Serve Discord until `stop` is set, then stop accepting and let answers in flight finish."""
-    await adapter.start()
-    if ready:
-        ready()
-    connection = adapter.connection
-    stopping = asyncio.create_task(stop.wait())
+    """Serve Discord until `stop` is set, then stop accepting and let answers in flight finish; the
+    whole stop takes at most `shutdown_timeout_s`, connecting or reconnecting included."""
     try:
-        await asyncio.wait({stopping, connection}, return_when=asyncio.FIRST_COMPLETED)
-        if connection.done() and not stop.is_set():
-            error = connection.exception()
-            raise ChinwagError(f"Discord gateway connection ended: {error or 'closed'}")
+        if not await unless_stopped(adapter.start(), stop):
+            return
+        if ready:
+            ready()
+        connection = adapter.connection
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({stopping, connection}, return_when=asyncio.FIRST_COMPLETED)
+            if connection.done() and not stop.is_set():
+                error = connection.exception()
+                cause = _cause(error) if error else "closed"
+                raise ChinwagError(f"Discord gateway connection ended: {cause}")
+        finally:
+            stopping.cancel()
     finally:
-        stopping.cancel()
+        plan = ShutdownPlan(adapter.settings.shutdown_timeout_s)
         adapter.accepting = False
-        await adapter.drain(adapter.settings.shutdown_timeout_s)
-        await adapter.close()
+        await adapter.drain(plan)
+        await adapter.close(plan.left(plan.closed_by))
 
 
 def check(settings: Settings) -> None:

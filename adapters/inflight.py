@@ -1,13 +1,95 @@
-"""Answers being written outside a platform's event handlers, tracked so that shutdown can wait for them."""
+"""Answers being written outside a platform's event handlers, tracked so that shutdown can wait for them.
+
+A shutdown has a fixed time (`shutdown_timeout_s`) and the whole process must end within it: a
+supervisor whose stop timeout equals it kills what is left. `ShutdownPlan` splits that time:
+answers in flight first, then the last edits of those cut short, storing them, and closing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# What a shutdown keeps back from the answers in flight for what follows them: the answers it cuts
+# short stop the model (a step can take a second on a busy CPU), make their last edit and are
+# stored; then the connection, the database and the model close. A shorter shutdown_timeout_s
+# still takes this long: storing what was said comes before ending on time.
+RESERVE_S = 3.0
+
+
+@dataclass(frozen=True)
+class ShutdownPlan:
+    """When each step of a shutdown that began at `started` (time.monotonic()) must be done so that
+    the process ends within `timeout_s` (at least RESERVE_S): answers in flight finish until the
+    reserve; those cut short then make their last edit (in half of it) and are stored and linked
+    (by five sixths); the connection closes (by eleven twelfths); the database and the model
+    close and the process exits in the rest."""
+
+    timeout_s: float
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def ends_by(self) -> float:
+        """When the process must be gone."""
+        return self.started + max(self.timeout_s, RESERVE_S)
+
+    @property
+    def answers_by(self) -> float:
+        """When answers still being written are cut short."""
+        return self.ends_by - RESERVE_S
+
+    @property
+    def last_edits_by(self) -> float:
+        """When the answers cut short must have made their last edit."""
+        return self.answers_by + RESERVE_S / 2
+
+    @property
+    def stored_by(self) -> float:
+        """When they must be stored and linked to the messages that show them."""
+        return self.answers_by + RESERVE_S * 5 / 6
+
+    @property
+    def closed_by(self) -> float:
+        """When the platform connection must be closed."""
+        return self.answers_by + RESERVE_S * 11 / 12
+
+    @staticmethod
+    def left(until: float) -> float:
+        """Seconds from now until `until` (0 once past)."""
+        return max(0.0, until - time.monotonic())
+
+
+async def unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Run `work` until it ends or `stop` is set, whichever comes first; True if the work ended.
+
+    Connecting must give way to a stop: the platform libraries retry a connection for ever."""
+    job = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({job, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.wait({job}, timeout=1.0)
+    if job.cancelled():
+        return False
+    job.result()  # the work's own error, if it failed
+    return True
+
+
+async def within(work: Awaitable[Any], seconds: float, what: str) -> None:
+    """Await `work` (closing something) for at most `seconds`; past that, log and go on without it."""
+    try:
+        await asyncio.wait_for(work, timeout=max(seconds, 0.0))
+    except TimeoutError:
+        log.warning("%s took longer than %.1f s; the shutdown goes on without it", what, seconds)
 
 
 class InFlight:
@@ -24,6 +106,8 @@ class InFlight:
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_key: dict[str, asyncio.Task[None]] = {}
         self._stopped: set[asyncio.Task[None]] = set()
+        # Once a shutdown cuts answers short: when their last edits must be done (time.monotonic()).
+        self.last_edits_by: float | None = None
 
     def spawn(self, work: Coroutine[Any, Any, None], key: str | None = None) -> None:
         """Run work outside the event handler (after the platform's ack), tracked for shutdown and,
@@ -57,18 +141,30 @@ class InFlight:
         task = asyncio.current_task()
         return task is not None and task in self._stopped
 
-    async def drain(self, grace_s: float) -> None:
-        """Stop taking new work; let answers in flight finish within `grace_s`, then cut them short."""
+    async def drain(self, plan: ShutdownPlan) -> None:
+        """Stop taking new work; let answers in flight finish until the plan cuts them short, then
+        give those their last edit and storing, until the plan's times for that."""
         self.accepting = False
         pending = set(self._tasks)
         if not pending:
             return
-        _, still = await asyncio.wait(pending, timeout=grace_s)
+        _, still = await asyncio.wait(pending, timeout=plan.left(plan.answers_by))
+        if not still:
+            return
+        self.last_edits_by = plan.last_edits_by
         for task in still:
             task.cancel()
-        if still:
-            log.warning("%s: %d answers cut short by the shutdown", self.platform, len(still))
-            await asyncio.wait(still, timeout=5)
+        log.warning("%s: %d answers cut short by the shutdown", self.platform, len(still))
+        _, late = await asyncio.wait(still, timeout=plan.left(plan.stored_by))
+        if late:
+            log.error("%s: %d answers still being stored when the shutdown went on", self.platform, len(late))
+
+    def time_for_last_edit(self, default_s: float) -> float:
+        """Seconds an answer cut short may still spend on its last edit: `default_s`, or what the
+        shutdown leaves."""
+        if self.last_edits_by is None:
+            return default_s
+        return min(default_s, max(0.0, self.last_edits_by - time.monotonic()))
 
     async def idle(self) -> None:
         """Wait until no answer is in flight (tests and shutdown)."""

@@ -1,10 +1,11 @@
 """One reply lifecycle for the chat platforms (Slack, Discord): what an answer shows, and how it gets there.
 
 A `Reply` folds the engine's events into the text a reply shows; a `Stream` posts it as it grows,
-editing at most once per interval and at a pace the platform allows; a `ChatAdapter` runs the
-turn, stops an answer whose question was deleted or that a shutdown cuts short, links the posted
-messages to the stored reply, and keeps 👍/👎 feedback. A platform supplies only a `Place` (how
-to post and edit its messages) and a `Style` (its markup).
+editing at most once per interval and at a pace the platform allows, and when the platform refuses
+for now (429s, 5xx) keeps the latest text and asks again until it is shown; a `ChatAdapter` runs
+the turn, stops an answer whose question was deleted or that a shutdown cuts short, links the
+posted messages to the stored reply, and keeps 👍/👎 feedback. A platform supplies only a `Place`
+(how to post and edit its messages, and which refusals are worth asking again) and a `Style`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,15 @@ from bot.types import (
 log = logging.getLogger(__name__)
 
 # Seconds a deletion waits for the answer it stops to be stored (its last edit waits at most
-# LAST_EDIT_WAIT_S of them).
+# LAST_EDIT_WAIT_S of them; a shutdown gives it what its plan leaves).
 STOP_WAIT_S = 10.0
 LAST_EDIT_WAIT_S = 5.0
+# A platform that refuses a reply for now is asked again after the wait it names, else after a pause
+# that doubles from RETRY_FIRST_S up to RETRY_MAX_S; a reply it keeps refusing for PATIENCE_S is
+# given up (it is stored all the same, and the log says so).
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+PATIENCE_S = 300.0
 
 M = TypeVar("M")  # a posted message as its platform knows it (Slack: its ts; Discord: a Message)
 
@@ -186,19 +193,34 @@ class Place(ABC, Generic[M]):
         """What went wrong, in a few words for the log."""
         return str(error) or type(error).__name__
 
+    def retry_after(self, error: Exception) -> float | None:
+        """After `error` (one of `failures`): the seconds the platform asks to wait before it takes
+        the reply (0 when it names none), or None when asking again cannot help (no permission, a
+        deleted channel). Only a platform knows which are which: by default, none is worth a retry."""
+        return None
+
 
 class Stream(Generic[M]):
     """One reply shown on a platform as it grows: the messages it is posted as, and the pushes."""
 
-    def __init__(self, reply: Reply, place: Place[M], limit: int, interval_s: float) -> None:
+    def __init__(
+        self, reply: Reply, place: Place[M], limit: int, interval_s: float, patience_s: float = PATIENCE_S
+    ) -> None:
         self.reply = reply
         self.place = place
         self.limit = limit
         self.interval_s = interval_s
+        self.patience_s = patience_s
         self.posted: list[M] = []
         self.shown: list[str] = []
         self.last_edit = 0.0
         self.failure: str | None = None  # set once the platform would not take the reply
+        # Refusals for now in a row (a push that goes through ends the run), since when, the last
+        # one's reason, and how long to wait before asking again.
+        self.refusals = 0
+        self.refused_since = 0.0
+        self.refused: str | None = None
+        self.retry_in = 0.0
         self.changed = asyncio.Event()  # the reply has news the pusher has not shown
         self.ended = asyncio.Event()  # no more news will come: the pusher makes its last edit
         # Cut short (a shutdown, a deletion): its last edit goes at once instead of waiting its turn
@@ -220,7 +242,8 @@ class Stream(Generic[M]):
         self.changed.set()  # the pusher may be idle, waiting for a change: this is the last one
 
     async def push(self) -> None:
-        """Push the reply as it grows: at most one edit per interval, carrying all that came meanwhile."""
+        """Push the reply as it grows: at most one edit per interval, carrying all that came
+        meanwhile; refused for now, ask again later with whatever is newest by then."""
         while True:
             await self.changed.wait()
             self.changed.clear()
@@ -230,15 +253,18 @@ class Stream(Generic[M]):
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.ended.wait(), timeout=wait)
-            await self.show()
-            if self.ended.is_set():
-                await self.show()  # the last events may have come while the edit was under way
-                return
+            if not await self.show():
+                await self._pause()
+                self.changed.set()
+            elif self.ended.is_set() and not self.changed.is_set():
+                return  # (news that came while the edit was under way is shown first)
 
-    async def show(self) -> None:
-        """Bring the reply's messages up to date: edit what changed, post what is new."""
+    async def show(self) -> bool:
+        """Bring the reply's messages up to date: edit what changed, post what is new. False when
+        the platform refused for now (`retry_in` says when to ask again); a refusal for good, or
+        for longer than `patience_s`, ends the showing (`failure` says why)."""
         if self.failure is not None:
-            return
+            return True
         try:
             index = 0
             while index < len(parts := self.reply.parts(self.limit)):
@@ -257,8 +283,42 @@ class Stream(Generic[M]):
                     self.last_edit = time.monotonic()
                 index += 1
         except self.place.failures as error:
-            # The client's retries are behind us: give up on showing this reply (it is stored).
-            self.failure = self.place.describe(error)
+            return self._refused(error)
+        self.refusals = 0
+        return True
+
+    def _refused(self, error: Exception) -> bool:
+        """Note a refusal (the client's own retries are behind it); False while it is worth asking again."""
+        reason = self.place.describe(error)
+        asked = self.place.retry_after(error)
+        if asked is None:
+            self.failure = reason  # the reply is stored: the adapter logs that it could not be shown
+            return True
+        now = time.monotonic()
+        if self.refusals == 0:
+            self.refused_since = now
+        self.refusals += 1
+        self.refused = reason
+        self.retry_in = asked or min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.refusals - 1))
+        if now + self.retry_in - self.refused_since > self.patience_s:
+            self.failure = f"{reason}, refused {self.refusals} times over {now - self.refused_since:.0f} s"
+            return True
+        log.info(
+            "the reply in %s was refused for now (%s); asking again in %.1f s",
+            self.place.where,
+            reason,
+            self.retry_in,
+        )
+        return False
+
+    async def _pause(self) -> None:
+        """Wait as long as the platform asked after a refusal; a reply cut short meanwhile tries its
+        last edit at once (the wait may be longer than the shutdown allows)."""
+        if self.cut.is_set():
+            await asyncio.sleep(self.retry_in)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.cut.wait(), timeout=self.retry_in)
 
     async def _turn(self) -> None:
         """Wait until the platform may take one more edit, or until the reply is cut short."""
@@ -293,22 +353,37 @@ class ChatAdapter(InFlight):
                 async for event in events:
                     reply.apply(event)
                     stream.news()
+            stream.end()
+            # The last edits, however long the platform takes to allow them (up to the stream's
+            # patience; a shutdown cuts this short).
+            await asyncio.shield(pusher)
         except asyncio.CancelledError:
             deleted = self.stopped()
-            if deleted and not stream.posted:
-                pusher.cancel()  # nothing shown yet: nothing to answer a deleted question with
-            reply.stop(deleted)
+            if not reply.finished:
+                if deleted and not stream.posted:
+                    pusher.cancel()  # nothing shown yet: nothing to answer a deleted question with
+                reply.stop(deleted)
             stream.cut.set()
             stream.end()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(pusher), timeout=LAST_EDIT_WAIT_S)
+            await self._last_edit(stream, pusher, self.time_for_last_edit(LAST_EDIT_WAIT_S))
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._link(stream))
             raise
         finally:
             stream.end()
-        await pusher
         await self._link(stream)
+
+    async def _last_edit(self, stream: Stream[Any], pusher: asyncio.Task[None], seconds: float) -> None:
+        """Give the reply `seconds` for its last edit; past them it stays as the platform shows it."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({pusher}, timeout=seconds)
+        if not pusher.done():
+            pusher.cancel()
+            if stream.failure is None:
+                why = f" ({stream.refused})" if stream.refusals else ""
+                stream.failure = f"its last edit did not go through within {seconds:.1f} s{why}"
+        elif not pusher.cancelled() and (error := pusher.exception()) is not None:
+            log.error("%s: showing a reply failed: %r", self.platform, error)
 
     async def _link(self, stream: Stream[Any]) -> None:
         """Link the stored reply to the messages that show it (a 👍 on any of them then reaches it)."""

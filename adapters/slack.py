@@ -18,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
@@ -30,6 +31,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.inflight import RESERVE_S, ShutdownPlan, unless_stopped, within
 from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from adapters.slack_format import from_slack, to_mrkdwn
 from bot.app import App
@@ -134,7 +136,7 @@ class SlackThread(Place[str]):
     channel: str
     thread_ts: str | None
 
-    failures = (SlackApiError, SlackClientError, OSError, TimeoutError)
+    failures = (SlackApiError, SlackClientError, aiohttp.ClientError, OSError, TimeoutError)
 
     @property
     def where(self) -> str:
@@ -162,8 +164,19 @@ class SlackThread(Place[str]):
         await self.pace.take(self.team)
 
     def describe(self, error: Exception) -> str:
-        """Slack's error code, or the kind of failure."""
-        return str(error.response.get("error")) if isinstance(error, SlackApiError) else type(error).__name__
+        """Slack's error code (and HTTP status), or the kind of failure."""
+        if isinstance(error, SlackApiError):
+            return f"{error.response.get('error')}, HTTP {error.response.status_code}"
+        return type(error).__name__
+
+    def retry_after(self, error: Exception) -> float | None:
+        """429 (Slack's Retry-After), 5xx and network errors pass; other refusals stay."""
+        if isinstance(error, SlackApiError):
+            status = error.response.status_code
+            if status == 429:
+                return _retry_after(error.response.headers)
+            return 0.0 if status >= 500 else None
+        return None if isinstance(error, SlackClientError) else 0.0
 
 
 class SlackAdapter(ChatAdapter):
@@ -213,9 +226,14 @@ class SlackAdapter(ChatAdapter):
         try:
             auth = await self.client.auth_test()
         except SlackApiError as error:
+            status = error.response.status_code
+            if status == 429 or status >= 500:
+                failed = f"failed (auth.test): HTTP {status}, {error.response.get('error')}"
+                raise ChinwagError(f"Slack's API at {self.settings.api_base_url} {failed}") from None
             raise ChinwagError(f"Slack refused the bot token: {error.response.get('error')}") from None
-        except SlackClientError as error:
-            raise ChinwagError(f"Cannot reach Slack at {self.settings.api_base_url}: {error}") from None
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as error:
+            url = self.settings.api_base_url
+            raise ChinwagError(f"Cannot reach Slack's API at {url} (auth.test): {_cause(error)}") from None
         self.bot_user_id = auth.get("user_id")
         log.info("slack: connected as %s in team %s", auth.get("user"), auth.get("team_id"))
 
@@ -391,6 +409,23 @@ def _ref(team: str, channel: str, ts: str) -> str:
     return f"{team}:{channel}:{ts}"
 
 
+def _retry_after(headers: Mapping[str, Any]) -> float:
+    """The seconds a 429's Retry-After asks for (0 when it names none)."""
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            text = value[0] if isinstance(value, list) else value
+            try:
+                return max(0.0, float(text))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+def _cause(error: BaseException) -> str:
+    """A network error in a few words (a timeout's text is empty)."""
+    return str(error) or ("no answer in time" if isinstance(error, TimeoutError) else type(error).__name__)
+
+
 # Serving ----------------------------------------------------------------------------------
 
 
@@ -410,11 +445,14 @@ def http_app(adapter: SlackAdapter) -> web.Application:
 async def serve(
     adapter: SlackAdapter, stop: asyncio.Event, ready: Callable[[str], None] | None = None
 ) -> None:
-    """Serve Slack until `stop` is set, then stop accepting and let answers in flight finish."""
+    """Serve Slack until `stop` is set, then stop accepting and let answers in flight finish; the
+    whole stop takes at most `shutdown_timeout_s`, even while Slack cannot be reached."""
     settings = adapter.settings
-    await adapter.start()
+    if not await unless_stopped(adapter.start(), stop):
+        return
     if settings.mode == "http":
-        runner = web.AppRunner(http_app(adapter), access_log=None)
+        # Slack's requests are acked in milliseconds: closing need not wait long for one.
+        runner = web.AppRunner(http_app(adapter), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
@@ -425,25 +463,32 @@ async def serve(
         try:
             await stop.wait()
         finally:
+            plan = ShutdownPlan(settings.shutdown_timeout_s)
             adapter.accepting = False
             await site.stop()
-            await adapter.drain(settings.shutdown_timeout_s)
-            await runner.cleanup()
+            await adapter.drain(plan)
+            await within(runner.cleanup(), plan.left(plan.closed_by), "slack: closing the HTTP endpoint")
         return
 
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
     handler = AsyncSocketModeHandler(adapter.app, adapter.credentials.app_token, web_client=adapter.client)
-    await handler.connect_async()
-    log.info("slack: connected in socket mode")
-    if ready:
-        ready("socket")
     try:
+        # slack_sdk retries a connection that fails for ever: a stop must not wait for it.
+        if not await unless_stopped(handler.connect_async(), stop):
+            return
+        log.info("slack: connected in socket mode")
+        if ready:
+            ready("socket")
         await stop.wait()
     finally:
+        plan = ShutdownPlan(settings.shutdown_timeout_s)
         adapter.accepting = False
-        await handler.close_async()
-        await adapter.drain(settings.shutdown_timeout_s)
+        # Stop taking events first (answers in flight go on over the Web API); a connection being
+        # retried is given up.
+        closing = handler.close_async()
+        await within(closing, RESERVE_S / 6, "slack: closing the Socket Mode connection")
+        await adapter.drain(plan)
 
 
 def check(settings: Settings) -> None:

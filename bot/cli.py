@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -318,7 +318,10 @@ def serve(obj: Context, only: tuple[str, ...], model: str | None) -> None:
 
 async def _serve(settings: Settings, only: list[str]) -> None:
     import importlib
+    import logging
     import signal
+
+    from adapters.inflight import ShutdownPlan
 
     chosen: list[tuple[str, Any]] = []
     problems: list[str] = []
@@ -335,39 +338,78 @@ async def _serve(settings: Settings, only: list[str]) -> None:
         raise ChinwagError(" ".join(problems) or "No platform to serve.")
 
     stop = asyncio.Event()
+    started = asyncio.Event()  # the model is loaded: the platforms start
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stop.set)
-    try:
-        async with running(settings) as app:
-            names = ", ".join(name for name, _ in chosen)
-            err.print(f"chinwag: serving {names} with {app.model.info.name}; Ctrl-C or SIGTERM stops.")
-
-            async def guarded(module: Any) -> None:
-                try:
-                    await module.run(app, stop)
-                finally:
-                    # One platform down takes the process down (a supervisor restarts it whole).
-                    stop.set()
-
-            monitor = None
-            if settings.serve.monitor_port:
-                from bot.monitor import serve_monitor
-
-                monitor = asyncio.create_task(
-                    serve_monitor(app, settings.serve.monitor_host, settings.serve.monitor_port, stop)
-                )
-            results = await asyncio.gather(*(guarded(m) for _, m in chosen), return_exceptions=True)
-            if monitor is not None:
-                stop.set()
-                await asyncio.gather(monitor, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-    finally:
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(number)
+    serving = asyncio.create_task(_serve_platforms(settings, chosen, stop, started))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not serving.done():
+        # Asked to stop: the platforms end within their shutdown timeout, whatever their state. While
+        # the model loads nothing is in flight, and the load cannot be interrupted: it is left behind.
+        timeout_s = max(getattr(settings, name).shutdown_timeout_s for name, _ in chosen)
+        plan = ShutdownPlan(timeout_s)
+        if not started.is_set():
+            serving.cancel()
+        await asyncio.wait({serving}, timeout=plan.left(plan.ends_by))
+        if not serving.done():
+            message = f"chinwag: could not stop within {timeout_s:g} s; exiting anyway."
+            logging.getLogger(__name__).error(message)
+            err.print(message)
+            _exit_now(1)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(number)
+    if not serving.cancelled():
+        serving.result()  # a platform that failed: its error, as one line
     err.print("chinwag: stopped.")
+    _exit_now(0)
+
+
+async def _serve_platforms(
+    settings: Settings, chosen: list[tuple[str, Any]], stop: asyncio.Event, started: asyncio.Event
+) -> None:
+    """Start the app, then serve the platforms (and the monitor) until `stop` is set."""
+    async with running(settings) as app:
+        started.set()
+        names = ", ".join(name for name, _ in chosen)
+        err.print(f"chinwag: serving {names} with {app.model.info.name}; Ctrl-C or SIGTERM stops.")
+
+        async def guarded(module: Any) -> None:
+            try:
+                await module.run(app, stop)
+            finally:
+                # One platform down takes the process down (a supervisor restarts it whole).
+                stop.set()
+
+        monitor = None
+        if settings.serve.monitor_port:
+            from bot.monitor import serve_monitor
+
+            monitor = asyncio.create_task(
+                serve_monitor(app, settings.serve.monitor_host, settings.serve.monitor_port, stop)
+            )
+        results = await asyncio.gather(*(guarded(m) for _, m in chosen), return_exceptions=True)
+        if monitor is not None:
+            stop.set()
+            await asyncio.gather(monitor, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process at once, all stored and closed: the interpreter's own teardown (freeing the
+    model and its thread pools, waiting for a model load left behind) takes seconds more than a
+    supervisor's stop timeout allows."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # history --------------------------------------------------------------------------------

@@ -276,13 +276,64 @@ def _results_reply(calls: list[ToolCall]) -> str:
     return "\n".join(f"{call.summary(limit=500)}" for call in found)
 
 
+# The keys a call's object may open with: the shapes bot.tools.calls accepts ({"name", "arguments"},
+# "parameters", "args", "input", {"function": {...}}, {"tool": ...}) and OpenAI's ({"id", "type",
+# "function"}). An object that opens with any other key is ordinary JSON.
+_CALL_KEYS = (
+    "name",
+    "arguments",
+    "parameters",
+    "args",
+    "input",
+    "function",
+    "tool",
+    "tool_call",
+    "tool_calls",
+    "type",
+    "id",
+)
+# Code fence languages a call may come in: ```json, ```tool_call, ```tool (and spellings such as
+# ```JSON or ```tool_code, which the parser reads the same way); other languages are code.
+_CALL_FENCES = ("json", "tool")
+
+
 def _call_prefix(text: str) -> bool:
     """Whether a reply that starts with `text` may still be a tool call: True while it is blank or
-    starts like one (or like the start of one), False once it cannot be one."""
+    starts like one (or like the start of one), False once it cannot be one: prose, a code fence
+    of another language, JSON that opens with a key no call has, a list of anything but objects."""
     start = text.lstrip()
     if not start:
         return True
-    for prefix in ("<tool_call>", "```", "{", "["):
-        if start.startswith(prefix) or (len(start) < len(prefix) and prefix.startswith(start)):
+    if start.startswith("<tool_call>") or "<tool_call>".startswith(start):
+        return True
+    if start.startswith("```") or "```".startswith(start):
+        language, newline, body = start[3:].partition("\n")
+        tag = language.strip().lower()
+        if not newline:  # the language is still being written
+            return not tag or any(f.startswith(tag) or tag.startswith(f) for f in _CALL_FENCES)
+        if tag and not tag.startswith(_CALL_FENCES):
+            return False
+        body = body.lstrip()
+        return not body or (body[0] in "{[" and _json_call_prefix(body))
+    return start[0] in "{[" and _json_call_prefix(start)
+
+
+def _json_call_prefix(text: str) -> bool:
+    """Whether JSON that starts with `text` ("{" or "[" first) may still be a call: an object whose
+    first key a call may open with, or a list whose first item is such an object."""
+    rest = text
+    if rest.startswith("["):
+        rest = rest[1:].lstrip()
+        if not rest:
             return True
-    return False
+        if not rest.startswith("{"):
+            return False
+    rest = rest[1:].lstrip()
+    if not rest:
+        return True
+    if rest[0] != '"':
+        return False
+    key, quote, _ = rest[1:].partition('"')
+    if quote:
+        return key in _CALL_KEYS
+    return any(option.startswith(key) for option in _CALL_KEYS)

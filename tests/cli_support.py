@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
+import signal
 import sys
+import time
 from pathlib import Path
 
 from bot.seams.history import Conversation, StoredMessage
@@ -52,3 +55,13 @@ def stored(data_dir: Path) -> list[tuple[Conversation, list[StoredMessage]]]:
             await store.close()
 
     return asyncio.run(read())
+
+
+async def stop_with_sigterm(process: asyncio.subprocess.Process, within: float = 60.0) -> tuple[float, str]:
+    """Send SIGTERM; the seconds until the process exited, and what it wrote (stdout and stderr)."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), within)
+    seconds = time.monotonic() - started
+    logging.getLogger(__name__).info("SIGTERM to exit: %.2f s (exit status %s)", seconds, process.returncode)
+    return seconds, stdout.decode() + stderr.decode()

@@ -2,7 +2,8 @@
 
 Real discord.py talks to it (pointed here by `discord.api_base_url` / `discord.gateway_url`). It
 records every REST request, keeps the messages it was sent and edited, and lets a test dispatch
-gateway events, drop the gateway connection, or answer the next edits with 429.
+gateway events, drop the gateway connection, refuse new ones or keep them silent, or answer the
+next edits with 429.
 """
 
 from __future__ import annotations
@@ -53,9 +54,13 @@ class FakeDiscord:
     threads: dict[int, dict[str, Any]] = field(default_factory=dict)
     interactions: dict[str, dict[str, Any]] = field(default_factory=dict)
     rate_limit_edits: int = 0  # answer this many message edits with 429 first
+    failing_edits: int = 0  # then this many with 503
     fail_posts: int = 0  # refuse this many new messages with 403 (not retried)
     retry_after: float = 0.05
     identified: int = 0
+    gateway_tries: int = 0
+    refuse_gateway: bool = False  # answer gateway connections with 503
+    silent_gateway: bool = False  # accept gateway connections and never say hello
     resumed: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_000_000_000_000_000_000))
@@ -121,9 +126,17 @@ class FakeDiscord:
 
     # Gateway ---------------------------------------------------------------------------
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        self.gateway_tries += 1
+        await self._notify()
+        if self.refuse_gateway:
+            return web.Response(status=503, text="unavailable")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        if self.silent_gateway:
+            async for _ in ws:
+                pass
+            return ws
         self._ws = ws
         await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45_000}, "s": None, "t": None})
         async for msg in ws:
@@ -410,6 +423,9 @@ class FakeDiscord:
                         status=429,
                         headers={"Via": "1.1 google"},
                     )
+                if self.failing_edits > 0:
+                    self.failing_edits -= 1
+                    return _json({"message": "Service Unavailable", "code": 0}, status=503)
                 message = self.messages[int(mid)]
                 message.update({k: v for k, v in body.items() if k in ("content", "embeds")})
                 message["edited_timestamp"] = TIMESTAMP

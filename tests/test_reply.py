@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from adapters.inflight import ShutdownPlan
 from adapters.reply import ChatAdapter, Place, Reply, Stream, Style
 from bot.engine import Engine
 from bot.types import (
@@ -40,17 +41,37 @@ STYLE = Style(
 WAITING = "thinking…"
 
 
+class Busy(Exception):
+    """The board refuses for now (as a platform answers 429 or 503)."""
+
+
 @dataclass
 class Board(Place[int]):
     """A platform in memory: its messages by index, and every post and edit with its time.
 
-    `gate`, when given, is the platform's pace: an edit may go only once it is set."""
+    `gate`, when given, is the platform's pace: an edit may go only once it is set. `refuse`
+    refuses every post for good; `busy` refuses the next posts and edits for now, asking to wait
+    `busy_wait` seconds (0: no wait named)."""
 
     messages: list[str] = field(default_factory=list)
     pushes: list[tuple[float, str]] = field(default_factory=list)  # (when, what the reply showed)
     edits: list[str] = field(default_factory=list)
+    refusals: list[float] = field(default_factory=list)  # when each refusal for now came
     gate: asyncio.Event | None = None
     refuse: bool = False
+    busy: int = 0
+    busy_wait: float = 0.0
+
+    failures = (OSError, TimeoutError, Busy)
+
+    def retry_after(self, error: Exception) -> float | None:
+        return self.busy_wait if isinstance(error, Busy) else None
+
+    def _busy(self) -> None:
+        if self.busy > 0:
+            self.busy -= 1
+            self.refusals.append(time.monotonic())
+            raise Busy("try again later")
 
     @property
     def where(self) -> str:
@@ -60,12 +81,14 @@ class Board(Place[int]):
         await asyncio.sleep(0)  # a platform call yields to the loop
         if self.refuse:
             raise OSError("the board is closed")
+        self._busy()
         self.messages.append(text)
         self.pushes.append((time.monotonic(), text))
         return len(self.messages) - 1
 
     async def edit(self, message: int, text: str) -> int:
         await asyncio.sleep(0)
+        self._busy()
         self.messages[message] = text
         self.edits.append(text)
         self.pushes.append((time.monotonic(), text))
@@ -239,6 +262,102 @@ async def test_a_reply_cut_short_makes_its_last_edit_without_waiting_its_turn() 
     assert board.messages == ["HALF AN\n\n~(interrupted: chinwag is restarting)~"]
 
 
+# Refusals for now --------------------------------------------------------------------------------
+
+
+async def stream_words(stream: Stream[int], words: list[str], gap_s: float = 0.0) -> None:
+    """Feed the words to the stream as an answer would, then end it."""
+    for word in words:
+        stream.reply.apply(TextDelta(word))
+        stream.news()
+        await asyncio.sleep(gap_s)
+    stream.reply.apply(done(stream.reply.text))
+    stream.end()
+
+
+async def test_a_reply_refused_for_now_is_shown_in_full_once_the_platform_takes_it() -> None:
+    # Twelve refusals in a row, the final edit among them: more than any client's own retries.
+    board = Board(busy_wait=0.01)
+    stream = Stream(Reply(STYLE), board, limit=1000, interval_s=0.0)
+    pusher = asyncio.create_task(stream.push())
+    words = [f"w{n} " for n in range(20)]
+    stream.reply.apply(TextDelta(words[0]))
+    stream.news()
+    async with asyncio.timeout(5):
+        while not board.messages:
+            await asyncio.sleep(0.01)
+    board.busy = 12
+    await stream_words(stream, words[1:], gap_s=0.005)
+    async with asyncio.timeout(10):
+        await pusher
+    assert len(board.refusals) == 12
+    assert board.messages == ["".join(words).strip().upper()]
+    assert stream.failure is None
+
+
+async def test_a_post_refused_for_now_is_posted_later_and_only_once() -> None:
+    board = Board(busy=3, busy_wait=0.01)
+    stream = Stream(Reply(STYLE), board, limit=1000, interval_s=0.0)
+    pusher = asyncio.create_task(stream.push())
+    await stream_words(stream, ["all ", "of ", "it"])
+    async with asyncio.timeout(10):
+        await pusher
+    assert board.messages == ["ALL OF IT"]
+    assert stream.refs() == ["board-0"]
+
+
+async def test_without_a_named_wait_the_pauses_between_tries_double() -> None:
+    board = Board(busy=2)  # names no wait: the stream backs off by itself
+    stream = Stream(Reply(STYLE), board, limit=1000, interval_s=0.0)
+    pusher = asyncio.create_task(stream.push())
+    await stream_words(stream, ["patience"])
+    async with asyncio.timeout(10):
+        await pusher
+    assert board.messages == ["PATIENCE"]
+    first, second = board.refusals
+    assert second - first >= 0.5 * 0.95
+    assert board.pushes[0][0] - second >= 1.0 * 0.95
+
+
+async def test_a_reply_refused_for_longer_than_the_patience_is_given_up_logged_and_kept(
+    engine: Engine, history: SqlHistory, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat, board = Chat(engine, history), Board(busy=10_000, busy_wait=0.05)
+    model.enqueue("kept", " anyway")
+    stream = Stream(Reply(STYLE), board, limit=1000, interval_s=0.0, patience_s=0.5)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
+        await chat.answer(asked("hello?"), stream)
+    assert time.monotonic() - started < 3
+    assert board.messages == []
+    assert [content for _, content, _, _ in await stored(history)] == ["hello?", "kept anyway"]
+    [record] = [r for r in caplog.records if r.name == "adapters.reply"]
+    assert "try again later" in record.getMessage() and "refused" in record.getMessage()
+
+
+async def test_a_shutdown_does_not_wait_for_a_platform_that_keeps_refusing_the_last_edit(
+    engine: Engine, history: SqlHistory, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat, board = Chat(engine, history), Board()
+    model.enqueue(*[f"w{n} " for n in range(100)], delay=0.02)
+    chat.spawn(chat.answer(asked("go on"), chat.stream(board, interval_s=0.0)), "q1")
+    async with asyncio.timeout(10):
+        while not board.messages:
+            await asyncio.sleep(0.01)
+    board.busy, board.busy_wait = 10_000, 30.0  # from now on: "come back in 30 s"
+    plan = ShutdownPlan(timeout_s=3.0)  # answers are cut short at once
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
+        await chat.drain(plan)
+    assert time.monotonic() < plan.stored_by + 0.2
+    assert not chat._tasks
+    assert [status for _, _, status, _ in await stored(history)] == ["complete", "interrupted"]
+    [record] = [r for r in caplog.records if r.name == "adapters.reply"]
+    assert "last edit did not go through" in record.getMessage()
+    # What was stored is linked to the message that shows the start of it.
+    linked = await history.find_message("chat", "board-0")
+    assert linked is not None and linked.status == "interrupted"
+
+
 # Stop, shutdown, failure, feedback ---------------------------------------------------------------
 
 
@@ -313,7 +432,7 @@ async def test_a_shutdown_cuts_the_answer_short_and_its_last_edit_goes_at_once(
         while not board.messages:
             await asyncio.sleep(0.01)
     started = time.monotonic()
-    await chat.drain(grace_s=0.1)
+    await chat.drain(ShutdownPlan(timeout_s=4.0))  # answers get 1 s, then are cut short
     assert time.monotonic() - started < 3
     assert not chat.accepting
     [shown] = board.messages

