@@ -418,7 +418,10 @@ class Engine:
         meta: dict[str, Any] = {**metadata(), "finish_reason": finish.reason if finish else "stop"}
         if "sources" in meta:
             meta["sources"] = mark_cited(meta["sources"], text)
-        stored = await self._store_reply(conv, text, status, loop.usage(), model_name, params, meta)
+        # A stop arriving during this write must not lose a reply that is already whole.
+        stored = await asyncio.shield(
+            self._store_reply(conv, text, status, loop.usage(), model_name, params, meta)
+        )
         yield TurnDone(conv.id, stored.id, text, status, loop.usage(), model_name, meta)
 
     def tools_for(self, conv: Conversation) -> ToolRegistry:
