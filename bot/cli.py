@@ -21,6 +21,7 @@ from bot.citations import source_label, sources_footer
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.seams.history import Conversation, History, StoredMessage
+from bot.text import read_bytes_as_text
 from bot.types import CommandResult, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
 from config import ConfigError, Settings, load_settings
 
@@ -204,7 +205,9 @@ def ask(
 ) -> None:
     """Ask one question ('-' reads it from stdin) and print the answer."""
     if question == "-":
-        question = sys.stdin.read()
+        # Bytes, not text: invalid UTF-8 must reach the engine (which repairs and keeps it), not
+        # fail here. Arguments already arrive that way (Python decodes argv with surrogateescape).
+        question = read_bytes_as_text(sys.stdin.buffer.read())
     settings = obj.settings(**_model_overrides(model, system, temperature))
     code = _run(_ask(settings, question, conversation_id, as_json))
     sys.exit(code)
