@@ -183,7 +183,8 @@ class DocumentStore:
                     settings=chroma_settings,
                 )
             else:
-                settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+                # Its files hold the documents' text: readable by the owner only, like the data dir.
+                settings.chroma_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
         except Exception as error:  # any failure to reach the store reads the same
             where = url or settings.chroma_dir
