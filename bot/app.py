@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
 
 from bot.engine import Engine
 from bot.errors import ChinwagError
@@ -26,12 +28,60 @@ log = logging.getLogger(__name__)
 ModelFactory = Callable[[Settings], ChatModel]
 
 
+# chinwag's own loggers; with `logging.message_text` off, records of other libraries below INFO
+# (SQL parameters, platform payloads) are dropped: they hold what people wrote.
+_OWN_LOGGERS = {"bot", "adapters", "retrieval", "storage", "config", "py"}
+# Libraries that log request URLs at INFO, and a URL may carry conversation text.
+_URL_LOGGERS = {"httpx", "httpcore", "urllib3"}
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class PrivateTextFilter(logging.Filter):
+    """Keeps message text out of the log file unless `logging.message_text` is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Let chinwag's own records through; libraries' only from INFO (WARNING for URLs) up."""
+        top = record.name.split(".", 1)[0]
+        if top in _OWN_LOGGERS:
+            return True
+        return record.levelno >= (logging.WARNING if top in _URL_LOGGERS else logging.INFO)
+
+
+class PrivateFileHandler(RotatingFileHandler):
+    """A rotating log file that only its owner can read (0600), rotated files included."""
+
+    def _open(self) -> Any:
+        descriptor = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(descriptor, self.mode, encoding=self.encoding, errors=self.errors)
+
+
+def private_dir(path: Path, what: str) -> Path:
+    """Create `path` (and parents) readable by its owner only (0700) if missing; one-line errors."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ChinwagError(f"The {what} {path} is a file, not a directory.") from None
+    except OSError as error:
+        raise ChinwagError(f"Cannot create the {what} {path}: {error.strerror or error}.") from None
+    if not path.is_dir():
+        raise ChinwagError(f"The {what} {path} is not a directory.")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ChinwagError(f"The {what} {path} is not writable.")
+    return path
+
+
 def configure_logging(settings: Settings) -> None:
-    """Log to a rotating file: the terminal belongs to the chat."""
+    """Log to a rotating file: the terminal belongs to the chat. Creates the data directory."""
+    private_dir(settings.resolved_data_dir, "data directory")
     path = settings.log_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    private_dir(path.parent, "log directory")
+    try:
+        handler = PrivateFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    except OSError as error:
+        raise ChinwagError(f"Cannot write the log file {path}: {error.strerror or error}.") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not settings.logging.message_text:
+        handler.addFilter(PrivateTextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_chinwag", False):
@@ -44,10 +94,53 @@ def configure_logging(settings: Settings) -> None:
     logging.captureWarnings(True)
 
 
+def sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite database file the settings name, or None (another database, or in memory)."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        return None  # the store says what is wrong with the URL
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or url.query.get("uri"):
+        return None
+    return Path(database).expanduser()
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the database file only its owner can read (0600); refuse a file that is not SQLite.
+
+    An empty file is a valid empty SQLite database (SQLite writes its header on first use).
+    """
+    private_dir(path.parent, "database directory")
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ChinwagError(f"Cannot create the database {path}: {error.strerror or error}.") from None
+    else:
+        os.close(descriptor)
+        return
+    try:
+        with path.open("rb") as existing:
+            header = existing.read(len(_SQLITE_HEADER))
+    except OSError as error:
+        raise ChinwagError(f"Cannot read the database {path}: {error.strerror or error}.") from None
+    if header and header != _SQLITE_HEADER:
+        raise ChinwagError(
+            f"{path} is not an SQLite database: move it away, or set storage.url to another file."
+        )
+
+
 async def open_history(settings: Settings) -> History:
     """Open the history store named by the settings and bring its schema up to date."""
     from storage import SqlHistory
 
+    if (path := sqlite_file(settings)) is not None:
+        prepare_sqlite_file(path)
     return await SqlHistory.open(settings)
 
 

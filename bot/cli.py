@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import json
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import asdict
@@ -21,11 +25,31 @@ from bot.citations import source_label, sources_footer
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError
 from bot.seams.history import Conversation, History, StoredMessage
+from bot.text import read_bytes_as_text
 from bot.types import CommandResult, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
-from config import ConfigError, Settings, load_settings
+from config import Settings, load_settings
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False)
+
+
+class ConversationIdType(click.ParamType):
+    """A conversation id: a whole number that fits the database's 64-bit ids."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """The id as an int; anything else is a one-line usage error."""
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a conversation id (a number).", param, ctx)
+        if not -(2**63) <= number < 2**63:
+            self.fail(f"no conversation has the id {number} (see: chinwag history list).", param, ctx)
+        return number
+
+
+CONVERSATION_ID = ConversationIdType()
 
 
 class Context:
@@ -39,9 +63,9 @@ class Context:
         """Settings with the CLI flags on top (flags not given do not override anything)."""
         try:
             settings = load_settings(self.config_file, data_dir=self.data_dir, **overrides)
-        except ConfigError as error:
+            configure_logging(settings)
+        except ChinwagError as error:
             raise click.ClickException(str(error)) from None
-        configure_logging(settings)
         return settings
 
 
@@ -154,9 +178,9 @@ async def _find_resume(history: History, resume: str | None) -> Conversation | N
             err.print("[yellow]No terminal conversation to resume; starting a new one.[/yellow]")
         return found
     try:
-        conversation_id = int(resume)
-    except ValueError:
-        raise ChinwagError(f"--resume takes a conversation id (a number), not '{resume}'.") from None
+        conversation_id = CONVERSATION_ID.convert(resume, None, None)
+    except click.BadParameter as error:
+        raise ChinwagError(f"--resume takes a conversation id: {error.message}") from None
     found = await history.get(conversation_id)
     if found is None:
         raise ChinwagError(f"No conversation #{conversation_id} (see: chinwag history list).")
@@ -185,7 +209,7 @@ def _greeting(app: App, resumed: Conversation | None) -> str:
 @click.option(
     "--conversation",
     "conversation_id",
-    type=int,
+    type=CONVERSATION_ID,
     help="Continue conversation ID instead of starting a new one.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -204,7 +228,9 @@ def ask(
 ) -> None:
     """Ask one question ('-' reads it from stdin) and print the answer."""
     if question == "-":
-        question = sys.stdin.read()
+        # Bytes, not text: invalid UTF-8 must reach the engine (which repairs and keeps it), not
+        # fail here. Arguments already arrive that way (Python decodes argv with surrogateescape).
+        question = read_bytes_as_text(sys.stdin.buffer.read())
     settings = obj.settings(**_model_overrides(model, system, temperature))
     code = _run(_ask(settings, question, conversation_id, as_json))
     sys.exit(code)
@@ -468,7 +494,7 @@ def history_list(obj: Context, platform: str | None, limit: int) -> None:
 
 
 @history.command("show")
-@click.argument("conversation_id", type=int)
+@click.argument("conversation_id", type=CONVERSATION_ID)
 @click.pass_obj
 def history_show(obj: Context, conversation_id: int) -> None:
     """Print a conversation."""
@@ -483,7 +509,7 @@ def history_show(obj: Context, conversation_id: int) -> None:
 
 
 @history.command("export")
-@click.argument("conversation_id", type=int)
+@click.argument("conversation_id", type=CONVERSATION_ID)
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @click.option(
     "-o",
@@ -491,9 +517,12 @@ def history_show(obj: Context, conversation_id: int) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write to this file instead of stdout.",
 )
+@click.option("--force", is_flag=True, help="Overwrite the --output file if it exists.")
 @click.pass_obj
-def history_export(obj: Context, conversation_id: int, fmt: str, output: Path | None) -> None:
+def history_export(obj: Context, conversation_id: int, fmt: str, output: Path | None, force: bool) -> None:
     """Export a conversation as Markdown or JSON."""
+    if output is not None and output.is_file() and not force:
+        raise click.ClickException(f"{output} exists; add --force to overwrite it.")
 
     async def work(store: History) -> tuple[Conversation, list[StoredMessage]]:
         conv = await _require(store, conversation_id)
@@ -505,14 +534,19 @@ def history_export(obj: Context, conversation_id: int, fmt: str, output: Path | 
     else:
         text = to_markdown(conv, messages)
     if output:
-        output.write_text(text, encoding="utf-8")
+        try:
+            write_file(output, text, force)
+        except FileExistsError:
+            raise click.ClickException(f"{output} exists; add --force to overwrite it.") from None
+        except OSError as error:
+            raise click.ClickException(f"Cannot write {output}: {error.strerror or error}.") from None
         err.print(f"Wrote {output}")
     else:
         click.echo(text, nl=False)
 
 
 @history.command("delete")
-@click.argument("conversation_id", type=int)
+@click.argument("conversation_id", type=CONVERSATION_ID)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def history_delete(obj: Context, conversation_id: int, yes: bool) -> None:
@@ -523,6 +557,35 @@ def history_delete(obj: Context, conversation_id: int, yes: bool) -> None:
     if not deleted:
         raise click.ClickException(f"No conversation #{conversation_id}.")
     click.echo(f"Deleted conversation #{conversation_id}.")
+
+
+def write_file(path: Path, text: str, overwrite: bool) -> None:
+    """Write `text` to `path` whole or not at all, readable by its owner only (it holds a
+    conversation). A device or pipe (/dev/stdout) is written as it is."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        with path.open("w", encoding="utf-8") as target:
+            target.write(text)
+        return
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as target:
+            target.write(text)
+        if not overwrite:
+            try:
+                os.link(temporary, path)  # fails if the file appeared meanwhile: never overwrite it
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def to_json(conv: Conversation, messages: list[StoredMessage]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from bot.prompt import PromptBudget
 from bot.seams.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
 from bot.seams.model import ChatModel, Chunk
 from bot.seams.retriever import Passage, Retriever, scopes_for
+from bot.text import repair
 from bot.toolloop import Approver, ToolLoop
 from bot.tools.registry import Tool, ToolRegistry
 from bot.types import (
@@ -137,7 +138,9 @@ class Engine:
         except Exception:
             # Never a traceback in a chat: log it, tell the user in one line.
             log.exception("turn failed unexpectedly (platform=%s)", incoming.platform)
-            yield TurnFailed("Something went wrong on our side and was logged; your message was kept.")
+            # Only a turn that started had its message stored: never claim it was kept otherwise.
+            kept = "your message was kept" if started else "your message could not be saved"
+            yield TurnFailed(f"Something went wrong on our side and was logged; {kept}.")
         finally:
             if started:
                 self.metrics.ended(done)
@@ -181,7 +184,10 @@ class Engine:
 
     async def _handle(self, incoming: Incoming, approve: Approver | None) -> AsyncGenerator[Event, None]:
         conv = await self.conversation(incoming)
-        text = incoming.text.strip()
+        # Text no tokenizer or database takes (invalid UTF-8, lone surrogates) is repaired, not lost.
+        text, original = repair(incoming.text)
+        text = text.strip()
+        kept: dict[str, Any] = {"original_text": original} if original is not None else {}
 
         command = parse_command(text)
         if command is not None:
@@ -217,6 +223,7 @@ class Engine:
                         "tokens": length,
                         "limit": limit,
                         "platform_message_id": incoming.message_id,
+                        **kept,
                     },
                     external_id=incoming.message_id,  # a deletion finds it by this (`forget`)
                 ),
@@ -237,7 +244,7 @@ class Engine:
                     "user",
                     text,
                     user=user,
-                    metadata={"platform_message_id": incoming.message_id},
+                    metadata={"platform_message_id": incoming.message_id, **kept},
                     external_id=incoming.message_id,  # a deletion finds it by this (`forget`)
                 ),
             )

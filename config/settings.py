@@ -221,11 +221,19 @@ class LoggingSettings(_Section):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: Path | None = None
+    # Libraries' DEBUG records (SQL parameters, platform payloads) and request URLs hold what
+    # people wrote: they reach the log only when this is on.
+    message_text: bool = False
 
     @field_validator("level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return _unset_if_empty(value)
 
 
 class Settings(BaseSettings):
@@ -251,6 +259,12 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     serve: ServeSettings = ServeSettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # CHINWAG_DATA_DIR="" would otherwise mean the current directory, silently.
+        return _unset_if_empty(value)
 
     @classmethod
     def settings_customise_sources(
@@ -292,6 +306,11 @@ class Settings(BaseSettings):
     def log_file(self) -> Path:
         """The log file (default: logs/chinwag.log under the data directory)."""
         return (self.logging.file or self.resolved_data_dir / "logs" / "chinwag.log").expanduser()
+
+
+def _unset_if_empty(value: Any) -> Any:
+    """An empty path (an empty environment variable, "" in the file) means "not set"."""
+    return None if isinstance(value, str | Path) and not str(value).strip() else value
 
 
 def _describe(error: ValidationError) -> str:

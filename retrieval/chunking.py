@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from retrieval.loaders import LoadedDocument
+from retrieval.loaders import LoadedDocument, Page
 
 
 @dataclass(frozen=True)
@@ -24,27 +25,105 @@ class TextChunk:
     index: int
 
 
+# Long texts are split a segment at a time, so that the splitters' working memory stays bounded
+# whatever the file's size. Segments end at a heading (Markdown) or a blank line.
+_SEGMENT_CHARS = 1 << 18
+_HEADING = re.compile(r"(#{1,3})(?:[ \t]+(.*?))?[ \t]*$")
+_FENCES = ("```", "~~~")
+
+
 def split(doc: LoadedDocument, chunk_size: int = 1000, chunk_overlap: int = 150) -> list[TextChunk]:
     """Chunks of at most `chunk_size` characters, neighbours sharing about `chunk_overlap`."""
+    return list(iter_chunks(doc, chunk_size, chunk_overlap))
+
+
+def iter_chunks(doc: LoadedDocument, chunk_size: int = 1000, chunk_overlap: int = 150) -> Iterator[TextChunk]:
+    """The chunks of `split`, one at a time: a long document is split a segment at a time."""
     if chunk_size < 100 or not 0 <= chunk_overlap < chunk_size:
         raise ValueError("chunk_size must be >= 100 and 0 <= chunk_overlap < chunk_size")
-    pieces: list[tuple[str, str, int, int | None]] = []
+    return _chunks(doc, chunk_size, chunk_overlap)
+
+
+def _chunks(doc: LoadedDocument, chunk_size: int, chunk_overlap: int) -> Iterator[TextChunk]:
+    index = 0
     for page in doc.pages:
-        if doc.kind in ("markdown", "html"):
-            pieces += _markdown(page.text, chunk_size, chunk_overlap)
-        elif doc.kind == "code":
-            pieces += _code(page.text, doc.language, chunk_size, chunk_overlap)
-        else:
-            location = f"page {page.number}" if page.number is not None else ""
-            pieces += [
-                (text, location, start, page.number)
-                for text, start in _recursive(page.text, chunk_size, chunk_overlap)
-            ]
-    chunks: list[TextChunk] = []
-    for text, location, start, page_number in pieces:
-        if text.strip():
-            chunks.append(TextChunk(text.strip(), location, start, page_number, len(chunks)))
-    return chunks
+        for text, location, start, page_number in _page_pieces(doc, page, chunk_size, chunk_overlap):
+            if text.strip():
+                yield TextChunk(text.strip(), location, start, page_number, index)
+                index += 1
+
+
+def _page_pieces(
+    doc: LoadedDocument, page: Page, chunk_size: int, chunk_overlap: int
+) -> Iterator[tuple[str, str, int, int | None]]:
+    if doc.kind in ("markdown", "html"):
+        for base, segment, prefix in _markdown_segments(page.text):
+            for piece, path, start, _ in _markdown(prefix + segment, chunk_size, chunk_overlap):
+                at = base - len(prefix) + start if start >= len(prefix) else -1
+                yield piece, path, at, None
+    elif doc.kind == "code":
+        lines_before = 0
+        for base, segment in _segments(page.text):
+            for piece, location, start, _ in _code(segment, doc.language, chunk_size, chunk_overlap):
+                if location:
+                    first, last = (int(n) + lines_before for n in location.split()[1].split("-"))
+                    location = f"lines {first}-{last}"
+                yield piece, location, base + start if start >= 0 else -1, None
+            lines_before += segment.count("\n")
+    else:
+        location = f"page {page.number}" if page.number is not None else ""
+        for base, segment in _segments(page.text):
+            for text, start in _recursive(segment, chunk_size, chunk_overlap):
+                yield text, location, base + start if start >= 0 else -1, page.number
+
+
+def _segments(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, segment) of `text` in pieces of about _SEGMENT_CHARS, cut after blank lines."""
+    start = 0
+    while len(text) - start > 2 * _SEGMENT_CHARS:
+        cut = text.find("\n\n", start + _SEGMENT_CHARS, start + 2 * _SEGMENT_CHARS)
+        if cut < 0:
+            cut = text.find("\n", start + _SEGMENT_CHARS, start + 2 * _SEGMENT_CHARS)
+        end = cut + 1 if cut >= 0 else start + _SEGMENT_CHARS
+        yield start, text[start:end]
+        start = end
+    yield start, text[start:]
+
+
+def _markdown_segments(text: str) -> Iterator[tuple[int, str, str]]:
+    """(offset, segment, heading prefix) of Markdown `text`: segments start at a heading outside
+    a code fence when they can (else after a blank line), and the prefix repeats the headings in
+    force there, so each segment's chunks get the heading path they have in the whole text."""
+    headings: dict[int, str] = {}
+    fence: str | None = None
+    start = position = 0
+    prefix = ""
+    while position < len(text):
+        end = text.find("\n", position)
+        end = len(text) if end < 0 else end + 1
+        line = text[position:end].strip()
+        if fence is not None:
+            fence = None if line.startswith(fence) else fence
+        elif line.startswith(_FENCES):
+            fence = line[:3]
+        elif (match := _HEADING.fullmatch(line)) is not None:
+            level = len(match.group(1))
+            if position - start >= _SEGMENT_CHARS:
+                yield start, text[start:position], prefix
+                start, prefix = position, _heading_lines(headings)
+            headings = {n: h for n, h in headings.items() if n < level}
+            headings[level] = match.group(2) or ""
+        elif not line and position - start >= 4 * _SEGMENT_CHARS:
+            # A section longer than many segments: cut it after a blank line.
+            yield start, text[start:end], prefix
+            start, prefix = end, _heading_lines(headings)
+        position = end
+    if start < len(text):
+        yield start, text[start:], prefix
+
+
+def _heading_lines(headings: dict[int, str]) -> str:
+    return "".join(f"{'#' * level} {title}\n" for level, title in sorted(headings.items()))
 
 
 def _splitter(chunk_size: int, chunk_overlap: int, language: str | None = None) -> Any:

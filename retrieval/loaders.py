@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from html import unescape
@@ -88,7 +89,8 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
         path = Path(given).expanduser()
         if not path.exists():
             raise LoadError(f"No such file or directory: {path}")
-        if path.is_file():
+        if not path.is_dir():
+            check_regular(path)
             resolved = path.resolve()
             if resolved not in seen:
                 seen.add(resolved)
@@ -100,14 +102,37 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
                 if name.startswith(".") or Path(name).suffix.lower() not in SUFFIXES:
                     continue
                 resolved = (Path(root) / name).resolve()
-                if resolved not in seen and resolved.is_file():
+                # Not only regular files: a FIFO or device here is reported (by check_regular), not
+                # silently passed over.
+                if resolved not in seen and resolved.exists() and not resolved.is_dir():
                     seen.add(resolved)
                     yield resolved
 
 
+_NOT_REGULAR = [
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+]
+
+
+def check_regular(path: Path) -> None:
+    """Raise LoadError unless `path` is a regular file: reading a device or a pipe may never end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise LoadError(f"{path}: {error.strerror or error}") from error
+    if stat.S_ISREG(mode):
+        return
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    raise LoadError(f"{path} is {what}, not a regular file: chinwag ingests files and folders")
+
+
 def load(path: Path) -> LoadedDocument:
-    """Read one file; unsupported, empty, binary or unreadable files raise LoadError."""
+    """Read one file; unsupported, empty, binary, unreadable or non-regular files raise LoadError."""
     path = Path(path).resolve()
+    check_regular(path)
     suffix = path.suffix.lower()
     kind = SUFFIXES.get(suffix)
     if kind is None:

@@ -25,9 +25,9 @@ from typing import Any
 from bot.errors import RetrievalError
 from bot.seams.retriever import GLOBAL_SCOPE
 from config import Settings
-from retrieval.chunking import TextChunk, split
+from retrieval.chunking import TextChunk, iter_chunks
 from retrieval.embeddings import Embedder, EmbeddingError, chroma_embedding_function, shared_embedder
-from retrieval.loaders import LoadedDocument, LoadError, iter_files, load
+from retrieval.loaders import LoadedDocument, LoadError, check_regular, iter_files, load
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,19 @@ class IngestProgress:
 
     def chunks_done(self, n: int) -> None:
         """`n` more chunks embedded and stored."""
+
+
+@dataclass
+class _Part:
+    """Consecutive chunks of one file in a batch; `total` is set on its last part."""
+
+    doc: LoadedDocument
+    doc_id: str
+    digest: str
+    replacing: bool
+    chunks: list[TextChunk]
+    first: bool
+    total: int | None = None
 
 
 def document_id(scope: str, path: Path) -> str:
@@ -183,7 +196,8 @@ class DocumentStore:
                     settings=chroma_settings,
                 )
             else:
-                settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+                # Its files hold the documents' text: readable by the owner only, like the data dir.
+                settings.chroma_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
         except Exception as error:  # any failure to reach the store reads the same
             where = url or settings.chroma_dir
@@ -203,7 +217,11 @@ class DocumentStore:
     def ingest(
         self, paths: Iterable[Path], scope: str = GLOBAL_SCOPE, progress: IngestProgress | None = None
     ) -> IngestReport:
-        """Add new files, replace changed ones, skip unchanged ones; unreadable files are reported."""
+        """Add new files, replace changed ones, skip unchanged ones; unreadable files are reported.
+
+        Chunks stream through in batches of _FLUSH_CHUNKS (split, embedded, written), so memory
+        stays bounded however large a file is; a file's record is written after its last chunk.
+        """
         progress = progress or IngestProgress()
         report = IngestReport()
         started = time.perf_counter()
@@ -214,12 +232,13 @@ class DocumentStore:
             except LoadError as error:
                 report.skipped.append((str(path), str(error)))
         progress.files(len(files))
-        pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]] = []
+        batch: list[_Part] = []
+        queued = 0  # chunks in `batch`
         writing: list[Future[None]] = []
-        queued = 0
         for path in files:
             shown = str(path)
             try:
+                check_regular(path)  # before hashing: a FIFO or /dev/zero never ends
                 digest = _sha256(path)
                 doc_id = document_id(scope, path)
                 existing = self._document(doc_id)
@@ -228,20 +247,31 @@ class DocumentStore:
                     progress.file_done(shown, "unchanged")
                     continue
                 doc = load(path)
-                chunks = split(doc, self._settings.chunk_size, self._settings.chunk_overlap)
-                if not chunks:
+                chunks = iter_chunks(doc, self._settings.chunk_size, self._settings.chunk_overlap)
+                first = next(chunks, None)
+                if first is None:
                     raise LoadError(f"{path.name} has no text to index")
             except (LoadError, OSError) as error:
                 report.skipped.append((shown, str(error)))
                 progress.file_done(shown, "skipped")
                 continue
-            pending.append((doc, doc_id, digest, chunks, existing is not None))
-            queued += len(chunks)
-            progress.chunks_queued(len(chunks))
+            part = _Part(doc, doc_id, digest, existing is not None, [first], first=True)
+            batch.append(part)
+            total = 1
+            queued += 1
+            for chunk in chunks:
+                if queued >= _FLUSH_CHUNKS:
+                    self._flush(batch, scope, report, progress, writing)
+                    part = _Part(doc, doc_id, digest, existing is not None, [], first=False)
+                    batch, queued = [part], 0
+                part.chunks.append(chunk)
+                total += 1
+                queued += 1
+            part.total = total
             if queued >= _FLUSH_CHUNKS:
-                self._flush(pending, scope, report, progress, writing)
-                pending, queued = [], 0
-        self._flush(pending, scope, report, progress, writing)
+                self._flush(batch, scope, report, progress, writing)
+                batch, queued = [], 0
+        self._flush(batch, scope, report, progress, writing)
         for write in writing:
             write.result()
         report.seconds = time.perf_counter() - started
@@ -249,43 +279,43 @@ class DocumentStore:
 
     def _flush(
         self,
-        pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]],
+        batch: list[_Part],
         scope: str,
         report: IngestReport,
         progress: IngestProgress,
         writing: list[Future[None]],
     ) -> None:
-        if not pending:
+        if not batch:
             return
-        texts = [_embedding_text(doc, chunk) for doc, _, _, chunks, _ in pending for chunk in chunks]
+        texts = [_embedding_text(part.doc, chunk) for part in batch for chunk in part.chunks]
+        progress.chunks_queued(len(texts))
         report.tokens += self.embedder.count_tokens(texts)
         vectors = self.embedder.embed(texts, self._settings.batch_size, progress.chunks_done)
         # Chroma writes while the next batch embeds; one write in flight keeps the order.
         for previous in writing:
             previous.result()
-        writing[:] = [self._writer.submit(self._write, pending, vectors, scope)]
-        for doc, _, _, chunks, replacing in pending:
-            report.chunks += len(chunks)
-            (report.updated if replacing else report.added).append(str(doc.path))
-            progress.file_done(str(doc.path), "updated" if replacing else "added")
+        writing[:] = [self._writer.submit(self._write, batch, vectors, scope)]
+        for part in batch:
+            report.chunks += len(part.chunks)
+            if part.total is not None:
+                (report.updated if part.replacing else report.added).append(str(part.doc.path))
+                progress.file_done(str(part.doc.path), "updated" if part.replacing else "added")
 
-    def _write(
-        self,
-        pending: list[tuple[LoadedDocument, str, str, list[TextChunk], bool]],
-        vectors: list[list[float]],
-        scope: str,
-    ) -> None:
+    def _write(self, batch: list[_Part], vectors: list[list[float]], scope: str) -> None:
         collection = self._collection(scope, create=True)
         assert collection is not None
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        stale = [doc_id for _, doc_id, _, _, replacing in pending if replacing]
+        # A file's old chunks go before its first new ones: those of the version it replaces, or
+        # those an interrupted ingest of it left behind.
+        stale = [part.doc_id for part in batch if part.first]
         ids: list[str] = []
         metadatas: list[dict[str, Any]] = []
         documents: list[str] = []
-        for doc, doc_id, _, chunks, _ in pending:
-            ids += [f"{doc_id}:{chunk.index}" for chunk in chunks]
-            documents += [chunk.text for chunk in chunks]
-            metadatas += [_chunk_metadata(doc, doc_id, scope, chunk) for chunk in chunks]
+        for part in batch:
+            ids += [f"{part.doc_id}:{chunk.index}" for chunk in part.chunks]
+            documents += [chunk.text for chunk in part.chunks]
+            metadatas += [_chunk_metadata(part.doc, part.doc_id, scope, chunk) for chunk in part.chunks]
+        done = [part for part in batch if part.total is not None]
         step = max(1, min(5000, int(self._client.get_max_batch_size())))
         with self._lock:
             if stale:
@@ -298,21 +328,23 @@ class DocumentStore:
                     documents=documents[start:end],
                     metadatas=metadatas[start:end],
                 )
+            if not done:
+                return
             self._documents.upsert(
-                ids=[doc_id for _, doc_id, _, _, _ in pending],
-                embeddings=[[1.0] for _ in pending],
-                documents=[doc.title for doc, _, _, _, _ in pending],
+                ids=[part.doc_id for part in done],
+                embeddings=[[1.0] for _ in done],
+                documents=[part.doc.title for part in done],
                 metadatas=[
                     {
-                        "path": str(doc.path),
-                        "title": doc.title,
+                        "path": str(part.doc.path),
+                        "title": part.doc.title,
                         "scope": scope,
-                        "kind": doc.kind,
-                        "chunks": len(chunks),
-                        "sha256": digest,
+                        "kind": part.doc.kind,
+                        "chunks": part.total or 0,
+                        "sha256": part.digest,
                         "ingested_at": now,
                     }
-                    for doc, _, digest, chunks, _ in pending
+                    for part in done
                 ],
             )
 

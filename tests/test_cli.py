@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -214,3 +216,94 @@ def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
         assert "chinwag's CPU kernels are ready." in result.stdout
     else:
         assert "chinwag's CPU kernels" in result.stdout
+
+
+@pytest.mark.model
+def test_ask_keeps_and_answers_a_question_that_is_not_utf8(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [chinwag_bin(), "ask", "-"],
+        env=cli_env(data, LANG="en_US.UTF-8"),
+        input=b"What is \xff 2+2?",
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    [(_, messages)] = stored(data)
+    assert messages[0].content == "What is \ufffd 2+2?"
+    assert json.loads(messages[0].metadata["original_text"]).encode("utf-8", "surrogateescape") == (
+        b"What is \xff 2+2?"
+    )
+    assert messages[1].role == "assistant" and messages[1].content.strip()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    return line
+
+
+def test_a_data_directory_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert "is a file" in one_line_error(chinwag(a_file, "history", "list"))
+    assert "Not a directory" in one_line_error(chinwag(a_file / "data", "history", "list"))
+    # Read-only: root writes anywhere permissions would stop others, but not into /sys.
+    if os.geteuid() == 0:
+        read_only = Path("/sys/chinwag-test-data")
+    else:
+        read_only = tmp_path / "read-only"
+        read_only.mkdir(mode=0o500)
+        read_only = read_only / "data"
+    line = one_line_error(chinwag(read_only, "history", "list"))
+    assert str(read_only) in line and ("not permitted" in line or "denied" in line)
+
+
+def test_a_database_file_that_is_not_sqlite_is_one_line_and_an_empty_one_is_used(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "chinwag.db").write_text("these are my notes, not a database\n")
+    assert "is not an SQLite database" in one_line_error(chinwag(data, "history", "list"))
+    (data / "chinwag.db").write_bytes(b"")
+    empty = chinwag(data, "history", "list")
+    assert empty.returncode == 0 and "No conversations yet." in empty.stdout
+
+
+def test_an_empty_data_dir_variable_means_the_default_one(tmp_path: Path) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = cli_env(tmp_path, CHINWAG_DATA_DIR="", XDG_DATA_HOME=str(tmp_path / "xdg"))
+    result = subprocess.run(
+        [chinwag_bin(), "history", "list"], env=env, cwd=work, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(work.iterdir()) == []
+    assert (tmp_path / "xdg" / "chinwag" / "chinwag.db").is_file()
+
+
+def test_history_errors_are_one_line_and_export_never_overwrites_unasked(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    conv_id = seed(data)
+    huge = one_line_error(chinwag(data, "history", "show", "99999999999999999999999"))
+    assert "no conversation has the id 99999999999999999999999" in huge
+    assert "99999999999999999999999" in one_line_error(
+        chinwag(data, "ask", "--conversation", "99999999999999999999999", "hi")
+    )
+    full = one_line_error(chinwag(data, "history", "export", str(conv_id), "-o", "/dev/full"))
+    assert "Cannot write /dev/full: No space left on device" in full
+    missing = tmp_path / "no" / "such" / "dir" / "out.md"
+    assert "No such file or directory" in one_line_error(
+        chinwag(data, "history", "export", str(conv_id), "-o", str(missing))
+    )
+
+    out = tmp_path / "out.md"
+    out.write_text("my own notes\n")
+    refused = one_line_error(chinwag(data, "history", "export", str(conv_id), "-o", str(out)))
+    assert "exists; add --force" in refused and out.read_text() == "my own notes\n"
+    forced = chinwag(data, "history", "export", str(conv_id), "-o", str(out), "--force")
+    assert forced.returncode == 0 and out.read_text().startswith(f"# Conversation #{conv_id}")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left

@@ -109,3 +109,14 @@ def test_data_dir_and_derived_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'd' / 'chinwag.db'}"
     assert settings.log_file == tmp_path / "d" / "logs" / "chinwag.log"
     assert load_settings(data_dir=tmp_path / "flag").resolved_data_dir == tmp_path / "flag"
+
+
+def test_an_empty_data_dir_means_the_default_not_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CHINWAG_DATA_DIR", "")
+    monkeypatch.setenv("CHINWAG_LOGGING__FILE", "")
+    settings = load_settings()
+    assert settings.data_dir is None and settings.logging.file is None
+    assert settings.resolved_data_dir == Path(user_data_dir("chinwag"))
+    assert settings.logging.message_text is False

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 
 from config import Settings
-from retrieval.chunking import split
-from retrieval.loaders import LoadError, UnsupportedFileError, html_to_markdown, iter_files, load
+from retrieval.chunking import iter_chunks, split
+from retrieval.loaders import (
+    LoadError,
+    UnsupportedFileError,
+    check_regular,
+    html_to_markdown,
+    iter_files,
+    load,
+)
 from retrieval.store import DocumentStore
 
 
@@ -144,3 +153,53 @@ def test_folders_are_walked_without_hidden_or_build_folders(tmp_path: Path) -> N
     assert found == ["a.md", "sub/b.txt", "sub/g.py"]
     with pytest.raises(LoadError, match="No such file"):
         list(iter_files([tmp_path / "missing"]))
+
+
+def test_a_long_markdown_file_is_split_in_segments_without_losing_heading_paths(tmp_path: Path) -> None:
+    # Over a megabyte: split a segment at a time, each chunk must keep its heading path.
+    # Most segments start at a "## Detail" heading, whose chunks need the "# Part" above it.
+    sections = []
+    for n in range(40):
+        sections.append(f"# Part {n}\n")
+        for d in range(10):
+            body = "\n\n".join(
+                f"Paragraph {p} of part {n}.{d}. " + "Words fill the line. " * 12 for p in range(12)
+            )
+            sections.append(f"## Detail {n}.{d}\n\n{body}\n\n```\n# not a heading {n}.{d}\n```\n")
+    guide = tmp_path / "long.md"
+    guide.write_text("\n".join(sections))
+    doc = load(guide)
+    assert len(doc.pages[0].text) > 1_000_000
+    chunks = list(iter_chunks(doc, 500, 50))
+    padded = "\n" + doc.pages[0].text
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        part = re.search(r"(?:of part|not a heading) (\d+)\.(\d+)", chunk.text)
+        assert part is not None, chunk
+        assert chunk.location == f"Part {part.group(1)} > Detail {part.group(1)}.{part.group(2)}", chunk
+        # Offsets are the whole text's: a chunk starts within its own part.
+        assert chunk.start >= 0
+        heading = padded.rfind("\n# Part ", 0, chunk.start + 2)
+        assert padded.startswith(f"\n# Part {part.group(1)}\n", heading), chunk
+
+
+def test_a_long_code_file_keeps_its_line_numbers(tmp_path: Path) -> None:
+    source = tmp_path / "long.py"
+    source.write_text("".join(f"def f{n}(a):\n    return a * {n}\n\n" for n in range(30_000)))
+    lines = source.read_text().split("\n")
+    for chunk in iter_chunks(load(source), 400, 0):
+        first, last = (int(n) for n in chunk.location.split()[1].split("-"))
+        assert "\n".join(lines[first - 1 : last]).strip() == chunk.text
+
+
+def test_devices_and_pipes_are_refused_with_a_reason(tmp_path: Path) -> None:
+    with pytest.raises(LoadError, match="character device"):
+        list(iter_files([Path("/dev/zero")]))
+    with pytest.raises(LoadError, match="character device"):
+        load(Path("/dev/zero"))
+    fifo = tmp_path / "notes.md"
+    os.mkfifo(fifo)
+    # In a folder it is offered, so that ingesting reports it instead of passing over it.
+    assert list(iter_files([tmp_path])) == [fifo.resolve()]
+    with pytest.raises(LoadError, match="named pipe"):
+        check_regular(fifo)

@@ -6,6 +6,7 @@ Ingest, re-ingest, removal, scope isolation, a reopened collection, and turns th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -327,3 +328,38 @@ def test_a_strict_chat_template_gets_the_passages_with_the_message_they_answer()
         *messages[:3],
         {"role": "user", "content": "Passage [1] ...\n\nquestion"},
     ]
+
+
+def test_a_file_of_many_batches_streams_in_and_a_shorter_version_leaves_nothing_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("CHINWAG_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(data_dir=tmp_path / "data", retrieval={"chunk_size": 100, "chunk_overlap": 0})
+    store = DocumentStore.open(settings)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\n".join(f"Note {n}: the locker code for room {n} is {n * 7}." for n in range(600)))
+    report = store.ingest([notes])
+    assert report.added == [str(notes)] and report.chunks > 256  # more than one batch
+    [doc] = store.documents()
+    assert doc.chunks == report.chunks == store.count()
+    [hit] = store.query("locker code for room 599", ["global"], 1)
+    assert "room 599 is 4193" in hit.text
+
+    notes.write_text("Note 1: the locker code for room 1 is 7.")
+    assert store.ingest([notes]).updated == [str(notes)]
+    [doc] = store.documents()
+    assert doc.chunks == 1
+    assert [p.text for p in store.query("locker code for room 599", ["global"], 5)] == [
+        "Note 1: the locker code for room 1 is 7."
+    ]
+
+
+def test_ingesting_a_device_or_pipe_is_refused_not_read(store: DocumentStore, tmp_path: Path) -> None:
+    fifo = tmp_path / "docs" / "waiting.md"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    report = store.ingest([Path("/dev/zero"), fifo.parent])
+    assert report.added == [] and store.count() == 0
+    reasons = {Path(path).name: why for path, why in report.skipped}
+    assert "character device" in reasons["zero"] and "named pipe" in reasons["waiting.md"]
