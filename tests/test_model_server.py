@@ -576,7 +576,7 @@ async def test_a_server_down_at_start_uses_the_configured_window_and_says_so_per
 
 async def test_a_serving_process_loads_no_torch_and_stays_small(scripted: Scripted, tmp_path: Path) -> None:
     script = f"""
-import asyncio, resource, sys, time
+import asyncio, sys, time
 started = time.perf_counter()
 from bot.app import running
 from config import load_settings
@@ -590,7 +590,10 @@ async def main():
     async with running(settings) as app:
         ready = time.perf_counter() - started
         heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        # The peak of this process's own memory: ru_maxrss would also count the parent's from
+        # before exec (pytest, with models loaded by earlier tests).
+        hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        rss = int(hwm.split()[1]) // 1024
         print(ready, rss, ",".join(heavy) or "-", app.engine.window)
 
 asyncio.run(main())
