@@ -204,6 +204,8 @@ def test_serve_with_no_platform_configured_names_every_missing_token(tmp_path: P
     assert "SLACK" not in discord_only.stderr
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_prepare_also_makes_the_quantized_copy(tmp_path: Path) -> None:
     result = chinwag(tmp_path / "data", "prepare", "--model", SMALL_MODEL)
     assert result.returncode == 0, result.stderr

@@ -292,6 +292,7 @@ def test_quantizing_says_so_on_stderr_never_stdout(
     assert "Quantizing the model's weights to int4/int8" in err
 
 
+@pytest.mark.model
 def test_quantizing_runs_in_a_thread_that_ends_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
