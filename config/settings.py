@@ -135,6 +135,7 @@ class StorageSettings(_Section):
 
     url: str | None = None
     busy_timeout_ms: int = Field(default=5000, ge=0)
+    write_deadline_s: float = Field(default=120.0, gt=0)
 
 
 class SlackSettings(_Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from sqlalchemy import Connection, event, func, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import await_only
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -19,7 +22,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATION_LOCK_KEY = 0x63_68_69_6E_77_61_67
 
 
-def create_engine(url: str | URL, busy_timeout_ms: int = 5000) -> AsyncEngine:
+def create_engine(
+    url: str | URL, busy_timeout_ms: int = 5000, write_deadline_s: float = 120.0
+) -> AsyncEngine:
     """An async engine for `url`; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE.
 
     PostgreSQL is passed through as it is (a bare `postgresql://` gets asyncpg). An in-memory
@@ -47,7 +52,7 @@ def create_engine(url: str | URL, busy_timeout_ms: int = 5000) -> AsyncEngine:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(parsed, **options)
-    _configure_sqlite(engine, busy_timeout_ms, wal=path is not None)
+    _configure_sqlite(engine, busy_timeout_ms, write_deadline_s, wal=path is not None)
     return engine
 
 
@@ -63,7 +68,9 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(database).expanduser()
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, wal: bool) -> None:
+def _configure_sqlite(
+    engine: AsyncEngine, busy_timeout_ms: int, write_deadline_s: float, *, wal: bool
+) -> None:
     """SQLAlchemy's recipe for real SQLite transactions, plus the pragmas chinwag relies on."""
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -87,7 +94,26 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, wal: bool) -
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
         # Take the write lock up front; a competing writer waits (busy_timeout) for our commit.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # When busy_timeout runs out (other processes writing on a loaded machine), try again
+        # with backoff until the deadline rather than drop the write. The pause is awaited (this
+        # runs in SQLAlchemy's greenlet on the event loop): a blocking sleep would hold up every
+        # other connection of the process, the one holding the lock included.
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        deadline = time.monotonic() + write_deadline_s
+        pause = 0.01
+        try:
+            while True:
+                try:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    return
+                except Exception as error:  # the driver's OperationalError, whatever its module
+                    busy = "locked" in str(error) or "busy" in str(error)
+                    if not busy or time.monotonic() + pause > deadline:
+                        raise
+                await_only(asyncio.sleep(pause))
+                pause = min(pause * 2, 0.1)
+        finally:
+            cursor.close()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

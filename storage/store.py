@@ -76,10 +76,13 @@ class SqlHistory:
     @classmethod
     async def open(cls, settings: Settings) -> SqlHistory:
         """Open the database the settings name, migrated to the latest schema."""
-        return await cls.from_url(settings.database_url, settings.storage.busy_timeout_ms)
+        storage = settings.storage
+        return await cls.from_url(settings.database_url, storage.busy_timeout_ms, storage.write_deadline_s)
 
     @classmethod
-    async def from_url(cls, url: str | URL, busy_timeout_ms: int = 5000) -> SqlHistory:
+    async def from_url(
+        cls, url: str | URL, busy_timeout_ms: int = 5000, write_deadline_s: float = 120.0
+    ) -> SqlHistory:
         """Open the database at `url`, migrated to the latest schema."""
         try:
             # Never show a password: the message may reach a log or a chat.
@@ -87,7 +90,7 @@ class SqlHistory:
         except (SQLAlchemyError, ValueError) as error:
             raise ChinwagError(f"Invalid history database URL: {error}") from None
         try:
-            engine = create_engine(url, busy_timeout_ms)
+            engine = create_engine(url, busy_timeout_ms, write_deadline_s)
         except ImportError as error:
             hint = " (pip install 'chinwag[postgres]')" if error.name == "asyncpg" else ""
             raise ChinwagError(f"Cannot open the history database {shown}: {error}{hint}") from error

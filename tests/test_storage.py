@@ -390,6 +390,45 @@ async def test_concurrent_read_modify_writes_lose_nothing(settings: Settings) ->
             await store.close()
 
 
+@pytest.mark.sqlite_only
+async def test_writers_that_outlast_the_busy_timeout_retry_until_they_get_in(settings: Settings) -> None:
+    # A 20 ms busy_timeout runs out again and again here, as a 5 s one does on a loaded machine
+    # ("database is locked"). Backing off until write_deadline_s keeps every write.
+    url = settings.database_url
+    stores = [await SqlHistory.from_url(url, busy_timeout_ms=20, write_deadline_s=120) for _ in range(4)]
+    try:
+        conv = await stores[0].resolve(KEY)
+
+        async def worker(n: int) -> None:
+            for _ in range(ROUNDS):
+                await increment(stores[n % len(stores)], conv.id)
+
+        await asyncio.gather(*(worker(n) for n in range(TASKS)))
+        found = await stores[1].get(conv.id)
+        assert found is not None and found.settings["count"] == TASKS * ROUNDS
+    finally:
+        for store in stores:
+            await store.close()
+
+
+@pytest.mark.sqlite_only
+async def test_a_writer_past_its_deadline_fails_with_the_lock_named(settings: Settings) -> None:
+    url = settings.database_url
+    holder = await SqlHistory.from_url(url)
+    waiter = await SqlHistory.from_url(url, busy_timeout_ms=0, write_deadline_s=0.3)
+    try:
+        conv = await holder.resolve(KEY)
+        async with holder.engine.begin() as connection:  # holds the write lock (BEGIN IMMEDIATE)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(Exception, match="locked"):
+                await waiter.update_settings(conv.id, {"x": 1})
+            assert asyncio.get_running_loop().time() - started >= 0.1  # it backed off, then gave up
+            await connection.exec_driver_sql("SELECT 1")
+    finally:
+        await waiter.close()
+        await holder.close()
+
+
 async def test_concurrent_update_settings_keep_every_key(settings: Settings) -> None:
     stores = [await SqlHistory.open(settings) for _ in range(4)]
     try:
