@@ -82,7 +82,7 @@ class CallGuard:
 
     def carried(self, arguments: dict[str, Any]) -> list[str]:
         """The words of `arguments` the model read in the conversation but the user did not ask
-        to send, in the order they appear (empty: the call carries nothing it should not)."""
+        to send (empty: the call carries nothing it should not)."""
         found: list[str] = []
         for text in _strings(arguments):
             plain = _decoded(text).casefold()
