@@ -1,7 +1,7 @@
 """Tool-use evaluation: does the model pick the right tool, pass valid arguments, answer correctly,
 and leave tools alone when none is needed?
 
-    python bench/tools_eval.py [--model NAME] [--limit N] [--json]
+    python bench/tools_eval.py [--model NAME] [--limit N] [--mode MODE] [--json]
 
 41 prompts: arithmetic a small model cannot do in its head, time zones, date differences, document
 lookups (bench/eval_corpus ingested), prompts that need no tool, and prompts asking for tools that
@@ -14,7 +14,7 @@ do not exist. Each runs through the engine (greedy) with the built-in tools and 
 - false_call_rate: no-tool prompts on which the model called a tool anyway.
 
 Every prompt runs twice on the same loaded model, with constrained decoding off and on
-(`tools.constrained`). A table by default; one JSON object with --json.
+(`tools.constrained`), or once with --mode. A table by default; one JSON object with --json.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _is_document_answer(case: Case, calls: list[ToolCall]) -> bool:
     return case.kind == "documents" and not calls
 
 
-async def _run(model_name: str | None, limit: int | None) -> dict[str, dict[str, Any]]:
+async def _run(model_name: str | None, limit: int | None, modes: list[str]) -> dict[str, dict[str, Any]]:
     from bot.inference.local import TransformersModel
 
     cases = CASES[:limit] if limit else CASES
@@ -154,7 +154,7 @@ async def _run(model_name: str | None, limit: int | None) -> dict[str, dict[str,
         history = await SqlHistory.open(settings)
         results: dict[str, dict[str, Any]] = {}
         try:
-            for mode in ("unconstrained", "constrained"):
+            for mode in modes:
                 settings.tools.constrained = mode == "constrained"
                 engine = Engine(model, history, settings, store, default_tools(settings))
                 rows = []
@@ -221,10 +221,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    parser.add_argument(
+        "--mode", choices=["unconstrained", "constrained"], default=None, help="only this decoding mode"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    result = asyncio.run(_run(args.model, args.limit))
-    if args.json:
+    modes = [args.mode] if args.mode else ["unconstrained", "constrained"]
+    result = asyncio.run(_run(args.model, args.limit, modes))
+    if args.json or len(modes) == 1:
         print(json.dumps(result))
         return
 

@@ -30,6 +30,7 @@ from bot.seams.retriever import Passage, Retriever, scopes_for
 from bot.text import repair
 from bot.toolloop import Approver, ToolLoop
 from bot.tools.registry import Tool, ToolRegistry
+from bot.tools.runner import ToolRunner
 from bot.types import (
     ChatMessage,
     CommandResult,
@@ -74,6 +75,8 @@ class Engine:
         self.retriever = retriever
         self.tools = tools
         self.metrics = Metrics()
+        # Every turn's tool calls share one bounded pool, apart from asyncio's default executor.
+        self.tool_runner = ToolRunner(settings.tools.max_concurrent_calls, settings.tools.workers)
         self.window = min(model.info.context_window, settings.context.max_tokens)
         self.budget = PromptBudget(
             model,
@@ -380,7 +383,9 @@ class Engine:
     ) -> AsyncGenerator[Event, None]:
         """Stream the reply through its tool rounds (`tools`: those this conversation may use), then
         store it: complete, or as far as it got when it was interrupted or failed."""
-        loop = ToolLoop(self.model, params, tools, self.settings.tools, prompt_tokens, approve)
+        loop = ToolLoop(
+            self.model, params, tools, self.settings.tools, prompt_tokens, approve, self.tool_runner
+        )
         model_name = self.model.info.name
 
         def metadata() -> dict[str, Any]:
@@ -467,7 +472,8 @@ class Engine:
                 return "No passage in the team's documents matches that."
             return "\n\n".join(f"[{cite_label(p)}] (score {p.score:.2f})\n{p.text.strip()}" for p in found)
 
-        return Tool.from_function(search_documents, timeout_s=10.0)
+        # Not outbound: the query goes only to the operator's own document store.
+        return Tool.from_function(search_documents, timeout_s=10.0, outbound=False)
 
     async def _store_reply(
         self,

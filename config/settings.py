@@ -124,6 +124,9 @@ class ToolsSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=10)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     result_max_chars: int = Field(default=2000, ge=100, le=50_000)
+    max_outgoing_calls: int = Field(default=3, ge=0, le=50)
+    max_concurrent_calls: int = Field(default=4, ge=1, le=64)
+    workers: int = Field(default=2, ge=1, le=16)
     http_allow_hosts: list[str] = Field(default_factory=list)
     http_allow_private: bool = False
     http_timeout_s: float = Field(default=5.0, gt=0, le=60)

@@ -186,6 +186,18 @@ def test_the_calculator_refuses_hostile_or_impossible_input_quickly(expression: 
     assert time.perf_counter() - started < 1.0
 
 
+def test_costs_that_grow_with_an_argument_are_bounded_before_computing() -> None:
+    # round(7, -N) computes 10**N first, holding the interpreter's lock (the reported freeze).
+    started = time.perf_counter()
+    assert calculate("round(7, -2*10**7)") == "0"
+    assert calculate("round(-7.5, -10**9)") == "0"
+    assert calculate("round(123456, -2)") == "123500"
+    assert calculate("round(2.25, 10**9)") == "2.25"
+    assert time.perf_counter() - started < 1.0
+    with pytest.raises(ToolError, match="whole number"):
+        calculate("round(7, 1.5)")
+
+
 def test_huge_products_are_refused_before_they_are_computed() -> None:
     assert len(calculate("10**1200")) == 1201  # within the limit on its own
     with pytest.raises(ToolError, match="too large"):
@@ -201,6 +213,13 @@ def test_the_clock_tells_the_time_in_a_zone() -> None:
     assert "UTC+00:00" in clock()
     with pytest.raises(ToolError, match="unknown time zone 'Mars/Base'"):
         clock("Mars/Base")
+
+
+@pytest.mark.parametrize("name", ["Europe", "America/", "../../etc/passwd", "UTC\x00"])
+def test_zone_names_that_are_paths_or_directories_are_one_line_tool_errors(name: str) -> None:
+    # "Europe" is a directory of the zone database: IsADirectoryError, before.
+    with pytest.raises(ToolError, match=r"unknown time zone|no time zone"):
+        clock(name)
 
 
 def test_days_between_dates() -> None:

@@ -17,6 +17,9 @@ MAX_EXPRESSION = 500
 MAX_DEPTH = 40
 MAX_INT_BITS = 4096  # about 1,233 decimal digits
 MAX_FACTORIAL = 450  # 450! has about 1,000 digits
+# round()'s digits beyond this change nothing for numbers within MAX_INT_BITS (or floats), while
+# round(7, -N) computes 10**N first: clamped, its cost no longer grows with the argument.
+MAX_ROUND_DIGITS = 1300
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -39,6 +42,14 @@ def _factorial(n: Any) -> int:
     return math.factorial(n)
 
 
+def _round(x: Any, ndigits: Any = None) -> Any:
+    if ndigits is None:
+        return round(x)
+    if not isinstance(ndigits, int) or isinstance(ndigits, bool):
+        raise ToolError("round's second argument must be a whole number")
+    return round(x, max(-MAX_ROUND_DIGITS, min(MAX_ROUND_DIGITS, ndigits)))
+
+
 def _log(x: Any, base: Any = None) -> float:
     return math.log(x) if base is None else math.log(x, base)
 
@@ -59,7 +70,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "degrees": math.degrees,
     "radians": math.radians,
     "abs": abs,
-    "round": round,
+    "round": _round,
     "floor": math.floor,
     "ceil": math.ceil,
     "factorial": _factorial,
@@ -178,7 +189,8 @@ def resolve_zone(text: str) -> str:
     try:
         ZoneInfo(wanted)
         return wanted
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a directory of the zone database ("Europe") or unreadable.
         pass
     key = wanted.lower().replace(" ", "_")
     matches = sorted(
@@ -224,7 +236,8 @@ def days_between(start: str, end: str) -> str:
 def builtin_tools() -> list[Tool]:
     """The tools every chinwag has (document search and HTTP come with their own components)."""
     return [
-        Tool.from_function(calculate, name="calculator", timeout_s=2.0),
-        Tool.from_function(clock, timeout_s=2.0),
-        Tool.from_function(days_between, timeout_s=2.0),
+        # Pure computations: nothing they are given leaves the process.
+        Tool.from_function(calculate, name="calculator", timeout_s=2.0, outbound=False, isolated=True),
+        Tool.from_function(clock, timeout_s=2.0, outbound=False),
+        Tool.from_function(days_between, timeout_s=2.0, outbound=False),
     ]

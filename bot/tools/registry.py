@@ -29,6 +29,11 @@ class Tool:
     arguments: type[BaseModel]
     needs_approval: bool = False
     timeout_s: float = 10.0
+    # Its arguments may leave chinwag (a web request, a message, a write): such calls must not
+    # carry what the model only read in the conversation (see bot/tools/guard.py).
+    outbound: bool = True
+    # CPU-bound: run in a worker process that is killed at the deadline (module-level functions).
+    isolated: bool = False
 
     @classmethod
     def from_function(
@@ -38,8 +43,12 @@ class Tool:
         name: str | None = None,
         needs_approval: bool = False,
         timeout_s: float = 10.0,
+        outbound: bool = True,
+        isolated: bool = False,
     ) -> Tool:
         """A tool from a typed function with a docstring; no hand-written schema."""
+        if isolated and ("<locals>" in function.__qualname__ or inspect.iscoroutinefunction(function)):
+            raise ValueError(f"tool {function.__name__}: only module-level plain functions can be isolated")
         doc = inspect.getdoc(function) or ""
         summary = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
         if not summary:
@@ -58,7 +67,9 @@ class Tool:
             __config__=ConfigDict(extra="forbid"),
             **fields,
         )
-        return cls(name or function.__name__, summary, function, model, needs_approval, timeout_s)
+        return cls(
+            name or function.__name__, summary, function, model, needs_approval, timeout_s, outbound, isolated
+        )
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema chat templates take in `tools=`."""
@@ -124,14 +135,23 @@ def tool(
     name: str | None = None,
     needs_approval: bool = False,
     timeout_s: float = 10.0,
+    outbound: bool = True,
+    isolated: bool = False,
 ) -> Any:
-    """Mark a function in an operator's module as a tool, with options (usable bare: `@tool`)."""
+    """Mark a function in an operator's module as a tool, with options (usable bare: `@tool`).
+
+    `outbound=False` declares that its arguments never leave the process (a pure computation), so
+    text from earlier turns or tool results may flow into them; `isolated=True` runs it in a worker
+    process that is killed at its deadline.
+    """
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__chinwag_tool__ = {  # type: ignore[attr-defined]
             "name": name,
             "needs_approval": needs_approval,
             "timeout_s": timeout_s,
+            "outbound": outbound,
+            "isolated": isolated,
         }
         return fn
 
@@ -206,6 +226,8 @@ def _marked_tool(function: Callable[..., Any]) -> Tool:
         name=options.get("name"),
         needs_approval=options.get("needs_approval", False),
         timeout_s=options.get("timeout_s", 10.0),
+        outbound=options.get("outbound", True),
+        isolated=options.get("isolated", False),
     )
 
 
