@@ -682,7 +682,7 @@ async def test_shutdown_past_the_grace_period_marks_the_answer_interrupted(
     engine: Engine, history: SqlHistory, fake: FakeSlack, model: FakeModel
 ) -> None:
     running = await start(engine, history, slack_settings(fake, shutdown_timeout_s=0.2), fake)
-    model.enqueue(*[f"w{n} " for n in range(200)], delay=0.02)
+    model.enqueue(*[f"w{n} " for n in range(200)], delay=0.1)  # 20 s: still going at the stop
     await running.event(mention("very slow", "1700.0001"), "Ev1")
     await fake.wait_for(lambda: fake.called("chat.update"))
     await running.close()
@@ -721,7 +721,8 @@ async def test_answers_cut_off_together_get_their_last_edit_though_the_edit_pace
     running = await start(engine, history, settings, fake)
     threads = ["1700.0001", "1700.0002", "1700.0003"]
     for n, ts in enumerate(threads, start=1):
-        model.enqueue(*[f"w{k} " for k in range(200)], delay=0.02)
+        # 20 s of words: still being written when the stop comes, however loaded the machine.
+        model.enqueue(*[f"w{k} " for k in range(200)], delay=0.1)
         await running.event(mention(f"story {n}", ts), f"Ev{n}")
     await fake.wait_for(lambda: len(fake.called("chat.update")) >= 3)
     await running.close()
