@@ -1,11 +1,16 @@
 """Retrieval benchmark: ingestion throughput and query latency at 1k and 10k chunks.
 
     python bench/retrieval.py [--large 10000] [--queries 200] [--json]
+    python bench/retrieval.py --one-file-mb 50 [--json]
 
 Generates Markdown files (about ten ~800-character chunks each) in a temporary directory and
 ingests them through `DocumentStore.ingest` (load, split, embed, write) into a fresh embedded
 Chroma store; then times `DocumentStore.query` (the query embedding included) at 1k chunks, grows
 the store to `--large` chunks and times it again. A table by default; one JSON object with --json.
+
+With --one-file-mb N it instead ingests one Markdown file of N MB (streamed in bounded memory): the
+chunks/s and tokens/s, the process's resident memory before ingesting (the embedding model loaded)
+and its peak during the ingestion.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -64,12 +70,59 @@ def _latencies(store: DocumentStore, queries: list[str]) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _one_file(megabytes: float, as_json: bool) -> None:
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="chinwag-bench-") as tmp:
+        root = Path(tmp)
+        path = root / "big.md"
+        size, n = 0, 0
+        with path.open("w") as out:  # written in sections, so the generator's memory stays small
+            while size < megabytes * 1_000_000:
+                section = f"## Section {n}\n\n{_paragraph(rng, 6)}\n\n"
+                out.write(section)
+                size += len(section)
+                n += 1
+        store = DocumentStore.open(load_settings(data_dir=root / "data"))
+        store.embedder  # noqa: B018 - load the model before measuring
+        store.embedder.embed(["warm up"])
+        before = _rss_mb()
+        report = store.ingest([path])
+        # ru_maxrss is the peak of the whole process, in KiB on Linux.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {
+            "file_mb": round(size / 1_000_000, 1),
+            "chunks": report.chunks,
+            "seconds": round(report.seconds, 1),
+            "chunks_per_s": round(report.chunks / report.seconds, 1),
+            "tokens_per_s": round(report.tokens / report.seconds),
+            "rss_before_mb": round(before),
+            "peak_rss_mb": round(peak),
+            "embedding_runtime": store.embedder.runtime,
+        }
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:<20} {value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", type=int, default=10_000, help="chunks in the large store")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--one-file-mb", type=float, default=None, help="ingest one file this large")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    if args.one_file_mb:
+        _one_file(args.one_file_mb, args.json)
+        return
 
     rng = random.Random(7)
     queries = [" ".join(rng.choices(WORDS, k=rng.randint(5, 12))) + "?" for _ in range(args.queries)]
