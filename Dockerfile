@@ -9,7 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # g++ builds chinwag's CPU kernels (bot/inference/kernels.cpp) during `chinwag prepare`; the runtime image
-# takes the built library from the model cache and needs no compiler.
+# takes the built library from the model cache and needs no compiler. Not pinned (DL3008): Debian
+# replaces a version on each security update, and a pinned one then no longer installs.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*
@@ -27,7 +29,12 @@ COPY adapters ./adapters
 COPY retrieval ./retrieval
 COPY storage ./storage
 COPY config ./config
-RUN pip install ".[postgres]"
+# The [postgres] extra brings asyncpg, the driver of storage.url = "postgresql+asyncpg://...":
+# a team's deployment keeps its history in PostgreSQL (compose.yaml). Checked here, not at first use.
+# This is chinwag itself; its dependencies' versions are bounded in pyproject.toml (DL3013).
+# hadolint ignore=DL3013
+RUN pip install ".[postgres]" \
+    && python -c "import asyncpg"
 
 # Prepare the default model (and build the kernels) into the cache the runtime image uses.
 ENV CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models
@@ -38,10 +45,14 @@ RUN chinwag prepare \
 
 
 # Runtime stage: the virtualenv and the prepared model, a non-root user, data in a volume.
+# `chinwag serve` answers /healthz and /metrics on port 9477 on every interface of the container
+# (loopback alone would be unreachable from outside it); the HEALTHCHECK asks /healthz.
 FROM python:3.11-slim-bookworm
 
-RUN groupadd --system chinwag \
-    && useradd --system --gid chinwag --home-dir /home/chinwag --create-home chinwag \
+# A numeric USER, so that a runtime can check it is not root (Kubernetes' runAsNonRoot); 999 is
+# the id the system user of earlier images got, so their /data volumes stay writable.
+RUN groupadd --system --gid 999 chinwag \
+    && useradd --system --uid 999 --gid chinwag --home-dir /home/chinwag --create-home chinwag \
     && mkdir -p /data \
     && chown chinwag:chinwag /data
 
@@ -53,11 +64,20 @@ ENV PATH=/opt/venv/bin:$PATH \
     CHINWAG_DATA_DIR=/data \
     CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    TRANSFORMERS_OFFLINE=1 \
+    CHINWAG_SERVE__MONITOR_HOST=0.0.0.0
 
-USER chinwag
+USER 999:999
 WORKDIR /home/chinwag
 VOLUME ["/data"]
+EXPOSE 9477
+
+# Healthy once `serve` has loaded its model and serves; 503 (stopping) or no answer is unhealthy.
+# `python -m bot.monitor` asks /healthz where the settings put it (no curl in the slim image). The
+# start period covers loading a large model. Containers running `chat` or `ask` have no endpoints
+# and read unhealthy: run those with --no-healthcheck.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
+    CMD ["python", "-m", "bot.monitor"]
 
 ENTRYPOINT ["chinwag"]
 CMD ["chat"]

@@ -409,13 +409,9 @@ async def _serve_platforms(
                 # One platform down takes the process down (a supervisor restarts it whole).
                 stop.set()
 
-        monitor = None
-        if settings.serve.monitor_port:
-            from bot.monitor import serve_monitor
+        from bot.monitor import start_monitor
 
-            monitor = asyncio.create_task(
-                serve_monitor(app, settings.serve.monitor_host, settings.serve.monitor_port, stop)
-            )
+        monitor = start_monitor(app, stop)
         results = await asyncio.gather(*(guarded(m) for _, m in chosen), return_exceptions=True)
         if monitor is not None:
             stop.set()

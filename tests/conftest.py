@@ -9,6 +9,7 @@ itself are marked `sqlite_only`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 import uuid
@@ -131,15 +132,24 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refuse connections to anything but loopback (and Unix sockets)."""
+    """Refuse connections to anything but loopback (127.0.0.0/8, ::1) and Unix sockets."""
     real_connect = socket.socket.connect
 
     def guarded(self: socket.socket, address: object) -> object:
-        if isinstance(address, tuple) and address and address[0] not in ("127.0.0.1", "::1", "localhost"):
+        if isinstance(address, tuple) and address and not _loopback(address[0]):
             raise OSError(f"tests may not reach the network ({address!r})")
         return real_connect(self, address)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def _loopback(host: object) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(str(host)).is_loopback
+    except ValueError:
+        return False
 
 
 @pytest.fixture
