@@ -96,6 +96,14 @@ class RetrievalSettings(_Section):
 
     enabled: bool = True
     chroma_url: str | None = None
+    # A Chroma server only: where on it, how to sign in (the secret comes from the environment:
+    # CHINWAG_CHROMA_TOKEN or CHINWAG_CHROMA_PASSWORD), and how long to wait for an answer.
+    chroma_tenant: str = Field(default="default_tenant", min_length=1)
+    chroma_database: str = Field(default="default_database", min_length=1)
+    chroma_auth: Literal["none", "token", "basic"] = "none"
+    chroma_token_header: Literal["Authorization", "X-Chroma-Token"] = "Authorization"
+    chroma_user: str = ""
+    chroma_timeout_s: float = Field(default=10.0, gt=0, le=600)
     collection: str = Field(default="chinwag", min_length=3, max_length=60)
     embedding_model: str = "all-minilm-l6-v2"
     chunk_size: int = Field(default=1000, ge=100, le=8000)
@@ -110,6 +118,12 @@ class RetrievalSettings(_Section):
     def _overlap_below_size(self) -> RetrievalSettings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return self
+
+    @model_validator(mode="after")
+    def _basic_needs_user(self) -> RetrievalSettings:
+        if self.chroma_auth == "basic" and not self.chroma_user:
+            raise ValueError('chroma_auth "basic" needs chroma_user (the password: CHINWAG_CHROMA_PASSWORD)')
         return self
 
 
