@@ -55,6 +55,11 @@ class RetrievalError(ChinwagError):
     """The document store could not be opened or used."""
 
 
+class DocumentsUnavailableError(RetrievalError):
+    """The document store did not answer or refused (a Chroma server down, unreachable, or
+    refusing the credentials); it is asked again next time."""
+
+
 class EmbeddingError(RetrievalError):
     """The embedding model could not be found or run."""
 

@@ -3,7 +3,8 @@
 Each scope's chunks (vectors, text, where each came from) live in a collection of their own, and
 `<name>_documents` holds one record per ingested file (path, scope, content hash, chunk count) so
 that re-ingesting an unchanged file costs one lookup. Chroma results become `Passage` objects here;
-nothing of Chroma leaves this module.
+nothing of Chroma leaves this module. The store connects on first use and again after any failure,
+so a Chroma server that was down is used again once it answers (`retrieval/chroma.py`).
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.errors import RetrievalError
+from bot.errors import DocumentsUnavailableError, RetrievalError
 from bot.seams.retriever import GLOBAL_SCOPE
 from config import Settings
+from retrieval.chroma import Connection
 from retrieval.chunking import TextChunk, iter_chunks
 from retrieval.embeddings import Embedder, EmbeddingError, chroma_embedding_function, shared_embedder
 from retrieval.loaders import LoadedDocument, LoadError, check_regular, iter_files, load
@@ -119,8 +121,8 @@ class DocumentStore:
     several times faster than a metadata filter over one shared collection (bench/RESULTS.md).
     """
 
-    def __init__(self, client: Any, settings: Settings) -> None:
-        self._client = client
+    def __init__(self, connection: Connection, settings: Settings) -> None:
+        self._connection = connection
         self._settings = settings.retrieval
         self._embedder_args = (
             settings.retrieval.embedding_model,
@@ -128,20 +130,97 @@ class DocumentStore:
             settings.model.threads,
         )
         self._lock = threading.RLock()
+        # Set by `_connect` and `_ready`, cleared after a failure: the next call connects afresh.
+        self._client: Any = None
+        self._documents: Any = None
         self._collections: dict[str, Any] = {}
+        self._down = False  # the last call failed: say so in the log when it works again
+        # One connection attempt at a time; calls arriving meanwhile share its outcome.
+        self._connecting = threading.Lock()
+        self._attempts = 0
+        self._failure: RetrievalError | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-chroma-write")
-        name = self._settings.collection
-        model = self._settings.embedding_model
-        self._documents = client.get_or_create_collection(
-            f"{name}_documents", metadata={"embedding_model": model}, embedding_function=None
-        )
-        built_with = (self._documents.metadata or {}).get("embedding_model")
-        if built_with and built_with != model:
-            raise RetrievalError(
-                f"The collection {name!r} was built with the embedding model {built_with!r}, not "
-                f"{model!r}: set retrieval.embedding_model back, or use another "
-                "retrieval.collection and ingest again"
-            )
+
+    @property
+    def where(self) -> str:
+        """The store's directory or server (without credentials), for messages."""
+        return self._connection.where
+
+    def _connect(self) -> None:
+        """Build a client when there is none. One attempt at a time: a call arriving meanwhile
+        waits for it and shares its outcome, instead of queueing an attempt of its own behind a
+        server that does not answer (each would cost `retrieval.chroma_timeout_s`)."""
+        if self._client is not None:
+            return
+        seen = self._attempts
+        with self._connecting:
+            if self._client is not None:
+                return
+            if self._attempts != seen and self._failure is not None:
+                raise _again(self._failure)  # the attempt this call waited for failed just now
+            try:
+                client = self._connection.client()
+            except RetrievalError as error:
+                self._failure = error
+                raise
+            finally:
+                self._attempts += 1
+            with self._lock:
+                self._client = client
+
+    def _ready(self) -> tuple[Any, Any]:
+        """The client and the documents collection (`_connect` built the client)."""
+        with self._lock:
+            if self._client is None:  # a failure since `_connect`: do not queue another attempt
+                raise _again(self._failure or self._connection.failure(ConnectionError("not connected")))
+            if self._documents is None:
+                name = self._settings.collection
+                model = self._settings.embedding_model
+                documents = self._client.get_or_create_collection(
+                    f"{name}_documents", metadata={"embedding_model": model}, embedding_function=None
+                )
+                built_with = (documents.metadata or {}).get("embedding_model")
+                if built_with and built_with != model:
+                    raise RetrievalError(
+                        f"The collection {name!r} was built with the embedding model {built_with!r}, "
+                        f"not {model!r}: set retrieval.embedding_model back, or use another "
+                        "retrieval.collection and ingest again"
+                    )
+                self._documents = documents
+                if self._down:
+                    log.info("the document store at %s answers again", self.where)
+                    self._down = False
+            return self._client, self._documents
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Any failure becomes one RetrievalError (DocumentsUnavailableError on a server), and the
+        next call connects afresh: a server that went down and came back is used again."""
+        try:
+            self._connect()
+            yield
+        except DocumentsUnavailableError:  # no client could be built: nothing to let go of
+            self._down = True
+            raise
+        except RetrievalError:  # ours (the embedding model, the settings): the connection is fine
+            raise
+        except Exception as error:
+            failure = self._connection.failure(error)
+            with self._lock:
+                first = not self._down
+                self._down = True
+                self._failure = failure
+                client, self._client, self._documents = self._client, None, None
+                self._collections.clear()
+            _close(client)
+            # The first failure in a row is logged in full; the engine logs one line per turn.
+            log.warning("document store at %s failed", self.where, exc_info=first)
+            raise failure from error
+
+    def connect(self) -> None:
+        """Connect now (rather than on first use); a failure raises as any call would."""
+        with self._guarded():
+            self._ready()
 
     def collection_name(self, scope: str) -> str:
         """The Chroma collection holding one scope's chunks."""
@@ -150,59 +229,50 @@ class DocumentStore:
         return f"{self._settings.collection}-{slug}-{tag}"
 
     def _collection(self, scope: str, create: bool) -> Any | None:
+        from chromadb.errors import NotFoundError
+
         with self._lock:
             found = self._collections.get(scope)
             if found is not None:
                 return found
+            client, _ = self._ready()
             name = self.collection_name(scope)
             if create:
                 # We embed ourselves (batched, with progress); the registered function lets
                 # Chroma, and any other client of the collection, embed the same way offline.
-                found = self._client.get_or_create_collection(
+                found = client.get_or_create_collection(
                     name,
                     metadata={"hnsw:space": "cosine", "scope": scope},
                     embedding_function=chroma_embedding_function(*self._embedder_args),
                 )
             else:
                 try:
-                    found = self._client.get_collection(
+                    found = client.get_collection(
                         name, embedding_function=chroma_embedding_function(*self._embedder_args)
                     )
-                except Exception:  # not created yet: this scope has no documents
+                except NotFoundError:  # not created yet: this scope has no documents
                     return None
             self._collections[scope] = found
             return found
 
     @classmethod
-    def open(cls, settings: Settings) -> DocumentStore:
-        """The store the settings name: a Chroma server by URL, else an embedded one in the data dir."""
-        os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    def open(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> DocumentStore:
+        """The store the settings name: a Chroma server by URL, else an embedded one in the data dir.
+
+        An embedded store that cannot open raises; a server that does not answer yet is logged
+        and asked again on each use. Settings that cannot work (a secret missing from `environ`,
+        default the process environment) raise ConfigError.
+        """
         try:
-            import chromadb
-            from chromadb.config import Settings as ChromaSettings
+            import chromadb  # noqa: F401
         except ImportError as error:  # pragma: no cover - a dependency
             raise RetrievalError(f"chromadb is not installed: {error}") from error
-        chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
-        url = settings.retrieval.chroma_url
+        store = cls(Connection(settings, environ), settings)
         try:
-            if url:
-                from urllib.parse import urlparse
-
-                parsed = urlparse(url)
-                client = chromadb.HttpClient(
-                    host=parsed.hostname or "localhost",
-                    port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                    ssl=parsed.scheme == "https",
-                    settings=chroma_settings,
-                )
-            else:
-                # Its files hold the documents' text: readable by the owner only, like the data dir.
-                settings.chroma_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
-        except Exception as error:  # any failure to reach the store reads the same
-            where = url or settings.chroma_dir
-            raise RetrievalError(f"Could not open the document store at {where}: {error}") from error
-        return cls(client, settings)
+            store.connect()
+        except DocumentsUnavailableError as error:
+            log.warning("%s; document search resumes as soon as it answers", error)
+        return store
 
     @property
     def embedder(self) -> Embedder:
@@ -222,7 +292,10 @@ class DocumentStore:
         Chunks stream through in batches of _FLUSH_CHUNKS (split, embedded, written), so memory
         stays bounded however large a file is; a file's record is written after its last chunk.
         """
-        progress = progress or IngestProgress()
+        with self._guarded():
+            return self._ingest(paths, scope, progress or IngestProgress())
+
+    def _ingest(self, paths: Iterable[Path], scope: str, progress: IngestProgress) -> IngestReport:
         report = IngestReport()
         started = time.perf_counter()
         files: list[Path] = []
@@ -316,8 +389,9 @@ class DocumentStore:
             documents += [chunk.text for chunk in part.chunks]
             metadatas += [_chunk_metadata(part.doc, part.doc_id, scope, chunk) for chunk in part.chunks]
         done = [part for part in batch if part.total is not None]
-        step = max(1, min(5000, int(self._client.get_max_batch_size())))
         with self._lock:
+            client, records = self._ready()
+            step = max(1, min(5000, int(client.get_max_batch_size())))
             if stale:
                 collection.delete(where={"doc_id": {"$in": stale}})
             for start in range(0, len(ids), step):
@@ -330,7 +404,7 @@ class DocumentStore:
                 )
             if not done:
                 return
-            self._documents.upsert(
+            records.upsert(
                 ids=[part.doc_id for part in done],
                 embeddings=[[1.0] for _ in done],
                 documents=[part.doc.title for part in done],
@@ -352,8 +426,9 @@ class DocumentStore:
 
     def documents(self, scope: str | None = None) -> list[DocumentInfo]:
         """Ingested files (of one scope, or all), by path."""
-        with self._lock:
-            found = self._documents.get(where={"scope": scope} if scope else None, include=["metadatas"])
+        with self._guarded(), self._lock:
+            _, documents = self._ready()
+            found = documents.get(where={"scope": scope} if scope else None, include=["metadatas"])
         docs = [_document_info(i, m) for i, m in zip(found["ids"], found["metadatas"] or [], strict=False)]
         return sorted(docs, key=lambda d: (d.scope, d.path))
 
@@ -367,12 +442,12 @@ class DocumentStore:
             if d.id == target
             or (as_path is not None and (d.path == as_path or d.path.startswith(as_path.rstrip("/") + "/")))
         ]
-        with self._lock:
+        with self._guarded(), self._lock:
             for doc in chosen:
                 collection = self._collection(doc.scope, create=False)
                 if collection is not None:
                     collection.delete(ids=[f"{doc.id}:{n}" for n in range(doc.chunks)])
-                self._documents.delete(ids=[doc.id])
+                self._ready()[1].delete(ids=[doc.id])
         return chosen
 
     def count(self) -> int:
@@ -383,6 +458,10 @@ class DocumentStore:
 
     def query(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:
         """The `k` chunks closest to `query` within `scopes`, best first (blocking)."""
+        with self._guarded():
+            return self._query(query, scopes, k)
+
+    def _query(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:
         collections = [c for c in (self._collection(s, create=False) for s in dict.fromkeys(scopes)) if c]
         if not query.strip() or not collections:
             return []
@@ -409,9 +488,13 @@ class DocumentStore:
         """Passages by id, in the order asked (missing ones left out)."""
         if not ids:
             return []
+        with self._guarded():
+            return self._passages(ids)
+
+    def _passages(self, ids: Sequence[str]) -> list[Passage]:
         doc_ids = list(dict.fromkeys(i.split(":", 1)[0] for i in ids))
         with self._lock:
-            records = self._documents.get(ids=doc_ids, include=["metadatas"])
+            records = self._ready()[1].get(ids=doc_ids, include=["metadatas"])
         scopes = {str((m or {}).get("scope", "")) for m in records["metadatas"] or []}
         by_id: dict[str, Passage] = {}
         for scope in scopes:
@@ -436,13 +519,30 @@ class DocumentStore:
 
     def _document(self, doc_id: str) -> DocumentInfo | None:
         with self._lock:
-            found = self._documents.get(ids=[doc_id], include=["metadatas"])
+            found = self._ready()[1].get(ids=[doc_id], include=["metadatas"])
         if not found["ids"]:
             return None
         return _document_info(found["ids"][0], (found["metadatas"] or [{}])[0])
 
 
 # Helpers -------------------------------------------------------------------------------
+
+
+def _again(error: RetrievalError) -> RetrievalError:
+    """A fresh copy of a stored failure: raising the same object again and again would grow its
+    traceback each time (and threads would share it)."""
+    return type(error)(str(error))
+
+
+def _close(client: Any) -> None:
+    """Let go of a client that failed (its HTTP session); a failure to close changes nothing."""
+    close = getattr(client, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # already broken: what matters is that the next call builds a new one
+        log.debug("closing a failed Chroma client", exc_info=True)
 
 
 def _sha256(path: Path) -> str:
