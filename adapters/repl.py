@@ -16,7 +16,7 @@ from rich.markdown import Markdown
 from rich.text import Text
 
 from adapters.reply import ChatEngine
-from bot.citations import sources_footer
+from bot.citations import documents_notice, sources_footer
 from bot.types import (
     CommandResult,
     Event,
@@ -242,6 +242,8 @@ class Repl:
             view.finish(render=True)
             if sources := sources_footer(event.metadata.get("sources") or []):
                 self.console.print(Text(sources, style="cyan"))
+            if notice := documents_notice(event.metadata):
+                self.console.print(Text(f"⚠ {notice}", style="yellow"))
             self.console.print(Text(_footer(event), style="dim"))
         elif isinstance(event, TurnFailed):
             view.finish(render=False)

@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from adapters.inflight import InFlight
 from adapters.textsplit import split_message
-from bot.citations import sources_footer
+from bot.citations import documents_notice, sources_footer
 from bot.engine import Approver
 from bot.seams.history import Conversation, History, UserRef
 from bot.types import (
@@ -133,6 +133,8 @@ class Reply:
             self._finish(event.text)
             if footer := sources_footer(event.metadata.get("sources") or []):
                 self.notes.append(style.sources.format(footer))
+            if notice := documents_notice(event.metadata):
+                self.notes.append(style.remark.format(notice))
             if event.status == "interrupted":
                 self.notes.append(style.remark.format("(interrupted)"))
         elif isinstance(event, TurnStarted):

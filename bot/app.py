@@ -145,7 +145,9 @@ async def open_history(settings: Settings) -> History:
 
 
 async def open_retriever(settings: Settings) -> Retriever | None:
-    """The document store, or None when retrieval is off. A store that cannot open is logged, not fatal."""
+    """The document store, or None when retrieval is off. An embedded store that cannot open is
+    logged, not fatal; a Chroma server that does not answer yet is asked again at each search;
+    settings that cannot work (a secret not set) raise ConfigError."""
     if not settings.retrieval.enabled:
         return None
     from retrieval.store import DocumentStore, RetrievalError
@@ -207,9 +209,10 @@ async def running(
     history = await open_history(settings)
     owned = model is None
     try:
+        # Before the model, for the same reason: a Chroma secret not set fails at once.
+        retriever = await open_retriever(settings)
         if model is None:
             model = await asyncio.to_thread(load_model, settings, progress)
-        retriever = await open_retriever(settings)
         engine = Engine(model, history, settings, retriever, default_tools(settings))
         log.info("started: model=%s window=%s docs=%s", model.info.name, engine.window, retriever is not None)
         yield App(settings, model, history, engine, retriever)

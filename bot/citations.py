@@ -99,3 +99,13 @@ def sources_footer(sources: Sequence[dict[str, Any]]) -> str:
         label = source_label(source["title"] or source["path"], source.get("location") or "")
         items.append(f"[{source['n']}] {label}")
     return "Sources: " + "; ".join(items)
+
+
+# What a reply says when the documents could not be searched (a Chroma server down): the answer
+# still comes, and the person reading it knows it was written without them.
+DOCUMENTS_UNAVAILABLE = "The team's documents are unavailable right now: this answer is without them."
+
+
+def documents_notice(metadata: dict[str, Any]) -> str:
+    """The line a reply shows under its answer about the documents ("" when there is nothing to say)."""
+    return DOCUMENTS_UNAVAILABLE if metadata.get("documents") == "unavailable" else ""

@@ -6,12 +6,13 @@ import asyncio
 import errno
 import getpass
 import json
+import logging
 import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -21,9 +22,9 @@ from rich.console import Console
 
 from bot import inference
 from bot.app import App, configure_logging, open_history, running
-from bot.citations import source_label, sources_footer
+from bot.citations import documents_notice, source_label, sources_footer
 from bot.engine import new_thread_id
-from bot.errors import ChinwagError
+from bot.errors import ChinwagError, RetrievalError
 from bot.seams.history import Conversation, History, StoredMessage
 from bot.text import read_bytes_as_text
 from bot.types import CommandResult, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
@@ -263,6 +264,7 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                     err.print(f"[dim]⚙ {event.summary()}[/dim]", highlight=False)
                 elif isinstance(event, TurnDone):
                     sources = event.metadata.get("sources") or []
+                    notice = documents_notice(event.metadata)
                     if as_json:
                         result: dict[str, Any] = {
                             "conversation_id": event.conversation_id,
@@ -273,12 +275,19 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                             "model": event.model,
                             "sources": await _source_details(app, sources),
                             "tool_calls": event.metadata.get("tool_calls", []),
+                            # "on", "off" (/docs off, retrieval off), or "unavailable" (the store
+                            # did not answer: this answer is without documents).
+                            "documents": event.metadata.get(
+                                "documents", "on" if "sources" in event.metadata else "off"
+                            ),
                         }
                         print(json.dumps(result, ensure_ascii=False))
                     else:
                         out.write("\n")
                         if footer := sources_footer(sources):
                             out.write(f"\n{footer}\n")
+                        if notice:
+                            out.write(f"\n({notice})\n")
                     return 0
                 elif isinstance(event, CommandResult):
                     if as_json:
@@ -307,7 +316,10 @@ async def _source_details(app: App, sources: list[dict[str, Any]]) -> list[dict[
     """The sources of a reply with their passage text, for `ask --json`."""
     texts: dict[str, str] = {}
     if sources and app.retriever is not None:
-        texts = {p.id: p.text for p in await app.retriever.get([s["id"] for s in sources])}
+        try:
+            texts = {p.id: p.text for p in await app.retriever.get([s["id"] for s in sources])}
+        except RetrievalError as error:  # gone since the search: the sources without their text
+            logging.getLogger(__name__).warning("the sources' text is unavailable: %s", error)
     return [
         {
             "id": s["id"],
@@ -653,13 +665,22 @@ def to_markdown(conv: Conversation, messages: list[StoredMessage]) -> str:
 # ingest and docs -------------------------------------------------------------------------
 
 
-def _open_store(settings: Settings) -> Any:
-    from retrieval.store import DocumentStore, RetrievalError
-
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The document store's errors (a Chroma server down, a secret not set) as one line, status 1."""
     try:
-        return DocumentStore.open(settings)
-    except RetrievalError as error:
+        yield
+    except ChinwagError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _open_store(settings: Settings) -> Any:
+    from retrieval.store import DocumentStore
+
+    with _store_errors():
+        store = DocumentStore.open(settings)
+        store.connect()  # a server that is down: say so now, not halfway through
+        return store
 
 
 @main.command()
@@ -668,15 +689,12 @@ def _open_store(settings: Settings) -> Any:
 @click.pass_obj
 def ingest(obj: Context, paths: tuple[Path, ...], scope: str) -> None:
     """Ingest files and folders (Markdown, text, HTML, PDF, source code) into the document store."""
-    from retrieval.store import RetrievalError
-
     settings = obj.settings()
     store = _open_store(settings)
     progress = _IngestBars()
     try:
-        report = store.ingest([p.expanduser() for p in paths], scope=scope, progress=progress)
-    except RetrievalError as error:
-        raise click.ClickException(str(error)) from None
+        with _store_errors():
+            report = store.ingest([p.expanduser() for p in paths], scope=scope, progress=progress)
     finally:
         progress.close()
     for path, reason in report.skipped:
@@ -735,7 +753,8 @@ def docs() -> None:
 @click.pass_obj
 def docs_list(obj: Context, scope: str | None) -> None:
     """The ingested documents."""
-    found = _open_store(obj.settings()).documents(scope)
+    with _store_errors():
+        found = _open_store(obj.settings()).documents(scope)
     if not found:
         click.echo(
             "No documents" + (f" in scope {scope}." if scope else ". Add some with: chinwag ingest PATH")
@@ -752,7 +771,8 @@ def docs_list(obj: Context, scope: str | None) -> None:
 @click.pass_obj
 def docs_remove(obj: Context, target: str, scope: str | None) -> None:
     """Remove a document by id or path (a folder removes everything ingested under it)."""
-    removed = _open_store(obj.settings()).remove(target, scope)
+    with _store_errors():
+        removed = _open_store(obj.settings()).remove(target, scope)
     if not removed:
         raise click.ClickException(f"No ingested document matches {target}")
     for doc in removed:
@@ -769,8 +789,8 @@ def docs_search(obj: Context, query: str, scope: str, k: int) -> None:
     from bot.seams.retriever import scopes_for
 
     settings = obj.settings()
-    store = _open_store(settings)
-    passages = store.query(query, scopes_for(scope), k)
+    with _store_errors():
+        passages = _open_store(settings).query(query, scopes_for(scope), k)
     if not passages:
         click.echo("Nothing found.")
         return

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bot.citations import (
+    DOCUMENTS_UNAVAILABLE,
     PASSAGES_INTRO,
     PASSAGES_TASK,
     cite_label,
@@ -20,7 +21,13 @@ from bot.citations import (
     source_record,
 )
 from bot.commands import parse_command, run_command
-from bot.errors import ChinwagError, CommandError, ConversationNotFoundError
+from bot.errors import (
+    ChinwagError,
+    CommandError,
+    ConversationNotFoundError,
+    DocumentsUnavailableError,
+    ToolError,
+)
 from bot.metrics import Metrics
 from bot.params import effective_params
 from bot.prompt import PromptBudget
@@ -255,13 +262,19 @@ class Engine:
         yield TurnStarted(conv.id, stored.id)
 
         passages: list[Passage] = []
+        unavailable = False
         tools = self.tools_for(conv)
         if self.docs_enabled(conv):
             config = self.settings.retrieval
             # With the search tool at hand, only clear matches go into the prompt.
             searchable = "search_documents" in tools.tools
             floor = max(config.min_score, config.min_score_with_tools) if searchable else config.min_score
-            passages = await self._retrieve(conv, text, system_prompt, length, params.max_tokens, floor)
+            found = await self._retrieve(conv, text, system_prompt, length, params.max_tokens, floor)
+            unavailable = found is None
+            passages = found or []
+            if unavailable:
+                # Said while the answer is being written, and kept with it (`documents_notice`).
+                yield Notice(DOCUMENTS_UNAVAILABLE)
         context = passages_context(passages)
         sources = [source_record(n, p) for n, p in enumerate(passages, start=1)]
 
@@ -285,6 +298,8 @@ class Engine:
         extra: dict[str, Any] = {"reply_to": stored.id}
         if self.docs_enabled(conv):
             extra["sources"] = sources
+            if unavailable:
+                extra["documents"] = "unavailable"
         answer_stream = self._generate(conv, prompt, prompt_tokens, params, tools, extra, approve)
         async with aclosing(answer_stream) as answer:
             async for event in answer:
@@ -298,16 +313,21 @@ class Engine:
         message_tokens: int,
         max_tokens: int,
         min_score: float,
-    ) -> list[Passage]:
-        """Relevant passages for this message, within the conversation's scopes and the token budget."""
+    ) -> list[Passage] | None:
+        """Relevant passages for this message, within the conversation's scopes and the token
+        budget; None when the documents could not be searched."""
         assert self.retriever is not None
         config = self.settings.retrieval
+        # A store that is down or broken must not cost the user an answer: the reply is written
+        # without documents and says so.
         try:
             found = await self.retriever.search(text, scopes_for(conv.key.scope), config.top_k)
+        except DocumentsUnavailableError as error:  # expected while a server is down: one line
+            log.warning("conversation %s: answered without documents: %s", conv.id, error)
+            return None
         except Exception:
-            # A broken store must not cost the user an answer: say nothing of documents this turn.
             log.exception("retrieval failed in conversation %s", conv.id)
-            return []
+            return None
         relevant = [p for p in found if p.score >= min_score]
         # Passages share the window with the persona, the message and the reply; the weakest go first.
         room = self.window - max_tokens - message_tokens - self.model.count_text_tokens(system_prompt)
@@ -465,9 +485,15 @@ class Engine:
                 query: what to look for, in a few words.
                 k: how many passages to return (1-8).
             """
-            found = [
-                p for p in await retriever.search(query, scopes, max(1, min(k, 8))) if p.score >= min_score
-            ]
+            try:
+                found = [
+                    p
+                    for p in await retriever.search(query, scopes, max(1, min(k, 8)))
+                    if p.score >= min_score
+                ]
+            except DocumentsUnavailableError as error:
+                log.warning("conversation %s: search_documents: %s", conv.id, error)
+                raise ToolError(DOCUMENTS_UNAVAILABLE) from None
             if not found:
                 return "No passage in the team's documents matches that."
             return "\n\n".join(f"[{cite_label(p)}] (score {p.score:.2f})\n{p.text.strip()}" for p in found)
