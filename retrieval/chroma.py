@@ -127,7 +127,9 @@ class Connection:
             text = f"HTTP {error.response.status_code} from {error.request.url.path}"
         elif isinstance(error, ChromaAuthError | AuthorizationError):
             text = f"{refused}, {TOKEN_ENV} or {PASSWORD_ENV})"
-        elif self.remote and isinstance(error, NotFoundError | ValueError) and "exist" in str(error):
+        elif self.remote and (
+            isinstance(error, NotFoundError) or (isinstance(error, ValueError) and "exist" in str(error))
+        ):
             # A tenant or database that is not there: name the settings that chose it.
             text = (
                 f"{_first_line(error)} (retrieval.chroma_tenant {self._tenant!r}, "
