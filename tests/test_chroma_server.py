@@ -349,8 +349,9 @@ uvicorn.run("chromadb.app:app", host="127.0.0.1", port=int(sys.argv[1]))
 
 
 @pytest.fixture
-def token_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """Chroma's Python server (chromadb.app) checking a token; `chroma run` checks no credentials."""
+def token_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """Chroma's Python server (chromadb.app) checking a token in the header `request.param`;
+    `chroma run` checks no credentials."""
     for module in ("fastapi", "opentelemetry.instrumentation.fastapi"):
         pytest.importorskip(module, reason=f"Chroma's Python server needs {module} (the dev extra)")
     port = free_port()
@@ -360,6 +361,7 @@ def token_server(tmp_path: Path) -> Iterator[ServerProcess]:
         "PERSIST_DIRECTORY": str(tmp_path / "chroma-auth"),
         "CHROMA_SERVER_AUTHN_PROVIDER": "chromadb.auth.token_authn.TokenAuthenticationServerProvider",
         "CHROMA_SERVER_AUTHN_CREDENTIALS": "s3cret-chroma-token",
+        "CHROMA_AUTH_TOKEN_TRANSPORT_HEADER": request.param,
     }
     command = [sys.executable, "-c", PYTHON_SERVER, str(port)]
     server = ServerProcess(command, port, tmp_path / "chroma-auth.log", env)
@@ -370,6 +372,7 @@ def token_server(tmp_path: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.mark.parametrize("token_server", ["Authorization", "X-Chroma-Token"], indirect=True)
 def test_a_token_from_the_environment_signs_in_and_is_never_logged(
     settings: Settings,
     token_server: ServerProcess,
@@ -380,6 +383,8 @@ def test_a_token_from_the_environment_signs_in_and_is_never_logged(
     caplog.set_level(logging.DEBUG)
     settings.retrieval.chroma_url = token_server.url
     settings.retrieval.chroma_auth = "token"
+    in_x_header = token_server.env["CHROMA_AUTH_TOKEN_TRANSPORT_HEADER"] == "X-Chroma-Token"
+    settings.retrieval.chroma_token_header = "X-Chroma-Token" if in_x_header else "Authorization"
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(ConfigError, match=TOKEN_ENV):
