@@ -362,16 +362,23 @@ class ChatAdapter(InFlight):
             self._following = None
 
     async def _follow(self) -> None:
-        async with aclosing(self.history.deleted_elsewhere(self.platform)) as deletions:
-            async for key in deletions:
-                try:
-                    if key is None:
-                        self.listening.set()
-                        await self._recheck()
-                    else:
-                        self.stop(key)  # its reply is stored, and leaves the context (Engine.forget)
-                except Exception:  # one failed check must not end the listening
-                    log.exception("%s: acting on a deletion from another replica failed", self.platform)
+        try:
+            async with aclosing(self.history.deleted_elsewhere(self.platform)) as deletions:
+                async for key in deletions:
+                    try:
+                        if key is None:
+                            self.listening.set()
+                            await self._recheck()
+                        else:
+                            self.stop(key)  # its reply is stored, and leaves the context (Engine.forget)
+                    except Exception:  # one failed check must not end the listening
+                        log.exception("%s: acting on a deletion from another replica failed", self.platform)
+        except Exception:
+            log.exception(
+                "%s: listening for other replicas' deletions failed; only deletions this process "
+                "hears of stop its answers now",
+                self.platform,
+            )
 
     async def _recheck(self) -> None:
         """Stop the answers whose questions were marked deleted while nothing was heard (a
@@ -443,12 +450,17 @@ class ChatAdapter(InFlight):
         stops if it is being written, here or on another replica, then the question and its
         replies leave the conversation's context (`Engine.forget`)."""
         task = self.stop(key)
-        if task is not None:
-            await asyncio.wait({task}, timeout=STOP_WAIT_S)  # the reply it stores is forgotten too
-        else:
-            # Not written here: perhaps by another replica sharing the history, which stops it.
-            await self.history.announce_deleted(self.platform, key)
-        await self.engine.forget(self.platform, key)
+        try:
+            if task is not None:
+                await asyncio.wait({task}, timeout=STOP_WAIT_S)  # the reply it stores is forgotten too
+            else:
+                # Not written here: perhaps by another replica sharing the history, which stops it.
+                await self.history.announce_deleted(self.platform, key)
+            await self.engine.forget(self.platform, key)
+        except Exception:  # the history's own failure (a database down): logged, not lost in a task
+            log.exception(
+                "%s: the deletion of message %s could not be passed on or stored", self.platform, key
+            )
 
     async def rate(self, ref: str, user_id: str, value: int, added: bool) -> None:
         """A 👍 (+1) or 👎 (-1) `added` or taken back on the message `ref`: the person's rating of

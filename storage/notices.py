@@ -110,7 +110,9 @@ async def _next(connection: Any, heard: asyncio.Queue[str], lost: asyncio.Event)
         waiting = asyncio.ensure_future(heard.get())
         gone = asyncio.ensure_future(lost.wait())
         try:
-            done, _ = await asyncio.wait({waiting, gone}, timeout=HEARTBEAT_S, return_when="FIRST_COMPLETED")
+            done, _ = await asyncio.wait(
+                {waiting, gone}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             gone.cancel()
             if not waiting.done():
