@@ -476,8 +476,10 @@ async def _serve(adapter: SlackAdapter, stop: asyncio.Event, ready: Callable[[st
 
 
 def check(settings: Settings) -> None:
-    """Raise ChinwagError when Slack cannot run here: a token its mode needs is not in the environment."""
+    """Raise ChinwagError when Slack cannot run here: a token its mode needs is not in the
+    environment, or a shared edit budget without the redis package or with a URL it refuses."""
     SlackCredentials.from_env(settings.slack.mode)
+    open_pace(settings.slack.updates_per_minute, settings.slack.redis_url)  # connects only when used
 
 
 async def run(app: App, stop: asyncio.Event) -> None:

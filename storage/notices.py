@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from sqlalchemy import func, select
@@ -46,7 +46,7 @@ class DeletionNotices:
         async with self.engine.begin() as connection:  # delivered when this commits
             await connection.execute(select(func.pg_notify(CHANNEL, payload)))
 
-    async def follow(self, platform: str) -> AsyncIterator[str | None]:
+    async def follow(self, platform: str) -> AsyncGenerator[str | None, None]:
         """The ids of `platform` messages other processes announce as deleted, as they come, for
         ever; None each time the listener (re)connects: notices sent before were not heard, so
         check the marks."""

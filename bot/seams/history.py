@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -163,7 +163,7 @@ class History(Protocol):
         """Tell the other processes sharing this history (replicas) that a platform message was deleted."""
         ...
 
-    def deleted_elsewhere(self, platform: str) -> AsyncIterator[str | None]:
+    def deleted_elsewhere(self, platform: str) -> AsyncGenerator[str | None, None]:
         """The ids of `platform` messages other processes announce as deleted, as they come; None
         whenever listening (re)starts, as announcements made before were not heard (check the
         `deleted` marks). Ends at once where no other process can share the history."""
