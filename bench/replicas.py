@@ -8,8 +8,9 @@ starts) launched at once on a database created empty for the run: how many exit 
 one PostgreSQL, sharing the edit budget in Redis when one answers on 127.0.0.1:6379, against the
 fake Slack of the tests: `--events` mentions sent at once, each to one replica, and a share of
 them (`--redelivered`) sent again to the other replica, half racing the original, half after its
-ack. Counted: acks, answers (conversations with a stored, linked reply and one message in their
-thread), duplicates, lost, redeliveries turned away; and how long until every event was answered.
+ack (an event whose ack is not a 200 is sent again, as Slack does). Counted: acks, answers
+(conversations with a stored, linked reply and one message in their thread), duplicates, lost,
+redeliveries turned away; and how long until every event was answered.
 Everything runs on 127.0.0.1; the databases the run creates are dropped at the end.
 """
 
@@ -180,8 +181,11 @@ async def _burst(
                 await asyncio.gather(_send(first.slack_url, n, team), _send(other.slack_url, n, team, 1))
             )
         acks = [await _send(first.slack_url, n, team)]
+        # Slack sends an event again when its ack is not a 200 (here at once, up to three times).
+        while acks[-1][0] != 200 and len(acks) <= 3:
+            acks.append(await _send(first.slack_url, n, team, len(acks)))
         if n in again:
-            acks.append(await _send(other.slack_url, n, team, 1))
+            acks.append(await _send(other.slack_url, n, team, len(acks)))
         return acks
 
     acks = [ack for sent in await asyncio.gather(*(deliver(n) for n in range(events))) for ack in sent]
@@ -216,8 +220,8 @@ async def _burst(
     conversations = len(await history.list(limit=events * 2))
     latencies = sorted(seconds for _, seconds in acks)
     return {
-        "acks_200": sum(1 for status, _ in acks if status == 200),
-        "acks_sent": len(acks),
+        "deliveries": len(acks),
+        "acks_not_200": sum(1 for status, _ in acks if status != 200),
         "conversations": conversations,
         "answered": answered,
         "lost": events - answered,
