@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 
@@ -34,6 +35,7 @@ class Replica:
     process: asyncio.subprocess.Process
     slack_url: str  # its Events API endpoint
     data_dir: Path
+    stderr: Path  # what it wrote to the terminal (a file: a pipe nobody reads could fill up)
 
     def log(self) -> str:
         """Its log file so far."""
@@ -63,8 +65,7 @@ async def listening(replica: Replica, within: float) -> None:
     deadline = time.monotonic() + within
     while True:
         if replica.process.returncode is not None:
-            _, stderr = await replica.process.communicate()
-            raise AssertionError(f"{replica.name} exited: {stderr.decode()[-2000:]}")
+            raise AssertionError(f"{replica.name} exited: {replica.stderr.read_text()[-2000:]}")
         try:
             status, _ = await post(replica.slack_url, challenge, sign(SECRET, challenge), "application/json")
             if status == 200:
@@ -121,20 +122,29 @@ async def replicas(
                     CHINWAG_DISCORD__SHARD_COUNT=str(count),
                     CHINWAG_DISCORD__SHARD_IDS=json.dumps([n]),
                 )
-            process = await asyncio.create_subprocess_exec(
-                chinwag_bin(),
-                "serve",
-                *platforms,
-                env=environ,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            stderr = root / f"replica{n}.stderr"
+            with _new_file(stderr) as terminal:
+                process = await asyncio.create_subprocess_exec(
+                    chinwag_bin(),
+                    "serve",
+                    *platforms,
+                    env=environ,
+                    stdout=terminal,
+                    stderr=terminal,
+                )
             stack.push_async_callback(_kill, process)
-            started.append(Replica(f"replica{n}", process, f"http://127.0.0.1:{port}/slack/events", data_dir))
+            url = f"http://127.0.0.1:{port}/slack/events"
+            started.append(Replica(f"replica{n}", process, url, data_dir, stderr))
         await asyncio.gather(*(listening(r, within) for r in started))
         if discord is not None:
             await discord.connected(within=60, shards=count)
         yield started
+
+
+def _new_file(path: Path) -> BinaryIO:
+    """An empty file at `path` (its folder made), open for writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
