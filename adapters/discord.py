@@ -85,9 +85,9 @@ def client_for(settings: DiscordSettings) -> discord.Client:
     }
     if settings.shard_count is None:
         return discord.Client(**options)
-    return discord.AutoShardedClient(
-        shard_count=settings.shard_count, shard_ids=settings.shard_ids, **options
-    )
+    if settings.shard_ids is not None:
+        options["shard_ids"] = settings.shard_ids
+    return discord.AutoShardedClient(shard_count=settings.shard_count, **options)
 
 
 def point_at(settings: DiscordSettings) -> None:

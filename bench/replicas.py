@@ -150,7 +150,7 @@ async def burst(
                 "CHINWAG_SLACK__UPDATES_PER_MINUTE": "10000",
                 "CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S": "5",
             }
-            async with replicas(2, root, url, fake, None, redis_url, **env) as pair:
+            async with replicas(2, root, url, fake, None, redis_url, env) as pair:
                 history = await SqlHistory.from_url(url)
                 try:
                     result = await _burst(pair, history, fake, team, events, again, racing, within)

