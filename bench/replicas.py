@@ -95,9 +95,7 @@ async def simultaneous_starts(server: URL, count: int, root: Path) -> dict[str, 
         seconds = time.monotonic() - started
         codes = [p.returncode for p in processes]
         versions = await _execute(make_url(url), "SELECT version_num FROM alembic_version")
-    failures = [
-        err.decode().strip().splitlines()[-1] for (_, err), code in zip(outputs, codes, strict=True) if code
-    ]
+    failures = [_cause(err.decode()) for (_, err), code in zip(outputs, codes, strict=True) if code]
     return {
         "processes": count,
         "exit_0": codes.count(0),
@@ -106,6 +104,13 @@ async def simultaneous_starts(server: URL, count: int, root: Path) -> dict[str, 
         "schema_versions": [row[0] for row in versions],
         "seconds": round(seconds, 1),
     }
+
+
+def _cause(stderr: str) -> str:
+    """The line of a failed start's output that says what went wrong."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line]
+    return (errors or lines or ["(nothing on stderr)"])[0][:240]
 
 
 async def _send(url: str, n: int, team: str, retry: int = 0) -> tuple[int, float]:
