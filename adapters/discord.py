@@ -74,6 +74,22 @@ def intents_for(settings: DiscordSettings) -> discord.Intents:
     return intents
 
 
+def client_for(settings: DiscordSettings) -> discord.Client:
+    """A discord.py client: of the whole bot, or (`shard_count`) of the shards `shard_ids` only, so
+    that replicas given different shards split the guilds (Discord sends each guild's events to
+    shard (guild_id >> 22) % shard_count, and DMs to shard 0)."""
+    options: dict[str, Any] = {
+        "intents": intents_for(settings),
+        # A model's words must never ping @everyone, a role or a person.
+        "allowed_mentions": discord.AllowedMentions.none(),
+    }
+    if settings.shard_count is None:
+        return discord.Client(**options)
+    if settings.shard_ids is not None:
+        options["shard_ids"] = settings.shard_ids
+    return discord.AutoShardedClient(shard_count=settings.shard_count, **options)
+
+
 def point_at(settings: DiscordSettings) -> None:
     """Send discord.py's REST calls and gateway connection to the configured URLs (process-wide)."""
     discord.http.Route.BASE = settings.api_base_url
@@ -166,11 +182,7 @@ class DiscordAdapter(ChatAdapter):
         self.settings = settings
         self._token = token
         point_at(settings)
-        self.client = discord.Client(
-            intents=intents_for(settings),
-            # A model's words must never ping @everyone, a role or a person.
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        self.client = client_for(settings)
         self.tree = app_commands.CommandTree(self.client)
         self._connection: asyncio.Task[None] | None = None
         self._register()
@@ -248,6 +260,9 @@ class DiscordAdapter(ChatAdapter):
         user = self.client.user
         guilds = len(self.client.guilds)
         log.info("discord: connected as %s (%s) in %d guilds", user, user and user.id, guilds)
+        if self.settings.shard_count is not None:
+            shards = self.settings.shard_ids or list(range(self.settings.shard_count))
+            log.info("discord: shards %s of %d", shards, self.settings.shard_count)
 
     @property
     def connection(self) -> asyncio.Task[None]:
@@ -314,6 +329,12 @@ class DiscordAdapter(ChatAdapter):
             return
         guild_id = message.guild.id if message.guild else None
         channel = message.channel
+        elsewhere = getattr(channel, "guild_id", None) if guild_id is None else None
+        if elsewhere is not None:
+            # A guild this process does not hold (another replica's shard, or one not yet
+            # available): not a DM, and not ours to answer.
+            log.info("discord: message %s is in guild %s, not one this process holds", message.id, elsewhere)
+            return
         if not self.allowed(guild_id, channel, message.author):
             return
         key = self._key(guild_id, message.author.id, channel)
@@ -334,6 +355,7 @@ class DiscordAdapter(ChatAdapter):
             return
         # A resumed gateway may replay events; a message is answered once, even across restarts.
         if not await self.history.claim_event(PLATFORM, f"message:{message.id}"):
+            log.info("discord: message %s already handled (a replayed event)", message.id)
             return
         incoming = _incoming(key, message.author, text, str(message.id))
         self.spawn(self._answer_message(message, incoming, new_thread), incoming.message_id)
@@ -492,6 +514,7 @@ async def serve(
     try:
         if not await unless_stopped(adapter.start(), stop):
             return
+        adapter.follow_deletions()
         if ready:
             ready()
         connection = adapter.connection
@@ -508,6 +531,7 @@ async def serve(
         plan = ShutdownPlan(adapter.settings.shutdown_timeout_s)
         adapter.accepting = False
         await adapter.drain(plan)
+        await adapter.unfollow_deletions()
         await adapter.close(plan.left(plan.closed_by))
 
 

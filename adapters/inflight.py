@@ -131,10 +131,16 @@ class InFlight:
         task = self._by_key.get(key)
         if task is None or task.done():
             return None
+        if task in self._stopped:
+            return task  # told twice (here and by another replica): a second cancel would cut its last edit
         log.info("%s: message %s deleted; its answer stops", self.platform, key)
         self._stopped.add(task)
         task.cancel()
         return task
+
+    def keys(self) -> list[str]:
+        """The messages whose answers are being written (and may be stopped)."""
+        return [key for key, task in self._by_key.items() if not task.done()]
 
     def stopped(self) -> bool:
         """Whether the running answer was cancelled by `stop` (its question deleted), not by a shutdown."""

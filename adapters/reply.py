@@ -343,6 +343,50 @@ class ChatAdapter(InFlight):
         super().__init__()
         self.engine = engine
         self.history = history
+        self._following: asyncio.Task[None] | None = None
+        # Set once deletions on other replicas reach this process (never on SQLite).
+        self.listening = asyncio.Event()
+
+    def follow_deletions(self) -> None:
+        """Start hearing of questions deleted on other replicas: their answers stop here if this
+        process is writing them (until `unfollow_deletions`)."""
+        if self._following is None:
+            self._following = asyncio.create_task(self._follow(), name=f"{self.platform}-deletions")
+
+    async def unfollow_deletions(self) -> None:
+        """Stop hearing of other replicas' deletions (at shutdown, once the answers are done)."""
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
+
+    async def _follow(self) -> None:
+        try:
+            async with aclosing(self.history.deleted_elsewhere(self.platform)) as deletions:
+                async for key in deletions:
+                    try:
+                        if key is None:
+                            self.listening.set()
+                            await self._recheck()
+                        else:
+                            self.stop(key)  # its reply is stored, and leaves the context (Engine.forget)
+                    except Exception:  # one failed check must not end the listening
+                        log.exception("%s: acting on a deletion from another replica failed", self.platform)
+        except Exception:
+            log.exception(
+                "%s: listening for other replicas' deletions failed; only deletions this process "
+                "hears of stop its answers now",
+                self.platform,
+            )
+
+    async def _recheck(self) -> None:
+        """Stop the answers whose questions were marked deleted while nothing was heard (a
+        replica's announcement reaches only the processes listening at that moment)."""
+        for key in self.keys():
+            question = await self.history.find_message(self.platform, key)
+            if question is not None and question.metadata.get("deleted"):
+                self.stop(key)
 
     async def answer(self, incoming: Incoming, stream: Stream[Any]) -> None:
         """Run one turn and stream it to the platform; the reply is stored even if the platform
@@ -403,12 +447,20 @@ class ChatAdapter(InFlight):
 
     async def deleted(self, key: str) -> None:
         """A message deleted on the platform (`key`, its id as its Incoming gave it): its answer
-        stops if it is being written, then the question and its replies leave the conversation's
-        context (`Engine.forget`)."""
+        stops if it is being written, here or on another replica, then the question and its
+        replies leave the conversation's context (`Engine.forget`)."""
         task = self.stop(key)
-        if task is not None:
-            await asyncio.wait({task}, timeout=STOP_WAIT_S)  # the reply it stores is forgotten too
-        await self.engine.forget(self.platform, key)
+        try:
+            if task is not None:
+                await asyncio.wait({task}, timeout=STOP_WAIT_S)  # the reply it stores is forgotten too
+            else:
+                # Not written here: perhaps by another replica sharing the history, which stops it.
+                await self.history.announce_deleted(self.platform, key)
+            await self.engine.forget(self.platform, key)
+        except Exception:  # the history's own failure (a database down): logged, not lost in a task
+            log.exception(
+                "%s: the deletion of message %s could not be passed on or stored", self.platform, key
+            )
 
     async def rate(self, ref: str, user_id: str, value: int, added: bool) -> None:
         """A 👍 (+1) or 👎 (-1) `added` or taken back on the message `ref`: the person's rating of

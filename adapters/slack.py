@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.inflight import RESERVE_S, ShutdownPlan, unless_stopped, within
 from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.slack_pace import Pace, open_pace
 from bot.app import App
 from bot.errors import ChinwagError
 from bot.seams.history import ConversationKey, History
@@ -95,34 +95,6 @@ def web_client(token: str | None, base_url: str) -> AsyncWebClient:
             AsyncConnectionErrorRetryHandler(max_retry_count=2, interval_calculator=backoff),
         ],
     )
-
-
-class Pace:
-    """Edits per workspace: a token bucket of `per_minute` (chat.update is Tier 3, ~50 a minute)."""
-
-    def __init__(self, per_minute: int, burst: int = 5) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(max(1, min(burst, per_minute)))
-        self._tokens: dict[str, float] = {}
-        self._stamp: dict[str, float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def take(self, team: str) -> None:
-        """Wait until `team` may make one more edit."""
-        lock = self._locks.setdefault(team, asyncio.Lock())
-        async with lock:
-            while True:
-                now = time.monotonic()
-                tokens = min(
-                    self.capacity,
-                    self._tokens.get(team, self.capacity) + (now - self._stamp.get(team, now)) * self.rate,
-                )
-                self._stamp[team] = now
-                if tokens >= 1:
-                    self._tokens[team] = tokens - 1
-                    return
-                self._tokens[team] = tokens
-                await asyncio.sleep((1 - tokens) / self.rate)
 
 
 @dataclass
@@ -207,7 +179,8 @@ class SlackAdapter(ChatAdapter):
             logger=logging.getLogger("slack_bolt"),
             name="chinwag",
         )
-        self.pace = Pace(settings.updates_per_minute)
+        # The workspace's edit budget: this process's own, or shared by the replicas in Redis.
+        self.pace = open_pace(settings.updates_per_minute, settings.redis_url)
         self.style = replace(STYLE, placeholder=settings.thinking_text)
         self.bot_user_id: str | None = None
         self._register()
@@ -222,7 +195,8 @@ class SlackAdapter(ChatAdapter):
         self.app.command(COMMAND)(self._on_command)
 
     async def start(self) -> None:
-        """Check the bot token (auth.test) and learn the bot's own user id."""
+        """Check the bot token (auth.test) and the shared edit budget, and learn the bot's own user id."""
+        await self.pace.check()
         try:
             auth = await self.client.auth_test()
         except SlackApiError as error:
@@ -447,9 +421,19 @@ async def serve(
 ) -> None:
     """Serve Slack until `stop` is set, then stop accepting and let answers in flight finish; the
     whole stop takes at most `shutdown_timeout_s`, even while Slack cannot be reached."""
+    try:
+        if not await unless_stopped(adapter.start(), stop):
+            return
+        adapter.follow_deletions()
+        await _serve(adapter, stop, ready)
+    finally:
+        await adapter.unfollow_deletions()
+        await adapter.pace.close()
+
+
+async def _serve(adapter: SlackAdapter, stop: asyncio.Event, ready: Callable[[str], None] | None) -> None:
+    """Take events (over HTTP or Socket Mode) until `stop` is set, then drain."""
     settings = adapter.settings
-    if not await unless_stopped(adapter.start(), stop):
-        return
     if settings.mode == "http":
         # Slack's requests are acked in milliseconds: closing need not wait long for one.
         runner = web.AppRunner(http_app(adapter), access_log=None, shutdown_timeout=1.0)
@@ -492,8 +476,10 @@ async def serve(
 
 
 def check(settings: Settings) -> None:
-    """Raise ChinwagError when Slack cannot run here: a token its mode needs is not in the environment."""
+    """Raise ChinwagError when Slack cannot run here: a token its mode needs is not in the
+    environment, or a shared edit budget without the redis package or with a URL it refuses."""
     SlackCredentials.from_env(settings.slack.mode)
+    open_pace(settings.slack.updates_per_minute, settings.slack.redis_url)  # connects only when used
 
 
 async def run(app: App, stop: asyncio.Event) -> None:

@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from bot.citations import (
@@ -181,11 +181,15 @@ class Engine:
         question = await self.history.find_message(platform, external_id)
         if question is None or question.role != "user":
             return 0
-        gone = [question.id, *await self._replies_to(question.conversation_id, question.id)]
-        for message_id in gone:
+        # The question is marked before its replies are looked for: a reply that another replica
+        # stores meanwhile is either found here or finds the mark itself (`_keep_reply`).
+        await self.history.update_message(question.id, {"deleted": True})
+        replies = await self._replies_to(question.conversation_id, question.id)
+        for message_id in replies:
             await self.history.update_message(message_id, {"deleted": True})
-        log.info("conversation %s: %d messages deleted from its context", question.conversation_id, len(gone))
-        return len(gone)
+        gone = 1 + len(replies)
+        log.info("conversation %s: %d messages deleted from its context", question.conversation_id, gone)
+        return gone
 
     async def _replies_to(self, conversation_id: int, question_id: int) -> list[int]:
         """The stored replies to a question (those naming it in `reply_to`), oldest first."""
@@ -300,7 +304,8 @@ class Engine:
             extra["sources"] = sources
             if unavailable:
                 extra["documents"] = "unavailable"
-        answer_stream = self._generate(conv, prompt, prompt_tokens, params, tools, extra, approve)
+        asked = (incoming.platform, incoming.message_id) if incoming.message_id is not None else None
+        answer_stream = self._generate(conv, prompt, prompt_tokens, params, tools, extra, approve, asked)
         async with aclosing(answer_stream) as answer:
             async for event in answer:
                 yield event
@@ -400,9 +405,11 @@ class Engine:
         tools: ToolRegistry,
         extra: dict[str, Any] | None = None,
         approve: Approver | None = None,
+        asked: tuple[str, str] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Stream the reply through its tool rounds (`tools`: those this conversation may use), then
-        store it: complete, or as far as it got when it was interrupted or failed."""
+        store it: complete, or as far as it got when it was interrupted or failed. `asked`: the
+        platform and id of the message it answers, whose deletion the reply follows."""
         loop = ToolLoop(
             self.model, params, tools, self.settings.tools, prompt_tokens, approve, self.tool_runner
         )
@@ -422,7 +429,14 @@ class Engine:
             # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
             await asyncio.shield(
                 self._store_reply(
-                    conv, loop.text, "interrupted", loop.usage(), model_name, params, metadata()
+                    conv,
+                    loop.text,
+                    "interrupted",
+                    loop.usage(),
+                    model_name,
+                    params,
+                    metadata(),
+                    asked=asked,
                 )
             )
             raise
@@ -437,6 +451,7 @@ class Engine:
                 params,
                 metadata(),
                 error=str(error) or type(error).__name__,
+                asked=asked,
             )
             told = "The model failed while answering; your message was kept. Please try again."
             if isinstance(error, ChinwagError):  # ours say what happened (a model server that did not answer)
@@ -452,7 +467,7 @@ class Engine:
             meta["sources"] = mark_cited(meta["sources"], text)
         # A stop arriving during this write must not lose a reply that is already whole.
         stored = await asyncio.shield(
-            self._store_reply(conv, text, status, loop.usage(), model_name, params, meta)
+            self._store_reply(conv, text, status, loop.usage(), model_name, params, meta, asked=asked)
         )
         yield TurnDone(conv.id, stored.id, text, status, loop.usage(), model_name, meta)
 
@@ -511,7 +526,11 @@ class Engine:
         params: GenerationParams,
         metadata: dict | None = None,
         error: str | None = None,
+        asked: tuple[str, str] | None = None,
     ) -> StoredMessage:
+        """Store a reply. If the message it answers (`asked`: platform and id) was deleted
+        meanwhile, the reply leaves the context too: another replica's `forget` may have looked
+        for replies before this one was stored."""
         meta = dict(metadata or {})
         meta["params"] = {
             "temperature": params.temperature,
@@ -525,7 +544,7 @@ class Engine:
             meta["first_token_ms"] = usage.first_token_ms
         if error:
             meta["error"] = error
-        return await self.history.append(
+        stored = await self.history.append(
             conv.id,
             NewMessage(
                 "assistant",
@@ -538,6 +557,12 @@ class Engine:
                 metadata=meta,
             ),
         )
+        if asked is not None:
+            question = await self.history.find_message(*asked)
+            if question is not None and question.metadata.get("deleted"):
+                await self.history.update_message(stored.id, {"deleted": True})
+                stored = replace(stored, metadata={**stored.metadata, "deleted": True})
+        return stored
 
     async def latest_conversation(self, platform: str, scope: str, channel: str) -> Conversation | None:
         """The channel's most recently active conversation that is not archived: what a command

@@ -170,6 +170,16 @@ class SlackSettings(_Section):
     max_message_chars: int = Field(default=3900, ge=200, le=12_000)
     thinking_text: str = "_Thinking…_"
     shutdown_timeout_s: float = Field(default=30.0, ge=0.0, le=600.0)
+    # Replicas share the edit budget in Redis ("redis://host:6379/0"); unset: each process its own.
+    redis_url: str | None = None
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_scheme(cls, value: Any) -> Any:
+        value = _unset_if_empty(value)
+        if isinstance(value, str) and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("api_base_url")
     @classmethod
@@ -199,6 +209,24 @@ class DiscordSettings(_Section):
     max_message_chars: int = Field(default=2000, ge=100, le=2000)
     sync_commands: bool = True
     shutdown_timeout_s: float = Field(default=30.0, ge=0.0, le=600.0)
+    # Sharding: Discord splits the guilds into `shard_count` shards; this process connects
+    # `shard_ids` of them (default: all), so replicas given different ids split the guilds.
+    shard_count: int | None = Field(default=None, ge=1, le=10_000)
+    shard_ids: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _shards_within_count(self) -> DiscordSettings:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("shard_ids needs shard_count")
+            if not self.shard_ids:
+                raise ValueError("shard_ids lists no shard")
+            wrong = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+            if wrong:
+                raise ValueError(f"shard_ids must be from 0 to {self.shard_count - 1}, not {wrong}")
+            if len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError("shard_ids lists a shard twice")
+        return self
 
     @field_validator("api_base_url")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, cast
@@ -32,6 +32,7 @@ from storage.models import (
     UserRow,
     utcnow,
 )
+from storage.notices import DeletionNotices
 
 # Titles are for lists and pickers: one short line.
 TITLE_LENGTH = 60
@@ -67,6 +68,9 @@ class SqlHistory:
         self._lock: asyncio.Lock | contextlib.nullcontext[None] = (
             asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
+        # Replicas on one PostgreSQL tell each other of deleted questions; SQLite is one machine,
+        # where each platform is served by one process that stops its own answers.
+        self._notices = DeletionNotices(engine) if engine.dialect.name == "postgresql" else None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -304,6 +308,22 @@ class SqlHistory:
         async with self._transaction() as session:
             row = await _locked_message(session, message_id)
             row.meta = _merged(row.meta, metadata)
+
+    async def announce_deleted(self, platform: str, external_id: str) -> None:
+        """Tell the other processes sharing this history that a platform message was deleted
+        (PostgreSQL: NOTIFY; SQLite: nothing to tell)."""
+        if self._notices is not None:
+            await self._notices.announce(platform, external_id)
+
+    async def deleted_elsewhere(self, platform: str) -> AsyncGenerator[str | None, None]:
+        """The ids of `platform` messages that other processes announce as deleted, as they come;
+        None whenever listening (re)starts (what was announced before was not heard: check the
+        `deleted` marks). Ends at once on SQLite."""
+        if self._notices is None:
+            return
+        async with contextlib.aclosing(self._notices.follow(platform)) as notices:
+            async for external_id in notices:
+                yield external_id
 
     async def find_message(self, platform: str, external_id: str) -> StoredMessage | None:
         """The stored message a platform id belongs to, or None."""

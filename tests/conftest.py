@@ -39,6 +39,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 TEST_DATABASE_ENV = "CHINWAG_TEST_DATABASE_URL"
 TEST_DATABASE_URL = os.environ.get(TEST_DATABASE_ENV, "")
 
+# A Redis server for the tests of what replicas share through it (skipped when none answers).
+TEST_REDIS_URL = os.environ.get("CHINWAG_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
+
 # The test modules whose database tests run on both backends.
 BOTH_BACKENDS = {"test_storage", "test_engine", "test_slack", "test_discord"}
 
@@ -111,23 +114,52 @@ def postgres_database() -> Iterator[URL]:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """The history database of a test: None for SQLite in the data directory, else a PostgreSQL URL.
-
-    On PostgreSQL the run's database is emptied first (its schema dropped and created again), so
-    every test starts on an empty database, as it would with a new SQLite file.
-    """
-    if getattr(request, "param", "sqlite") == "sqlite":
-        return None
-    url: URL = request.getfixturevalue("postgres_database")
+def postgres_url(postgres_database: URL) -> str:
+    """The URL of the run's PostgreSQL database, emptied first (its schema dropped and created
+    again), so that the test starts on an empty database, as it would with a new SQLite file."""
     _execute(
-        url,
+        postgres_database,
         # A test that left a transaction open should fail this one loudly, not hang it.
         "SET lock_timeout = '10s'",
         "DROP SCHEMA public CASCADE",
         "CREATE SCHEMA public",
     )
-    return url.render_as_string(hide_password=False)
+    return postgres_database.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The history database of a test: None for SQLite in the data directory, else the run's
+    PostgreSQL database, empty (`postgres_url`)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def redis_problem() -> str | None:
+    """Why the test Redis (CHINWAG_TEST_REDIS_URL, else the machine's own on 6379) cannot be used,
+    or None when it answers."""
+    try:
+        import redis
+    except ImportError:
+        return "the redis package is not installed (pip install 'chinwag[redis]')"
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        return f"no Redis answers at {TEST_REDIS_URL} ({error})"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis; skips the test when there is none."""
+    if (problem := redis_problem()) is not None:
+        pytest.skip(f"Redis variant: {problem}")
+    return TEST_REDIS_URL
 
 
 @pytest.fixture(autouse=True)

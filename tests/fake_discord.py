@@ -3,7 +3,9 @@
 Real discord.py talks to it (pointed here by `discord.api_base_url` / `discord.gateway_url`). It
 records every REST request, keeps the messages it was sent and edited, and lets a test dispatch
 gateway events, drop the gateway connection, refuse new ones or keep them silent, or answer the
-next edits with 429.
+next edits with 429. Connections that IDENTIFY with a shard ([id, count]) get the guilds of their
+shard only, and a guild's events go to its shard ((guild_id >> 22) % count; DMs to shard 0), as
+Discord does: several processes (replicas) can split the guilds between them.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class FakeDiscord:
     resumed: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_000_000_000_000_000_000))
-    _ws: web.WebSocketResponse | None = None
+    _ws: web.WebSocketResponse | None = None  # the latest connection without a shard
+    _shards: dict[int, tuple[web.WebSocketResponse, int]] = field(default_factory=dict)  # id -> (ws, count)
     _seq: int = 0
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -83,9 +86,10 @@ class FakeDiscord:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
-        """Close the gateway connection and the server."""
-        if self._ws is not None:
-            await self._ws.close()
+        """Close the gateway connections and the server."""
+        for ws in [self._ws, *(ws for ws, _ in self._shards.values())]:
+            if ws is not None:
+                await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -137,8 +141,8 @@ class FakeDiscord:
             async for _ in ws:
                 pass
             return ws
-        self._ws = ws
         await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45_000}, "s": None, "t": None})
+        shard: tuple[int, int] | None = None
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 continue
@@ -146,28 +150,77 @@ class FakeDiscord:
             op = data["op"]
             if op == 1:
                 await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
-            elif op == 2:
-                self.identified += 1
-                await self._send(ws, "READY", self._ready())
-                for guild in self.guilds.values():
-                    await self._send(ws, "GUILD_CREATE", self._guild_create(guild))
-            elif op == 6:
-                self.resumed += 1
-                await self._send(ws, "RESUMED", {})
+            elif op in (2, 6):
+                if op == 2:
+                    # IDENTIFY: the shard it asks for (discord.py sends none unless sharded).
+                    self.identified += 1
+                    asked = data["d"].get("shard")
+                    shard = (int(asked[0]), int(asked[1])) if asked else None
+                else:
+                    # RESUME names the session, which names the shard (see _ready).
+                    parts = str(data["d"].get("session_id", "")).split("-")[2:]
+                    shard = (int(parts[0]), int(parts[1])) if len(parts) == 2 else None
+                self._open(ws, shard)
+                if op == 2:
+                    guilds = [g for g in self.guilds.values() if self._in_shard(int(g["id"]), shard)]
+                    await self._send(ws, "READY", self._ready(guilds, shard))
+                    for guild in guilds:
+                        await self._send(ws, "GUILD_CREATE", self._guild_create(guild))
+                else:
+                    self.resumed += 1
+                    await self._send(ws, "RESUMED", {})
             await self._notify()
         if self._ws is ws:
             self._ws = None
+        if shard is not None and self._shards.get(shard[0], (None, 0))[0] is ws:
+            del self._shards[shard[0]]
         return ws
 
-    def _ready(self) -> dict[str, Any]:
-        return {
+    def _open(self, ws: web.WebSocketResponse, shard: tuple[int, int] | None) -> None:
+        """Route events to this connection: its shard's, or all of them (no shard)."""
+        if shard is None:
+            self._ws = ws
+        else:
+            self._shards[shard[0]] = (ws, shard[1])
+
+    @staticmethod
+    def _in_shard(guild_id: int | None, shard: tuple[int, int] | None) -> bool:
+        """Whether a guild's events (a DM's: guild None) go to `shard` (None: an unsharded connection)."""
+        if shard is None:
+            return True
+        shard_id, count = shard
+        return (guild_id >> 22) % count == shard_id if guild_id is not None else shard_id == 0
+
+    def _ready(self, guilds: list[dict[str, Any]], shard: tuple[int, int] | None) -> dict[str, Any]:
+        ready: dict[str, Any] = {
             "v": 10,
             "user": user_payload(BOT_ID, "chinwag", bot=True),
-            "guilds": [{"id": g["id"], "unavailable": True} for g in self.guilds.values()],
-            "session_id": "fake-session",
+            "guilds": [{"id": g["id"], "unavailable": True} for g in guilds],
+            "session_id": "fake-session" + (f"-{shard[0]}-{shard[1]}" if shard else ""),
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(APP_ID), "flags": 0},
         }
+        if shard is not None:
+            ready["shard"] = list(shard)
+        return ready
+
+    def shard_of(self, guild_id: int | None) -> int | None:
+        """The connected shard a guild's events go to (None: the unsharded connection takes all)."""
+        for shard_id, (_, count) in self._shards.items():
+            if self._in_shard(guild_id, (shard_id, count)):
+                return shard_id
+        return None
+
+    def _target(self, data: dict[str, Any], shard: int | None) -> web.WebSocketResponse | None:
+        """The connection an event goes to: `shard`'s if named, else its guild's shard's, else the
+        unsharded connection."""
+        if shard is None and self._shards:
+            guild = data.get("guild_id")
+            shard = self.shard_of(int(guild) if guild is not None else None)
+        if shard is not None:
+            found = self._shards.get(shard)
+            return found[0] if found is not None else None
+        return self._ws
 
     def _guild_create(self, guild: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -202,15 +255,25 @@ class FakeDiscord:
         self._seq += 1
         await ws.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
 
-    async def connected(self, within: float = 10.0) -> None:
-        """Wait until a gateway connection is open."""
-        await self.wait_for(lambda: self._ws is not None and not self._ws.closed, within)
+    async def connected(self, within: float = 10.0, shards: int = 0) -> None:
+        """Wait until a gateway connection is open (with `shards`: that many sharded ones)."""
+        if shards:
+            await self.wait_for(lambda: len(self._shards) >= shards, within)
+        else:
+            await self.wait_for(lambda: self._ws is not None and not self._ws.closed, within)
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a DISPATCH to the connected bot."""
-        await self.connected()
-        assert self._ws is not None
-        await self._send(self._ws, event, data)
+    async def dispatch(self, event: str, data: dict[str, Any], shard: int | None = None) -> None:
+        """Send a DISPATCH to the bot: to the connection of `shard` if named, else to the one the
+        event's guild belongs to (a redelivery to another shard names it)."""
+
+        def target() -> web.WebSocketResponse | None:
+            ws = self._target(data, shard)
+            return ws if ws is not None and not ws.closed else None
+
+        await self.wait_for(lambda: target() is not None)
+        ws = target()
+        assert ws is not None
+        await self._send(ws, event, data)
 
     async def drop_gateway(self, code: int = 4000) -> None:
         """Close the gateway websocket with a resumable code: discord.py reconnects and RESUMEs."""
@@ -231,8 +294,9 @@ class FakeDiscord:
         bot: bool = False,
         roles: list[int] | None = None,
         message_id: int | None = None,
+        shard: int | None = None,
     ) -> dict[str, Any]:
-        """A person posts a message (MESSAGE_CREATE); returns its payload."""
+        """A person posts a message (MESSAGE_CREATE, to `shard`'s connection if named); its payload."""
         mid = message_id or self.snowflake()
         author = user_payload(user_id, f"user{user_id}", bot=bot)
         payload: dict[str, Any] = {
@@ -261,8 +325,12 @@ class FakeDiscord:
                 "flags": 0,
             }
         self.messages[mid] = payload
-        await self.dispatch("MESSAGE_CREATE", payload)
+        await self.dispatch("MESSAGE_CREATE", payload, shard)
         return payload
+
+    async def redeliver(self, payload: dict[str, Any], shard: int) -> None:
+        """Send a MESSAGE_CREATE again, to `shard`'s connection (another replica's, when sharded)."""
+        await self.dispatch("MESSAGE_CREATE", payload, shard)
 
     async def user_deletes(self, message: dict[str, Any]) -> None:
         """A person deletes their message (MESSAGE_DELETE)."""

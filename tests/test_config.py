@@ -120,3 +120,26 @@ def test_an_empty_data_dir_means_the_default_not_the_current_directory(
     assert settings.data_dir is None and settings.logging.file is None
     assert settings.resolved_data_dir == Path(user_data_dir("chinwag"))
     assert settings.logging.message_text is False
+
+
+def test_replica_settings_come_from_the_environment_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHINWAG_DISCORD__SHARD_COUNT", "4")
+    monkeypatch.setenv("CHINWAG_DISCORD__SHARD_IDS", "[1, 3]")
+    monkeypatch.setenv("CHINWAG_SLACK__REDIS_URL", "redis://:secret@cache:6379/0")
+    settings = load_settings()
+    assert (settings.discord.shard_count, settings.discord.shard_ids) == (4, [1, 3])
+    assert settings.slack.redis_url == "redis://:secret@cache:6379/0"
+    monkeypatch.setenv("CHINWAG_SLACK__REDIS_URL", "")
+    assert load_settings().slack.redis_url is None  # set but empty: not set
+    monkeypatch.delenv("CHINWAG_DISCORD__SHARD_COUNT")
+    monkeypatch.delenv("CHINWAG_DISCORD__SHARD_IDS")
+    for shards, problem in [
+        ({"shard_ids": [0]}, "shard_ids needs shard_count"),
+        ({"shard_count": 2, "shard_ids": [2]}, r"from 0 to 1, not \[2\]"),
+        ({"shard_count": 2, "shard_ids": [1, 1]}, "twice"),
+        ({"shard_count": 2, "shard_ids": []}, "no shard"),
+    ]:
+        with pytest.raises(ConfigError, match=problem):
+            load_settings(discord=shards)
+    with pytest.raises(ConfigError, match=r"slack\.redis_url.*redis://"):
+        load_settings(slack={"redis_url": "cache:6379"})

@@ -558,17 +558,21 @@ async def test_a_question_deleted_after_its_answer_leaves_the_context(
     model.enqueue("Noted.")
     model.enqueue("Sure.")
     model.enqueue("Hello again.")
+    # One after the other: answered at once, on PostgreSQL the two could take each other's reply.
     await fake.user_says("remember 1234", channel_id=DM_CHANNEL, user_id=77)
+    await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 1)
+    await bot.idle()
     oops = await fake.user_says("my password is hunter2", channel_id=DM_CHANNEL, user_id=77)
     await fake.wait_for(lambda: len(fake.bot_messages(DM_CHANNEL)) == 2)
     await bot.idle()
     await fake.user_deletes(oops)
+    sure = fake.bot_messages(DM_CHANNEL)[1]["id"]
 
     # discord.py handles the deletion in a task of its own, alongside the next message: let it land
     # first, as it would for a person (SQLite's queued writes happen to order them; PostgreSQL's don't).
     async def forgotten() -> bool:
-        question = await history.find_message("discord", str(oops["id"]))
-        return question is not None and question.metadata.get("deleted") is True
+        marked = [await history.find_message("discord", str(i)) for i in (oops["id"], sure)]
+        return all(m is not None and m.metadata.get("deleted") is True for m in marked)
 
     async with asyncio.timeout(10):
         while not await forgotten():

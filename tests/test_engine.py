@@ -230,6 +230,31 @@ async def test_a_question_deleted_on_its_platform_leaves_the_context_with_its_re
     assert "1234" in listing and "_(deleted)_" in listing
 
 
+async def test_a_reply_stored_after_its_question_was_deleted_leaves_the_context_too(
+    engine: Engine, model: FakeModel, history: SqlHistory, settings: Settings
+) -> None:
+    """Another replica forgets the question while this one is writing the answer: its `forget`
+    finds no reply yet, so the reply, once stored, finds the mark on its question itself."""
+
+    async def deleted_elsewhere() -> None:
+        other = await SqlHistory.open(settings)  # another process's connection
+        try:
+            assert await Engine(FakeModel(), other, settings).forget("terminal", "m1") == 1
+        finally:
+            await other.close()
+
+    model.before_stream = deleted_elsewhere
+    model.enqueue("A secret.")
+    done = (await run(engine, said("Here is a secret: 1234.", message_id="m1")))[-1]
+    assert isinstance(done, TurnDone)
+    model.before_stream = None
+    stored = await history.load(done.conversation_id)
+    assert [(m.role, m.metadata.get("deleted")) for m in stored] == [("user", True), ("assistant", True)]
+    model.enqueue("Nothing.")
+    await run(engine, said("What did I tell you?", message_id="m2"))
+    assert not any("1234" in m.content or m.content == "A secret." for m in model.prompts[-1])
+
+
 async def test_model_failure_marks_reply_failed_without_traceback(
     engine: Engine, model: FakeModel, history: SqlHistory
 ) -> None:

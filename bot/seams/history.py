@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -157,6 +157,16 @@ class History(Protocol):
 
     async def find_message(self, platform: str, external_id: str) -> StoredMessage | None:
         """The stored message a platform id belongs to, or None."""
+        ...
+
+    async def announce_deleted(self, platform: str, external_id: str) -> None:
+        """Tell the other processes sharing this history (replicas) that a platform message was deleted."""
+        ...
+
+    def deleted_elsewhere(self, platform: str) -> AsyncGenerator[str | None, None]:
+        """The ids of `platform` messages other processes announce as deleted, as they come; None
+        whenever listening (re)starts, as announcements made before were not heard (check the
+        `deleted` marks). Ends at once where no other process can share the history."""
         ...
 
     async def update_message(self, message_id: int, metadata: Mapping[str, Any]) -> None:
