@@ -30,11 +30,12 @@ COPY retrieval ./retrieval
 COPY storage ./storage
 COPY config ./config
 # The [postgres] extra brings asyncpg, the driver of storage.url = "postgresql+asyncpg://...":
-# a team's deployment keeps its history in PostgreSQL (compose.yaml). Checked here, not at first use.
+# a team's deployment keeps its history in PostgreSQL (compose.yaml); [redis] lets replicas share
+# Slack's edit budget (slack.redis_url). Checked here, not at first use.
 # This is chinwag itself; its dependencies' versions are bounded in pyproject.toml (DL3013).
 # hadolint ignore=DL3013
-RUN pip install ".[postgres]" \
-    && python -c "import asyncpg"
+RUN pip install ".[postgres,redis]" \
+    && python -c "import asyncpg, redis"
 
 # Prepare the default model (and build the kernels) into the cache the runtime image uses.
 ENV CHINWAG_MODEL__CACHE_DIR=/opt/chinwag/models

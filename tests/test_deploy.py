@@ -188,10 +188,11 @@ def test_the_image_serves_the_monitor_reachably_as_non_root() -> None:
     assert str(Settings().serve.monitor_port) in built.expose
     assert built.env["CHINWAG_SERVE__MONITOR_HOST"] == "0.0.0.0"
     assert built.healthcheck, "no HEALTHCHECK CMD in the final stage"
-    # The PostgreSQL driver is installed with chinwag.
-    assert '".[postgres]"' in (ROOT / "Dockerfile").read_text()
+    # The PostgreSQL driver and the Redis client (the replicas' shared edit budget) come with chinwag.
+    assert '".[postgres,redis]"' in (ROOT / "Dockerfile").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^postgres = \["asyncpg', pyproject, re.MULTILINE)
+    assert re.search(r'^redis = \["redis', pyproject, re.MULTILINE)
 
 
 def test_the_build_context_leaves_out_the_virtualenv_secrets_and_data() -> None:
