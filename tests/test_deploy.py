@@ -38,7 +38,7 @@ from sqlalchemy.pool import NullPool
 from config import Settings, load_settings
 from storage import SqlHistory
 from tests.cli_support import chinwag_bin, cli_env, stop_with_sigterm
-from tests.conftest import _execute
+from tests.conftest import TEST_REDIS_URL, _execute, redis_problem
 from tests.fake_slack import BOT_USER, FakeSlack, event_body
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,6 +366,11 @@ async def test_the_chinwag_service_starts_healthy_on_postgresql_and_stops_on_sig
         CHINWAG_SLACK__API_BASE_URL=fake.api_url,
         CHINWAG_SERVE__MONITOR_PORT=str(monitor_port),
     )
+    # compose's Redis is this machine's when it has one; without, the replica runs on its own budget.
+    if redis_problem() is None:
+        env["CHINWAG_SLACK__REDIS_URL"] = TEST_REDIS_URL
+    else:
+        env.pop("CHINWAG_SLACK__REDIS_URL", None)
     # Discord left unconfigured, as an empty DISCORD_TOKEN in .env leaves it: there is no fake of it here.
     env["DISCORD_TOKEN"] = ""
     healthcheck = image().healthcheck
