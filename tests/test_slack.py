@@ -1020,7 +1020,7 @@ async def test_sigterm_stops_serve_in_time_mid_answer_while_slack_refuses_its_ed
     async with serving_process(
         data_dir,
         fake,
-        CHINWAG_GENERATION__MAX_TOKENS="400",
+        CHINWAG_GENERATION__MAX_TOKENS="1500",
         CHINWAG_SLACK__SHUTDOWN_TIMEOUT_S=str(STOP_WITHIN_S),
     ) as (process, url):
         await send_event(url, mention("Count from 1 to 300, one number per line.", "1700.0001"), "Ev1")
