@@ -110,6 +110,11 @@ class Engine:
         """The conversation's persona, or the configured default."""
         return str(conv.settings.get("system") or self.settings.chat.system_prompt)
 
+    def task_name(self, name: str) -> str | None:
+        """The language task a command word runs (`summarise` → `summarize`, a team's own
+        command), or None when it is no task."""
+        return self.tasks.canonical(name.lower())
+
     def task_help(self) -> list[tuple[str, str]]:
         """(usage, summary) of the language tasks and the team's commands, for /help."""
         return self.tasks.help_lines()

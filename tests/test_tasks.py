@@ -78,8 +78,8 @@ async def test_summary_reads_names_leaves_bots_out_links_citations_and_is_stored
     done = events[-1]
     assert isinstance(done, TurnDone)
     assert done.text == (
-        "- Ana plans the migration [[1]](https://example.slack.com/archives/C1/p10010)"
-        "[[3]](https://example.slack.com/archives/C1/p10030)"
+        "- Ana plans the migration [1](https://example.slack.com/archives/C1/p10010)"
+        "[3](https://example.slack.com/archives/C1/p10030)"
     )
     stored = await history.load(done.conversation_id)
     request, answer = stored
@@ -124,7 +124,7 @@ async def test_a_thread_longer_than_the_window_is_read_in_parts_then_combined(
     assert "consecutive parts" in final[0].content and "Notes on part 1:" in user_prompt(final)
     done = events[-1]
     assert isinstance(done, TurnDone) and done.metadata["parts"] == len(parts)
-    assert done.text.startswith("- the whole thread [[7]](https://")
+    assert done.text.startswith("- the whole thread [7](https://")
 
 
 @pytest.mark.parametrize(

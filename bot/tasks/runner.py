@@ -540,7 +540,7 @@ def _numbered(messages: Sequence[SourceMessage]) -> list[str]:
     lines = []
     for n, message in enumerate(messages, start=1):
         text = " / ".join(line.strip() for line in message.text.strip().splitlines() if line.strip())
-        lines.append(f"[{n}] {message.author or 'someone'}: {text}")
+        lines.append(f"[{n}] {message.author}: {text}" if message.author else f"[{n}] {text}")
     return lines
 
 
@@ -562,7 +562,7 @@ _PREAMBLE = re.compile(r"^(here is|here's|sure|translation)[^\n]*:\s*\n+", re.IG
 
 
 def link_citations(text: str, links: dict[int, str]) -> str:
-    """`[3]` and `[3, 5]` as links to those messages, where they have one."""
+    """`[3]` and `[3, 5]` as links to those messages (`[3](url)`), where they have one."""
     if not links:
         return text
 
@@ -570,7 +570,8 @@ def link_citations(text: str, links: dict[int, str]) -> str:
         numbers = [int(n) for n in re.split(r"\s*[,;]\s*", match.group(1))]
         if not all(n in links for n in numbers):
             return match.group(0)
-        return "".join(f"[[{n}]]({links[n]})" for n in numbers)
+        # `[3](url)`, not `[[3]](url)`: nested brackets are no link in Slack's conversion.
+        return " ".join(f"[{n}]({links[n]})" for n in numbers)
 
     return _CITATION.sub(link, text)
 
