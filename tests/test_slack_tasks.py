@@ -71,10 +71,8 @@ async def test_summarize_in_a_thread_reads_it_by_name_and_links_each_point(
     assert "U1" not in prompt and "U2" not in prompt  # names, never ids
     assert "build 42" not in prompt and "summarize" not in prompt  # no bots, not the request itself
     (answer,) = posted(slack.fake, "C1", root)
-    assert answer == (
-        "• Raj will add disk <https://fake.slack.com/archives/C1/p1700000101000002?thread_ts=1700000100.000001&amp;cid=C1|2> "
-        "<https://fake.slack.com/archives/C1/p1700000102000002?thread_ts=1700000100.000001&amp;cid=C1|3>"
-    )
+    link = "https://fake.slack.com/archives/C1/p17000001{}000002?thread_ts=1700000100.000001&amp;cid=C1"
+    assert answer == f"• Raj will add disk <{link.format('01')}|2> <{link.format('02')}|3>"
     assert len(slack.fake.called("chat.getPermalink")) == 1  # the workspace's address, learnt once
     conv = await history.find(ConversationKey("slack", TEAM, "C1", root))
     assert conv is not None

@@ -394,7 +394,11 @@ class TransformersModel:
             self._pieces = list(pieces) + [""] * (size - known)
             self._groups = first_character_groups(self._pieces)
         return ToolCallConstraint(
-            ToolCallGrammar(tools, required), self._pieces, self._eos_ids, params.temperature <= 0, groups=self._groups
+            ToolCallGrammar(tools, required),
+            self._pieces,
+            self._eos_ids,
+            params.temperature <= 0,
+            groups=self._groups,
         )
 
     def _generation_config(self, params: GenerationParams) -> Any:
