@@ -47,7 +47,8 @@ def seed_thread(
 
 
 def user_prompt(prompt: list[ChatMessage]) -> str:
-    return "\n".join(m.content for m in prompt if m.role == "user")
+    """What the model was given to read: the last user message (after any worked example)."""
+    return [m.content for m in prompt if m.role == "user"][-1]
 
 
 def posted(fake: FakeSlack, channel: str, thread: str | None) -> list[str]:
@@ -139,7 +140,7 @@ async def test_a_thread_longer_than_the_window_shows_its_parts_in_the_placeholde
         await running.close()
     map_prompts = [p for p in model.prompts if "one part" in p[0].content]
     assert len(map_prompts) >= 2
-    seen = [line for p in map_prompts for line in user_prompt(p).splitlines()]
+    seen = [line for p in map_prompts for line in user_prompt(p).splitlines() if line.startswith("[")]
     assert len(seen) == 91 and seen[0].startswith("[1] Ana:") and seen[-1].startswith("[91] ")
     shown = [c.args["text"] for c in fake.called("chat.update")] + [
         c.args["text"] for c in fake.called("chat.postMessage")

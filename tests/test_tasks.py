@@ -58,7 +58,12 @@ async def run(engine: Engine, incoming: Incoming) -> list[Event]:
 
 
 def user_prompt(prompt: list[ChatMessage]) -> str:
-    return "\n".join(m.content for m in prompt if m.role == "user")
+    """What the model was given to read: the last user message (after any worked example)."""
+    return [m.content for m in prompt if m.role == "user"][-1]
+
+
+def read_lines(prompt: list[ChatMessage]) -> list[str]:
+    return [line for line in user_prompt(prompt).splitlines() if line.startswith("[")]
 
 
 async def test_summary_reads_names_leaves_bots_out_links_citations_and_is_stored(
@@ -117,7 +122,7 @@ async def test_a_thread_longer_than_the_window_is_read_in_parts_then_combined(
     map_prompts = [p for p in model.prompts if "one part" in p[0].content]
     assert len(map_prompts) == len(parts)
     # Every message went to the model exactly once, in order, and no prompt overflowed the window.
-    seen = [line for p in map_prompts for line in user_prompt(p).splitlines()]
+    seen = [line for p in map_prompts for line in read_lines(p)]
     assert seen == [f"[{i}] {m.author}: {m.text}" for i, m in enumerate(source, start=1)]
     assert all(model.count_tokens(p) + 100 <= 900 for p in model.prompts)
     final = model.prompts[-1]
@@ -279,8 +284,10 @@ async def test_summarize_in_the_terminal_reads_the_conversation_itself(
     await run(engine, asked("how do I guard a counter?", user_name="sam"))
     model.enqueue("- sam asked about counters [1]")
     await run(engine, asked("/summarize"))
-    prompt = user_prompt(model.prompts[-1])
-    assert prompt == "[1] sam: how do I guard a counter?\n[2] chinwag: Use a mutex."
+    assert read_lines(model.prompts[-1]) == [
+        "[1] sam: how do I guard a counter?",
+        "[2] chinwag: Use a mutex.",
+    ]
 
 
 # Pieces ---------------------------------------------------------------------------------

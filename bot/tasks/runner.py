@@ -383,7 +383,7 @@ class Tasks:
         notes: list[str] = []
         for index, piece in enumerate(pieces, start=1):
             yield Notice(f"Reading {count} messages… part {index} of {len(pieces)}")
-            notes.append(await run.complete(_prompt(NOTES_SYSTEM, "\n".join(piece)), params))
+            notes.append(await run.complete(_prompt(NOTES_SYSTEM, "\n".join(piece), SUMMARY_ASK), params))
         level = 1
         while len(pieces := self._pieces(notes, budget)) > 1:
             level += 1
@@ -398,7 +398,7 @@ class Tasks:
         self, run: _Run, messages: list[SourceMessage], label: str, extra: dict[str, Any]
     ) -> AsyncGenerator[Event | _Outcome, None]:
         reply = self.config.summary_tokens
-        budget = self._piece_budget(COMBINE_SYSTEM, reply)
+        budget = self._piece_budget(SUMMARY_SYSTEM + SUMMARY_ASK + "\n".join(SUMMARY_SHOT), reply)
         lines = _numbered(messages)
         fitted: list[str] = []
         parts = 0
@@ -409,9 +409,12 @@ class Tasks:
                     yield stage
                 else:
                     fitted = stage
-        system = COMBINE_SYSTEM if parts else SUMMARY_SYSTEM
+        if parts:
+            prompt = _prompt(COMBINE_SYSTEM, "\n\n".join(fitted), SUMMARY_ASK)
+        else:
+            prompt = _prompt(SUMMARY_SYSTEM, "\n".join(fitted), SUMMARY_ASK, SUMMARY_SHOT)
         params = GenerationParams(temperature=0.0, max_tokens=reply, repetition_penalty=1.05)
-        async for piece in run.stream(_prompt(system, "\n".join(fitted)), params):
+        async for piece in run.stream(prompt, params):
             run.text += piece
             yield TextDelta(piece)
         text = link_citations(run.text.strip(), _links(messages))
@@ -449,7 +452,8 @@ class Tasks:
         self, run: _Run, messages: list[SourceMessage], extra: dict[str, Any]
     ) -> AsyncGenerator[Event | _Outcome, None]:
         reply = 512
-        budget = self._piece_budget(ACTIONS_SYSTEM + json.dumps(actions.TOOL_SCHEMA), reply)
+        wording = ACTIONS_SYSTEM + ACTIONS_ASK + "\n".join(ACTIONS_SHOT) + json.dumps(actions.TOOL_SCHEMA)
+        budget = self._piece_budget(wording, reply)
         pieces = self._pieces(_numbered(messages), budget)
         found: list[list[actions.ActionItem]] = []
         stamps = {n: m.timestamp for n, m in enumerate(messages, start=1) if m.timestamp is not None}
@@ -457,9 +461,8 @@ class Tasks:
         for index, piece in enumerate(pieces, start=1):
             if len(pieces) > 1:
                 yield Notice(f"Reading {len(messages)} messages… part {index} of {len(pieces)}")
-            arguments = await self._structured(
-                run, _prompt(ACTIONS_SYSTEM, "\n".join(piece)), actions.TOOL_SCHEMA, reply
-            )
+            prompt = _prompt(ACTIONS_SYSTEM, "\n".join(piece), ACTIONS_ASK, ACTIONS_SHOT)
+            arguments = await self._structured(run, prompt, actions.TOOL_SCHEMA, reply)
             found.append(actions.items_from(arguments, stamps, latest))
         items = actions.merge(found)
         text = actions.checklist(items, _links(messages))
@@ -548,8 +551,51 @@ def _links(messages: Sequence[SourceMessage]) -> dict[int, str]:
     return {n: m.link for n, m in enumerate(messages, start=1) if m.link}
 
 
-def _prompt(system: str, content: str) -> list[ChatMessage]:
-    return [ChatMessage("system", system), ChatMessage("user", content)]
+def _prompt(
+    system: str, content: str, ask: str | None = None, shot: tuple[str, str] | None = None
+) -> list[ChatMessage]:
+    """System instructions, an optional worked example, then the messages (and the ask again
+    after them: small models follow what they read last)."""
+    prompt = [ChatMessage("system", system)]
+    if shot is not None:
+        prompt += [ChatMessage("user", _ask(shot[0], ask)), ChatMessage("assistant", shot[1])]
+    return [*prompt, ChatMessage("user", _ask(content, ask))]
+
+
+def _ask(content: str, ask: str | None) -> str:
+    return content if ask is None else f"{content}\n\n{ask}"
+
+
+# One worked example per task: small models follow an example better than a description.
+_SHOT_CHAT = (
+    "[1] Lena: the login page is slow since Tuesday's release\n"
+    "[2] Omar: the new font loads from a CDN in the US, I can self-host it today\n"
+    "[3] Lena: great. can someone check the cache headers too?\n"
+    "[4] Priya: I'll look at the cache headers by Thursday\n"
+    "[5] Omar: also we should drop IE11 support, it doubles the CSS\n"
+    "[6] Lena: agreed, I'll announce it in the next newsletter"
+)
+SUMMARY_SHOT = (
+    _SHOT_CHAT,
+    "- The login page has been slow since Tuesday's release [1].\n"
+    "- Omar will self-host the font today [2]; Priya will check the cache headers by Thursday [4].\n"
+    "- They agreed to drop IE11 support; Lena will announce it in the next newsletter [5][6].",
+)
+_SHOT_ITEMS = [
+    {"what": "Self-host the font", "who": "Omar", "when": "today", "message": 2},
+    {"what": "Check the cache headers", "who": "Priya", "when": "by Thursday", "message": 4},
+    {"what": "Announce the end of IE11 support", "who": "Lena", "when": None, "message": 6},
+]
+ACTIONS_SHOT = (
+    _SHOT_CHAT,
+    "<tool_call>\n"
+    + json.dumps({"name": actions.TOOL_NAME, "arguments": {"items": _SHOT_ITEMS}})
+    + "\n</tool_call>",
+)
+SUMMARY_ASK = (
+    "Summarise the chat above in a few short bullet points, in your own words. Do not copy the messages."
+)
+ACTIONS_ASK = f"Call {actions.TOOL_NAME} with the action items of the chat above (only real tasks)."
 
 
 def _fill(template: str, thread: str, text: str) -> str:
