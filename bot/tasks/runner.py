@@ -451,7 +451,7 @@ class Tasks:
     async def _actions(
         self, run: _Run, messages: list[SourceMessage], extra: dict[str, Any]
     ) -> AsyncGenerator[Event | _Outcome, None]:
-        reply = 512
+        reply = 768  # a long list must not be cut off mid-JSON (a cut-off call does not fit)
         wording = ACTIONS_SYSTEM + ACTIONS_ASK + "\n".join(ACTIONS_SHOT) + json.dumps(actions.TOOL_SCHEMA)
         budget = self._piece_budget(wording, reply)
         pieces = self._pieces(_numbered(messages), budget)
