@@ -172,7 +172,7 @@ async def test_a_20000_message_channel_is_refused_after_reading_only_past_the_li
         {"ts": f"{1_900_000_000 + i}.000001", "user": "U1", "text": "spam"} for i in range(20000)
     ]
     await slack.command("summarize <#C7> 7d", channel="C1")
-    await slack.fake.wait_for(lambda: slack.fake.responses)
+    await slack.fake.wait_for(lambda: slack.fake.responses, within=120)  # 26 pages of 200 messages
     assert "more than 5000 messages in that window" in slack.fake.responses[-1][1]["text"]
     assert len(slack.fake.called("conversations.history")) == 26  # 5,001 messages, 200 a page
     assert not slack.fake.called("chat.postMessage") and model.prompts == []
