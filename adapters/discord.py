@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,12 +25,15 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
+from adapters.discord_tasks import ReadError, read_channel, to_source
 from adapters.inflight import ShutdownPlan, unless_stopped, within
 from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
+from adapters.taskwords import Window, parse_window
 from bot.app import App
-from bot.errors import ChinwagError
+from bot.errors import ChinwagError, TaskError
 from bot.seams.history import ConversationKey, History
-from bot.types import Incoming
+from bot.tasks.languages import Language, flag_language, is_flag, language
+from bot.types import Incoming, SourceMessage
 from config.settings import DiscordSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -177,9 +180,20 @@ class DiscordAdapter(ChatAdapter):
 
     platform = PLATFORM
 
-    def __init__(self, engine: ChatEngine, history: History, settings: DiscordSettings, token: str) -> None:
+    def __init__(
+        self,
+        engine: ChatEngine,
+        history: History,
+        settings: DiscordSettings,
+        token: str,
+        task_commands: Sequence[tuple[str, str]] = (),
+        max_messages: int = 5000,
+    ) -> None:
         super().__init__(engine, history)
         self.settings = settings
+        # The team's own commands (name, description), registered as slash commands like /summarize.
+        self.task_commands = list(task_commands)
+        self.max_messages = max_messages  # the most messages one language task reads
         self._token = token
         point_at(settings)
         self.client = client_for(settings)
@@ -225,6 +239,53 @@ class DiscordAdapter(ChatAdapter):
         @app_commands.describe(key="temperature, top_p, top_k, max_tokens, …", value="a value, or default")
         async def set_(interaction: discord.Interaction, key: str, value: str) -> None:
             await self._slash(interaction, f"/set {key} {value}")
+
+        self._register_tasks()
+
+    def _register_tasks(self) -> None:
+        """/summarize, /actions, /translate and the team's own commands (bot/tasks)."""
+        since = "24h, 7d, or a number of messages (default: the last 24h)"
+        where = "another channel (#name); default: here"
+
+        @self.tree.command(
+            name="summarize", description="Summarise this channel's or thread's recent messages"
+        )
+        @app_commands.describe(since=since, channel=where)
+        async def summarize(
+            interaction: discord.Interaction, since: str | None = None, channel: str | None = None
+        ) -> None:
+            await self._task_slash(interaction, "summarize", since, channel)
+
+        @self.tree.command(
+            name="actions", description="The action items of recent messages: what, who, by when"
+        )
+        @app_commands.describe(since=since, channel=where)
+        async def actions(
+            interaction: discord.Interaction, since: str | None = None, channel: str | None = None
+        ) -> None:
+            await self._task_slash(interaction, "actions", since, channel)
+
+        @self.tree.command(name="translate", description="Translate a text, or the last message here")
+        @app_commands.describe(language="a language name or code: French, fr, ja…", text="what to translate")
+        async def translate(interaction: discord.Interaction, language: str, text: str | None = None) -> None:
+            await self._task_slash(interaction, "translate", None, None, language=language, text=text)
+
+        taken = {command.name for command in self.tree.get_commands()}
+        for name, description in self.task_commands:
+            if name in taken:
+                log.warning(
+                    "discord: the command /%s exists already; the team's /%s is not registered", name, name
+                )
+                continue
+            self.tree.add_command(self._task_command(name, description or f"/{name}"))
+
+    def _task_command(self, name: str, description: str) -> app_commands.Command[Any, Any, None]:
+        async def run(
+            interaction: discord.Interaction, since: str | None = None, channel: str | None = None
+        ) -> None:
+            await self._task_slash(interaction, name, since, channel)
+
+        return app_commands.Command(name=name, description=description[:100], callback=run)
 
     async def start(self) -> None:
         """Log in, register the slash commands, and connect to the gateway (until ready)."""
@@ -419,6 +480,130 @@ class DiscordAdapter(ChatAdapter):
         incoming = _incoming(key, interaction.user, text, f"interaction:{interaction.id}")
         self.spawn(self._answer(incoming, InteractionSink(interaction, ephemeral)))
 
+    # Language tasks -------------------------------------------------------------------
+
+    async def _task_slash(
+        self,
+        interaction: discord.Interaction,
+        task: str,
+        since: str | None,
+        channel: str | None,
+        language: str | None = None,
+        text: str | None = None,
+    ) -> None:
+        """/summarize, /actions, /translate, a team command: read the channel's (or thread's) recent
+        messages over REST, then answer in the interaction as it is worked on."""
+        allowed = self.allowed(interaction.guild_id, interaction.channel, interaction.user)
+        if not self.accepting or not allowed:
+            await interaction.response.send_message("chinwag is not available here.", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        key = self._key(interaction.guild_id, interaction.user.id, interaction.channel)
+        words = [task]
+        source: tuple[SourceMessage, ...] | None = None
+        label: str | None = None
+        try:
+            if language is not None:
+                _check_language(language)
+                words.append(language)
+            if text:
+                words.append(text)
+            else:
+                try:
+                    window = parse_window((since or "").split()) if task != "translate" else Window(count=1)
+                except ValueError as error:
+                    raise TaskError(
+                        f"I don't understand {str(error)!r}: since is 24h, 7d or a number of messages."
+                    ) from None
+                target = self._channel(channel or window.channel, interaction)
+                raw = await read_channel(target, window, self.max_messages)
+                if len(raw) > self.max_messages:
+                    raise TaskError(
+                        f"More than {self.max_messages} messages in that window: ask for a shorter one "
+                        "(24h, or a number of messages)."
+                    )
+                source = to_source(raw, self.client.user, self.settings.message_content_intent)
+                label = window.label(getattr(target, "mention", "this channel"))
+                if window.bots:
+                    words.append("bots")
+        except (TaskError, ReadError) as error:
+            await InteractionSink(interaction).post(STYLE.warning.format(error))
+            return
+        incoming = replace(
+            _incoming(key, interaction.user, "/" + " ".join(words), f"interaction:{interaction.id}"),
+            source=source,
+            source_label=label,
+        )
+        self.spawn(self._answer(incoming, InteractionSink(interaction, False)))
+
+    def _channel(self, ref: str | None, interaction: discord.Interaction) -> discord.abc.Messageable:
+        """The channel a task names (`<#id>`, an id, `#name`), else the interaction's own."""
+        here = interaction.channel
+        if not ref:
+            if not isinstance(here, discord.abc.Messageable):
+                raise ReadError("I can't read the messages here.")
+            return here
+        ref = ref.strip()
+        digits = re.sub(r"[<#>]", "", ref)
+        found: Any = None
+        if digits.isdigit():
+            found = self.client.get_channel(int(digits))
+        elif interaction.guild is not None:
+            found = discord.utils.get(interaction.guild.text_channels, name=ref.lstrip("#"))
+        same_guild = found is not None and getattr(found, "guild", None) == interaction.guild
+        if not same_guild or not isinstance(found, discord.abc.Messageable):
+            raise ReadError(f"I can't find the channel {ref} here.")
+        return found
+
+    async def _translate_flag(self, payload: discord.RawReactionActionEvent) -> None:
+        """A flag on a message: its translation in a thread on it, once per message and language;
+        a flag that means no language gets one line, once."""
+        emoji = str(payload.emoji)
+        target: Language | None = None
+        refusal = ""
+        try:
+            target = flag_language(emoji)
+        except TaskError as error:
+            refusal = str(error)
+        if not await self.history.claim_event(
+            PLATFORM, f"translate:{payload.message_id}:{target.code if target else emoji}"
+        ):
+            return
+        try:
+            channel: Any = self.client.get_channel(payload.channel_id) or await self.client.fetch_channel(
+                payload.channel_id
+            )
+            message = await channel.fetch_message(payload.message_id)
+            where: discord.abc.Messageable = channel
+            reference: discord.Message | None = message
+            if isinstance(channel, discord.TextChannel):
+                where = message.thread or await message.create_thread(
+                    name=_thread_name(f"{emoji} {message.content}"),
+                    auto_archive_duration=self.settings.thread_auto_archive_minutes,
+                )
+                reference = None
+        except discord.HTTPException as error:
+            log.warning("discord: cannot translate message %s: %s", payload.message_id, error)
+            return
+        sink = ChannelSink(where, reference)
+        try:
+            if target is None:
+                raise ReadError(refusal)
+            source = to_source([message], self.client.user, self.settings.message_content_intent)
+        except ReadError as error:
+            with contextlib.suppress(*Sink.failures):
+                await sink.post(STYLE.warning.format(error))
+            return
+        if not source:
+            return
+        scope = str(payload.guild_id) if payload.guild_id is not None else f"dm-{payload.user_id}"
+        incoming = Incoming(
+            text=f"/translate {target.code}", platform=PLATFORM, scope=scope, channel=str(payload.channel_id),
+            thread=f"translate:{message.id}", user_id=str(payload.user_id), source=source,
+            source_label="a message",
+        )  # fmt: skip
+        await self._answer(incoming, sink)
+
     # Deletions and reactions ----------------------------------------------------------
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
@@ -430,7 +615,16 @@ class DiscordAdapter(ChatAdapter):
         await asyncio.gather(*(self.deleted(str(m)) for m in payload.message_ids))
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        """👍/👎 on one of the bot's replies: the person's rating of that stored message."""
+        """👍/👎 on one of the bot's replies: the person's rating of that stored message; a flag on
+        any message: its translation."""
+        if is_flag(str(payload.emoji)):
+            me = self.client.user
+            person = (
+                me is not None and payload.user_id != me.id and not (payload.member and payload.member.bot)
+            )
+            if self.accepting and person:
+                self.spawn(self._translate_flag(payload))
+            return
         await self._rate(payload, added=True)
 
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
@@ -468,6 +662,11 @@ def _incoming(
         user_name=user.display_name,
         message_id=message_id,
     )
+
+
+def _check_language(name: str) -> Language:
+    """The language `name` names; TaskError (one line) before anything is read or posted."""
+    return language(name)
 
 
 def _rating(emoji: str) -> int | None:
@@ -542,7 +741,11 @@ def check(settings: Settings) -> None:
 
 async def run_discord(app: App, stop: asyncio.Event) -> None:
     """Run the Discord adapter on a started chinwag App until `stop` is set (the shape every adapter has)."""
-    adapter = DiscordAdapter(app.engine, app.history, app.settings.discord, token_from_env())
+    tasks = app.settings.tasks
+    commands = [(c.name, c.description) for c in tasks.commands]
+    adapter = DiscordAdapter(
+        app.engine, app.history, app.settings.discord, token_from_env(), commands, tasks.max_messages
+    )
     await serve(adapter, stop)
 
 

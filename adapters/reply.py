@@ -75,6 +75,10 @@ class ChatEngine(Protocol):
         """The channel's latest live conversation (what a command naming no thread acts on)."""
         ...
 
+    def task_name(self, name: str) -> str | None:
+        """The language task a command word runs (summarize, translate, actions, a team's own), or None."""
+        ...
+
 
 def _verbatim(text: str) -> str:
     return text

@@ -34,10 +34,12 @@ from adapters.inflight import RESERVE_S, ShutdownPlan, unless_stopped, within
 from adapters.reply import ChatAdapter, ChatEngine, Place, Reply, Stream, Style
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_pace import Pace, open_pace
+from adapters.slack_tasks import ReadError, SlackReader, Window, parse_window
 from bot.app import App
-from bot.errors import ChinwagError
+from bot.errors import ChinwagError, TaskError
 from bot.seams.history import ConversationKey, History
-from bot.types import Incoming
+from bot.tasks.languages import flag_language, is_flag, language
+from bot.types import Incoming, SourceMessage
 from config import Settings, SlackSettings
 
 log = logging.getLogger(__name__)
@@ -162,8 +164,10 @@ class SlackAdapter(ChatAdapter):
         history: History,
         settings: SlackSettings,
         credentials: SlackCredentials,
+        max_messages: int = 5000,
     ) -> None:
         super().__init__(engine, history)
+        self.max_messages = max_messages  # the most messages one language task reads
         self.settings = settings
         self.credentials = credentials
         self.client = web_client(credentials.bot_token, settings.api_base_url)
@@ -183,6 +187,7 @@ class SlackAdapter(ChatAdapter):
         self.pace = open_pace(settings.updates_per_minute, settings.redis_url)
         self.style = replace(STYLE, placeholder=settings.thinking_text)
         self.bot_user_id: str | None = None
+        self.reader = SlackReader(self.client, None)  # language tasks read threads and channels
         self._register()
 
     # Wiring ---------------------------------------------------------------------------
@@ -209,6 +214,7 @@ class SlackAdapter(ChatAdapter):
             url = self.settings.api_base_url
             raise ChinwagError(f"Cannot reach Slack's API at {url} (auth.test): {_cause(error)}") from None
         self.bot_user_id = auth.get("user_id")
+        self.reader = SlackReader(self.client, self.bot_user_id)
         log.info("slack: connected as %s in team %s", auth.get("user"), auth.get("team_id"))
 
     # Checks ---------------------------------------------------------------------------
@@ -251,6 +257,10 @@ class SlackAdapter(ChatAdapter):
             return
         thread = event.get("thread_ts") or event["ts"]
         incoming = self._incoming(team, event, thread)
+        if self._task_words(incoming.text) is not None:
+            # "@chinwag summarize" (actions, translate fr, a team command): about this thread.
+            self.spawn(self._task_in_thread(incoming, event, thread), incoming.message_id)
+            return
         self.spawn(self._answer(incoming, thread), incoming.message_id)
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
@@ -295,6 +305,14 @@ class SlackAdapter(ChatAdapter):
         """👍/👎 on one of the bot's replies: the person's feedback on that stored message."""
         name = str(event.get("reaction", "")).split("::")[0]  # skin tones: "+1::skin-tone-2"
         item = event.get("item") or {}
+        if is_flag(name) and item.get("type") == "message" and event.get("type") == "reaction_added":
+            if (
+                self.accepting
+                and self.allowed(item.get("channel"), event.get("user"))
+                and await self._claim(body)
+            ):
+                self.spawn(self._translate_flag(_team(body, event), name, item, str(event.get("user"))))
+            return
         if name not in LIKE | DISLIKE or item.get("type") != "message":
             return
         if self.bot_user_id and event.get("item_user") not in (None, self.bot_user_id):
@@ -324,6 +342,9 @@ class SlackAdapter(ChatAdapter):
     async def _command(self, command: Mapping[str, Any], respond: Callable[..., Awaitable[Any]]) -> None:
         team, channel = str(command.get("team_id")), str(command.get("channel_id"))
         words = " ".join(str(command.get("text") or "").split()) or "help"
+        if (task := self._task_words(words)) is not None:
+            await self._task_command(command, task, respond)
+            return
         incoming = Incoming(
             text="/" + words.removeprefix("/"),
             platform=PLATFORM,
@@ -353,6 +374,137 @@ class SlackAdapter(ChatAdapter):
         except Exception:
             log.exception("slack: could not answer %s %s in %s", COMMAND, words.split()[0], channel)
 
+    # Language tasks -------------------------------------------------------------------
+
+    def _task_words(self, text: str) -> tuple[str, list[str]] | None:
+        """(task, the words after it) when `text` asks for a language task, else None."""
+        words = text.strip().split()
+        if not words:
+            return None
+        task = self.engine.task_name(words[0].removeprefix("/"))
+        return None if task is None else (task, words[1:])
+
+    async def _task_in_thread(self, incoming: Incoming, event: Mapping[str, Any], thread: str) -> None:
+        """`@chinwag summarize` (or another task) in a thread: the task reads the thread
+        (conversations.replies), the request itself left out, and answers in it."""
+        task, words = self._task_words(incoming.text) or ("", [])
+        place = SlackThread(self.client, self.pace, incoming.scope, incoming.channel, thread)
+        try:
+            raw = await self.reader.thread(incoming.channel, thread, self.max_messages)
+            if len(raw) > self.max_messages:
+                raise ReadError(
+                    f"This thread has more than {self.max_messages} messages: that is more than one "
+                    f"task reads. Use `{COMMAND} {task} N messages` for the latest N."
+                )
+            source = await self.reader.source(incoming.scope, incoming.channel, raw, skip_ts=event.get("ts"))
+        except (ReadError, SlackApiError) as error:
+            await self._say(place, _read_failure(error))
+            return
+        if task == "translate":
+            # `@chinwag translate fr` in a thread: the message the thread starts with.
+            source = source[:1]
+        text = "/" + " ".join([task, *words])
+        await self._answer(replace(incoming, text=text, source=source, source_label="this thread"), thread)
+
+    async def _task_command(
+        self, command: Mapping[str, Any], task: tuple[str, list[str]], respond: Callable[..., Awaitable[Any]]
+    ) -> None:
+        """`/chinwag summarize [#channel] [24h|7d|N messages]` (actions, translate LANG [text], a team
+        command): reads the channel's recent history, posts a header in the channel where it was
+        asked, and answers in its thread (a conversation: follow-ups there continue it)."""
+        team, channel, user = (
+            str(command.get("team_id")),
+            str(command.get("channel_id")),
+            str(command.get("user_id")),
+        )
+        name, words = task
+        usage = f"{COMMAND} {name} [#channel] [24h|7d|N messages]"
+        arguments: list[str] = []
+        source: tuple[SourceMessage, ...] | None = None
+        label: str | None = None
+        try:
+            if name == "translate":
+                if not words:
+                    raise TaskError(
+                        f"Usage: {COMMAND} translate LANG [text] (without text: the channel's last message)."
+                    )
+                language(words[0])  # an unknown one is refused here, before anything is posted
+                arguments, words = words[:1], words[1:]
+                window = Window(count=1)
+            else:
+                try:
+                    window = parse_window(words)
+                except ValueError as error:
+                    raise TaskError(f"I don't understand {str(error)!r}: {usage}") from None
+                arguments, words = (["bots"] if window.bots else []), []
+            if not words:  # the channel's history, not text typed after the command
+                where = window.channel or channel
+                if where.startswith("#"):
+                    where = await self.reader.channel_id(where)
+                raw = await self.reader.channel(where, window, self.max_messages)
+                if len(raw) > self.max_messages:
+                    raise TaskError(
+                        f"<#{where}> has more than {self.max_messages} messages in that window: "
+                        "ask for a shorter one (24h, or a number of messages)."
+                    )
+                source = await self.reader.source(team, where, raw)
+                label = window.label(f"<#{where}>")
+                if not any(window.bots or not m.bot for m in source):
+                    raise TaskError(f"Nothing to read: {label} has no messages from people.")
+        except (TaskError, ReadError, SlackApiError) as error:
+            await respond(text=_read_failure(error), response_type="ephemeral")
+            return
+        text = "/" + " ".join([name, *arguments, *words])
+        header = f":memo: `{COMMAND} {name}` for <@{user}>" + (f" — {label}" if label else "")
+        try:
+            posted = await self.client.chat_postMessage(channel=channel, text=header)
+        except SlackApiError as error:
+            await respond(text=_read_failure(error), response_type="ephemeral")
+            return
+        thread = str(posted["ts"])
+        incoming = Incoming(
+            text=text, platform=PLATFORM, scope=team, channel=channel, thread=thread, user_id=user,
+            source=source, source_label=label,
+        )  # fmt: skip
+        await self._answer(incoming, thread)
+
+    async def _translate_flag(self, team: str, flag: str, item: Mapping[str, Any], user: str) -> None:
+        """A flag reaction: the message's translation in a thread under it, once per message and
+        language (a redelivered or repeated reaction finds the claim); a flag meaning no language
+        gets one line, once."""
+        channel, ts = str(item.get("channel")), str(item.get("ts"))
+        try:
+            language = flag_language(flag)
+        except TaskError as error:
+            if await self.history.claim_event(PLATFORM, f"translate:{team}:{channel}:{ts}:{flag}"):
+                place = SlackThread(self.client, self.pace, team, channel, ts)
+                await self._say(place, str(error))
+            return
+        if not await self.history.claim_event(PLATFORM, f"translate:{team}:{channel}:{ts}:{language.code}"):
+            return
+        try:
+            found = await self.reader.message(channel, ts)
+            if found is None:
+                return
+            source = await self.reader.source(team, channel, [found])
+        except (ReadError, SlackApiError) as error:
+            log.warning("slack: cannot translate a message in %s: %s", channel, _read_failure(error))
+            return
+        thread = str(found.get("thread_ts") or ts)
+        # A conversation of its own: a translation does not make the thread one chinwag follows.
+        incoming = Incoming(
+            text=f"/translate {language.code}", platform=PLATFORM, scope=team, channel=channel,
+            thread=f"translate:{ts}", user_id=user, source=source, source_label="a message",
+        )  # fmt: skip
+        await self._answer(incoming, thread)
+
+    async def _say(self, place: SlackThread, text: str) -> None:
+        """One line in a thread (what went wrong with a task); logged if Slack will not take it."""
+        try:
+            await place.post(text)
+        except place.failures as error:
+            log.warning("slack: could not post in %s: %s", place.channel, place.describe(error))
+
     # Answers --------------------------------------------------------------------------
 
     async def _answer(self, incoming: Incoming, thread_ts: str | None) -> None:
@@ -360,6 +512,15 @@ class SlackAdapter(ChatAdapter):
         place = SlackThread(self.client, self.pace, incoming.scope, incoming.channel, thread_ts)
         limit, interval = self.settings.max_message_chars, self.settings.update_interval_s
         await self.answer(incoming, Stream(Reply(self.style), place, limit, interval))
+
+
+def _read_failure(error: Exception) -> str:
+    """What went wrong reading Slack, in one line for the user."""
+    if isinstance(error, SlackApiError):
+        data = error.response.data
+        code = data.get("error") if isinstance(data, dict) else f"HTTP {error.response.status_code}"
+        return f"Slack refused to let me read that ({code})."
+    return str(error)
 
 
 def _team(body: Mapping[str, Any], event: Mapping[str, Any]) -> str:
@@ -486,4 +647,5 @@ async def run(app: App, stop: asyncio.Event) -> None:
     """Run the Slack adapter on a started chinwag App until `stop` is set (the shape every adapter has)."""
     settings = app.settings.slack
     credentials = SlackCredentials.from_env(settings.mode)
-    await serve(SlackAdapter(app.engine, app.history, settings, credentials), stop)
+    adapter = SlackAdapter(app.engine, app.history, settings, credentials, app.settings.tasks.max_messages)
+    await serve(adapter, stop)

@@ -23,6 +23,7 @@ from rich.console import Console
 from bot import inference
 from bot.app import App, configure_logging, open_history, running
 from bot.citations import documents_notice, source_label, sources_footer
+from bot.cli_tasks import register as register_tasks
 from bot.engine import new_thread_id
 from bot.errors import ChinwagError, RetrievalError
 from bot.seams.history import Conversation, History, StoredMessage
@@ -859,3 +860,8 @@ def prepare(obj: Context, model: str | None) -> None:
         except EmbeddingError as error:
             raise click.ClickException(str(error)) from None
         click.echo(f"{embedder.name} (embeddings, {embedder.runtime}) is ready: {embedder.model_dir}")
+
+
+# summarize, translate, actions ------------------------------------------------------------
+
+register_tasks(main, _run, _model_overrides)

@@ -61,6 +61,10 @@ class EngineView(Protocol):
 
     def docs_enabled(self, conv: Conversation) -> bool: ...
 
+    def task_help(self) -> list[tuple[str, str]]:
+        """(usage, summary) of the language tasks and the team's commands."""
+        ...
+
     def params(self, conv: Conversation) -> GenerationParams: ...
 
     def tools_for(self, conv: Conversation) -> ToolRegistry: ...
@@ -90,6 +94,7 @@ class Command:
 async def _help(engine: EngineView, conv: Conversation, args: str) -> Reply:
     lines = ["**Commands**", ""]
     lines += [f"- `{c.usage}` — {c.summary}" for c in COMMANDS.values()]
+    lines += [f"- `{usage}` — {summary}" for usage, summary in engine.task_help()]
     lines += ["", "Anything else you type is sent to the model."]
     return Reply("\n".join(lines), conv)
 

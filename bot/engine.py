@@ -34,6 +34,7 @@ from bot.prompt import PromptBudget
 from bot.seams.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
 from bot.seams.model import ChatModel, Chunk
 from bot.seams.retriever import Passage, Retriever, scopes_for
+from bot.tasks import Tasks
 from bot.text import repair
 from bot.toolloop import Approver, ToolLoop
 from bot.tools.registry import Tool, ToolRegistry
@@ -91,6 +92,8 @@ class Engine:
             keep_ratio=settings.context.keep_ratio,
             summary_max_tokens=settings.context.summary_max_tokens,
         )
+        # /summarize, /translate, /actions and the team's own commands (bot/tasks).
+        self.tasks = Tasks(model, history, settings, self.window)
 
     # Conversations ------------------------------------------------------------------
 
@@ -106,6 +109,15 @@ class Engine:
     def system_prompt(self, conv: Conversation) -> str:
         """The conversation's persona, or the configured default."""
         return str(conv.settings.get("system") or self.settings.chat.system_prompt)
+
+    def task_name(self, name: str) -> str | None:
+        """The language task a command word runs (`summarise` → `summarize`, a team's own
+        command), or None when it is no task."""
+        return self.tasks.canonical(name.lower())
+
+    def task_help(self) -> list[tuple[str, str]]:
+        """(usage, summary) of the language tasks and the team's commands, for /help."""
+        return self.tasks.help_lines()
 
     def docs_enabled(self, conv: Conversation) -> bool:
         """Whether this conversation looks things up in the team's documents."""
@@ -204,6 +216,12 @@ class Engine:
         kept: dict[str, Any] = {"original_text": original} if original is not None else {}
 
         command = parse_command(text)
+        if command is not None and self.tasks.canonical(command[0]) is not None:
+            user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
+            async with aclosing(self.tasks.run(conv, incoming, *command, user)) as task:
+                async for event in task:
+                    yield event
+            return
         if command is not None:
             name, args = command
             try:

@@ -70,3 +70,8 @@ class LoadError(RetrievalError):
 
 class UnsupportedFileError(LoadError):
     """A file type we do not ingest."""
+
+
+class TaskError(ChinwagError):
+    """A language task (summarise, translate, extract, a custom command) cannot run on this input:
+    nothing to read, too much of it, an unknown language, a channel the bot cannot read."""

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 Status = Literal["complete", "interrupted", "failed", "rejected"]
+
+
+@dataclass(frozen=True)
+class SourceMessage:
+    """One message of a thread, channel or file that a language task reads (`bot.tasks`).
+
+    `author` is a name, never a platform id; `bot` marks bots' messages and chinwag's own, which
+    tasks leave out unless asked; `link` is the message's permalink, when the platform has one.
+    """
+
+    text: str
+    author: str = ""
+    id: str | None = None
+    timestamp: datetime | None = None
+    link: str | None = None
+    bot: bool = False
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,11 @@ class Incoming:
     user_name: str | None = None
     message_id: str | None = None
     conversation_id: int | None = None
+    # What a language task (/summarize, /translate, /actions, custom commands) reads, when the
+    # adapter fetched it (a Slack thread, a Discord channel, a file); None: the conversation itself.
+    source: tuple[SourceMessage, ...] | None = None
+    # What `source` is, for the reply and the history ("#incidents, last 24h", "notes.md").
+    source_label: str | None = None
 
 
 @dataclass(frozen=True)

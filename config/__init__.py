@@ -11,6 +11,7 @@ from config.settings import (
     Settings,
     SlackSettings,
     StorageSettings,
+    TasksSettings,
     load_settings,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "Settings",
     "SlackSettings",
     "StorageSettings",
+    "TasksSettings",
     "load_settings",
 ]

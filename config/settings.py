@@ -282,6 +282,79 @@ class LoggingSettings(_Section):
         return _unset_if_empty(value)
 
 
+class FewShot(_Section):
+    """One worked example of a custom command: what it read, and what it should answer."""
+
+    input: str
+    output: str
+
+
+class CustomCommand(_Section):
+    """A team's own language command: `/name` on every surface, filled from a prompt template."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    description: str = ""
+    # {thread}: the messages read, numbered, with their authors; {text}: their text alone.
+    prompt: str
+    examples: list[FewShot] = []
+    # A JSON Schema: the answer is then JSON fitting it, by constrained decoding (as tool calls).
+    output_schema: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _has_a_slot(self) -> CustomCommand:
+        if "{text}" not in self.prompt and "{thread}" not in self.prompt:
+            raise ValueError(f"command {self.name!r}: the prompt needs a {{text}} or {{thread}} slot")
+        return self
+
+
+DEFAULT_COMMANDS = [
+    CustomCommand(
+        name="standup",
+        description="yesterday / today / blockers from a thread",
+        prompt=(
+            "Write a standup update from this team thread, with three headed lists: **Yesterday** "
+            "(what was done), **Today** (what is planned), **Blockers** (what is stuck, or 'none'). "
+            "Name who does what. Use only what the thread says.\n\n{thread}"
+        ),
+        temperature=0.0,
+        max_tokens=300,
+    ),
+    CustomCommand(
+        name="tldr",
+        description="the gist in one or two sentences",
+        prompt="Say in one or two sentences what this is about and what was decided.\n\n{thread}",
+        examples=[
+            FewShot(
+                input="[1] Ana: the deploy failed again, disk full on db-2\n[2] Raj: I'll add 100 GB "
+                "and rerun it tonight\n[3] Ana: ok, I'll tell the customer it is tomorrow",
+                output="db-2 ran out of disk and broke the deploy; Raj adds 100 GB and reruns it "
+                "tonight, and Ana tells the customer it moves to tomorrow.",
+            )
+        ],
+        temperature=0.0,
+        max_tokens=120,
+    ),
+]
+
+
+class TasksSettings(_Section):
+    """Language tasks (summarise, translate, action items) and the team's own commands."""
+
+    max_messages: int = Field(default=5000, ge=1, le=100_000)
+    piece_tokens: int = Field(default=3072, ge=256)
+    summary_tokens: int = Field(default=400, ge=32, le=4096)
+    commands: list[CustomCommand] = Field(default_factory=lambda: list(DEFAULT_COMMANDS))
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TasksSettings:
+        names = [c.name for c in self.commands]
+        if len(names) != len(set(names)):
+            raise ValueError("tasks.commands: two commands have the same name")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything chinwag reads at start; passed down, never read from the environment again."""
 
@@ -305,6 +378,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     serve: ServeSettings = ServeSettings()
     logging: LoggingSettings = LoggingSettings()
+    tasks: TasksSettings = TasksSettings()
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ BOT_ID = 900_000_000_000_000_001
 APP_ID = 900_000_000_000_000_002
 OWNER_ID = 900_000_000_000_000_003
 TIMESTAMP = "2026-01-01T00:00:00+00:00"
+DISCORD_EPOCH_MS = 1_420_070_400_000
 
 
 def user_payload(user_id: int, name: str, bot: bool = False) -> dict[str, Any]:
@@ -55,6 +57,9 @@ class FakeDiscord:
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     threads: dict[int, dict[str, Any]] = field(default_factory=dict)
     interactions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    content_intent: bool = (
+        True  # False: people's text comes back blank, as Discord sends it without the intent
+    )
     rate_limit_edits: int = 0  # answer this many message edits with 429 first
     failing_edits: int = 0  # then this many with 503
     fail_posts: int = 0  # refuse this many new messages with 403 (not retried)
@@ -328,6 +333,49 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", payload, shard)
         return payload
 
+    def said_earlier(
+        self,
+        text: str,
+        *,
+        channel_id: int,
+        guild_id: int,
+        user_id: int = 42,
+        name: str | None = None,
+        bot: bool = False,
+        seconds_ago: float = 60.0,
+    ) -> dict[str, Any]:
+        """A message already in a channel's history (no gateway event): what REST history returns.
+        Its id is a snowflake of its time, as Discord's are (discord.py reads the time from it)."""
+        stamp_ms = int((time.time() - seconds_ago) * 1000) - DISCORD_EPOCH_MS
+        mid = (stamp_ms << 22) | (next(self._ids) & 0x3FFFFF)
+        payload = {
+            "id": str(mid),
+            "channel_id": str(channel_id),
+            "guild_id": str(guild_id),
+            "author": user_payload(user_id, name or f"user{user_id}", bot=bot),
+            "content": text,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+        }
+        self.messages[mid] = payload
+        return payload
+
+    def _as_read(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as the bot gets it over REST: without the intent, people's text is blank."""
+        mine = message["author"]["id"] == str(BOT_ID)
+        mentioned = any(u["id"] == str(BOT_ID) for u in message.get("mentions", []))
+        if self.content_intent or mine or mentioned:
+            return message
+        return {**message, "content": "", "embeds": [], "attachments": []}
+
     async def redeliver(self, payload: dict[str, Any], shard: int) -> None:
         """Send a MESSAGE_CREATE again, to `shard`'s connection (another replica's, when sharded)."""
         await self.dispatch("MESSAGE_CREATE", payload, shard)
@@ -446,11 +494,13 @@ class FakeDiscord:
                 body = raw.decode("utf-8", "replace")
         self.requests.append(Recorded(request.method, path, body))
         try:
-            return await self._route(request.method, path.split("/")[1:], body)
+            return await self._route(request.method, path.split("/")[1:], body, request.query)
         finally:
             await self._notify()
 
-    async def _route(self, method: str, parts: list[str], body: Any) -> web.StreamResponse:
+    async def _route(
+        self, method: str, parts: list[str], body: Any, query: Mapping[str, str]
+    ) -> web.StreamResponse:
         match method, parts:
             case "GET", ["users", "@me"]:
                 return _json(user_payload(BOT_ID, "chinwag", bot=True))
@@ -498,6 +548,13 @@ class FakeDiscord:
                 message.update({k: v for k, v in body.items() if k in ("content", "embeds")})
                 message["edited_timestamp"] = TIMESTAMP
                 return _json(message)
+            case "GET", ["channels", channel, "messages"]:
+                return _json(self._history(int(channel), query))
+            case "GET", ["channels", channel, "messages", mid]:
+                found = self.messages.get(int(mid))
+                if found is None or found["channel_id"] != channel:
+                    return _json({"message": "Unknown Message", "code": 10008}, status=404)
+                return _json(self._as_read(found))
             case "POST", ["channels", channel, "messages", mid, "threads"]:
                 return _json(await self._new_thread(int(channel), int(mid), body))
             case "POST", ["interactions", iid, token, "callback"]:
@@ -507,6 +564,14 @@ class FakeDiscord:
             case "PATCH", ["webhooks", _, token, "messages", mid]:
                 return _json(self._edit_webhook(token, mid, body))
         return _json({"message": "404: Not Found", "code": 0}, status=404)
+
+    def _history(self, channel_id: int, query: Mapping[str, str]) -> list[dict[str, Any]]:
+        """GET /channels/{id}/messages: newest first, `limit` (≤ 100) of them before `before`."""
+        before = int(query.get("before") or 1 << 63)
+        limit = min(int(query.get("limit") or 50), 100)
+        here = [m for mid, m in self.messages.items() if m["channel_id"] == str(channel_id) and mid < before]
+        here.sort(key=lambda m: int(m["id"]), reverse=True)
+        return [self._as_read(m) for m in here[:limit]]
 
     def _new_message(self, channel_id: int, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
         mid = self.snowflake()

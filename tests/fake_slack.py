@@ -49,6 +49,14 @@ class FakeSlack:
     refuse_sockets: bool = False
     errors: dict[str, str] = field(default_factory=dict)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # ts -> the message as it is now
+    # What people wrote, per channel (each message: ts, user, text, thread_ts?, bot_id?), read back
+    # by conversations.history / .replies together with the bot's own posts; people's names
+    # (users.info); channel names (conversations.list); channels the bot is not in.
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
+    channels: dict[str, str] = field(default_factory=dict)
+    not_in: set[str] = field(default_factory=set)
+    page_size: int = 200
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -58,6 +66,7 @@ class FakeSlack:
         """Listen on an ephemeral loopback port."""
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # slack_sdk reads history with GET
         app.router.add_post("/response/{id}", self._response)
         app.router.add_get("/ws", self._ws)
         self._runner = web.AppRunner(app, access_log=None)
@@ -85,8 +94,10 @@ class FakeSlack:
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         raw = await request.text()
-        if request.content_type == "application/json":
-            args: dict[str, Any] = json.loads(raw or "{}")
+        if request.method == "GET":
+            args: dict[str, Any] = dict(request.query)
+        elif request.content_type == "application/json":
+            args = json.loads(raw or "{}")
         else:
             args = dict(parse_qsl(raw))
         if method in self.fail_once or self.failing.get(method):
@@ -120,7 +131,81 @@ class FakeSlack:
                 return {"ok": False, "error": "message_not_found"}
             self.messages[ts] = {**self.messages[ts], "text": args.get("text")}
             return {"ok": True, "channel": args.get("channel"), "ts": ts, "text": args.get("text")}
+        if method in ("conversations.history", "conversations.replies"):
+            return self._read(method, args)
+        if method == "chat.getPermalink":
+            channel, ts = str(args.get("channel")), str(args.get("message_ts"))
+            link = f"https://fake.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+            return {"ok": True, "channel": channel, "permalink": link}
+        if method == "users.info":
+            user = str(args.get("user"))
+            if user not in self.users:
+                return {"ok": False, "error": "user_not_found"}
+            name = self.users[user]
+            profile = {"display_name": name, "real_name": name}
+            return {
+                "ok": True,
+                "user": {"id": user, "name": name.lower(), "real_name": name, "profile": profile},
+            }
+        if method == "conversations.list":
+            listed = [
+                {"id": cid, "name": name, "is_member": cid not in self.not_in}
+                for cid, name in self.channels.items()
+            ]
+            return {"ok": True, "channels": listed, "response_metadata": {"next_cursor": ""}}
         return {"ok": True}
+
+    def channel_messages(self, channel: str) -> list[dict[str, Any]]:
+        """Everything in a channel, oldest first: people's messages and the bot's posts."""
+        posted = [
+            {
+                "ts": m["ts"],
+                "user": BOT_USER,
+                "bot_id": BOT_ID,
+                "text": m.get("text", ""),
+                "thread_ts": m.get("thread_ts"),
+            }
+            for m in self.messages.values()
+            if m.get("channel") == channel
+        ]
+        return sorted([*self.history.get(channel, []), *posted], key=lambda m: float(m["ts"]))
+
+    def _read(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """conversations.history (top-level messages, newest first, oldest/latest/inclusive) and
+        conversations.replies (a thread, parent first), paged by cursor as Slack does."""
+        channel = str(args.get("channel"))
+        if channel not in self.history and channel not in self.channels:
+            return {"ok": False, "error": "channel_not_found"}
+        if channel in self.not_in:
+            return {"ok": False, "error": "not_in_channel"}
+        everything = self.channel_messages(channel)
+        if method == "conversations.history":
+            oldest, latest = float(args.get("oldest") or 0), float(args.get("latest") or 1e12)
+            inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+
+            def within(ts: float) -> bool:
+                return oldest <= ts <= latest if inclusive else oldest < ts < latest
+
+            top = [m for m in everything if not m.get("thread_ts") or m.get("thread_ts") == m["ts"]]
+            found = [m for m in top if within(float(m["ts"]))]
+            found.reverse()
+        else:
+            ts = str(args.get("ts"))
+            root = next((m.get("thread_ts") or m["ts"] for m in everything if m["ts"] == ts), None)
+            if root is None:
+                return {"ok": False, "error": "thread_not_found"}
+            found = [m for m in everything if m["ts"] == root or m.get("thread_ts") == root]
+        start = int(args.get("cursor") or 0)
+        size = min(int(args.get("limit") or 100), self.page_size)
+        page = found[start : start + size]
+        more = start + size < len(found)
+        clean = [{k: v for k, v in m.items() if v is not None} | {"type": "message"} for m in page]
+        return {
+            "ok": True,
+            "messages": clean,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + size) if more else ""},
+        }
 
     async def _response(self, request: web.Request) -> web.Response:
         self.responses.append((request.match_info["id"], await request.json()))

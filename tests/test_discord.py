@@ -349,7 +349,10 @@ async def test_slash_reset_routes_to_the_engine_command(
 
 async def test_slash_command_sync_registers_the_commands(bot: Running, fake: FakeDiscord) -> None:
     [sync] = fake.sent("PUT", "/commands")
-    assert {c["name"] for c in sync.body} == {"chat", "reset", "sources", "settings", "set"}
+    assert {c["name"] for c in sync.body} == {
+        *("chat", "reset", "sources", "settings", "set"),
+        *("summarize", "actions", "translate"),  # the language tasks (tests/test_discord_tasks.py)
+    }
 
 
 # Reactions ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from bot.errors import ChinwagError, ModelError
 from bot.inference.planner import Request, RowProcessor
 from bot.inference.scheduler import Scheduler
 from bot.inference.weights import prepare_model, quiet_transformers
-from bot.seams.model import Chunk, Finish, FinishReason, Queued
+from bot.seams.model import Chunk, Constrain, Finish, FinishReason, Queued
 from bot.tools.grammar import RELEASED, ToolCallGrammar
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 from config.settings import ModelSettings, SchedulerSettings
@@ -195,7 +195,7 @@ class TransformersModel:
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
-        constrain: bool = False,
+        constrain: Constrain = False,
     ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         """Generate in the worker thread; deltas arrive through a queue; closing cancels.
 
@@ -247,7 +247,7 @@ class TransformersModel:
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None,
-        constrain: bool,
+        constrain: Constrain,
     ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | Finish | Queued | BaseException] = asyncio.Queue()
@@ -293,11 +293,11 @@ class TransformersModel:
         messages: list[ChatMessage],
         params: GenerationParams,
         tools: list[dict[str, Any]],
-        constrain: bool,
+        constrain: Constrain,
     ) -> tuple[list[int], list[RowProcessor]]:
         processors: list[RowProcessor] = []
         if constrain and tools:
-            processors.append(self._constraint(tools, params))
+            processors.append(self._constraint(tools, params, constrain == "required"))
         if self._follow is None:
             self._follow = self._next_turn_opening()
         return self._encode(messages, tools), processors
@@ -334,7 +334,7 @@ class TransformersModel:
         cancel: threading.Event,
         emit: Any,
         tools: list[dict[str, Any]],
-        constrain: bool = False,
+        constrain: Constrain = False,
     ) -> None:
         try:
             if cancel.is_set():
@@ -354,7 +354,7 @@ class TransformersModel:
                 torch.manual_seed(params.seed)
             processors = LogitsProcessorList()
             if constrain and tools:
-                processors.append(self._constraint(tools, params))
+                processors.append(self._constraint(tools, params, constrain == "required"))
             with torch.inference_mode():
                 output = self._model.generate(
                     input_ids=input_ids,
@@ -381,8 +381,11 @@ class TransformersModel:
             log.exception("generation failed")
             emit(error)
 
-    def _constraint(self, tools: list[dict[str, Any]], params: GenerationParams) -> ToolCallConstraint:
-        """A tool-call constraint for one reply, on this model's token table (built once)."""
+    def _constraint(
+        self, tools: list[dict[str, Any]], params: GenerationParams, required: bool = False
+    ) -> ToolCallConstraint:
+        """A tool-call constraint for one reply, on this model's token table (built once);
+        `required`: the reply must be a call (structured output), not free text."""
         if self._pieces is None:
             # The text of every token on its own: about a second for a 150k vocabulary.
             size = max(len(self._tokenizer), int(self._model.config.vocab_size))
@@ -391,7 +394,11 @@ class TransformersModel:
             self._pieces = list(pieces) + [""] * (size - known)
             self._groups = first_character_groups(self._pieces)
         return ToolCallConstraint(
-            ToolCallGrammar(tools), self._pieces, self._eos_ids, params.temperature <= 0, groups=self._groups
+            ToolCallGrammar(tools, required),
+            self._pieces,
+            self._eos_ids,
+            params.temperature <= 0,
+            groups=self._groups,
         )
 
     def _generation_config(self, params: GenerationParams) -> Any:

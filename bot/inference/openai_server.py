@@ -27,7 +27,7 @@ from jinja2 import TemplateError
 
 from bot.errors import ModelServerError
 from bot.inference.counting import TemplateTokenizer, TokenEstimate
-from bot.seams.model import Chunk, Finish, FinishReason, Queued
+from bot.seams.model import Chunk, Constrain, Finish, FinishReason, Queued
 from bot.tools.calls import parse_tool_calls
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 from config.settings import ModelSettings
@@ -240,7 +240,7 @@ class OpenAIServerModel:
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
-        constrain: bool = False,
+        constrain: Constrain = False,
     ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         """Stream a reply from the server; `constrain` cannot be honoured there and is ignored."""
         from openai import APIConnectionError, APIError, APITimeoutError

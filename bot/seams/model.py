@@ -9,6 +9,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from bot.types import ChatMessage, GenerationParams, ModelInfo
 
 FinishReason = Literal["stop", "length", "cancelled"]
+Constrain = bool | Literal["required"]
+"""True: a reply that starts a tool call must be a well-formed one; "required": the reply must be
+one (structured output, e.g. action items); False: unconstrained."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,12 @@ class ChatModel(Protocol):
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[dict[str, Any]] | None = None,
-        constrain: bool = False,
+        constrain: Constrain = False,
     ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         """Generate a reply: `Chunk`s, then one `Finish`; a backend that queues may yield `Queued` first.
 
         `tools`: schemas for the chat template; `constrain`: a reply that starts a tool call must
-        be a well-formed call of one of them (backends that cannot constrain ignore it).
+        be a well-formed call of one of them; "required": the reply must be such a call (backends
+        that cannot constrain ignore it, and the caller checks what comes back).
         """
         ...

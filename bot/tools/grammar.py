@@ -97,7 +97,9 @@ def _starts(node: Node, char: str) -> bool:
 class ToolCallGrammar:
     """Checks that a reply is a well-formed call of one of `tools` (OpenAI-style schemas)."""
 
-    def __init__(self, tools: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, tools: Sequence[dict[str, Any]], required: bool = False) -> None:
+        # `required`: the reply must be a call; nothing releases the grammar (structured output).
+        self.required = required
         self.arguments: dict[str, Node] = {}
         for schema in tools:
             function = schema.get("function", schema)
@@ -127,7 +129,8 @@ class ToolCallGrammar:
         if state is None or isinstance(state, str):
             return False
         frames = state[1]
-        return len(frames) == 1 and frames[0][1] in ("done", "lead")
+        ends = ("done",) if self.required else ("done", "lead")
+        return len(frames) == 1 and frames[0][1] in ends
 
     # One character -------------------------------------------------------------------
 
@@ -139,6 +142,8 @@ class ToolCallGrammar:
                 return None
             return (space + 1, frames)
         result = getattr(self, "_" + frame[0])(frames, frame, char)
+        if result == RELEASED and self.required:
+            return None
         if result is None or result == RELEASED:
             return result
         return (0, result)
