@@ -579,11 +579,11 @@ class DocumentStore:
                 index.remove(have.scope, [doc_id])
         wanted: dict[str, list[str]] = {}
         for doc_id, meta in records.items():
-            have = held.get(doc_id)
-            if have is None or have.sha256 != meta.get("sha256") or have.scope != meta.get("scope"):
+            kept = held.get(doc_id)
+            if kept is None or kept.sha256 != meta.get("sha256") or kept.scope != meta.get("scope"):
                 wanted.setdefault(str(meta.get("scope", "")), []).append(doc_id)
         if prune:
-            for scope in {have.scope for have in held.values()} | set(wanted):
+            for scope in {doc.scope for doc in held.values()} | set(wanted):
                 index.prune(scope)
         added = 0
         for scope, doc_ids in wanted.items():
