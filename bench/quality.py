@@ -1,13 +1,15 @@
 """Answer quality of the model's weight formats, side by side in one run: does quantization cost answers?
 
-    python bench/quality.py [--formats none,int8,int4] [--documents 24] [--tools 41] [--json]
+    python bench/quality.py [--formats none,int8,int4] [--documents 24] [--tools 41] [--no-leanings] [--json]
 
 Each format (`model.quantization`: none = the model's own float32, int8, int4) answers, through the
 engine with the real document store and the default tools, greedy:
-- document questions from bench/eval_questions.json (the reply must contain the fact);
-- unanswerable questions: the documents are close to the topic but do not hold the answer, and the
-  reply must say so rather than invent one (dynamic int8 quantization of activations was seen to
-  make the 0.5B model answer such a question). The 0.5B model invents in every format, float32
+- document questions from bench/eval_questions.json (the reply must contain the fact), scored
+  overall and per kind (`document_accuracy_<kind>`: paraphrase, name, acronym, table, list, long);
+- unanswerable questions (bench/eval_unanswerable.json, 24 near misses): the documents are close
+  to the topic but do not hold the answer, and the reply must say so rather than invent one
+  (dynamic int8 quantization of activations was seen to make the 0.5B model answer such a
+  question). The 0.5B model invents in every format, float32
   included, so each format also scores, after each of these prompts and through the decode steps
   the server uses, a reply that declines (`DECLINE`) and its own reply: their mean log-probability
   per token (unanswerable_decline_logprob, unanswerable_own_reply_logprob). A format that moves
@@ -50,16 +52,7 @@ from storage import SqlHistory
 
 HERE = Path(__file__).resolve().parent
 # Near the documents' topics, answered by none of them (checked against bench/eval_corpus).
-UNANSWERABLE = [
-    "How many parking spaces does the Berlin office have?",
-    "Are dogs allowed in the Lisbon office?",
-    "How big is the annual bonus for engineers?",
-    "How much does the company pay into the pension plan?",
-    "Is there a gym in the Berlin office?",
-    "Which company provides our dental insurance?",
-    "What was our revenue last quarter?",
-    "What is the name of our CEO?",
-]
+UNANSWERABLE = [item["question"] for item in json.loads((HERE / "eval_unanswerable.json").read_text())]
 _ADMITS = re.compile(
     r"(do not|don't|doesn't|does not|did not|didn't|cannot|can't|could not|couldn't|unable to|no)"
     r"\s+(\w+\s+){0,3}?(know|find|found|mention|mentioned|say|says|specify|specified|provide|"
@@ -157,7 +150,12 @@ async def _decode_tps(model: TransformersModel) -> float:
 
 
 async def _one_format(
-    quantization: str, documents: list[dict[str, Any]], tool_cases: list[Any], tmp: Path, threads: int
+    quantization: str,
+    documents: list[dict[str, Any]],
+    tool_cases: list[Any],
+    tmp: Path,
+    threads: int,
+    leanings: bool = True,
 ) -> dict[str, Any]:
     # "auto:int16": model.quantization "auto" with model.kernels "int16"; "auto::float32": with
     # scheduler.kv_cache "float32".
@@ -199,6 +197,9 @@ async def _one_format(
         pairs = zip(documents, replies, strict=True)
         hits = [item["answer"].lower() in reply.lower() for item, reply in pairs]
         result["document_accuracy"] = round(sum(hits) / len(hits), 3) if hits else None
+        for kind in sorted({item.get("kind", "paraphrase") for item in documents}):
+            mine = [hit for item, hit in zip(documents, hits, strict=True) if item.get("kind") == kind]
+            result[f"document_accuracy_{kind}"] = f"{sum(mine)}/{len(mine)}"
         admitted = 0
         last_prompts, unanswered = [], []
         for n, question in enumerate(UNANSWERABLE):
@@ -209,10 +210,12 @@ async def _one_format(
             admitted += ok
             _log(quantization, ok, "INVENTED", question, reply)
         result["unanswerable_admitted"] = round(admitted / len(UNANSWERABLE), 3)
-        # In a thread of its own: its OpenMP workers must not outlive it (bot/threads.py).
-        declines, owns = run_apart(_leanings, model, last_prompts, unanswered)
-        result["unanswerable_decline_logprob"] = declines
-        result["unanswerable_own_reply_logprob"] = owns
+        result["unanswerable_declined"] = f"{admitted}/{len(UNANSWERABLE)}"
+        if leanings:
+            # In a thread of its own: its OpenMP workers must not outlive it (bot/threads.py).
+            declines, owns = run_apart(_leanings, model, last_prompts, unanswered)
+            result["unanswerable_decline_logprob"] = declines
+            result["unanswerable_own_reply_logprob"] = owns
         settings.tools.constrained = True
         rows = []
         for n, case in enumerate(tool_cases):
@@ -243,6 +246,11 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=24, help="document questions per format")
     parser.add_argument("--tools", type=int, default=len(tools_eval.CASES), help="tool prompts per format")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    parser.add_argument(
+        "--no-leanings",
+        action="store_true",
+        help="skip the log-probabilities of declining (two more passes over each unanswerable prompt)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the per-format child
     args = parser.parse_args()
@@ -253,7 +261,11 @@ def main() -> None:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if args.one:
         with tempfile.TemporaryDirectory(prefix="chinwag-quality-") as tmp:
-            one = asyncio.run(_one_format(args.one, documents, tool_cases, Path(tmp), args.threads))
+            one = asyncio.run(
+                _one_format(
+                    args.one, documents, tool_cases, Path(tmp), args.threads, leanings=not args.no_leanings
+                )
+            )
         print(json.dumps(one))
         return
     # Each format in a process of its own: memory is returned between them, and a crash in one

@@ -115,6 +115,7 @@ class RetrievalSettings(_Section):
     batch_size: int = Field(default=16, ge=1, le=512)
     hybrid: bool = True
     keyword_sync_s: float = Field(default=60.0, ge=0, le=86_400)
+    grounded: bool = True
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RetrievalSettings:
