@@ -156,6 +156,8 @@ async def _one_format(
     tmp: Path,
     threads: int,
     leanings: bool = True,
+    max_tokens: int = 160,
+    tools_min_score: float | None = None,
 ) -> dict[str, Any]:
     # "auto:int16": model.quantization "auto" with model.kernels "int16"; "auto::float32": with
     # scheduler.kv_cache "float32".
@@ -163,11 +165,20 @@ async def _one_format(
     settings = load_settings(
         data_dir=tmp / "data",
         model={"quantization": quantization, "threads": threads, **({"kernels": kernels} if kernels else {})},
-        generation={"temperature": 0.0, "max_tokens": 160},
+        generation={"temperature": 0.0, "max_tokens": max_tokens},
         scheduler={"kv_cache": kv_cache} if kv_cache else {},
     )
     store = DocumentStore.open(settings)
     store.ingest([HERE / "eval_corpus"])
+    if tools_min_score is not None:
+        # Only the tool prompts some passage matches this well: the others get the same prompt
+        # whatever retrieval does, so a change to retrieval cannot move their scores.
+        tool_cases = [
+            case
+            for case in tool_cases
+            if max((p.score for p in store.query(case.prompt, ["global"], 20)), default=-1.0)
+            >= tools_min_score
+        ]
     started = time.perf_counter()
     model = await asyncio.to_thread(
         TransformersModel.load, settings.model, settings.model_cache_dir, False, settings.scheduler
@@ -225,6 +236,9 @@ async def _one_format(
         summary = tools_eval._summary(rows, settings.model.name) if rows else {}
         for key in ("tool_choice_accuracy", "args_valid_rate", "answer_accuracy", "false_call_rate"):
             result[f"tools_{key}"] = summary.get(key)
+        with_answer = [r for r in rows if r["answered"] is not None]
+        result["tools_chose"] = f"{sum(r['chose'] for r in rows)}/{len(rows)}"
+        result["tools_answered"] = f"{sum(bool(r['answered']) for r in with_answer)}/{len(with_answer)}"
     finally:
         await history.close()
         model.close()
@@ -251,6 +265,13 @@ def main() -> None:
         action="store_true",
         help="skip the log-probabilities of declining (two more passes over each unanswerable prompt)",
     )
+    parser.add_argument("--max-tokens", type=int, default=160, help="longest reply, in tokens")
+    parser.add_argument(
+        "--tools-min-score",
+        type=float,
+        default=None,
+        help="only the tool prompts whose best passage scores at least this (cosine)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the per-format child
     args = parser.parse_args()
@@ -263,7 +284,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="chinwag-quality-") as tmp:
             one = asyncio.run(
                 _one_format(
-                    args.one, documents, tool_cases, Path(tmp), args.threads, leanings=not args.no_leanings
+                    args.one,
+                    documents,
+                    tool_cases,
+                    Path(tmp),
+                    args.threads,
+                    leanings=not args.no_leanings,
+                    max_tokens=args.max_tokens,
+                    tools_min_score=args.tools_min_score,
                 )
             )
         print(json.dumps(one))

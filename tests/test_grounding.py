@@ -14,7 +14,7 @@ import pytest
 
 from bot.engine import Engine
 from bot.grounding import not_found, support
-from bot.types import Event, Incoming, TextDelta, TurnDone
+from bot.types import CommandResult, Event, Incoming, TextDelta, TurnDone
 from config import Settings, load_settings
 from retrieval.store import DocumentStore, Passage
 from storage import SqlHistory
@@ -131,6 +131,9 @@ async def test_an_unanswerable_question_gets_the_could_not_find_reply_and_no_cit
     assert done.metadata["grounding"]["unsupported"] == ["40"]
     [_, stored] = await history.load(done.conversation_id)
     assert stored.content == done.text and stored.metadata["sources"] == []
+    shown = (await run(engine, said("/sources")))[-1]
+    assert isinstance(shown, CommandResult) and "none of them held the answer" in shown.text
+    assert "Berlin office guide" in shown.text
 
 
 async def test_an_answer_from_the_passages_is_shown_with_its_citation(
