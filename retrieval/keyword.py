@@ -32,6 +32,10 @@ _STOPWORDS = frozenset(
     very was we were what when where which while who whom why will with would you your yours""".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
+# In a large table, a word in more than this share of the chunks is left out of the query: it
+# tells the chunks apart hardly at all, and its long list of chunks is most of a query's cost.
+_COMMON_SHARE = 0.2
+_COMMON_FROM = 1000  # chunks in a table before words are left out for being common
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,15 @@ def query_terms(text: str) -> list[str]:
     return list(seen)
 
 
+def _stems(word: str) -> list[str]:
+    """Forms Porter's stemmer may reduce `word` to, longest first."""
+    forms = [word]
+    if word.endswith("y"):
+        forms.append(word[:-1] + "i")
+    forms += [word[:n] for n in range(len(word) - 1, max(2, len(word) - 5), -1)]
+    return forms
+
+
 def _table(scope: str) -> str:
     return "kw_" + hashlib.sha256(scope.encode()).hexdigest()[:16]
 
@@ -81,7 +94,9 @@ class KeywordIndex:
         )
         self._tables: set[str] = {
             row[0]
-            for row in self._db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'kw\\_%' ESCAPE '\\'")
+            for row in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'kw\\_%' ESCAPE '\\' AND sql LIKE '%fts5(%'"
+            )
         }
 
     def close(self) -> None:
@@ -96,6 +111,9 @@ class KeywordIndex:
             self._db.execute(
                 f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5("
                 "chunk_id UNINDEXED, doc_id UNINDEXED, heading, body, tokenize='porter unicode61')"
+            )
+            self._db.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {table}_vocab USING fts5vocab({table}, 'row')"
             )
             self._tables.add(table)
         return table
@@ -178,10 +196,13 @@ class KeywordIndex:
         table = _table(scope)
         if not terms or k <= 0 or table not in self._tables:
             return []
-        # Any of the words (OR): BM25 ranks chunks holding more, and rarer, ones first. Each word
-        # quoted, so FTS5's query syntax (AND, NEAR, -, *) in a question is taken literally.
-        match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
         with self._lock:
+            terms = self._rare(table, terms)
+            if not terms:
+                return []
+            # Any of the words (OR): BM25 ranks chunks holding more, and rarer, ones first. Each
+            # word quoted, so FTS5's query syntax (AND, NEAR, -, *) in a question is taken literally.
+            match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
             rows = self._db.execute(
                 f"SELECT chunk_id, bm25({table}) FROM {table} WHERE {table} MATCH ? "
                 f"ORDER BY bm25({table}) LIMIT ?",
@@ -189,3 +210,22 @@ class KeywordIndex:
             ).fetchall()
         # FTS5's bm25() is negative, lower is better: flipped so that higher is better.
         return [KeywordHit(row[0], -float(row[1])) for row in rows]
+
+    def _rare(self, table: str, terms: list[str]) -> list[str]:
+        """`terms` without those in more than _COMMON_SHARE of a large table's chunks."""
+        chunks = int(self._db.execute(f"SELECT count(*) FROM {table}_docsize").fetchone()[0])
+        if chunks < _COMMON_FROM:
+            return terms
+        # The vocabulary holds stems ("deliveri", "warehous"): a word's stem is taken to be the
+        # longest of its beginnings (short of a few letters, y read as i) that the vocabulary has.
+        forms = {term: _stems(term) for term in terms}
+        wanted = sorted({form for found in forms.values() for form in found})
+        marks = ",".join("?" * len(wanted))
+        query = f"SELECT term, doc FROM {table}_vocab WHERE term IN ({marks})"
+        counts = dict(self._db.execute(query, wanted).fetchall())
+        kept = []
+        for term, found in forms.items():
+            stem = next((form for form in found if form in counts), None)
+            if stem is None or counts[stem] <= chunks * _COMMON_SHARE:
+                kept.append(term)
+        return kept

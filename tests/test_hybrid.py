@@ -167,3 +167,27 @@ def test_query_terms_keep_names_acronyms_and_numbers() -> None:
     # FTS5's own syntax in a question is taken as words.
     assert query_terms('"QBS" NEAR(PSR*) -FXR') == ["qbs", "near", "psr", "fxr"]
     assert query_terms("what is it?") == []
+
+
+def test_in_a_large_index_words_in_most_chunks_are_left_out_of_the_query(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "k.sqlite3")
+    rows = [
+        (f"d:{n}", "d", "Deliveries", f"Every delivery leaves the warehouse; parcel {n}.")
+        for n in range(1200)
+    ]
+    rows[700] = (
+        "d:700",
+        "d",
+        "Deliveries",
+        "Every delivery leaves the warehouse; the Quokka depot is closed.",
+    )
+    index.replace("global", [], rows, [("d", "sha", len(rows))])
+    # "deliveries" and "warehouses" (stemmed in the index) are in every chunk: only "quokka" counts.
+    assert [h.chunk_id for h in index.search("global", "Which warehouses' deliveries go to Quokka?", 5)] == [
+        "d:700"
+    ]
+    assert index.search("global", "deliveries warehouses", 5) == []
+    # A small index keeps every word: there, they cost nothing.
+    small = KeywordIndex(tmp_path / "small.sqlite3")
+    small.replace("global", [], rows[:10], [("d", "sha", 10)])
+    assert len(small.search("global", "deliveries warehouses", 5)) == 5
