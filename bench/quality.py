@@ -158,6 +158,7 @@ async def _one_format(
     leanings: bool = True,
     max_tokens: int = 160,
     tools_min_score: float | None = None,
+    unanswerable: int = len(UNANSWERABLE),
 ) -> dict[str, Any]:
     # "auto:int16": model.quantization "auto" with model.kernels "int16"; "auto::float32": with
     # scheduler.kv_cache "float32".
@@ -213,16 +214,17 @@ async def _one_format(
             result[f"document_accuracy_{kind}"] = f"{sum(mine)}/{len(mine)}"
         admitted = 0
         last_prompts, unanswered = [], []
-        for n, question in enumerate(UNANSWERABLE):
+        asked_unanswerable = UNANSWERABLE[:unanswerable]
+        for n, question in enumerate(asked_unanswerable):
             reply, _ = await ask(question, "unanswerable", n)
             last_prompts.append(recorded.asked[-1])  # the prompt its reply answers
             unanswered.append(reply)
             ok = admits_not_knowing(reply)
             admitted += ok
             _log(quantization, ok, "INVENTED", question, reply)
-        result["unanswerable_admitted"] = round(admitted / len(UNANSWERABLE), 3)
-        result["unanswerable_declined"] = f"{admitted}/{len(UNANSWERABLE)}"
-        if leanings:
+        result["unanswerable_admitted"] = round(admitted / max(1, len(asked_unanswerable)), 3)
+        result["unanswerable_declined"] = f"{admitted}/{len(asked_unanswerable)}"
+        if leanings and asked_unanswerable:
             # In a thread of its own: its OpenMP workers must not outlive it (bot/threads.py).
             declines, owns = run_apart(_leanings, model, last_prompts, unanswered)
             result["unanswerable_decline_logprob"] = declines
@@ -267,6 +269,9 @@ def main() -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=160, help="longest reply, in tokens")
     parser.add_argument(
+        "--unanswerable", type=int, default=len(UNANSWERABLE), help="unanswerable questions per format"
+    )
+    parser.add_argument(
         "--tools-min-score",
         type=float,
         default=None,
@@ -292,6 +297,7 @@ def main() -> None:
                     leanings=not args.no_leanings,
                     max_tokens=args.max_tokens,
                     tools_min_score=args.tools_min_score,
+                    unanswerable=args.unanswerable,
                 )
             )
         print(json.dumps(one))
