@@ -255,9 +255,6 @@ async def test_with_the_search_tool_offered_only_clear_matches_enter_the_prompt(
     from bot.app import default_tools
 
     store.ingest([docs])
-    # Without the grounding check (a model that cannot score a yes or no, or grounded = false):
-    # with the check, it decides what the passages are worth (tests/test_grounding.py).
-    settings.retrieval.grounded = False
     settings.retrieval.min_score_with_tools = 0.99
     engine = Engine(model, history, settings, store, default_tools(settings))
     await run(engine, said("What is the API rate limit per key?"))
