@@ -1,13 +1,15 @@
 """Answer quality of the model's weight formats, side by side in one run: does quantization cost answers?
 
-    python bench/quality.py [--formats none,int8,int4] [--documents 24] [--tools 41] [--json]
+    python bench/quality.py [--formats none,int8,int4] [--documents 24] [--tools 41] [--no-leanings] [--json]
 
 Each format (`model.quantization`: none = the model's own float32, int8, int4) answers, through the
 engine with the real document store and the default tools, greedy:
-- document questions from bench/eval_questions.json (the reply must contain the fact);
-- unanswerable questions: the documents are close to the topic but do not hold the answer, and the
-  reply must say so rather than invent one (dynamic int8 quantization of activations was seen to
-  make the 0.5B model answer such a question). The 0.5B model invents in every format, float32
+- document questions from bench/eval_questions.json (the reply must contain the fact), scored
+  overall and per kind (`document_accuracy_<kind>`: paraphrase, name, acronym, table, list, long);
+- unanswerable questions (bench/eval_unanswerable.json, 24 near misses): the documents are close
+  to the topic but do not hold the answer, and the reply must say so rather than invent one
+  (dynamic int8 quantization of activations was seen to make the 0.5B model answer such a
+  question). The 0.5B model invents in every format, float32
   included, so each format also scores, after each of these prompts and through the decode steps
   the server uses, a reply that declines (`DECLINE`) and its own reply: their mean log-probability
   per token (unanswerable_decline_logprob, unanswerable_own_reply_logprob). A format that moves
@@ -50,16 +52,7 @@ from storage import SqlHistory
 
 HERE = Path(__file__).resolve().parent
 # Near the documents' topics, answered by none of them (checked against bench/eval_corpus).
-UNANSWERABLE = [
-    "How many parking spaces does the Berlin office have?",
-    "Are dogs allowed in the Lisbon office?",
-    "How big is the annual bonus for engineers?",
-    "How much does the company pay into the pension plan?",
-    "Is there a gym in the Berlin office?",
-    "Which company provides our dental insurance?",
-    "What was our revenue last quarter?",
-    "What is the name of our CEO?",
-]
+UNANSWERABLE = [item["question"] for item in json.loads((HERE / "eval_unanswerable.json").read_text())]
 _ADMITS = re.compile(
     r"(do not|don't|doesn't|does not|did not|didn't|cannot|can't|could not|couldn't|unable to|no)"
     r"\s+(\w+\s+){0,3}?(know|find|found|mention|mentioned|say|says|specify|specified|provide|"
@@ -157,7 +150,15 @@ async def _decode_tps(model: TransformersModel) -> float:
 
 
 async def _one_format(
-    quantization: str, documents: list[dict[str, Any]], tool_cases: list[Any], tmp: Path, threads: int
+    quantization: str,
+    documents: list[dict[str, Any]],
+    tool_cases: list[Any],
+    tmp: Path,
+    threads: int,
+    leanings: bool = True,
+    max_tokens: int = 160,
+    tools_min_score: float | None = None,
+    unanswerable: int = len(UNANSWERABLE),
 ) -> dict[str, Any]:
     # "auto:int16": model.quantization "auto" with model.kernels "int16"; "auto::float32": with
     # scheduler.kv_cache "float32".
@@ -165,11 +166,20 @@ async def _one_format(
     settings = load_settings(
         data_dir=tmp / "data",
         model={"quantization": quantization, "threads": threads, **({"kernels": kernels} if kernels else {})},
-        generation={"temperature": 0.0, "max_tokens": 160},
+        generation={"temperature": 0.0, "max_tokens": max_tokens},
         scheduler={"kv_cache": kv_cache} if kv_cache else {},
     )
     store = DocumentStore.open(settings)
     store.ingest([HERE / "eval_corpus"])
+    if tools_min_score is not None:
+        # Only the tool prompts some passage matches this well: the others get the same prompt
+        # whatever retrieval does, so a change to retrieval cannot move their scores.
+        tool_cases = [
+            case
+            for case in tool_cases
+            if max((p.score for p in store.query(case.prompt, ["global"], 20)), default=-1.0)
+            >= tools_min_score
+        ]
     started = time.perf_counter()
     model = await asyncio.to_thread(
         TransformersModel.load, settings.model, settings.model_cache_dir, False, settings.scheduler
@@ -199,20 +209,26 @@ async def _one_format(
         pairs = zip(documents, replies, strict=True)
         hits = [item["answer"].lower() in reply.lower() for item, reply in pairs]
         result["document_accuracy"] = round(sum(hits) / len(hits), 3) if hits else None
+        for kind in sorted({item.get("kind", "paraphrase") for item in documents}):
+            mine = [hit for item, hit in zip(documents, hits, strict=True) if item.get("kind") == kind]
+            result[f"document_accuracy_{kind}"] = f"{sum(mine)}/{len(mine)}"
         admitted = 0
         last_prompts, unanswered = [], []
-        for n, question in enumerate(UNANSWERABLE):
+        asked_unanswerable = UNANSWERABLE[:unanswerable]
+        for n, question in enumerate(asked_unanswerable):
             reply, _ = await ask(question, "unanswerable", n)
             last_prompts.append(recorded.asked[-1])  # the prompt its reply answers
             unanswered.append(reply)
             ok = admits_not_knowing(reply)
             admitted += ok
             _log(quantization, ok, "INVENTED", question, reply)
-        result["unanswerable_admitted"] = round(admitted / len(UNANSWERABLE), 3)
-        # In a thread of its own: its OpenMP workers must not outlive it (bot/threads.py).
-        declines, owns = run_apart(_leanings, model, last_prompts, unanswered)
-        result["unanswerable_decline_logprob"] = declines
-        result["unanswerable_own_reply_logprob"] = owns
+        result["unanswerable_admitted"] = round(admitted / max(1, len(asked_unanswerable)), 3)
+        result["unanswerable_declined"] = f"{admitted}/{len(asked_unanswerable)}"
+        if leanings and asked_unanswerable:
+            # In a thread of its own: its OpenMP workers must not outlive it (bot/threads.py).
+            declines, owns = run_apart(_leanings, model, last_prompts, unanswered)
+            result["unanswerable_decline_logprob"] = declines
+            result["unanswerable_own_reply_logprob"] = owns
         settings.tools.constrained = True
         rows = []
         for n, case in enumerate(tool_cases):
@@ -222,6 +238,9 @@ async def _one_format(
         summary = tools_eval._summary(rows, settings.model.name) if rows else {}
         for key in ("tool_choice_accuracy", "args_valid_rate", "answer_accuracy", "false_call_rate"):
             result[f"tools_{key}"] = summary.get(key)
+        with_answer = [r for r in rows if r["answered"] is not None]
+        result["tools_chose"] = f"{sum(r['chose'] for r in rows)}/{len(rows)}"
+        result["tools_answered"] = f"{sum(bool(r['answered']) for r in with_answer)}/{len(with_answer)}"
     finally:
         await history.close()
         model.close()
@@ -243,6 +262,21 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=24, help="document questions per format")
     parser.add_argument("--tools", type=int, default=len(tools_eval.CASES), help="tool prompts per format")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    parser.add_argument(
+        "--no-leanings",
+        action="store_true",
+        help="skip the log-probabilities of declining (two more passes over each unanswerable prompt)",
+    )
+    parser.add_argument("--max-tokens", type=int, default=160, help="longest reply, in tokens")
+    parser.add_argument(
+        "--unanswerable", type=int, default=len(UNANSWERABLE), help="unanswerable questions per format"
+    )
+    parser.add_argument(
+        "--tools-min-score",
+        type=float,
+        default=None,
+        help="only the tool prompts whose best passage scores at least this (cosine)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the per-format child
     args = parser.parse_args()
@@ -253,7 +287,19 @@ def main() -> None:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if args.one:
         with tempfile.TemporaryDirectory(prefix="chinwag-quality-") as tmp:
-            one = asyncio.run(_one_format(args.one, documents, tool_cases, Path(tmp), args.threads))
+            one = asyncio.run(
+                _one_format(
+                    args.one,
+                    documents,
+                    tool_cases,
+                    Path(tmp),
+                    args.threads,
+                    leanings=not args.no_leanings,
+                    max_tokens=args.max_tokens,
+                    tools_min_score=args.tools_min_score,
+                    unanswerable=args.unanswerable,
+                )
+            )
         print(json.dumps(one))
         return
     # Each format in a process of its own: memory is returned between them, and a crash in one

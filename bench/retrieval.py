@@ -5,8 +5,9 @@
 
 Generates Markdown files (about ten ~800-character chunks each) in a temporary directory and
 ingests them through `DocumentStore.ingest` (load, split, embed, write) into a fresh embedded
-Chroma store; then times `DocumentStore.query` (the query embedding included) at 1k chunks, grows
-the store to `--large` chunks and times it again. A table by default; one JSON object with --json.
+Chroma store; then times `DocumentStore.query` (the query embedding included; hybrid as shipped,
+and by meaning alone as `dense_query_*`) at 1k chunks, grows the store to `--large` chunks and
+times it again. A table by default; one JSON object with --json.
 
 With --one-file-mb N it instead ingests one Markdown file of N MB (streamed in bounded memory): the
 chunks/s and tokens/s, the process's resident memory before ingesting (the embedding model loaded)
@@ -70,6 +71,34 @@ def _latencies(store: DocumentStore, queries: list[str]) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
+class _RandomVectors:
+    """Stands in for the embedder while chunks are ingested: unit vectors, no model."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.rng = random.Random(11)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return self.real.count_tokens(texts)
+
+    def embed(self, texts: list[str], batch_size: int = 16, done: Any = None) -> list[list[float]]:
+        if len(texts) == 1:  # a query
+            return self.real.embed(texts)
+        vectors = []
+        for _ in texts:
+            v = [self.rng.gauss(0.0, 1.0) for _ in range(384)]
+            norm = sum(x * x for x in v) ** 0.5
+            vectors.append([x / norm for x in v])
+        if done is not None:
+            done(len(texts))
+        return vectors
+
+
+def _random_vectors_for_chunks(store: DocumentStore) -> None:
+    fake = _RandomVectors(store.embedder)
+    type(store).embedder = property(lambda self: fake)  # type: ignore[method-assign,assignment]
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -118,6 +147,12 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=10_000, help="chunks in the large store")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--one-file-mb", type=float, default=None, help="ingest one file this large")
+    parser.add_argument(
+        "--random-vectors",
+        action="store_true",
+        help="store random vectors instead of embedding the chunks (queries are still embedded): "
+        "query times without the ingestion's hours on a slow machine; its ingest figures mean nothing",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.one_file_mb:
@@ -133,6 +168,8 @@ def main() -> None:
         store = DocumentStore.open(settings)
         store.embedder  # noqa: B018 - load (and, the first time, export) the model before timing
         result["embedding_runtime"] = store.embedder.runtime
+        if args.random_vectors:
+            _random_vectors_for_chunks(store)
 
         _write_files(root / "small", 0, 100, rng)
         report = store.ingest([root / "small"])
@@ -143,6 +180,10 @@ def main() -> None:
         result["ingest_tokens_per_s"] = report.tokens / report.seconds
         result["chunks_1k"] = store.count()
         result["query_p50_ms_1k"], result["query_p95_ms_1k"] = _latencies(store, queries)
+        # The same by meaning alone (retrieval.hybrid = false), for what the keyword search costs.
+        settings.retrieval.hybrid = False
+        result["dense_query_p50_ms_1k"], result["dense_query_p95_ms_1k"] = _latencies(store, queries)
+        settings.retrieval.hybrid = True
 
         per_file = max(1, report.chunks // 100)
         missing = max(0, args.large - store.count())
@@ -151,6 +192,10 @@ def main() -> None:
         result["grow_seconds"] = grown.seconds
         result["chunks_10k"] = store.count()
         result["query_p50_ms_10k"], result["query_p95_ms_10k"] = _latencies(store, queries)
+        # The same by meaning alone (retrieval.hybrid = false), for what the keyword search costs.
+        settings.retrieval.hybrid = False
+        result["dense_query_p50_ms_10k"], result["dense_query_p95_ms_10k"] = _latencies(store, queries)
+        settings.retrieval.hybrid = True
 
     if args.json:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))

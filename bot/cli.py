@@ -282,6 +282,11 @@ async def _ask(settings: Settings, question: str, conversation_id: int | None, a
                                 "documents", "on" if "sources" in event.metadata else "off"
                             ),
                         }
+                        # The reply said the documents do not hold the answer: those searched,
+                        # and what the check of the reply against them found.
+                        for key in ("searched", "grounding"):
+                            if key in event.metadata:
+                                result[key] = event.metadata[key]
                         print(json.dumps(result, ensure_ascii=False))
                     else:
                         out.write("\n")

@@ -204,13 +204,19 @@ async def _sources(engine: EngineView, conv: Conversation, args: str) -> Reply:
     sources = last.metadata.get("sources")
     if sources is None:
         return Reply("The last reply did not search the documents.", conv)
-    if not sources:
+    searched = last.metadata.get("searched")
+    if not sources and searched:
+        # The reply said the documents do not hold the answer: show where it looked.
+        sources, heading = searched, "**Passages searched for the last reply (none of them held the answer)**"
+    elif not sources:
         return Reply("No passage was relevant enough for the last reply; it did not use the documents.", conv)
+    else:
+        heading = "**Passages used for the last reply**"
     texts: dict[str, str] = {}
     if engine.retriever is not None:
         found = await engine.retriever.get([s["id"] for s in sources])
         texts = {p.id: p.text for p in found}
-    lines = ["**Passages used for the last reply**", ""]
+    lines = [heading, ""]
     for source in sources:
         label = source_label(source["title"] or source["path"], source.get("location") or "")
         cited = " · cited" if source.get("cited") else ""

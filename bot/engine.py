@@ -10,6 +10,7 @@ from contextlib import aclosing
 from dataclasses import asdict, replace
 from typing import Any
 
+from bot import grounding
 from bot.citations import (
     DOCUMENTS_UNAVAILABLE,
     PASSAGES_INTRO,
@@ -47,6 +48,7 @@ from bot.types import (
     Incoming,
     Notice,
     Status,
+    TextDelta,
     TurnDone,
     TurnFailed,
     TurnStarted,
@@ -286,11 +288,14 @@ class Engine:
         passages: list[Passage] = []
         unavailable = False
         tools = self.tools_for(conv)
+        config = self.settings.retrieval
         if self.docs_enabled(conv):
-            config = self.settings.retrieval
-            # With the search tool at hand, only clear matches go into the prompt.
-            searchable = "search_documents" in tools.tools
-            floor = max(config.min_score, config.min_score_with_tools) if searchable else config.min_score
+            floor = config.min_score
+            if "search_documents" in tools.tools:
+                # With the search tool at hand, only clear matches go into the prompt: weak ones
+                # pulled the model away from the clock and the calculator, and with the check of
+                # the reply their "could not find" replaced the tools' answers (bench/RESULTS.md).
+                floor = max(config.min_score, config.min_score_with_tools)
             found = await self._retrieve(conv, text, system_prompt, length, params.max_tokens, floor)
             unavailable = found is None
             passages = found or []
@@ -323,7 +328,11 @@ class Engine:
             if unavailable:
                 extra["documents"] = "unavailable"
         asked = (incoming.platform, incoming.message_id) if incoming.message_id is not None else None
-        answer_stream = self._generate(conv, prompt, prompt_tokens, params, tools, extra, approve, asked)
+        # A reply written from passages is checked against them before it is shown (`bot/grounding.py`).
+        check = (text, passages) if passages and config.grounded else None
+        answer_stream = self._generate(
+            conv, prompt, prompt_tokens, params, tools, extra, approve, asked, check
+        )
         async with aclosing(answer_stream) as answer:
             async for event in answer:
                 yield event
@@ -424,10 +433,13 @@ class Engine:
         extra: dict[str, Any] | None = None,
         approve: Approver | None = None,
         asked: tuple[str, str] | None = None,
+        check: tuple[str, list[Passage]] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Stream the reply through its tool rounds (`tools`: those this conversation may use), then
         store it: complete, or as far as it got when it was interrupted or failed. `asked`: the
-        platform and id of the message it answers, whose deletion the reply follows."""
+        platform and id of the message it answers, whose deletion the reply follows. `check`: the
+        question and the passages the reply is written from; its text is then held back until it
+        is whole and checked against them, and replaced if they do not support it."""
         loop = ToolLoop(
             self.model, params, tools, self.settings.tools, prompt_tokens, approve, self.tool_runner
         )
@@ -442,6 +454,8 @@ class Engine:
         try:
             async with aclosing(loop.run(prompt)) as rounds:
                 async for event in rounds:
+                    if check is not None and isinstance(event, TextDelta):
+                        continue  # shown once checked
                     yield event
         except (asyncio.CancelledError, GeneratorExit):
             # The user stopped the reply (Ctrl-C, a deleted message): keep what was said.
@@ -481,6 +495,15 @@ class Engine:
         status: Status = "interrupted" if finish is not None and finish.reason == "cancelled" else "complete"
         text = loop.text
         meta: dict[str, Any] = {**metadata(), "finish_reason": finish.reason if finish else "stop"}
+        if check is not None:
+            if not loop.calls and status == "complete":  # a tool's result is its own source
+                question, passages = check
+                found = grounding.support(text, question, passages)
+                meta["grounding"] = found.record()
+                if not found.grounded:
+                    text = grounding.not_found(passages)
+                    meta["searched"], meta["sources"] = meta.get("sources", []), []
+            yield TextDelta(text)
         if "sources" in meta:
             meta["sources"] = mark_cited(meta["sources"], text)
         # A stop arriving during this write must not lose a reply that is already whole.

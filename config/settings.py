@@ -113,6 +113,9 @@ class RetrievalSettings(_Section):
     min_score_with_tools: float = Field(default=0.5, ge=-1.0, le=1.0)
     max_context_tokens: int = Field(default=1500, ge=100)
     batch_size: int = Field(default=16, ge=1, le=512)
+    hybrid: bool = True
+    keyword_sync_s: float = Field(default=60.0, ge=0, le=86_400)
+    grounded: bool = True
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RetrievalSettings:

@@ -5,6 +5,12 @@ Each scope's chunks (vectors, text, where each came from) live in a collection o
 that re-ingesting an unchanged file costs one lookup. Chroma results become `Passage` objects here;
 nothing of Chroma leaves this module. The store connects on first use and again after any failure,
 so a Chroma server that was down is used again once it answers (`retrieval/chroma.py`).
+
+A search is hybrid (`retrieval.hybrid`): the chunks nearest in meaning (Chroma) and those sharing
+the question's words (BM25 over the same chunks, `retrieval/keyword.py`) are fused by reciprocal
+rank. Chroma stays the source of truth; the keyword index follows it as files are ingested and
+removed, and is brought in step with it when the store connects (and, with a Chroma server that
+other processes write to, every `retrieval.keyword_sync_s`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,17 +35,23 @@ from config import Settings
 from retrieval.chroma import Connection
 from retrieval.chunking import TextChunk, iter_chunks
 from retrieval.embeddings import Embedder, EmbeddingError, chroma_embedding_function, shared_embedder
+from retrieval.keyword import KeywordIndex
 from retrieval.loaders import LoadedDocument, LoadError, check_regular, iter_files, load
 
 log = logging.getLogger(__name__)
 
 # Chunks embedded and written together; large enough to batch well, small enough to show progress.
 _FLUSH_CHUNKS = 256
+# Reciprocal rank fusion: a chunk's fused score is the sum over the rankings of 1 / (_RRF_K + rank),
+# with the usual constant; each ranking offers at least _CANDIDATES chunks to the fusion.
+_RRF_K = 60
+_CANDIDATES = 20
 
 
 @dataclass(frozen=True)
 class Passage:
-    """A chunk of a document with its similarity to a query (cosine, -1..1)."""
+    """A chunk of a document with its similarity to a query (cosine, -1..1); a hybrid search adds
+    its BM25 score (None: no word of the query in it) and its fused (reciprocal rank) score."""
 
     id: str
     text: str
@@ -50,6 +62,8 @@ class Passage:
     scope: str
     document_id: str
     page: int | None = None
+    keyword: float | None = None
+    fused: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,9 @@ class DocumentStore:
     def __init__(self, connection: Connection, settings: Settings) -> None:
         self._connection = connection
         self._settings = settings.retrieval
+        self._keyword_path = _keyword_path(connection, settings)
+        self._keywords: KeywordIndex | None = None
+        self._synced = 0.0  # when the keyword index was last brought in step with Chroma (monotonic)
         self._embedder_args = (
             settings.retrieval.embedding_model,
             settings.model_cache_dir,
@@ -187,6 +204,8 @@ class DocumentStore:
                         "retrieval.collection and ingest again"
                     )
                 self._documents = documents
+                if self._settings.hybrid:
+                    self._sync_keywords()
                 if self._down:
                     log.info("the document store at %s answers again", self.where)
                     self._down = False
@@ -402,6 +421,17 @@ class DocumentStore:
                     documents=documents[start:end],
                     metadatas=metadatas[start:end],
                 )
+            if self._keywords is not None:
+                # After Chroma (the source of truth): a failure between the two leaves the index
+                # behind, and the next sync catches it up.
+                rows = [
+                    (f"{part.doc_id}:{chunk.index}", part.doc_id, _heading(part.doc, chunk), chunk.text)
+                    for part in batch
+                    for chunk in part.chunks
+                ]
+                self._keywords.replace(
+                    scope, stale, rows, [(part.doc_id, part.digest, part.total or 0) for part in done]
+                )
             if not done:
                 return
             records.upsert(
@@ -448,6 +478,8 @@ class DocumentStore:
                 if collection is not None:
                     collection.delete(ids=[f"{doc.id}:{n}" for n in range(doc.chunks)])
                 self._ready()[1].delete(ids=[doc.id])
+                if self._keywords is not None:
+                    self._keywords.remove(doc.scope, [doc.id])
         return chosen
 
     def count(self) -> int:
@@ -462,17 +494,23 @@ class DocumentStore:
             return self._query(query, scopes, k)
 
     def _query(self, query: str, scopes: Sequence[str], k: int) -> list[Passage]:
-        collections = [c for c in (self._collection(s, create=False) for s in dict.fromkeys(scopes)) if c]
+        collections = [
+            (scope, found)
+            for scope in dict.fromkeys(scopes)
+            if (found := self._collection(scope, create=False)) is not None
+        ]
         if not query.strip() or not collections:
             return []
         vector = self.embedder.embed([query])[0]
-        found: list[Passage] = []
+        keywords = self._keywords if self._settings.hybrid else None
+        n = max(k, _CANDIDATES) if keywords is not None else k
+        dense: list[Passage] = []
         with self._lock:
-            for collection in collections:
+            for _, collection in collections:
                 result = collection.query(
-                    query_embeddings=[vector], n_results=k, include=["documents", "metadatas", "distances"]
+                    query_embeddings=[vector], n_results=n, include=["documents", "metadatas", "distances"]
                 )
-                found += [
+                dense += [
                     _passage(i, t, m, 1.0 - float(d))
                     for i, t, m, d in zip(
                         result["ids"][0],
@@ -482,7 +520,92 @@ class DocumentStore:
                         strict=False,
                     )
                 ]
-        return sorted(found, key=lambda p: p.score, reverse=True)[:k]
+        dense.sort(key=lambda p: p.score, reverse=True)
+        if keywords is None:
+            return dense[:k]
+        if self._connection.remote and time.monotonic() - self._synced >= self._settings.keyword_sync_s:
+            with self._lock:  # another process may have ingested or removed files on the server
+                self._sync_keywords(prune=False)
+        hits = [(scope, hit) for scope, _ in collections for hit in keywords.search(scope, query, n)]
+        hits.sort(key=lambda pair: pair[1].score, reverse=True)
+        hits = hits[:n]
+        fused: dict[str, float] = {}
+        for rank, passage in enumerate(dense[:n], start=1):
+            fused[passage.id] = fused.get(passage.id, 0.0) + 1.0 / (_RRF_K + rank)
+        for rank, (_, hit) in enumerate(hits, start=1):
+            fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + 1.0 / (_RRF_K + rank)
+        best = sorted(fused, key=lambda i: fused[i], reverse=True)[:k]
+        by_id = {p.id: p for p in dense}
+        bm25 = {hit.chunk_id: hit.score for _, hit in hits}
+        scope_of = {hit.chunk_id: scope for scope, hit in hits}
+        missing = [i for i in best if i not in by_id]
+        if missing:
+            by_id.update(self._scored(missing, scope_of, vector))
+        return [replace(by_id[i], keyword=bm25.get(i), fused=fused[i]) for i in best if i in by_id]
+
+    def _scored(self, ids: list[str], scope_of: dict[str, str], vector: list[float]) -> dict[str, Passage]:
+        """Chunks found by their words only, with their cosine similarity to the query's vector."""
+        found: dict[str, Passage] = {}
+        for scope in dict.fromkeys(scope_of[i] for i in ids):
+            collection = self._collection(scope, create=False)
+            if collection is None:
+                continue
+            with self._lock:
+                got = collection.get(
+                    ids=[i for i in ids if scope_of[i] == scope],
+                    include=["documents", "metadatas", "embeddings"],
+                )
+            embeddings = got["embeddings"] if got["embeddings"] is not None else []
+            for i, t, m, e in zip(
+                got["ids"], got["documents"] or [], got["metadatas"] or [], embeddings, strict=False
+            ):
+                found[i] = _passage(i, t, m, _cosine(vector, e))
+        return found
+
+    def _sync_keywords(self, prune: bool = True) -> None:
+        """Bring the keyword index in step with Chroma's records: drop what Chroma no longer holds
+        (or holds in another version), add what it holds that the index lacks. `prune`: also drop
+        chunks of files whose ingest was cut short (only when connecting: an ingest in progress in
+        this process has chunks written before its record)."""
+        if self._keywords is None:
+            self._keywords = KeywordIndex(self._keyword_path)
+        index = self._keywords
+        found = self._documents.get(include=["metadatas"])
+        records = {i: dict(m or {}) for i, m in zip(found["ids"], found["metadatas"] or [], strict=False)}
+        held = index.documents()
+        for doc_id, have in held.items():
+            meta = records.get(doc_id)
+            if meta is None or meta.get("sha256") != have.sha256 or meta.get("scope") != have.scope:
+                index.remove(have.scope, [doc_id])
+        wanted: dict[str, list[str]] = {}
+        for doc_id, meta in records.items():
+            kept = held.get(doc_id)
+            if kept is None or kept.sha256 != meta.get("sha256") or kept.scope != meta.get("scope"):
+                wanted.setdefault(str(meta.get("scope", "")), []).append(doc_id)
+        if prune:
+            for scope in {doc.scope for doc in held.values()} | set(wanted):
+                index.prune(scope)
+        added = 0
+        for scope, doc_ids in wanted.items():
+            collection = self._collection(scope, create=False)
+            if collection is None:
+                continue
+            for start in range(0, len(doc_ids), 64):
+                part = doc_ids[start : start + 64]
+                got = collection.get(where={"doc_id": {"$in": part}}, include=["documents", "metadatas"])
+                rows = []
+                for i, t, m in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=False):
+                    meta = dict(m or {})
+                    heading = _heading_of(str(meta.get("title", "")), str(meta.get("location", "")))
+                    rows.append((i, str(meta.get("doc_id", "")), heading, t or ""))
+                done = [
+                    (d, str(records[d].get("sha256", "")), int(records[d].get("chunks", 0))) for d in part
+                ]
+                index.replace(scope, part, rows, done)
+                added += len(rows)
+        if added:
+            log.info("keyword index: %d chunks added from %s", added, self.where)
+        self._synced = time.monotonic()
 
     def passages(self, ids: Sequence[str]) -> list[Passage]:
         """Passages by id, in the order asked (missing ones left out)."""
@@ -555,8 +678,35 @@ def _sha256(path: Path) -> str:
 
 def _embedding_text(doc: LoadedDocument, chunk: TextChunk) -> str:
     # The title and section give a chunk the context its own words often lack.
-    heading = f"{doc.title} — {chunk.location}" if chunk.location else doc.title
-    return f"{heading}\n{chunk.text}"
+    return f"{_heading(doc, chunk)}\n{chunk.text}"
+
+
+def _heading(doc: LoadedDocument, chunk: TextChunk) -> str:
+    return _heading_of(doc.title, chunk.location)
+
+
+def _heading_of(title: str, location: str) -> str:
+    return f"{title} — {location}" if location else title
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=False))
+    norm = (sum(x * x for x in a) * sum(float(y) * float(y) for y in b)) ** 0.5
+    return float(dot / norm) if norm else 0.0
+
+
+def _keyword_path(connection: Connection, settings: Settings) -> Path:
+    """Where the keyword index lives: in the embedded store's directory, beside Chroma's files; with
+    a Chroma server, in this process's data directory (one file per server, database and
+    collection), brought in step with the server's documents (`DocumentStore._sync_keywords`)."""
+    name = settings.retrieval.collection
+    if not connection.remote:
+        return settings.chroma_dir / f"{name}-keywords.sqlite3"
+    config = settings.retrieval
+    tag = hashlib.sha256(
+        f"{connection.where}\0{config.chroma_tenant}\0{config.chroma_database}\0{name}".encode()
+    ).hexdigest()[:12]
+    return settings.resolved_data_dir / f"keywords-{tag}.sqlite3"
 
 
 def _chunk_metadata(doc: LoadedDocument, doc_id: str, scope: str, chunk: TextChunk) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from bot.errors import ConfigError, DocumentsUnavailableError
 from bot.types import Event, Incoming, Notice, ToolCall, TurnDone
 from config import Settings
 from retrieval.chroma import TOKEN_ENV
+from retrieval.keyword import KeywordIndex
 from retrieval.store import DocumentStore
 from storage import SqlHistory
 from tests.cli_support import chinwag_bin, cli_env
@@ -210,6 +211,29 @@ async def test_documents_are_ingested_searched_and_cited_through_the_server(
 
     assert [d.path for d in store.remove(str(docs / "api.md"))] == [str((docs / "api.md").resolve())]
     assert all("120 requests" not in p.text for p in store.query(QUESTION, ["global"], 4))
+
+
+def test_each_process_keeps_its_keyword_index_in_step_with_the_server(
+    on_server: Settings, tmp_path: Path, docs: Path
+) -> None:
+    on_server.retrieval.keyword_sync_s = 0  # every question brings it in step
+    elsewhere = on_server.model_copy(deep=True)
+    elsewhere.data_dir = tmp_path / "elsewhere"  # another process, with its own data directory
+    reader = DocumentStore.open(elsewhere)  # connected before anything was ingested
+    writer = DocumentStore.open(on_server)
+    writer.ingest([docs])
+
+    # Ingested by the other process: found by its words here too (27 is in no other document).
+    [best] = reader.query("27", ["global"], 1)
+    assert "27 days of paid leave" in best.text and best.keyword is not None
+    assert list(elsewhere.resolved_data_dir.glob("keywords-*.sqlite3"))
+    assert not on_server.chroma_dir.exists()  # no embedded store, not even for the keywords
+
+    writer.remove(str(docs / "handbook.md"))
+    assert all("27 days" not in p.text for p in reader.query("27 days of paid leave", ["global"], 4))
+    [path] = elsewhere.resolved_data_dir.glob("keywords-*.sqlite3")
+    index = KeywordIndex(path)  # the reader's own index has let go of the removed file's words
+    assert index.search("global", "27 days leave", 5) == [] and index.count("global") == writer.count()
 
 
 async def test_a_server_going_down_is_said_in_the_reply_and_used_again_once_back(
