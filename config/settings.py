@@ -51,6 +51,10 @@ class ModelSettings(_Section):
     # bf16, else float32; "int8": the same where VNNI; "int16": 16 bits everywhere (VNNI);
     # "float32": exact; "torch": torch's kernels.
     kernels: Literal["auto", "int8", "int16", "float32", "torch"] = "auto"
+    # Which instruction set chinwag's kernels are compiled for and run with (a "path"): "auto", the
+    # best this CPU runs (AVX-512, else AVX2 + FMA; NEON on ARM); or one forced, which is an error at
+    # start where the CPU cannot run it. Separate from `kernels`, which chooses the arithmetic.
+    simd: Literal["auto", "avx512", "avx2", "neon"] = "auto"
     cache_dir: Path | None = None
     threads: int = Field(default=0, ge=0)
     # backend "openai": the context window when the server's model listing does not report one,

@@ -87,6 +87,7 @@ class TransformersModel:
             device=device,
             dtype=_describe_dtype(model, quantization),
             context_window=int(window),
+            notes=_kernel_notes(model, quantization),
         )
         self._eos_ids = self._end_of_turn_ids()
         self._tokens = TokenPrefixes(tokenizer)
@@ -145,7 +146,9 @@ class TransformersModel:
 
                 model = load_quantized(path, scheme, cache_dir, progress)
                 # This model's own choice of kernels: others in the process keep theirs.
-                use_kernels(model, Kernels.load(settings.kernels, cache_dir, progress))
+                kernels = Kernels.load(settings.kernels, cache_dir, progress, settings.simd)
+                use_kernels(model, kernels)
+                log.info("kernels: %s", kernels.why)
             else:
                 dtype = _resolve_dtype(settings.dtype, device)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
@@ -732,6 +735,18 @@ class TokenPrefixes:
                 while len(self._known) > self.CAPACITY:
                     self._known.popitem(last=False)
             return
+
+
+def _kernel_notes(model: Any, quantization: Any) -> tuple[str, ...]:
+    """What `/model` says of the quantized layers' kernels: which path runs them, and why."""
+    if not quantization:
+        return ()
+    from bot.inference.quantize import kernels_of
+
+    kernels = kernels_of(model)
+    if kernels.ready:
+        return (f"kernels: chinwag's, {kernels.why} (model.kernels = {kernels.setting!r})",)
+    return (f"kernels: {kernels.why}",)
 
 
 def _describe_dtype(model: Any, quantization: Any) -> str:
