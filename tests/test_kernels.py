@@ -474,7 +474,9 @@ def test_a_failing_compilation_is_reported_not_raised(
 
 
 @needs_compiler
-@pytest.mark.parametrize("simd", [name for name, isa in kernels.ISAS.items() if isa.machine == kernels.machine()])
+@pytest.mark.parametrize(
+    "simd", [name for name, isa in kernels.ISAS.items() if isa.machine == kernels.machine()]
+)
 def test_the_kernels_compile_without_a_warning(tmp_path: Path, simd: str) -> None:
     """Our C++ compiles warning-free for every path of this machine with the flags it is built with
     (-Wall -Wextra), and warnings are errors here, so a new one fails this test (compiling needs no
@@ -536,3 +538,109 @@ def test_models_loaded_with_different_kernels_each_keep_their_own(tmp_path: Path
     finally:
         for model in loaded.values():
             model.close()
+
+
+# ---- The paths against each other --------------------------------------------------------------
+
+PAIRS = [(a, b) for i, a in enumerate(kernels.ISAS) for b in list(kernels.ISAS)[i + 1 :]]
+
+
+@pytest.fixture(params=PAIRS, ids=["-".join(pair) for pair in PAIRS])
+def paths(request: pytest.FixtureRequest, library: Path) -> tuple[Kernels, Kernels]:
+    """Two paths this CPU runs, each with `model.kernels = "auto"` (skipped unless both run)."""
+    return _path(library, request.param[0]), _path(library, request.param[1])
+
+
+def test_every_path_computes_the_same_layers_bit_for_bit(paths: tuple[Kernels, Kernels]) -> None:
+    """The integer products (int8 and 16-bit activations by the VNNI layouts) are exact in int32 on
+    every path and everything after them is the same float32 operations in the same order, so the
+    paths agree bit for bit; so do the float32 kernels. (The bf16 products exist only on AVX-512.)"""
+    a, b = paths
+    x = _rows(9, 192, 21)
+    for layer in (_int8(96, 192, 96, a), _int4(128, 192, 128, a, bias=True)):
+        stored = layer.vnni()
+        assert stored is not None
+        for bits in (8, 16):
+            assert torch.equal(a.linear(x, *stored, layer.bias, bits), b.linear(x, *stored, layer.bias, bits))
+        native = layer.native()
+        assert native is not None
+        exact_a, exact_b = replace(a, bf16=False), replace(b, bf16=False)
+        assert torch.equal(exact_a.linear(x, *native, layer.bias), exact_b.linear(x, *native, layer.bias))
+
+
+def test_every_path_decodes_a_layer_bit_for_bit(paths: tuple[Kernels, Kernels]) -> None:
+    """A whole decoder layer (`decode_layer`: norms, VNNI products, rotary, attention over a float16
+    cache, SiLU) gives the same residual stream and cache on every path."""
+    g = torch.Generator().manual_seed(5)
+    hidden, heads, kv_heads, dim, ffn, rows, column = 128, 4, 2, 32, 256, 3, 40
+    shapes = [
+        (heads * dim, hidden),
+        (kv_heads * dim, hidden),
+        (kv_heads * dim, hidden),
+        (hidden, heads * dim),
+    ]
+    shapes += [(ffn, hidden), (ffn, hidden), (hidden, ffn)]
+    layers: list[Int8Linear | Int4Linear] = [
+        _int8(n, k, i, paths[0], i < 3) if i % 2 else _int4(n, k, i, paths[0], i < 3)
+        for i, (n, k) in enumerate(shapes)
+    ]
+    stored = [layer.vnni() for layer in layers]
+    assert all(s is not None for s in stored)
+    weights, scales = [s[0] for s in stored if s], [s[1] for s in stored if s]
+    biases = [layer.bias for layer in layers]
+    bits = [16, 8, 8, 8, 8, 8, 16]
+    norms = (torch.rand(hidden, generator=g) + 0.5, torch.rand(hidden, generator=g) + 0.5)
+    angles = torch.rand(rows, dim, generator=g) * 6
+    x = torch.randn(rows, hidden, generator=g)
+    keys = torch.randn(rows, kv_heads, 64, dim, generator=g).half()
+    values = torch.randn(rows, kv_heads, 64, dim, generator=g).half()
+    out = []
+    for chosen in paths:
+        state = [x.clone(), keys.clone(), values.clone()]
+        chosen.ops.decode_layer(
+            state[0], *norms, 1e-6, weights, scales, biases, bits, True, angles.cos(), angles.sin(),
+            state[1], state[2], column, [0, 7, 40], heads, kv_heads, dim**-0.5,
+        )  # fmt: skip
+        out.append(state)
+    assert not torch.equal(out[0][0], x)
+    for mine, theirs in zip(*out, strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_every_path_attends_shortlists_and_chooses_alike(paths: tuple[Kernels, Kernels]) -> None:
+    a, b = paths
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(6, 20, 64, generator=g)
+    keys = torch.randn(2, 150, 64, generator=g).half()
+    values = torch.randn(2, 150, 64, generator=g).half()
+    assert torch.equal(a.ops.attend(q, keys, values, 100, 0.125), b.ops.attend(q, keys, values, 100, 0.125))
+    x, weight = torch.randn(3, 96, generator=g), torch.randn(1000, 96, generator=g)
+    estimates = torch.randn(3, 1000, generator=g)
+    mine, theirs = estimates.clone(), estimates.clone()
+    a.ops.shortlist(mine, x, weight, None, 64)
+    b.ops.shortlist(theirs, x, weight, None, 64)
+    assert torch.equal(mine, theirs)
+    assert a.argmax(estimates) == b.argmax(estimates)
+
+
+def test_a_forced_path_the_cpu_cannot_run_is_an_error_and_auto_falls_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`model.simd`: a path the CPU lacks is a one-line `KernelError` (before anything is built);
+    "auto" takes the best it has, and says why."""
+    from bot.errors import KernelError
+
+    monkeypatch.setattr(kernels, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma", "f16c", "sse4_2"}))
+    with pytest.raises(KernelError, match=r"model.simd = 'avx512': the CPU lacks avx512f"):
+        Kernels.load("auto", tmp_path / "cache", simd="avx512")
+    with pytest.raises(KernelError, match="ARM NEON is for aarch64 CPUs"):
+        kernels.choose("neon")
+    chosen, why = kernels.choose("auto")
+    assert chosen is not None and chosen.name == "avx2" and "AVX2 and FMA" in why
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx", "sse4_2"}))
+    chosen, why = kernels.choose("auto")
+    assert chosen is None and "lacks avx2" in why
+    assert not Kernels.load("auto", tmp_path / "cache").ready
+    assert Kernels.load("torch", tmp_path / "cache", simd="avx512").setting == "torch"  # not checked

@@ -686,8 +686,10 @@ void rotate(float* x, int64_t M, int64_t heads, int64_t dim, const float* cos, c
       const float* s = sin + m * dim;
       for (int64_t i = 0; i < half; ++i) {
         const float a = v[i], b = v[i + half];
-        v[i] = a * c[i] - b * s[i];
-        v[i + half] = b * c[i + half] + a * s[i + half];
+        // Which product is fused, spelled out: a compiler contracts a * c - b * s as it likes, and
+        // differently for each instruction set.
+        v[i] = std::fma(a, c[i], -(b * s[i]));
+        v[i + half] = std::fma(b, c[i + half], a * s[i + half]);
       }
     }
 }

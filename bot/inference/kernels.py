@@ -118,7 +118,7 @@ class Kernels:
     # The path whose library the layers call ("avx512", "avx2", "neon"; "" with torch's kernels),
     # and why that one, or why none, in a sentence (`/model`, `chinwag prepare`).
     simd: str = ""
-    why: str = "torch's kernels (model.kernels = \"torch\")"
+    why: str = 'torch\'s kernels (model.kernels = "torch")'
     # Whether int8 and int4 layers without a VNNI copy multiply bf16 activations (where the CPU has
     # AVX512-BF16; the library checks it on every call) rather than float32.
     bf16: bool = False
@@ -149,8 +149,13 @@ class Kernels:
         rounded = setting != "float32"
         vnni = rounded and bool(ops.has_vnni())
         return cls(
-            setting, ready=True, bf16=rounded, vnni=vnni, int8=vnni and setting in INT8_SETTINGS,
-            simd=isa.name, why=why,
+            setting,
+            ready=True,
+            bf16=rounded,
+            vnni=vnni,
+            int8=vnni and setting in INT8_SETTINGS,
+            simd=isa.name,
+            why=why,
         )
 
     @property
@@ -193,7 +198,7 @@ def choose(simd: str = "auto") -> tuple[Isa | None, str]:
     for isa in ISAS.values():
         reason = _cannot_run(isa, flags)
         if reason is None:
-            return isa, f"the {isa.name} path (model.simd = \"auto\": this CPU has {isa.title})"
+            return isa, f'the {isa.name} path (model.simd = "auto": this CPU has {isa.title})'
         if isa.machine == machine():
             reasons.append(reason)
     return None, "; ".join(reasons) or f"no path of chinwag's kernels for {machine() or 'this machine'}"
@@ -237,7 +242,8 @@ def prepare(cache_dir: Path, progress: bool = False, simd: str = "auto") -> str:
     of them, and which path runs here and why, in a sentence."""
     paths = [isa for isa in ISAS.values() if isa.machine == machine()]
     if not paths:
-        return f"chinwag's CPU kernels have no path for {machine() or 'this machine'}; torch's kernels will be used."
+        where = machine() or "this machine"
+        return f"chinwag's CPU kernels have no path for {where}; torch's kernels will be used."
     try:
         for isa in paths:
             build(cache_dir, progress, isa)
@@ -290,7 +296,16 @@ def build(cache_dir: Path, progress: bool = False, isa: Isa | None = None) -> Pa
 def compile_command(cxx: str, output: Path, isa: Isa | None = None) -> list[str]:
     """The command that compiles `isa`'s library (see `build`) into `output` with the compiler `cxx`."""
     isa = isa or _default_isa()
-    return [cxx, *FLAGS, *isa_flags(isa), *_torch_flags(), str(SOURCE), "-o", str(output), *_torch_libraries()]
+    return [
+        cxx,
+        *FLAGS,
+        *isa_flags(isa),
+        *_torch_flags(),
+        str(SOURCE),
+        "-o",
+        str(output),
+        *_torch_libraries(),
+    ]
 
 
 def isa_flags(isa: Isa) -> tuple[str, ...]:

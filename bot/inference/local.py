@@ -126,6 +126,12 @@ class TransformersModel:
         scheduler: SchedulerSettings | None = None,
     ) -> TransformersModel:
         """Prepare the model if needed and load it on the configured device."""
+        if settings.kernels != "torch" and resolve_quantization(
+            settings.quantization, resolve_device(settings.device)
+        ):
+            from bot.inference.kernels import choose
+
+            choose(settings.simd)  # a forced path this CPU cannot run: said before anything loads
         path = prepare_model(settings, cache_dir, progress)
         quiet_transformers()
         import torch
