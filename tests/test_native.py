@@ -56,6 +56,6 @@ def test_every_path_prints_the_same_bits(tmp_path: Path) -> None:
     if len(outputs) < 2:
         pytest.skip(f"fewer than two paths build and run here: {', '.join(outputs) or 'none'}")
     first, *others = outputs
-    assert len(outputs[first].splitlines()) == 13
+    assert len(outputs[first].splitlines()) == 15
     for name in others:
         assert outputs[name] == outputs[first], f"{name} differs from {first}"

@@ -365,19 +365,29 @@ CHINWAG_DOT_TARGET void vnni_int4(const int8_t* xq, const float* xs, const float
     vi acc[R], lo[R];
     UNROLL for (int r = 0; r < R; ++r) acc[r] = lo[r] = vizero();
     CHINWAG_PREFETCH((const char*)(sb + g * 32) + kVnniAhead / 8);
-    UNROLL for (int j = 0; j < J; ++j) {
-      CHINWAG_PREFETCH((wb + (g * J + j) * 64 + kVnniAhead));
-      const vb v = vbload(wb + (g * J + j) * 64);
-      const vb low = vblow_nibbles(v);    // inputs 8j .. 8j+3
-      const vb high = vbhigh_nibbles(v);  // inputs 8j+4 .. 8j+7
-      const int64_t k = (g * J + j) * 8;
-      UNROLL for (int r = 0; r < R; ++r) {
-        acc[r] = vdot_u4(acc[r], low, word(xq + r * S + k));
-        acc[r] = vdot_u4(acc[r], high, word(xq + r * S + k + 4));
-        if constexpr (Wide) {
-          lo[r] = vdot_u4(lo[r], low, word(xq + r * S + K + k));
-          lo[r] = vdot_u4(lo[r], high, word(xq + r * S + K + k + 4));
+    // Words in runs whose products' sums stay short (`vsdot_u4`: all J where the sums are int32).
+    constexpr int Run = std::min(J, kShortSums / 2);
+    UNROLL for (int j0 = 0; j0 < J; j0 += Run) {
+      vs short_acc[R], short_lo[R];
+      UNROLL for (int r = 0; r < R; ++r) short_acc[r] = short_lo[r] = vszero();
+      UNROLL for (int j = j0; j < j0 + Run; ++j) {
+        CHINWAG_PREFETCH((wb + (g * J + j) * 64 + kVnniAhead));
+        const vb v = vbload(wb + (g * J + j) * 64);
+        const vb low = vblow_nibbles(v);    // inputs 8j .. 8j+3
+        const vb high = vbhigh_nibbles(v);  // inputs 8j+4 .. 8j+7
+        const int64_t k = (g * J + j) * 8;
+        UNROLL for (int r = 0; r < R; ++r) {
+          short_acc[r] = vsdot_u4(short_acc[r], low, word(xq + r * S + k));
+          short_acc[r] = vsdot_u4(short_acc[r], high, word(xq + r * S + k + 4));
+          if constexpr (Wide) {
+            short_lo[r] = vsdot_u4(short_lo[r], low, word(xq + r * S + K + k));
+            short_lo[r] = vsdot_u4(short_lo[r], high, word(xq + r * S + K + k + 4));
+          }
         }
+      }
+      UNROLL for (int r = 0; r < R; ++r) {
+        acc[r] = j0 == 0 ? vswiden(short_acc[r]) : viadd(acc[r], vswiden(short_acc[r]));
+        if constexpr (Wide) lo[r] = j0 == 0 ? vswiden(short_lo[r]) : viadd(lo[r], vswiden(short_lo[r]));
       }
     }
     if constexpr (Wide) {

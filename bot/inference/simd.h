@@ -134,6 +134,14 @@ CHINWAG_INLINE vb vbhigh_nibbles(vb v) { return _mm512_and_si512(_mm512_srli_epi
 CHINWAG_DOT_TARGET CHINWAG_INLINE vi vdot_u4(vi acc, vb u, int32_t x) {
   return _mm512_dpbusd_epi32(acc, u, _mm512_set1_epi32(x));
 }
+// Short sums of int4 products (`vsdot_u4`): int32 lanes here, so as many as wanted before `vswiden`.
+using vs = __m512i;
+constexpr int kShortSums = 1 << 20;
+CHINWAG_INLINE vs vszero() { return _mm512_setzero_si512(); }
+CHINWAG_DOT_TARGET CHINWAG_INLINE vs vsdot_u4(vs acc, vb u, int32_t x) {
+  return _mm512_dpbusd_epi32(acc, u, _mm512_set1_epi32(x));
+}
+CHINWAG_INLINE vi vswiden(vs s) { return s; }
 // Signed weights (|w| <= 127) as `vdot_s8` takes them: w + 128, unsigned.
 CHINWAG_INLINE vb vbsigned(vb w) { return _mm512_xor_si512(w, _mm512_set1_epi8(int8_t(0x80))); }
 // acc + per lane the 4 products of w's bytes (from `vbsigned`) by x's (signed): plus 128 sum(x)
@@ -300,6 +308,20 @@ CHINWAG_INLINE vi vdot_u4(vi acc, vb u, int32_t x) {
   const __m256i xs = _mm256_set1_epi32(x), ones = _mm256_set1_epi16(1);
   return {_mm256_add_epi32(acc.lo, _mm256_madd_epi16(_mm256_maddubs_epi16(u.lo, xs), ones)),
           _mm256_add_epi32(acc.hi, _mm256_madd_epi16(_mm256_maddubs_epi16(u.hi, xs), ones))};
+}
+// Short sums of int4 products: 16-bit lanes (two per channel), one vpaddw per vpmaddubsw, widened
+// to int32 once per kShortSums of them: each adds at most 2 * 15 * 128 = 3840 in magnitude, so 8
+// stay within 16 bits (vpaddw wraps, it does not saturate, but they never reach it).
+struct vs { __m256i lo, hi; };
+constexpr int kShortSums = 8;
+CHINWAG_INLINE vs vszero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+CHINWAG_INLINE vs vsdot_u4(vs acc, vb u, int32_t x) {
+  const __m256i xs = _mm256_set1_epi32(x);
+  return {_mm256_add_epi16(acc.lo, _mm256_maddubs_epi16(u.lo, xs)), _mm256_add_epi16(acc.hi, _mm256_maddubs_epi16(u.hi, xs))};
+}
+CHINWAG_INLINE vi vswiden(vs s) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  return {_mm256_madd_epi16(s.lo, ones), _mm256_madd_epi16(s.hi, ones)};
 }
 CHINWAG_INLINE vb vbsigned(vb w) { return w; }
 // Signed by signed: |x| (unsigned, at most 128) by w with x's sign, whose pairs stay within 16 bits
@@ -471,6 +493,11 @@ CHINWAG_INLINE vi vdot_u4(vi acc, vb u, int32_t x) {
   const int8x16_t xs = vreinterpretq_s8_s32(vdupq_n_s32(x));
   CHINWAG_N4(vi, dot4(acc.v[i], u.v[i], xs));
 }
+using vs = vi;  // sdot sums into int32 lanes
+constexpr int kShortSums = 1 << 20;
+CHINWAG_INLINE vs vszero() { return vizero(); }
+CHINWAG_INLINE vs vsdot_u4(vs acc, vb u, int32_t x) { return vdot_u4(acc, u, x); }
+CHINWAG_INLINE vi vswiden(vs s) { return s; }
 CHINWAG_INLINE vb vbsigned(vb w) { return w; }
 CHINWAG_INLINE vi vdot_s8(vi acc, vb w, int32_t x) {
   const int8x16_t xs = vreinterpretq_s8_s32(vdupq_n_s32(x));

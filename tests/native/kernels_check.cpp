@@ -90,6 +90,12 @@ int main() {
     say(int8 ? "vnni int8 8 bits" : "vnni int4 8 bits", linear(x, w, s, b, 8, true));
     say(int8 ? "vnni int8 16 bits" : "vnni int4 16 bits", linear(x, w, s, b, 16, true));
   }
+  // int4 in groups of 64 (the output head's copy): sums of two runs of short sums on AVX2.
+  {
+    const at::Tensor w = bytes({64 / 16, K / 64, 8, 64}), s = bf16s({64 / 16, K / 64, 2, 16}, 0.001f, 0.02f);
+    say("vnni int4 g64 8 bits", linear(x, w, s, std::nullopt, 8, true));
+    say("vnni int4 g64 16 bits", linear(x, w, s, std::nullopt, 16, true));
+  }
   // Attention of new tokens over a float16 cache, and over float32.
   {
     const at::Tensor q = floats({6, 20, 64}), keys = halves({2, 150, 64}), values = halves({2, 150, 64});
