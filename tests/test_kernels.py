@@ -515,7 +515,7 @@ def test_models_loaded_with_different_kernels_each_keep_their_own(tmp_path: Path
         assert 'kernels: torch\'s kernels (model.kernels = "torch")' in notes["torch"]
         if runs:
             assert f"kernels: chinwag's, {chosen['auto'].why}" in notes["auto"]
-            assert f"the {chosen['auto'].simd} path (model.simd = \"auto\"" in notes["auto"]
+            assert f'the {chosen["auto"].simd} path (model.simd = "auto"' in notes["auto"]
         for setting, model in loaded.items():
             # Every quantized layer of a model, and its decode step, has the model's own.
             layers = [m for m in model._model.modules() if isinstance(m, QuantizedLinear | ShortlistHead)]
