@@ -44,7 +44,10 @@ Side by side in one run, on the same weights:
   (`model.simd`: single_tps_by_simd / agg8_tps_by_simd, the medians of the rounds, and _by_round),
   torch's kernels (key "torch"), and llama.cpp's one reply on the same GGUF run by each Python
   given with `--llama NAME=PYTHON` (a venv with llama-cpp-python, e.g. a build without AVX-512),
-  in a process of its own; load_by_round: the 1-minute load average at each round's start.
+  in a process of its own; and the one reply and 8 at once of another checkout of chinwag given
+  with `--baseline NAME=DIR` (e.g. the commit before a change, `git archive` into DIR), as shipped
+  there, in a process of its own (key NAME); load_by_round: the 1-minute load average at each
+  round's start.
 All replies are greedy; the `decode` rate excludes the first token (the prompt's encoding).
 """
 
@@ -470,6 +473,34 @@ print(max(rates))
 """
 
 
+# Another checkout's one reply and 8 at once, as shipped there, with its own bench/serving.py.
+_BASELINE_SCRIPT = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1] + "/bench")
+import serving
+from config.settings import load_settings
+tokens = int(sys.argv[2])
+async def main():
+    model = serving._load(load_settings(model={"name": None}))
+    single = await serving._single(model, tokens)
+    await asyncio.sleep(0.1)
+    agg8 = (await serving._concurrent(model, tokens))[0]
+    model.close()
+    print(single, agg8)
+asyncio.run(main())
+"""
+
+
+def _baseline_apart(checkout: str, tokens: int) -> tuple[float, float] | None:
+    command = [sys.executable, "-c", _BASELINE_SCRIPT, checkout, str(tokens)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=checkout)
+    if out.returncode != 0:
+        print(f"baseline ({checkout}) failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    single, agg8 = out.stdout.split()[-2:]
+    return float(single), float(agg8)
+
+
 def _llamacpp_apart(python: str, gguf: Path, tokens: int) -> float | None:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
     command = [
@@ -602,6 +633,13 @@ def main() -> None:
         metavar="NAME=PYTHON",
         help="part 'simd': also llama.cpp's one reply, by this Python's llama-cpp-python (repeatable)",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="part 'simd': also another checkout's one reply and 8 at once, as shipped (repeatable)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if args.backend == "openai":
@@ -692,8 +730,10 @@ def main() -> None:
         ]
         variants.append(("torch", None, "torch"))
         llamas = dict(entry.split("=", 1) for entry in args.llama)
-        single: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-        agg8: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        baselines = dict(entry.split("=", 1) for entry in args.baseline)
+        names = [name for name, _, _ in variants] + list(baselines)
+        single: dict[str, list[float]] = {name: [] for name in names}
+        agg8: dict[str, list[float]] = {name: [] for name in names}
         llama: dict[str, list[float | None]] = {name: [] for name in llamas}
         loads = []
         with tempfile.TemporaryDirectory(prefix="chinwag-bench-gguf-") as tmp:
@@ -706,10 +746,15 @@ def main() -> None:
                     await asyncio.sleep(0.1)
                     agg8[name].append((await _concurrent(model, args.tokens))[0])
                     model.close()
+                for name, checkout in baselines.items():
+                    figures = _baseline_apart(checkout, args.tokens)
+                    if figures is not None:
+                        single[name].append(figures[0])
+                        agg8[name].append(figures[1])
                 for name, python in llamas.items():
                     llama[name].append(_llamacpp_apart(python, gguf, args.tokens) if gguf else None)
-        result["single_tps_by_simd"] = {name: statistics.median(v) for name, v in single.items()}
-        result["agg8_tps_by_simd"] = {name: statistics.median(v) for name, v in agg8.items()}
+        result["single_tps_by_simd"] = {name: statistics.median(v) for name, v in single.items() if v}
+        result["agg8_tps_by_simd"] = {name: statistics.median(v) for name, v in agg8.items() if v}
         result["single_tps_by_simd_by_round"] = {name: [round(x, 1) for x in v] for name, v in single.items()}
         result["agg8_tps_by_simd_by_round"] = {name: [round(x, 1) for x in v] for name, v in agg8.items()}
         result["llamacpp_tps_by_build"] = {
