@@ -39,6 +39,15 @@ Side by side in one run, on the same weights:
   to the first token of a reply; its resident memory then, and the peak while loading.
 - llamacpp_tps: llama-cpp-python (when installed) on the GGUF the embedded model ships as, with
   as many threads as cores (else null).
+- simd (`--parts simd`): side by side, round by round (each variant once per round, in the same
+  order: A, B, C, A, B, C), one reply and 8 at once on each path of chinwag's kernels this CPU runs
+  (`model.simd`: single_tps_by_simd / agg8_tps_by_simd, the medians of the rounds, and _by_round),
+  torch's kernels (key "torch"), and llama.cpp's one reply on the same GGUF run by each Python
+  given with `--llama NAME=PYTHON` (a venv with llama-cpp-python, e.g. a build without AVX-512),
+  in a process of its own; and the one reply and 8 at once of another checkout of chinwag given
+  with `--baseline NAME=DIR` (e.g. the commit before a change, `git archive` into DIR), as shipped
+  there, in a process of its own (key NAME); load_by_round: the 1-minute load average at each
+  round's start.
 All replies are greedy; the `decode` rate excludes the first token (the prompt's encoding).
 """
 
@@ -445,18 +454,86 @@ def _llamacpp(name: str, tokens: int) -> float | None:
     return max(rates) if rates else None
 
 
+# llama.cpp's one reply in a process of its own (another venv's Python): the decode rate of the
+# better of two replies, as `_llamacpp` measures it.
+_LLAMA_SCRIPT = """
+import json, sys, time
+from llama_cpp import Llama
+gguf, tokens, threads, messages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+llm = Llama(model_path=gguf, n_threads=threads, n_ctx=2048, verbose=False)
+rates = []
+for _ in range(2):
+    first, count = None, 0
+    stream = llm.create_chat_completion(messages=messages, max_tokens=tokens, temperature=0.0, stream=True)
+    for _chunk in stream:
+        first = first or time.perf_counter()
+        count += 1
+    rates.append((count - 1) / (time.perf_counter() - first))
+print(max(rates))
+"""
+
+
+# Another checkout's one reply and 8 at once, as shipped there, with its own bench/serving.py.
+_BASELINE_SCRIPT = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1] + "/bench")
+import serving
+from config.settings import load_settings
+tokens = int(sys.argv[2])
+async def main():
+    model = serving._load(load_settings(model={"name": None}))
+    single = await serving._single(model, tokens)
+    await asyncio.sleep(0.1)
+    agg8 = (await serving._concurrent(model, tokens))[0]
+    model.close()
+    print(single, agg8)
+asyncio.run(main())
+"""
+
+
+def _baseline_apart(checkout: str, tokens: int) -> tuple[float, float] | None:
+    command = [sys.executable, "-c", _BASELINE_SCRIPT, checkout, str(tokens)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=checkout)
+    if out.returncode != 0:
+        print(f"baseline ({checkout}) failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    single, agg8 = out.stdout.split()[-2:]
+    return float(single), float(agg8)
+
+
+def _llamacpp_apart(python: str, gguf: Path, tokens: int) -> float | None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    command = [
+        python,
+        "-c",
+        _LLAMA_SCRIPT,
+        str(gguf),
+        str(tokens),
+        str(os.cpu_count() or 2),
+        json.dumps(messages),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        print(f"llama.cpp ({python}) failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    return float(out.stdout.split()[-1])
+
+
 def _load(
     settings: Any,
     quantization: str | None = None,
     scheduler: bool = True,
     kernels: str | None = None,
     kv_cache: Literal["float16", "float32"] = "float16",
+    simd: str | None = None,
 ) -> TransformersModel:
     model_settings = settings.model
     if quantization is not None:
         model_settings = model_settings.model_copy(update={"quantization": quantization})
     if kernels is not None:
         model_settings = model_settings.model_copy(update={"kernels": kernels})
+    if simd is not None:
+        model_settings = model_settings.model_copy(update={"simd": simd})
     return TransformersModel.load(
         model_settings,
         settings.model_cache_dir,
@@ -549,6 +626,20 @@ def main() -> None:
     )
     parser.add_argument("--base-url", help="the model server's OpenAI-compatible URL (--backend openai)")
     parser.add_argument("--server-model", help="the model's id on that server (default: --model)")
+    parser.add_argument(
+        "--llama",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="part 'simd': also llama.cpp's one reply, by this Python's llama-cpp-python (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="part 'simd': also another checkout's one reply and 8 at once, as shipped (repeatable)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if args.backend == "openai":
@@ -630,6 +721,51 @@ def main() -> None:
         result["single_tps_by_kernels"] = single
         result["agg8_tps_by_kernels"] = agg8
 
+    async def simd() -> None:
+        from bot.inference import kernels as paths
+
+        # (name, model.simd, model.kernels)
+        variants: list[tuple[str, str | None, str | None]] = [
+            (name, name, None) for name in paths.ISAS if paths.unsupported(name) is None
+        ]
+        variants.append(("torch", None, "torch"))
+        llamas = dict(entry.split("=", 1) for entry in args.llama)
+        baselines = dict(entry.split("=", 1) for entry in args.baseline)
+        names = [name for name, _, _ in variants] + list(baselines)
+        single: dict[str, list[float]] = {name: [] for name in names}
+        agg8: dict[str, list[float]] = {name: [] for name in names}
+        llama: dict[str, list[float | None]] = {name: [] for name in llamas}
+        loads = []
+        with tempfile.TemporaryDirectory(prefix="chinwag-bench-gguf-") as tmp:
+            gguf = _gguf(settings.model.name, Path(tmp)) if llamas else None
+            for _ in range(args.rounds):
+                loads.append(os.getloadavg()[0])
+                for name, simd_path, kernel_setting in variants:
+                    model = _load(settings, kernels=kernel_setting, simd=simd_path)
+                    single[name].append(await _single(model, args.tokens))
+                    await asyncio.sleep(0.1)
+                    agg8[name].append((await _concurrent(model, args.tokens))[0])
+                    model.close()
+                for name, checkout in baselines.items():
+                    figures = _baseline_apart(checkout, args.tokens)
+                    if figures is not None:
+                        single[name].append(figures[0])
+                        agg8[name].append(figures[1])
+                for name, python in llamas.items():
+                    llama[name].append(_llamacpp_apart(python, gguf, args.tokens) if gguf else None)
+        result["single_tps_by_simd"] = {name: statistics.median(v) for name, v in single.items() if v}
+        result["agg8_tps_by_simd"] = {name: statistics.median(v) for name, v in agg8.items() if v}
+        result["single_tps_by_simd_by_round"] = {name: [round(x, 1) for x in v] for name, v in single.items()}
+        result["agg8_tps_by_simd_by_round"] = {name: [round(x, 1) for x in v] for name, v in agg8.items()}
+        result["llamacpp_tps_by_build"] = {
+            name: statistics.median(x for x in v if x is not None) if any(v) else None
+            for name, v in llama.items()
+        }
+        result["llamacpp_tps_by_build_by_round"] = {
+            name: [round(x, 1) if x is not None else None for x in v] for name, v in llama.items()
+        }
+        result["load_by_round"] = [round(x, 2) for x in loads]
+
     async def long() -> None:
         single: dict[str, float] = {}
         agg8: dict[str, float] = {}
@@ -662,7 +798,7 @@ def main() -> None:
     # The quantized parts first: once this process has loaded the float32 model (naive, docs, the
     # "none" format), the quantized figures move. Later parts still move with what the process
     # allocated before, so compare figures within a part.
-    for part in (shipped, kernels, long, formats, naive, docs):
+    for part in (shipped, simd, kernels, long, formats, naive, docs):
         if part.__name__ in parts:
             asyncio.run(part())
             print(json.dumps(result), file=sys.stderr, flush=True)

@@ -45,12 +45,16 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["auto", "none", "int8", "int4"] = "auto"
-    # The quantized layers' kernels: chinwag's own (bot/inference/kernels.cpp, built once; AVX-512
-    # and a C++ compiler needed, else torch's are used). "auto": on CPUs with AVX512-VNNI the decode
-    # step rounds its activations to int8 and prompts to 16 bits, on CPUs with AVX512-BF16 only to
-    # bf16, else float32; "int8": the same where VNNI; "int16": 16 bits everywhere (VNNI);
-    # "float32": exact; "torch": torch's kernels.
+    # The quantized layers' kernels: chinwag's own (bot/inference/kernels.cpp, built once; a path of
+    # `simd` and a C++ compiler needed, else torch's are used). "auto": where the path has integer
+    # dot products (AVX512-VNNI, AVX2, NEON) the decode step rounds its activations to int8 and
+    # prompts to 16 bits, on AVX-512 CPUs with AVX512-BF16 only to bf16, else float32; "int8": the
+    # same; "int16": 16 bits everywhere; "float32": exact; "torch": torch's kernels.
     kernels: Literal["auto", "int8", "int16", "float32", "torch"] = "auto"
+    # Which instruction set chinwag's kernels are compiled for and run with (a "path"): "auto", the
+    # best this CPU runs (AVX-512, else AVX2 + FMA; NEON on ARM); or one forced, which is an error at
+    # start where the CPU cannot run it. Separate from `kernels`, which chooses the arithmetic.
+    simd: Literal["auto", "avx512", "avx2", "neon"] = "auto"
     cache_dir: Path | None = None
     threads: int = Field(default=0, ge=0)
     # backend "openai": the context window when the server's model listing does not report one,

@@ -52,7 +52,7 @@ def prepare(settings: Settings, progress: bool = True) -> Iterator[str]:
     if settings.model.kernels != "torch":
         from bot.inference import kernels
 
-        yield kernels.prepare(settings.model_cache_dir, progress)
+        yield kernels.prepare(settings.model_cache_dir, progress, settings.model.simd)
 
 
 def prepare_weights(settings: Settings, progress: bool = True) -> None:

@@ -367,7 +367,7 @@ class LeanStep:
                 mine = q[:, :, first : first + count]
                 if fed and self.kernels.ready and dim % 16 == 0 and count * (fed + count) <= _ATTEND_AREA:
                     # chinwag's kernel: faster than torch's masked attention over a cache.
-                    out = torch.ops.chinwag.attend(
+                    out = self.kernels.ops.attend(
                         mine[0].contiguous(), cache.keys[i][0], cache.values[i][0], fed, self._scaling
                     )
                 else:
@@ -427,7 +427,7 @@ class LeanStep:
             x, cos, sin = x[:, 0].contiguous(), cos[:, 0].contiguous(), sin[:, 0].contiguous()
             first = starts or [0] * rows
             for i, (*layer, linears) in enumerate(fused):
-                torch.ops.chinwag.decode_layer(
+                self.kernels.ops.decode_layer(
                     x,
                     *layer,
                     [linear.activation_bits() for linear in linears],

@@ -24,19 +24,7 @@
 //     bot/inference/quantize.py's `vnni_pack_int8` / `vnni_pack_int4`).
 // decode_layer(...): a whole Llama/Qwen2 decoder layer for one new token per row (see below).
 
-// GCC 12's AVX-512 intrinsics start from `_mm512_undefined_*` (a variable initialised with itself),
-// which -Wuninitialized reports in every function that inlines them (GCC bug 105593, fixed in 13).
-// The intrinsics are the compiler's own code, not ours: their warnings are silenced for them alone
-// (first, as torch's headers include them too).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#else
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -55,6 +43,8 @@
 #include <vector>
 
 namespace {
+
+using namespace simd;
 
 // Loops over the rows and vectors of accumulators are unrolled before GCC's scalar replacement, so
 // the accumulators live in registers (otherwise every step stores them to the stack).
@@ -76,14 +66,13 @@ class Scratch {
   std::unique_ptr<T[]> values_;
 };
 
-constexpr int64_t kRows = 4;     // rows of x computed together (their accumulators stay in registers)
+constexpr int64_t kRows = kRegisterRows / 2;  // rows of x computed together (their accumulators stay in registers)
 constexpr int64_t kGroup = 32;   // int4: inputs per scale/zero pair
 constexpr int64_t kBlock = 64;   // int4: output channels per packed block
 // int8: prefetch the weights of the channels this far ahead (the hardware prefetcher alone falls
 // behind on these short, interleaved streams; a prefetch past the end is harmless).
 constexpr int64_t kAhead = 16;
 
-inline float sum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // int8: C output channels at a time (4, or 1 for the last few), each a dot product along K. With
 // `BF16` (see int4 below) x comes as bf16 [R, K] and 32 weights at a time become bf16 exactly (|w| <=
@@ -91,20 +80,21 @@ inline float sum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 template <int R, int C, bool BF16>
 inline void int8_channels(const void* xv, int64_t K, const int8_t* w0, const uint16_t* scales,
                           const float* bias, float* y, int64_t N, int64_t n) {
-  __m512 acc[R][C];
+  vf acc[R][C];
   UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    UNROLL for (int c = 0; c < C; ++c) acc[r][c] = vzero();
   if constexpr (BF16) {
+#if defined(CHINWAG_AVX512)
     const uint16_t* x = static_cast<const uint16_t*>(xv);
     for (int64_t k = 0; k < K; k += 32) {
       if ((k & 63) == 0) {
-        UNROLL for (int c = 0; c < C; ++c) _mm_prefetch((const char*)(w0 + (c + kAhead) * K + k), _MM_HINT_T0);
+        UNROLL for (int c = 0; c < C; ++c) CHINWAG_PREFETCH((w0 + (c + kAhead) * K + k));
       }
       __m512bh wv[C];
       UNROLL for (int c = 0; c < C; ++c) {
         const int8_t* p = w0 + c * K + k;
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
+        vf lo = vfloat(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+        vf hi = vfloat(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
         wv[c] = _mm512_cvtne2ps_pbh(hi, lo);  // inputs k..k+15 in the low half
       }
       UNROLL for (int r = 0; r < R; ++r) {
@@ -112,18 +102,19 @@ inline void int8_channels(const void* xv, int64_t K, const int8_t* w0, const uin
         UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv[c], xr);
       }
     }
+#endif
   } else {
     const float* x = static_cast<const float*>(xv);
     for (int64_t k = 0; k < K; k += 16) {
       if ((k & 63) == 0) {
-        UNROLL for (int c = 0; c < C; ++c) _mm_prefetch((const char*)(w0 + (c + kAhead) * K + k), _MM_HINT_T0);
+        UNROLL for (int c = 0; c < C; ++c) CHINWAG_PREFETCH((w0 + (c + kAhead) * K + k));
       }
-      __m512 wv[C];
+      vf wv[C];
       UNROLL for (int c = 0; c < C; ++c)
-        wv[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w0 + c * K + k))));
+        wv[c] = vfloat(vload_s8(w0 + c * K + k));
       UNROLL for (int r = 0; r < R; ++r) {
-        __m512 xr = _mm512_loadu_ps(x + r * K + k);
-        UNROLL for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv[c], xr, acc[r][c]);
+        vf xr = vload(x + r * K + k);
+        UNROLL for (int c = 0; c < C; ++c) acc[r][c] = vfmadd(wv[c], xr, acc[r][c]);
       }
     }
   }
@@ -132,7 +123,7 @@ inline void int8_channels(const void* xv, int64_t K, const int8_t* w0, const uin
     uint32_t bits = uint32_t(scales[n + c]) << 16;
     std::memcpy(&s, &bits, 4);
     float b = bias ? bias[n + c] : 0.f;
-    UNROLL for (int r = 0; r < R; ++r) y[r * N + n + c] = sum16(acc[r][c]) * s + b;
+    UNROLL for (int r = 0; r < R; ++r) y[r * N + n + c] = vsum(acc[r][c]) * s + b;
   }
 }
 
@@ -156,23 +147,24 @@ template <int R, bool BF16>
 void int4_rows(const void* xv, const float* xsum, int64_t K, const uint8_t* w, const uint32_t* sz,
                const float* bias, float* y, int64_t N, int64_t b0, int64_t b1) {
   const float* x = static_cast<const float*>(xv);
-  const uint32_t* xb = static_cast<const uint32_t*>(xv);
-  const __m512i low = _mm512_set1_epi32(0xF);
-  const __m512i nibbles = _mm512_set1_epi32(0x000F000F);
-  const __m512i base = _mm512_set1_epi32(0x43004300);  // bf16 128.0 in both halves
-  const __m512i high_half = _mm512_set1_epi32(int32_t(0xFFFF0000u));
-  const __m512 shift = _mm512_set1_ps(BF16 ? 136.f : 8.f);
+  [[maybe_unused]] const uint32_t* xb = static_cast<const uint32_t*>(xv);
+  const vi low = viset(0xF);
+  const vi high_half = viset(int32_t(0xFFFF0000u));
+  const vf shift = vset(BF16 ? 136.f : 8.f);
   const int64_t groups = K / kGroup;
   for (int64_t b = b0; b < b1; ++b) {
-    __m512 total[R][4];
+    vf total[R][4];
     UNROLL for (int r = 0; r < R; ++r)
-      UNROLL for (int c = 0; c < 4; ++c) total[r][c] = _mm512_setzero_ps();
+      UNROLL for (int c = 0; c < 4; ++c) total[r][c] = vzero();
     const uint8_t* wb = w + b * K * (kBlock / 2);
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 acc[R][4];
+      vf acc[R][4];
       UNROLL for (int r = 0; r < R; ++r)
-        UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+        UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = vzero();
       if constexpr (BF16) {
+#if defined(CHINWAG_AVX512)
+        const __m512i nibbles = _mm512_set1_epi32(0x000F000F);
+        const __m512i base = _mm512_set1_epi32(0x43004300);  // bf16 128.0 in both halves
         for (int64_t k = g * kGroup; k < (g + 1) * kGroup; k += 2) {
           const uint8_t* p = wb + k * (kBlock / 2);
           // Per lane: input k's byte in the low half, input k + 1's in the high half.
@@ -192,47 +184,52 @@ void int4_rows(const void* xv, const float* xsum, int64_t K, const uint8_t* w, c
             UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], q[c], pair);
           }
         }
+#endif
       } else {
         for (int64_t k = g * kGroup; k < (g + 1) * kGroup; ++k) {
           const uint8_t* p = wb + k * (kBlock / 2);
-          __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
-          __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16)));
-          __m512 q[4] = {
-              _mm512_cvtepi32_ps(_mm512_and_si512(v0, low)),   // channels 0-15
-              _mm512_cvtepi32_ps(_mm512_and_si512(v1, low)),   // 16-31
-              _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)),    // 32-47
-              _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)),    // 48-63
+          const vi v0 = vload_u8(p);
+          const vi v1 = vload_u8(p + 16);
+          vf q[4] = {
+              vfloat(viand(v0, low)),   // channels 0-15
+              vfloat(viand(v1, low)),   // 16-31
+              vfloat(vishr<4>(v0)),     // 32-47
+              vfloat(vishr<4>(v1)),     // 48-63
           };
           UNROLL for (int r = 0; r < R; ++r) {
-            __m512 xr = _mm512_set1_ps(x[r * K + k]);
-            UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_fmadd_ps(q[c], xr, acc[r][c]);
+            vf xr = vset(x[r * K + k]);
+            UNROLL for (int c = 0; c < 4; ++c) acc[r][c] = vfmadd(q[c], xr, acc[r][c]);
           }
         }
       }
       // Each 32-bit word is one channel's (scale, zero) pair of bf16: scale in the low half.
       const uint32_t* s = sz + g * N + b * kBlock;
       UNROLL for (int c = 0; c < 4; ++c) {
-        __m512i pair = _mm512_loadu_si512((const void*)(s + c * 16));
-        __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
-        __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pair, high_half));
-        __m512 offset = _mm512_fnmadd_ps(shift, scale, zero);  // zero - 8 (or 136) * scale
+        const vi pair = viload(s + c * 16);
+        const vf scale = vbits_as_float(vishl<16>(pair));
+        const vf zero = vbits_as_float(viand(pair, high_half));
+        vf offset = vfnmadd(shift, scale, zero);  // zero - 8 (or 136) * scale
         UNROLL for (int r = 0; r < R; ++r) {
-          total[r][c] = _mm512_fmadd_ps(scale, acc[r][c], total[r][c]);
-          total[r][c] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xsum[r * groups + g]), total[r][c]);
+          total[r][c] = vfmadd(scale, acc[r][c], total[r][c]);
+          total[r][c] = vfmadd(offset, vset(xsum[r * groups + g]), total[r][c]);
         }
       }
     }
     UNROLL for (int c = 0; c < 4; ++c) {
       const int64_t n = b * kBlock + c * 16;
-      __m512 bv = bias ? _mm512_loadu_ps(bias + n) : _mm512_setzero_ps();
-      UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + n, _mm512_add_ps(total[r][c], bv));
+      vf bv = bias ? vload(bias + n) : vzero();
+      UNROLL for (int r = 0; r < R; ++r) vstore(y + r * N + n, vadd(total[r][c], bv));
     }
   }
 }
 
 // Whether this CPU multiplies in bf16 (AVX512-BF16). The kernels that can take `bf16` multiply so
 // only where it does; the choice is each call's (each loaded model's), never this library's.
+#if defined(CHINWAG_AVX512)
 bool has_bf16() { return __builtin_cpu_supports("avx512bf16"); }
+#else
+bool has_bf16() { return false; }
+#endif
 
 inline uint32_t to_bf16(float f) {  // round to nearest even
   uint32_t bits;
@@ -285,13 +282,19 @@ void in_blocks(int64_t total, const F& f) {
 //   8j..8j+3 in its low nibbles and 8j+4..8j+7 in its high ones; a weight is (q - 8) * scale + zero,
 //   with scales and zeros bf16 [N / 16, K / G, 2, 16] (per block and group: 16 scales, 16 zeros).
 
-constexpr int64_t kVnniRows = 8;   // rows per pass over a block's weights (their sums stay in registers)
+constexpr int64_t kVnniRows = kRegisterRows;  // rows per pass over a block's weights (their sums stay in registers)
 constexpr int64_t kI8Group = 32;   // int8 weights: inputs per activation scale
 constexpr int64_t kWideGroup = 128;  // the same, 16-bit activations
 // Bytes of the weights prefetched ahead of those being multiplied (a thread's blocks are contiguous).
 constexpr int64_t kVnniAhead = 2048;
 
+// Whether the integer dot products of the layouts below run here: AVX-512 needs AVX512-VNNI; AVX2
+// (vpmaddubsw) and NEON (sdot, or widening multiplies) always do them.
+#if defined(CHINWAG_AVX512)
 bool has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
+#else
+bool has_vnni() { return true; }
+#endif
 
 // Rows of x [M, K] rounded in groups of `group` inputs, each group with its own scale, to int8
 // (`wide` false: q = round(x / scale), |q| <= 127) or to 16 bits (`wide`: |q| <= kWideTop, stored as
@@ -306,45 +309,39 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t group, bool wid
                    float* xsum, int32_t* offset) {
   const int64_t G = K / group;
   const float top = wide ? kWideTop : 127.f;
-  const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
-  const __m512i half = _mm512_set1_epi32(128), byte = _mm512_set1_epi32(255);
+  const vi half = viset(128), byte = viset(255);
   for (int64_t m = 0; m < M; ++m) {
     int8_t* hi = xq + m * (wide ? 2 * K : K);
     int8_t* lo = hi + K;
     for (int64_t g = 0; g < G; ++g) {
       const float* p = x + m * K + g * group;
-      __m512 most = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      vf most = vzero(), sum = vzero();
       for (int64_t i = 0; i < group; i += 16) {
-        const __m512 v = _mm512_loadu_ps(p + i);
-        most = _mm512_max_ps(most, _mm512_and_ps(v, sign));
-        sum = _mm512_add_ps(sum, v);
+        const vf v = vload(p + i);
+        most = vmax(most, vabs(v));
+        sum = vadd(sum, v);
       }
-      const float largest = _mm512_reduce_max_ps(most);
+      const float largest = vmaxall(most);
       const float scale = largest / top;
-      const __m512 inverse = _mm512_set1_ps(largest > 0.f ? top / largest : 0.f);
-      __m512i count = _mm512_setzero_si512();
+      const vf inverse = vset(largest > 0.f ? top / largest : 0.f);
+      vi count = vizero();
       for (int64_t i = 0; i < group; i += 16) {
-        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p + i), inverse));  // to nearest
-        q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(int32_t(top))), _mm512_set1_epi32(-int32_t(top)));
+        vi q = vint(vmul(vload(p + i), inverse));  // to nearest
+        q = vimax(vimin(q, viset(int32_t(top))), viset(-int32_t(top)));
         if (wide) {
-          const __m512i l = _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(q, half), byte), half);
-          _mm_storeu_si128((__m128i*)(lo + g * group + i), _mm512_cvtepi32_epi8(l));
-          _mm_storeu_si128((__m128i*)(hi + g * group + i), _mm512_cvtepi32_epi8(_mm512_srai_epi32(_mm512_sub_epi32(q, l), 8)));
+          const vi l = visub(viand(viadd(q, half), byte), half);
+          vstore_s8(lo + g * group + i, l);
+          vstore_s8(hi + g * group + i, visar<8>(visub(q, l)));
         } else {
-          _mm_storeu_si128((__m128i*)(hi + g * group + i), _mm512_cvtepi32_epi8(q));
+          vstore_s8(hi + g * group + i, q);
         }
-        count = _mm512_add_epi32(count, q);
+        count = viadd(count, q);
       }
       xs[m * G + g] = scale;
-      xsum[m * G + g] = _mm512_reduce_add_ps(sum);
-      offset[m * G + g] = -128 * _mm512_reduce_add_epi32(count);
+      xsum[m * G + g] = vsum(sum);
+      offset[m * G + g] = -128 * visum(count);
     }
   }
-}
-
-// 16 bf16 values as float32 (their bits in the high halves).
-inline __m512 from_bf16x16(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
 inline int32_t word(const int8_t* p) {
@@ -356,90 +353,97 @@ inline int32_t word(const int8_t* p) {
 // R rows of block b's 16 output channels, int4 weights in groups of 8 J inputs; `Wide`: 16-bit
 // activations (two halves, see `quantize_rows`).
 template <int R, int J, bool Wide>
-__attribute__((target("avx512vnni"))) void vnni_int4(const int8_t* xq, const float* xs, const float* xsum, int64_t K,
-                                                       const uint8_t* w, const uint16_t* sz, const float* bias,
-                                                       float* y, int64_t N, int64_t b) {
+CHINWAG_DOT_TARGET void vnni_int4(const int8_t* xq, const float* xs, const float* xsum, int64_t K, const uint8_t* w,
+                                  const uint16_t* sz, const float* bias, float* y, int64_t N, int64_t b) {
   const int64_t G = K / (8 * J), S = Wide ? 2 * K : K;
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
-  __m512 out[R];
-  UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
+  vf out[R];
+  UNROLL for (int r = 0; r < R; ++r) out[r] = vzero();
   const uint8_t* wb = w + b * G * J * 64;
   const uint16_t* sb = sz + b * G * 32;
-  const __m512 eight = _mm512_set1_ps(8.f);
+  const vf eight = vset(8.f);
   for (int64_t g = 0; g < G; ++g) {
-    __m512i acc[R], lo[R];
-    UNROLL for (int r = 0; r < R; ++r) acc[r] = lo[r] = _mm512_setzero_si512();
-    _mm_prefetch((const char*)(sb + g * 32) + kVnniAhead / 8, _MM_HINT_T0);
-    UNROLL for (int j = 0; j < J; ++j) {
-      _mm_prefetch((const char*)(wb + (g * J + j) * 64 + kVnniAhead), _MM_HINT_T0);
-      const __m512i v = _mm512_loadu_si512(wb + (g * J + j) * 64);
-      const __m512i low = _mm512_and_si512(v, nibble);                        // inputs 8j .. 8j+3
-      const __m512i high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);  // inputs 8j+4 .. 8j+7
-      const int64_t k = (g * J + j) * 8;
-      UNROLL for (int r = 0; r < R; ++r) {
-        acc[r] = _mm512_dpbusd_epi32(acc[r], low, _mm512_set1_epi32(word(xq + r * S + k)));
-        acc[r] = _mm512_dpbusd_epi32(acc[r], high, _mm512_set1_epi32(word(xq + r * S + k + 4)));
-        if constexpr (Wide) {
-          lo[r] = _mm512_dpbusd_epi32(lo[r], low, _mm512_set1_epi32(word(xq + r * S + K + k)));
-          lo[r] = _mm512_dpbusd_epi32(lo[r], high, _mm512_set1_epi32(word(xq + r * S + K + k + 4)));
+    vi acc[R], lo[R];
+    UNROLL for (int r = 0; r < R; ++r) acc[r] = lo[r] = vizero();
+    CHINWAG_PREFETCH((const char*)(sb + g * 32) + kVnniAhead / 8);
+    // Words in runs whose products' sums stay short (`vsdot_u4`: all J where the sums are int32).
+    constexpr int Run = std::min(J, kShortSums / 2);
+    UNROLL for (int j0 = 0; j0 < J; j0 += Run) {
+      vs short_acc[R], short_lo[R];
+      UNROLL for (int r = 0; r < R; ++r) short_acc[r] = short_lo[r] = vszero();
+      UNROLL for (int j = j0; j < j0 + Run; ++j) {
+        CHINWAG_PREFETCH((wb + (g * J + j) * 64 + kVnniAhead));
+        const vb v = vbload(wb + (g * J + j) * 64);
+        const vb low = vblow_nibbles(v);    // inputs 8j .. 8j+3
+        const vb high = vbhigh_nibbles(v);  // inputs 8j+4 .. 8j+7
+        const int64_t k = (g * J + j) * 8;
+        UNROLL for (int r = 0; r < R; ++r) {
+          short_acc[r] = vsdot_u4(short_acc[r], low, word(xq + r * S + k));
+          short_acc[r] = vsdot_u4(short_acc[r], high, word(xq + r * S + k + 4));
+          if constexpr (Wide) {
+            short_lo[r] = vsdot_u4(short_lo[r], low, word(xq + r * S + K + k));
+            short_lo[r] = vsdot_u4(short_lo[r], high, word(xq + r * S + K + k + 4));
+          }
         }
+      }
+      UNROLL for (int r = 0; r < R; ++r) {
+        acc[r] = j0 == 0 ? vswiden(short_acc[r]) : viadd(acc[r], vswiden(short_acc[r]));
+        if constexpr (Wide) lo[r] = j0 == 0 ? vswiden(short_lo[r]) : viadd(lo[r], vswiden(short_lo[r]));
       }
     }
     if constexpr (Wide) {
-      UNROLL for (int r = 0; r < R; ++r) acc[r] = _mm512_add_epi32(_mm512_slli_epi32(acc[r], 8), lo[r]);
+      UNROLL for (int r = 0; r < R; ++r) acc[r] = viadd(vishl<8>(acc[r]), lo[r]);
     }
-    const __m512 scale = from_bf16x16(sb + g * 32);
-    const __m512 zero = _mm512_fnmadd_ps(eight, scale, from_bf16x16(sb + g * 32 + 16));  // zero - 8 scale
+    const vf scale = vload_bf16(sb + g * 32);
+    const vf zero = vfnmadd(eight, scale, vload_bf16(sb + g * 32 + 16));  // zero - 8 scale
     UNROLL for (int r = 0; r < R; ++r) {
-      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(scale, _mm512_set1_ps(xs[r * G + g])), out[r]);
-      out[r] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[r * G + g]), out[r]);
+      out[r] = vfmadd(vfloat(acc[r]), vmul(scale, vset(xs[r * G + g])), out[r]);
+      out[r] = vfmadd(zero, vset(xsum[r * G + g]), out[r]);
     }
   }
-  const __m512 bv = bias ? _mm512_loadu_ps(bias + b * 16) : _mm512_setzero_ps();
-  UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, _mm512_add_ps(out[r], bv));
+  const vf bv = bias ? vload(bias + b * 16) : vzero();
+  UNROLL for (int r = 0; r < R; ++r) vstore(y + r * N + b * 16, vadd(out[r], bv));
 }
 
 // R rows of block b's 16 output channels, int8 weights, an activation scale per AG inputs; `Wide`:
 // 16-bit activations (two halves, see `quantize_rows`; sums one at a time otherwise).
 template <int R, bool Wide, int AG>
-__attribute__((target("avx512vnni"))) void vnni_int8(const int8_t* xq, const float* xs, const int32_t* offset,
-                                                       int64_t K, const int8_t* w, const uint16_t* scales,
-                                                       const float* bias, float* y, int64_t N, int64_t b) {
+CHINWAG_DOT_TARGET void vnni_int8(const int8_t* xq, const float* xs, const int32_t* offset, int64_t K, const int8_t* w,
+                                  const uint16_t* scales, const float* bias, float* y, int64_t N, int64_t b) {
   const int64_t G = K / AG, S = Wide ? 2 * K : K;
-  const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
-  __m512 out[R];
-  UNROLL for (int r = 0; r < R; ++r) out[r] = _mm512_setzero_ps();
+  vf out[R];
+  UNROLL for (int r = 0; r < R; ++r) out[r] = vzero();
   const int8_t* wb = w + b * K * 16;
   for (int64_t g = 0; g < G; ++g) {
-    __m512i acc[R], lo[R];
-    // sum((w + 128) q) - 128 sum(q) = sum(w q): the low sums start at -128 sum(q) (exact in int32:
-    // at most 127 * 32639 * 128 < 2^29 in magnitude, and wrapping on the way would not change it).
+    vi acc[R], lo[R];
+    // Where the products are of w + 128 (kDotFlips): sum((w + 128) q) - 128 sum(q) = sum(w q), so
+    // the low sums start at -128 sum(q) (exact in int32: at most 127 * 32639 * 128 < 2^29 in
+    // magnitude, and wrapping on the way would not change it). Elsewhere they are sum(w q) itself.
     UNROLL for (int r = 0; r < R; ++r) {
-      acc[r] = _mm512_setzero_si512();
-      lo[r] = _mm512_set1_epi32(offset[r * G + g]);
+      acc[r] = vizero();
+      lo[r] = kDotFlips ? viset(offset[r * G + g]) : vizero();
     }
     UNROLL for (int j = 0; j < AG / 4; ++j) {
-      _mm_prefetch((const char*)(wb + (g * (AG / 4) + j) * 64 + kVnniAhead), _MM_HINT_T0);
-      const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(wb + (g * (AG / 4) + j) * 64), flip);  // w + 128
+      CHINWAG_PREFETCH((wb + (g * (AG / 4) + j) * 64 + kVnniAhead));
+      const vb v = vbsigned(vbload(wb + (g * (AG / 4) + j) * 64));
       const int64_t k = g * AG + 4 * j;
       UNROLL for (int r = 0; r < R; ++r) {
         if constexpr (Wide) {
-          acc[r] = _mm512_dpbusd_epi32(acc[r], v, _mm512_set1_epi32(word(xq + r * S + k)));
-          lo[r] = _mm512_dpbusd_epi32(lo[r], v, _mm512_set1_epi32(word(xq + r * S + K + k)));
+          acc[r] = vdot_s8(acc[r], v, word(xq + r * S + k));
+          lo[r] = vdot_s8(lo[r], v, word(xq + r * S + K + k));
         } else {
-          lo[r] = _mm512_dpbusd_epi32(lo[r], v, _mm512_set1_epi32(word(xq + r * S + k)));
+          lo[r] = vdot_s8(lo[r], v, word(xq + r * S + k));
         }
       }
     }
     UNROLL for (int r = 0; r < R; ++r) {
-      __m512i sum = lo[r];
-      if constexpr (Wide) sum = _mm512_add_epi32(_mm512_slli_epi32(acc[r], 8), sum);
-      out[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(xs[r * G + g]), out[r]);
+      vi sum = lo[r];
+      if constexpr (Wide) sum = viadd(vishl<8>(acc[r]), sum);
+      out[r] = vfmadd(vfloat(sum), vset(xs[r * G + g]), out[r]);
     }
   }
-  const __m512 scale = from_bf16x16(scales + b * 16);
-  const __m512 bv = bias ? _mm512_loadu_ps(bias + b * 16) : _mm512_setzero_ps();
-  UNROLL for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + b * 16, _mm512_fmadd_ps(scale, out[r], bv));
+  const vf scale = vload_bf16(scales + b * 16);
+  const vf bv = bias ? vload(bias + b * 16) : vzero();
+  UNROLL for (int r = 0; r < R; ++r) vstore(y + r * N + b * 16, vfmadd(scale, out[r], bv));
 }
 
 // The output features of a weight in the VNNI layouts above, after checking it and its scales.
@@ -530,7 +534,7 @@ void vnni_block(const Rounded& x, int64_t M, int64_t K, const VnniProduct& p, in
 // product's blocks of channels split between the threads in one parallel pass (the keys' and values'
 // 8 blocks alone would keep one thread).
 void vnni_products(const float* xp, int64_t M, int64_t K, const std::vector<VnniProduct>& products) {
-  TORCH_CHECK(has_vnni(), "int8 activations need AVX512-VNNI");
+  TORCH_CHECK(has_vnni(), "int8 activations need AVX512-VNNI on the AVX-512 path");
   std::vector<Rounded> rounded;
   std::vector<size_t> which;
   std::vector<int64_t> features, first;  // each product's channels, and its first block's index
@@ -632,7 +636,7 @@ void linear_into(const float* xp, int64_t M, int64_t K, const at::Tensor& weight
         }
         xs[m * groups + g] = sum;
       } else {
-        xs[m * groups + g] = sum16(_mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16)));
+        xs[m * groups + g] = vsum(vadd(vload(p), vload(p + 16)));
       }
     }
   const void* xin = bf16 ? static_cast<const void*>(pairs.data()) : static_cast<const void*>(xp);
@@ -665,38 +669,19 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 
 // ---- One decoder layer for one new token per row (Llama and Qwen2) ---------------------------------
 
-// e^x, x clamped to [-87, 88] (softmax after subtracting the maximum; silu's e^-g): Cephes'
-// polynomial on [-ln2/2, ln2/2] and the exponent by scalef, about 1 ulp.
-inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 // RMSNorm of each row of x [M, H] (H a multiple of 16) times its weight, into y.
 void rms_norm(const float* x, int64_t M, int64_t H, const float* weight, float eps, float* y) {
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * H;
-    __m512 acc = _mm512_setzero_ps();
+    vf acc = vzero();
     for (int64_t i = 0; i < H; i += 16) {
-      __m512 v = _mm512_loadu_ps(row + i);
-      acc = _mm512_fmadd_ps(v, v, acc);
+      vf v = vload(row + i);
+      acc = vfmadd(v, v, acc);
     }
-    const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(sum16(acc) / float(H) + eps));
+    const vf inv = vset(1.f / std::sqrt(vsum(acc) / float(H) + eps));
     for (int64_t i = 0; i < H; i += 16)
-      _mm512_storeu_ps(y + m * H + i,
-                       _mm512_mul_ps(_mm512_loadu_ps(weight + i), _mm512_mul_ps(_mm512_loadu_ps(row + i), inv)));
+      vstore(y + m * H + i,
+                       vmul(vload(weight + i), vmul(vload(row + i), inv)));
   }
 }
 
@@ -711,44 +696,28 @@ void rotate(float* x, int64_t M, int64_t heads, int64_t dim, const float* cos, c
       const float* s = sin + m * dim;
       for (int64_t i = 0; i < half; ++i) {
         const float a = v[i], b = v[i + half];
-        v[i] = a * c[i] - b * s[i];
-        v[i + half] = b * c[i + half] + a * s[i + half];
+        // Which product is fused, spelled out: a compiler contracts a * c - b * s as it likes, and
+        // differently for each instruction set.
+        v[i] = std::fma(a, c[i], -(b * s[i]));
+        v[i + half] = std::fma(b, c[i + half], a * s[i + half]);
       }
     }
-}
-
-// The sums of 16 vectors' lanes: lane i of the result is the sum of v[i]'s 16 lanes (45 shuffles and
-// adds, against 16 horizontal sums of about 8 each).
-inline __m512 sum16x16(const __m512 (&v)[16]) {
-  __m512 u[8], w[4];
-  // Per 128-bit block, columns 2i and 2i+1: [a0+a2, b0+b2, a1+a3, b1+b3].
-  UNROLL for (int i = 0; i < 8; ++i)
-    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  // Per block, each of columns 4j .. 4j+3 summed over the block's 4 lanes.
-  UNROLL for (int j = 0; j < 4; ++j)
-    w[j] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * j], u[2 * j + 1], 0x44), _mm512_shuffle_ps(u[2 * j], u[2 * j + 1], 0xEE));
-  // Across the 4 blocks: block j of the result holds columns 4j .. 4j+3.
-  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x44), _mm512_shuffle_f32x4(w[0], w[1], 0xEE));
-  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], 0x44), _mm512_shuffle_f32x4(w[2], w[3], 0xEE));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
 // The scheduler's keys and values are float32, or float16 (`scheduler.kv_cache`: half the memory;
 // decoding measured as fast, the conversion costing about what the halved reads save); either way
 // the attention computes in float32. 16 of them at a time, to and from float32 (rounded to nearest
 // even, as torch's conversion does).
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
-inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-inline void store16(at::Half* p, __m512 v) {
-  _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
+inline vf vload16(const float* p) { return vload(p); }
+inline vf vload16(const at::Half* p) { return vload_half(p); }
+inline void vstore16(float* p, vf v) { vstore(p, v); }
+inline void vstore16(at::Half* p, vf v) { vstore_half(p, v); }
 
 template <typename T>
 inline float dot(const float* a, const T* b, int64_t dim) {
-  __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), load16(b));
-  for (int64_t i = 16; i < dim; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
-  return sum16(acc);
+  vf acc = vmul(vload(a), vload16(b));
+  for (int64_t i = 16; i < dim; i += 16) acc = vfmadd(vload(a + i), vload16(b + i), acc);
+  return vsum(acc);
 }
 
 // Attention of a prompt's new tokens over a cache (a follow-up turn): T new tokens' queries
@@ -769,18 +738,16 @@ inline void attend_scores(const float* qh, int64_t t0, int64_t dim, const float*
                           float* scores, int64_t width) {
   const int64_t seen = fed + t0 + Q;
   for (int64_t tile = 0; tile * 16 < seen; ++tile) {
-    __m512 acc[Q];
-    UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
+    vf acc[Q];
+    UNROLL for (int i = 0; i < Q; ++i) acc[i] = vzero();
     const float* kd = kg + tile * dim * 16;
     for (int64_t d = 0; d < dim; ++d) {
-      const __m512 column = _mm512_loadu_ps(kd + d * 16);
-      UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qh[(t0 + i) * dim + d]), column, acc[i]);
+      const vf column = vload(kd + d * 16);
+      UNROLL for (int i = 0; i < Q; ++i) acc[i] = vfmadd(vset(qh[(t0 + i) * dim + d]), column, acc[i]);
     }
     UNROLL for (int i = 0; i < Q; ++i) {
       const int64_t open = std::clamp<int64_t>(fed + t0 + i + 1 - tile * 16, 0, 16);  // up to its own column
-      _mm512_storeu_ps(scores + (t0 + i) * width + tile * 16,
-                       _mm512_mask_mul_ps(_mm512_set1_ps(-INFINITY), __mmask16((1u << open) - 1), acc[i],
-                                          _mm512_set1_ps(scale)));
+      vstore(scores + (t0 + i) * width + tile * 16, vselect(vfirst(open), vmul(acc[i], vset(scale)), vset(-INFINITY)));
     }
   }
 }
@@ -791,30 +758,30 @@ inline void attend_values(const float* scores, int64_t width, const float* norm,
   const int64_t seen = fed + t0 + Q;
   for (int64_t v0 = 0; v0 < dim; v0 += 64) {
     if (dim - v0 >= 64) {
-      __m512 acc[Q][4];
-      UNROLL for (int i = 0; i < Q; ++i) UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+      vf acc[Q][4];
+      UNROLL for (int i = 0; i < Q; ++i) UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = vzero();
       for (int64_t c = 0; c < seen; ++c) {
         const T* v = vg + c * vs1 + v0;
-        __m512 value[4];
-        UNROLL for (int j = 0; j < 4; ++j) value[j] = load16(v + j * 16);
+        vf value[4];
+        UNROLL for (int j = 0; j < 4; ++j) value[j] = vload16(v + j * 16);
         UNROLL for (int i = 0; i < Q; ++i) {
-          const __m512 p = _mm512_set1_ps(scores[(t0 + i) * width + c]);
-          UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_fmadd_ps(p, value[j], acc[i][j]);
+          const vf p = vset(scores[(t0 + i) * width + c]);
+          UNROLL for (int j = 0; j < 4; ++j) acc[i][j] = vfmadd(p, value[j], acc[i][j]);
         }
       }
       UNROLL for (int i = 0; i < Q; ++i) UNROLL for (int j = 0; j < 4; ++j)
-        _mm512_storeu_ps(out + (t0 + i) * row_stride + v0 + j * 16, _mm512_mul_ps(acc[i][j], _mm512_set1_ps(norm[t0 + i])));
+        vstore(out + (t0 + i) * row_stride + v0 + j * 16, vmul(acc[i][j], vset(norm[t0 + i])));
     } else {
       for (int64_t j = v0; j < dim; j += 16) {
-        __m512 acc[Q];
-        UNROLL for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
+        vf acc[Q];
+        UNROLL for (int i = 0; i < Q; ++i) acc[i] = vzero();
         for (int64_t c = 0; c < seen; ++c) {
-          const __m512 value = load16(vg + c * vs1 + j);
+          const vf value = vload16(vg + c * vs1 + j);
           UNROLL for (int i = 0; i < Q; ++i)
-            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(t0 + i) * width + c]), value, acc[i]);
+            acc[i] = vfmadd(vset(scores[(t0 + i) * width + c]), value, acc[i]);
         }
         UNROLL for (int i = 0; i < Q; ++i)
-          _mm512_storeu_ps(out + (t0 + i) * row_stride + j, _mm512_mul_ps(acc[i], _mm512_set1_ps(norm[t0 + i])));
+          vstore(out + (t0 + i) * row_stride + j, vmul(acc[i], vset(norm[t0 + i])));
       }
     }
   }
@@ -856,18 +823,17 @@ void attend_into(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& 
         float* row = scores.data() + t * width;
         const int64_t block = t - t % kAttendQueries;
         const int64_t span = (fed + std::min(T, block + kAttendQueries) + 15) / 16 * 16;
-        __m512 top = _mm512_set1_ps(-INFINITY);
-        for (int64_t c = 0; c < span; c += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(row + c));
-        const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top));
-        __m512 total = _mm512_setzero_ps();
+        vf top = vset(-INFINITY);
+        for (int64_t c = 0; c < span; c += 16) top = vmax(top, vload(row + c));
+        const vf shift = vset(vmaxall(top));
+        vf total = vzero();
         for (int64_t c = 0; c < span; c += 16) {
-          const __m512 x = _mm512_loadu_ps(row + c);
-          const __mmask16 open = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-          const __m512 p = _mm512_maskz_mov_ps(open, exp512(_mm512_sub_ps(x, shift)));
-          _mm512_storeu_ps(row + c, p);
-          total = _mm512_add_ps(total, p);
+          const vf x = vload(row + c);
+          const vf p = vselect(vne(x, vset(-INFINITY)), vexp(vsub(x, shift)), vzero());
+          vstore(row + c, p);
+          total = vadd(total, p);
         }
-        norm[t] = 1.f / _mm512_reduce_add_ps(total);
+        norm[t] = 1.f / vsum(total);
       }
       in_blocks<kAttendQueries>(T, [&](int64_t t0, auto count) {
         attend_values<decltype(count)::value>(scores.data(), width, norm.data(), t0, fed, vp + g * vs0, vs1, dim,
@@ -918,8 +884,8 @@ void write_column(const float* k, const float* v, KV* kp, KV* vp, int64_t s0, in
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < kv_heads; ++g)
       for (int64_t d = 0; d < dim; d += 16) {
-        store16(kp + m * s0 + g * s1 + column * s2 + d, _mm512_loadu_ps(k + (m * kv_heads + g) * dim + d));
-        store16(vp + m * s0 + g * s1 + column * s2 + d, _mm512_loadu_ps(v + (m * kv_heads + g) * dim + d));
+        vstore16(kp + m * s0 + g * s1 + column * s2 + d, vload(k + (m * kv_heads + g) * dim + d));
+        vstore16(vp + m * s0 + g * s1 + column * s2 + d, vload(v + (m * kv_heads + g) * dim + d));
       }
 }
 
@@ -953,7 +919,7 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
         return from;
       } else {
         for (int64_t c = 0; c < n; ++c)
-          for (int64_t d = 0; d < dim; d += 16) _mm512_storeu_ps(tile.data() + c * dim + d, load16(from + c * s2 + d));
+          for (int64_t d = 0; d < dim; d += 16) vstore(tile.data() + c * dim + d, vload16(from + c * s2 + d));
         apart = dim;
         return tile.data();
       }
@@ -973,15 +939,15 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
         const float* kt = columns(kb + c0 * s2, 16, ks);
         for (int64_t h = 0; h < groups; ++h) {
           const float* qv = q + (h0 + h) * dim;
-          __m512 part[16];
-          UNROLL for (int j = 0; j < 16; ++j) part[j] = _mm512_setzero_ps();
+          vf part[16];
+          UNROLL for (int j = 0; j < 16; ++j) part[j] = vzero();
           for (int64_t d = 0; d < dim; d += 16) {
-            const __m512 qd = _mm512_loadu_ps(qv + d);
-            UNROLL for (int j = 0; j < 16; ++j) part[j] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(kt + j * ks + d), part[j]);
+            const vf qd = vload(qv + d);
+            UNROLL for (int j = 0; j < 16; ++j) part[j] = vfmadd(qd, vload(kt + j * ks + d), part[j]);
           }
-          const __m512 scores = _mm512_mul_ps(sum16x16(part), _mm512_set1_ps(scale));
-          _mm512_storeu_ps(p.data() + h * width + c0, scores);
-          top[h] = std::max(top[h], _mm512_reduce_max_ps(scores));
+          const vf scores = vmul(vsum16x16(part), vset(scale));
+          vstore(p.data() + h * width + c0, scores);
+          top[h] = std::max(top[h], vmaxall(scores));
         }
       }
       for (int64_t h = 0; h < groups; ++h) {
@@ -991,21 +957,20 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
           ph[c] = dot(qv, kb + c * s2, dim) * scale;
           top[h] = std::max(top[h], ph[c]);
         }
-        __m512 total = _mm512_setzero_ps();
-        const __m512 shift = _mm512_set1_ps(top[h]);
+        vf total = vzero();
+        const vf shift = vset(top[h]);
         int64_t c = 0;
         for (; c + 16 <= count; c += 16) {
-          __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(ph + c), shift));
-          _mm512_storeu_ps(ph + c, e);
-          total = _mm512_add_ps(total, e);
+          vf e = vexp(vsub(vload(ph + c), shift));
+          vstore(ph + c, e);
+          total = vadd(total, e);
         }
         if (c < count) {
-          const __mmask16 tail = __mmask16((1u << (count - c)) - 1);
-          __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, ph + c), shift));
-          _mm512_mask_storeu_ps(ph + c, tail, e);
-          total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, e));
+          vf e = vexp(vsub(vload_first(ph + c, count - c), shift));
+          vstore_first(ph + c, count - c, e);
+          total = vadd(total, vselect(vfirst(count - c), e, vzero()));
         }
-        norm[h] = 1.f / sum16(total);
+        norm[h] = 1.f / vsum(total);
       }
       // The values weighted by the probabilities, 16 columns at a time for every head: 4 vectors of a
       // column at a time, and even and odd columns into their own sums (one chain of FMAs per vector
@@ -1023,44 +988,44 @@ void decode_attention(const float* q, const KV* kp, const KV* vp, int64_t s0, in
             const int64_t nv = std::min<int64_t>(4, (dim - i) / 16);
             float* es = even_sums + h * dim + i;
             float* os = odd_sums + h * dim + i;
-            __m512 even[4] = {}, odd[4] = {};  // those past nv are never used
+            vf even[4] = {}, odd[4] = {};  // those past nv are never used
             UNROLL for (int j = 0; j < 4; ++j) {
               if (j < nv) {
-                even[j] = _mm512_loadu_ps(es + 16 * j);
-                odd[j] = _mm512_loadu_ps(os + 16 * j);
+                even[j] = vload(es + 16 * j);
+                odd[j] = vload(os + 16 * j);
               }
             }
             int64_t c2 = 0;
             for (; c2 + 2 <= n; c2 += 2) {
-              const __m512 pe = _mm512_set1_ps(ph[c2]), po = _mm512_set1_ps(ph[c2 + 1]);
+              const vf pe = vset(ph[c2]), po = vset(ph[c2 + 1]);
               const float* ve = vt + c2 * vs + i;
               UNROLL for (int j = 0; j < 4; ++j) {
                 if (j < nv) {
-                  even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve + 16 * j), even[j]);
-                  odd[j] = _mm512_fmadd_ps(po, _mm512_loadu_ps(ve + vs + 16 * j), odd[j]);
+                  even[j] = vfmadd(pe, vload(ve + 16 * j), even[j]);
+                  odd[j] = vfmadd(po, vload(ve + vs + 16 * j), odd[j]);
                 }
               }
             }
             if (c2 < n) {  // the last column, when their number is odd
-              const __m512 pe = _mm512_set1_ps(ph[c2]);
+              const vf pe = vset(ph[c2]);
               UNROLL for (int j = 0; j < 4; ++j)
-                if (j < nv) even[j] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(vt + c2 * vs + i + 16 * j), even[j]);
+                if (j < nv) even[j] = vfmadd(pe, vload(vt + c2 * vs + i + 16 * j), even[j]);
             }
             UNROLL for (int j = 0; j < 4; ++j) {
               if (j < nv) {
-                _mm512_storeu_ps(es + 16 * j, even[j]);
-                _mm512_storeu_ps(os + 16 * j, odd[j]);
+                vstore(es + 16 * j, even[j]);
+                vstore(os + 16 * j, odd[j]);
               }
             }
           }
         }
       }
       for (int64_t h = 0; h < groups; ++h) {
-        const __m512 scale_h = _mm512_set1_ps(norm[h]);
+        const vf scale_h = vset(norm[h]);
         float* out = att + (h0 + h) * dim;
         for (int64_t d = 0; d < dim; d += 16)
-          _mm512_storeu_ps(out + d, _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(even_sums + h * dim + d),
-                                                                _mm512_loadu_ps(odd_sums + h * dim + d)),
+          vstore(out + d, vmul(vadd(vload(even_sums + h * dim + d),
+                                                                vload(odd_sums + h * dim + d)),
                                                   scale_h));
       }
     }
@@ -1137,10 +1102,10 @@ void decode_layer(at::Tensor& x, const at::Tensor& input_norm, const at::Tensor&
     const int64_t end = std::min(F, c1 * 1024);
     int64_t i = c0 * 1024;
     for (; i + 16 <= end; i += 16) {
-      __m512 g = _mm512_loadu_ps(gate.data() + i);
-      __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
-      _mm512_storeu_ps(gate.data() + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
-                                                      _mm512_loadu_ps(up.data() + i)));
+      vf g = vload(gate.data() + i);
+      vf e = vexp(vsub(vzero(), g));
+      vstore(gate.data() + i, vmul(vdiv(g, vadd(vset(1.f), e)),
+                                                      vload(up.data() + i)));
     }
     for (; i < end; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
   });
@@ -1162,9 +1127,9 @@ void top_estimates(const float* row, int64_t V, int64_t count, std::vector<int64
     const int64_t start = r * kRun, n = std::min(kRun, V - start);
     float most = -INFINITY;  // NaNs left out (max_ps returns its second operand when one is NaN)
     if (n == kRun) {
-      __m512 m = _mm512_set1_ps(-INFINITY);
-      UNROLL for (int j = 0; j < 4; ++j) m = _mm512_max_ps(_mm512_loadu_ps(row + start + 16 * j), m);
-      most = _mm512_reduce_max_ps(m);
+      vf m = vset(-INFINITY);
+      UNROLL for (int j = 0; j < 4; ++j) m = vmax(vload(row + start + 16 * j), m);
+      most = vmaxall(m);
     } else {
       for (int64_t i = 0; i < n; ++i) most = row[start + i] > most ? row[start + i] : most;
     }
@@ -1219,9 +1184,9 @@ void shortlist(at::Tensor& logits, const at::Tensor& x, const at::Tensor& weight
       for (size_t i = 0; i < top.size(); ++i) {
         if (bf16) {
           const uint16_t* w = reinterpret_cast<const uint16_t*>(weight.data_ptr()) + top[i] * K;
-          __m512 acc = _mm512_setzero_ps();
-          for (int64_t k = 0; k < K; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(xr + k), from_bf16x16(w + k), acc);
-          exact[i] = sum16(acc);
+          vf acc = vzero();
+          for (int64_t k = 0; k < K; k += 16) acc = vfmadd(vload(xr + k), vload_bf16(w + k), acc);
+          exact[i] = vsum(acc);
         } else {
           exact[i] = dot(xr, weight.data_ptr<float>() + top[i] * K, K);
         }
@@ -1248,28 +1213,28 @@ at::Tensor argmax(const at::Tensor& logits) {
   at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = lp + r * stride;
-      __m512 top = _mm512_set1_ps(-INFINITY);
-      __m512i where = _mm512_set1_epi32(-1);
-      __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-      const __m512i step = _mm512_set1_epi32(16);
-      __mmask16 nan = 0;
+      vf top = vset(-INFINITY);
+      vi where = viset(-1);
+      vi at = viota();
+      const vi step = viset(16);
+      unsigned nan = 0;
       int64_t v = 0;
-      for (; v + 16 <= V && !nan; v += 16, at = _mm512_add_epi32(at, step)) {
-        const __m512 x = _mm512_loadu_ps(row + v);
-        nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-        const __mmask16 larger = _mm512_cmp_ps_mask(x, top, _CMP_GT_OQ);  // strictly: the first stays
-        top = _mm512_mask_mov_ps(top, larger, x);
-        where = _mm512_mask_mov_epi32(where, larger, at);
+      for (; v + 16 <= V && !nan; v += 16, at = viadd(at, step)) {
+        const vf x = vload(row + v);
+        nan = vbits(vnan(x));
+        const vm larger = vgt(x, top);  // strictly: the first stays
+        top = vselect(larger, x, top);
+        where = viselect(larger, at, where);
       }
       int64_t found = -1;
       if (nan) {
         found = v - 16 + __builtin_ctz(nan);
       } else {
         float value = -INFINITY;
-        alignas(64) float tops[16];
-        alignas(64) int32_t indices[16];
-        _mm512_store_ps(tops, top);
-        _mm512_store_si512(indices, where);
+        float tops[16];
+        int32_t indices[16];
+        vstore(tops, top);
+        vistore(indices, where);
         for (int l = 0; l < 16; ++l)
           if (indices[l] >= 0 && (tops[l] > value || (tops[l] == value && (found < 0 || indices[l] < found)))) {
             value = tops[l];
@@ -1296,7 +1261,19 @@ at::Tensor argmax(const at::Tensor& logits) {
 
 }  // namespace
 
-TORCH_LIBRARY(chinwag, m) {
+// Each instruction set's library registers its own namespace (torch.ops.chinwag_avx512,
+// chinwag_avx2, chinwag_neon), so a process may hold several and each model calls its own.
+#if defined(CHINWAG_AVX512)
+#define CHINWAG_OPS chinwag_avx512
+#elif defined(CHINWAG_AVX2)
+#define CHINWAG_OPS chinwag_avx2
+#else
+#define CHINWAG_OPS chinwag_neon
+#endif
+#define CHINWAG_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define CHINWAG_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+CHINWAG_LIBRARY(CHINWAG_OPS, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor scales, Tensor? bias, int bits, bool bf16) -> Tensor");
   m.def(
       "decode_layer(Tensor(a!) x, Tensor input_norm, Tensor post_norm, float eps, Tensor[] weights, "
@@ -1309,7 +1286,7 @@ TORCH_LIBRARY(chinwag, m) {
   m.def("argmax(Tensor logits) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
+CHINWAG_LIBRARY_IMPL(CHINWAG_OPS, CPU, m) {
   m.impl("linear", &linear);
   m.impl("decode_layer", &decode_layer);
   m.impl("attend", &attend);
@@ -1317,7 +1294,7 @@ TORCH_LIBRARY_IMPL(chinwag, CPU, m) {
   m.impl("argmax", &argmax);
 }
 
-TORCH_LIBRARY_IMPL(chinwag, CatchAll, m) {
+CHINWAG_LIBRARY_IMPL(CHINWAG_OPS, CatchAll, m) {
   m.impl("has_bf16", &has_bf16);
   m.impl("has_vnni", &has_vnni);
 }

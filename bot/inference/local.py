@@ -87,6 +87,7 @@ class TransformersModel:
             device=device,
             dtype=_describe_dtype(model, quantization),
             context_window=int(window),
+            notes=_kernel_notes(model, quantization),
         )
         self._eos_ids = self._end_of_turn_ids()
         self._tokens = TokenPrefixes(tokenizer)
@@ -125,6 +126,12 @@ class TransformersModel:
         scheduler: SchedulerSettings | None = None,
     ) -> TransformersModel:
         """Prepare the model if needed and load it on the configured device."""
+        if settings.kernels != "torch" and resolve_quantization(
+            settings.quantization, resolve_device(settings.device)
+        ):
+            from bot.inference.kernels import choose
+
+            choose(settings.simd)  # a forced path this CPU cannot run: said before anything loads
         path = prepare_model(settings, cache_dir, progress)
         quiet_transformers()
         import torch
@@ -145,7 +152,9 @@ class TransformersModel:
 
                 model = load_quantized(path, scheme, cache_dir, progress)
                 # This model's own choice of kernels: others in the process keep theirs.
-                use_kernels(model, Kernels.load(settings.kernels, cache_dir, progress))
+                kernels = Kernels.load(settings.kernels, cache_dir, progress, settings.simd)
+                use_kernels(model, kernels)
+                log.info("kernels: %s", kernels.why)
             else:
                 dtype = _resolve_dtype(settings.dtype, device)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
@@ -739,6 +748,18 @@ class TokenPrefixes:
                 while len(self._known) > self.CAPACITY:
                     self._known.popitem(last=False)
             return
+
+
+def _kernel_notes(model: Any, quantization: Any) -> tuple[str, ...]:
+    """What `/model` says of the quantized layers' kernels: which path runs them, and why."""
+    if not quantization:
+        return ()
+    from bot.inference.quantize import kernels_of
+
+    kernels = kernels_of(model)
+    if kernels.ready:
+        return (f"kernels: chinwag's, {kernels.why} (model.kernels = {kernels.setting!r})",)
+    return (f"kernels: {kernels.why}",)
 
 
 def _describe_dtype(model: Any, quantization: Any) -> str:

@@ -433,7 +433,7 @@ class ShortlistHead(nn.Module):
         if kernels.ready and rows.dtype == torch.float32 and weight.dtype in (torch.float32, COMPUTE):
             # chinwag's kernel: the shortlist in one pass over the estimates, its logits in place
             # (faster than torch's topk, gather and einsum).
-            torch.ops.chinwag.shortlist(logits, rows.contiguous(), weight, bias, SHORTLIST)
+            kernels.ops.shortlist(logits, rows.contiguous(), weight, bias, SHORTLIST)
             return logits.reshape(*shape[:-1], self.out_features)
         shortlist = logits.topk(SHORTLIST, dim=-1).indices  # [rows, SHORTLIST]
         exact = torch.einsum("rk,rsk->rs", rows, weight[shortlist].to(rows.dtype))
