@@ -242,6 +242,8 @@ async def test_a_server_going_down_is_said_in_the_reply_and_used_again_once_back
     store = DocumentStore.open(on_server)
     store.ingest([docs])
     engine = Engine(model, history, on_server, store)
+    # Replies drawn from the passage: a reply that takes nothing from them is declined (grounding).
+    model.enqueue("The limit is 120 a minute for each key [1].")
     _, done = await turn(engine)
     assert done.metadata["sources"]
 
@@ -258,6 +260,7 @@ async def test_a_server_going_down_is_said_in_the_reply_and_used_again_once_back
     assert reply.metadata["documents"] == "unavailable"  # kept with the stored reply
 
     chroma_server.start()  # the same port and data; chinwag is not restarted
+    model.enqueue("The limit is 120 a minute for each key [1].")
     _, done = await turn(engine)
     assert "120 requests per minute" in model.prompts[-1][-2].content
     assert done.metadata["sources"] and "documents" not in done.metadata
@@ -282,6 +285,7 @@ async def test_a_server_down_when_chinwag_starts_is_used_once_it_answers(
         assert DOCUMENTS_UNAVAILABLE in shown(events)
 
         chroma_server.start()
+        model.enqueue("The limit is 120 a minute for each key [1].")  # drawn from the passage
         events, done = await turn(app.engine)
         assert done.metadata["sources"][0]["title"] == "Shipment API"
         assert DOCUMENTS_UNAVAILABLE not in shown(events)
