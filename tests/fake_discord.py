@@ -39,6 +39,34 @@ def user_payload(user_id: int, name: str, bot: bool = False) -> dict[str, Any]:
     }
 
 
+def message_payload(
+    mid: int,
+    channel_id: int,
+    author: dict[str, Any],
+    content: str,
+    *,
+    mentions: list[dict[str, Any]] | None = None,
+    embeds: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A message object as Discord sends it (the fields discord.py reads)."""
+    return {
+        "id": str(mid),
+        "channel_id": str(channel_id),
+        "author": author,
+        "content": content,
+        "timestamp": TIMESTAMP,
+        "edited_timestamp": None,
+        "tts": False,
+        "mention_everyone": False,
+        "mentions": mentions or [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": embeds or [],
+        "pinned": False,
+        "type": 0,
+    }
+
+
 @dataclass
 class Recorded:
     """One REST request the bot made."""
@@ -304,22 +332,13 @@ class FakeDiscord:
         """A person posts a message (MESSAGE_CREATE, to `shard`'s connection if named); its payload."""
         mid = message_id or self.snowflake()
         author = user_payload(user_id, f"user{user_id}", bot=bot)
-        payload: dict[str, Any] = {
-            "id": str(mid),
-            "channel_id": str(channel_id),
-            "author": author,
-            "content": (f"<@{BOT_ID}> " + text) if mention else text,
-            "timestamp": TIMESTAMP,
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [user_payload(BOT_ID, "chinwag", bot=True)] if mention else [],
-            "mention_roles": [],
-            "attachments": [],
-            "embeds": [],
-            "pinned": False,
-            "type": 0,
-        }
+        payload = message_payload(
+            mid,
+            channel_id,
+            author,
+            (f"<@{BOT_ID}> " + text) if mention else text,
+            mentions=[user_payload(BOT_ID, "chinwag", bot=True)] if mention else [],
+        )
         if guild_id is not None:
             payload["guild_id"] = str(guild_id)
             payload["member"] = {
@@ -348,23 +367,10 @@ class FakeDiscord:
         Its id is a snowflake of its time, as Discord's are (discord.py reads the time from it)."""
         stamp_ms = int((time.time() - seconds_ago) * 1000) - DISCORD_EPOCH_MS
         mid = (stamp_ms << 22) | (next(self._ids) & 0x3FFFFF)
-        payload = {
-            "id": str(mid),
-            "channel_id": str(channel_id),
-            "guild_id": str(guild_id),
-            "author": user_payload(user_id, name or f"user{user_id}", bot=bot),
-            "content": text,
-            "timestamp": TIMESTAMP,
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": [],
-            "embeds": [],
-            "pinned": False,
-            "type": 0,
-        }
+        payload = message_payload(
+            mid, channel_id, user_payload(user_id, name or f"user{user_id}", bot=bot), text
+        )
+        payload["guild_id"] = str(guild_id)
         self.messages[mid] = payload
         return payload
 
@@ -576,23 +582,14 @@ class FakeDiscord:
     def _new_message(self, channel_id: int, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
         mid = self.snowflake()
         thread = self.threads.get(channel_id)
-        message = {
-            "id": str(mid),
-            "channel_id": str(channel_id),
-            "author": user_payload(BOT_ID, "chinwag", bot=True),
-            "content": body.get("content") or "",
-            "timestamp": TIMESTAMP,
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": [],
-            "embeds": body.get("embeds") or [],
-            "pinned": False,
-            "type": 0,
-            "flags": body.get("flags", 0),
-        }
+        message = message_payload(
+            mid,
+            channel_id,
+            user_payload(BOT_ID, "chinwag", bot=True),
+            body.get("content") or "",
+            embeds=body.get("embeds"),
+        )
+        message["flags"] = body.get("flags", 0)
         if thread is not None:
             message["guild_id"] = thread["guild_id"]
             thread["message_count"] += 1
