@@ -39,6 +39,9 @@ from storage import SqlHistory
 from tests.cli_support import chinwag_bin, cli_env
 from tests.fakes import FakeModel
 
+# Every test here starts a real Chroma server process.
+pytestmark = pytest.mark.slow
+
 HANDBOOK = """# Larkspur handbook
 
 ## Leave

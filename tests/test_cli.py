@@ -102,6 +102,7 @@ def test_ask_failures_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     assert "no/such/model" in bad_model.stderr
 
 
+@pytest.mark.slow
 def test_history_list_show_export_delete(tmp_path: Path) -> None:
     data = tmp_path / "data"
     conv_id = seed(data)
@@ -147,6 +148,7 @@ def test_config_errors_name_the_key_without_traceback(tmp_path: Path) -> None:
     assert result.returncode != 0 and "model.nmae" in result.stderr
 
 
+@pytest.mark.slow
 def test_ingest_then_docs_list_search_and_remove(tmp_path: Path) -> None:
     data = tmp_path / "data"
     folder = tmp_path / "docs"
@@ -186,6 +188,7 @@ def test_ask_json_lists_the_sources_with_their_text(tmp_path: Path) -> None:
     assert source["path"].endswith("wifi.md") and source["location"] == "Office > Wifi"
 
 
+@pytest.mark.slow
 def test_serve_with_no_platform_configured_names_every_missing_token(tmp_path: Path) -> None:
     env = {k: v for k, v in cli_env(tmp_path / "data").items() if not k.startswith(("SLACK_", "DISCORD_"))}
     result = subprocess.run(
@@ -250,6 +253,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_a_data_directory_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")
@@ -266,6 +270,7 @@ def test_a_data_directory_that_cannot_be_used_is_one_line(tmp_path: Path) -> Non
     assert str(read_only) in line and ("not permitted" in line or "denied" in line)
 
 
+@pytest.mark.slow
 def test_a_database_file_that_is_not_sqlite_is_one_line_and_an_empty_one_is_used(
     tmp_path: Path,
 ) -> None:
@@ -278,6 +283,7 @@ def test_a_database_file_that_is_not_sqlite_is_one_line_and_an_empty_one_is_used
     assert empty.returncode == 0 and "No conversations yet." in empty.stdout
 
 
+@pytest.mark.slow
 def test_an_empty_data_dir_variable_means_the_default_one(tmp_path: Path) -> None:
     work = tmp_path / "cwd"
     work.mkdir()
@@ -290,6 +296,7 @@ def test_an_empty_data_dir_variable_means_the_default_one(tmp_path: Path) -> Non
     assert (tmp_path / "xdg" / "chinwag" / "chinwag.db").is_file()
 
 
+@pytest.mark.slow
 def test_history_errors_are_one_line_and_export_never_overwrites_unasked(tmp_path: Path) -> None:
     data = tmp_path / "data"
     conv_id = seed(data)

@@ -422,6 +422,7 @@ async def test_a_429_on_edit_is_waited_out(
     assert "rate limited" in caplog.text
 
 
+@pytest.mark.slow
 async def test_an_answer_discord_keeps_rate_limiting_is_shown_in_full_once_it_lets_up(
     bot: Running, fake: FakeDiscord, model: FakeModel, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -437,6 +438,7 @@ async def test_an_answer_discord_keeps_rate_limiting_is_shown_in_full_once_it_le
     assert not [r for r in caplog.records if r.name == "adapters.reply"]
 
 
+@pytest.mark.slow
 async def test_an_answer_discord_keeps_failing_with_5xx_is_shown_in_full_once_it_recovers(
     bot: Running, fake: FakeDiscord, model: FakeModel
 ) -> None:
@@ -614,6 +616,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("how", ["refused", "503"])
+@pytest.mark.slow
 async def test_a_gateway_unreachable_at_start_is_named_with_its_cause(
     engine: Engine, history: SqlHistory, fake: FakeDiscord, how: str
 ) -> None:

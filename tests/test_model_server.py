@@ -574,6 +574,7 @@ async def test_a_server_down_at_start_uses_the_configured_window_and_says_so_per
     assert failure.message.startswith(f"The model server at {base_url} did not answer: cannot connect")
 
 
+@pytest.mark.slow
 async def test_a_serving_process_loads_no_torch_and_stays_small(scripted: Scripted, tmp_path: Path) -> None:
     script = f"""
 import asyncio, sys, time

@@ -159,6 +159,7 @@ def test_the_output_head_computes_its_best_candidates_exactly(tied: bool) -> Non
 
 
 @needs_kernels
+@pytest.mark.slow
 def test_mixed_stores_the_mlp_input_projections_and_4bit_layers_as_int4_the_rest_as_int8() -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

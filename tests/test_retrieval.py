@@ -330,6 +330,7 @@ def test_a_strict_chat_template_gets_the_passages_with_the_message_they_answer()
     ]
 
 
+@pytest.mark.slow
 def test_a_file_of_many_batches_streams_in_and_a_shorter_version_leaves_nothing_stale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -407,6 +407,7 @@ async def test_a_reply_slack_will_not_take_is_logged_and_kept(
     assert f"conversation {conv.id}" in logged
 
 
+@pytest.mark.slow
 async def test_an_answer_slack_keeps_rate_limiting_is_shown_in_full_once_it_lets_up(
     slack: Running, model: FakeModel, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -425,6 +426,7 @@ async def test_an_answer_slack_keeps_rate_limiting_is_shown_in_full_once_it_lets
     assert not [r for r in caplog.records if r.name == "adapters.reply"]
 
 
+@pytest.mark.slow
 async def test_an_answer_slack_keeps_failing_with_5xx_is_shown_in_full_once_it_recovers(
     slack: Running, model: FakeModel
 ) -> None:
@@ -437,6 +439,7 @@ async def test_an_answer_slack_keeps_failing_with_5xx_is_shown_in_full_once_it_r
     assert shown["text"] == "down for a while"
 
 
+@pytest.mark.slow
 async def test_slack_unreachable_at_start_names_the_api_url_and_the_cause(
     engine: Engine, history: SqlHistory, fake: FakeSlack
 ) -> None:

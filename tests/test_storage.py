@@ -390,11 +390,13 @@ async def _increments_from_many_tasks_all_count(stores: list[SqlHistory]) -> Non
 # BEGIN IMMEDIATE is SQLite's: on PostgreSQL (READ COMMITTED) an unlocked read-modify-write does lose
 # updates, which is why the store locks its rows (the next test).
 @pytest.mark.sqlite_only
+@pytest.mark.slow
 async def test_concurrent_read_modify_writes_lose_nothing(settings: Settings) -> None:
     await _increments_from_many_tasks_all_count([await SqlHistory.open(settings) for _ in range(4)])
 
 
 @pytest.mark.sqlite_only
+@pytest.mark.slow
 async def test_writers_that_outlast_the_busy_timeout_retry_until_they_get_in(settings: Settings) -> None:
     # A 20 ms busy_timeout runs out again and again here, as a 5 s one does on a loaded machine
     # ("database is locked"). Backing off until write_deadline_s keeps every write.
@@ -421,6 +423,7 @@ async def test_a_writer_past_its_deadline_fails_with_the_lock_named(settings: Se
         await holder.close()
 
 
+@pytest.mark.slow
 async def test_concurrent_update_settings_keep_every_key(settings: Settings) -> None:
     stores = [await SqlHistory.open(settings) for _ in range(4)]
     try:
@@ -480,6 +483,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
+@pytest.mark.slow
 async def test_replicas_starting_together_on_an_empty_database_all_start(settings: Settings) -> None:
     # Several processes opening an empty database at once migrate in turn (SQLite's write lock,
     # PostgreSQL's advisory lock) instead of racing to create the same tables.
