@@ -546,7 +546,9 @@ async def _on_server(settings: Any, tokens: int, conversations: int = 2) -> dict
     """The same workload on a model server (`--backend openai`): one reply, 8 at once, turns 1 and
     10; and chinwag's own cost on top of the server: the one reply through chinwag's backend
     against the same request from a bare `openai` client (server_overhead_ms: the difference in
-    time to the last token; server_overhead_tps_pct: in decode rate)."""
+    time to the last token; server_overhead_tps_pct: in decode rate; server_overhead_cpu_ms: in
+    this process's CPU time, which does not depend on the server sharing its cores), and a whole
+    turn through the engine with its SQL history (server_engine_overhead_cpu_ms)."""
     from openai import AsyncOpenAI
 
     from bot.inference.openai_server import OpenAIServerModel, api_key_from
@@ -576,8 +578,8 @@ async def _on_server(settings: Any, tokens: int, conversations: int = 2) -> dict
         messages, GenerationParams(temperature=0.0, max_tokens=tokens, repetition_penalty=1.0), None
     )
 
-    async def raw() -> tuple[float, float]:
-        started = time.perf_counter()
+    async def raw() -> tuple[float, float, float]:
+        cpu, started = time.process_time(), time.perf_counter()
         first_at, count = None, 0
         stream = await client.chat.completions.create(**request)
         async for chunk in stream:
@@ -585,24 +587,53 @@ async def _on_server(settings: Any, tokens: int, conversations: int = 2) -> dict
                 first_at = first_at or time.perf_counter()
                 count += 1
         ended = time.perf_counter()
-        return ended - started, (count - 1) / (ended - (first_at or ended)) if count > 1 else 0.0
+        tps = (count - 1) / (ended - (first_at or ended)) if count > 1 else 0.0
+        return ended - started, tps, time.process_time() - cpu
 
-    async def ours() -> tuple[float, float]:
-        started = time.perf_counter()
+    async def ours() -> tuple[float, float, float]:
+        cpu, started = time.process_time(), time.perf_counter()
         result = await _reply(model, messages, tokens)  # type: ignore[arg-type]
-        return result["end"] - started, result["decode_tps"]
+        return result["end"] - started, result["decode_tps"], time.process_time() - cpu
 
-    pairs = []
-    for _ in range(5):  # alternated, so that drift in the server's speed hits both alike
-        pairs.append((await raw(), await ours()))
-    raw_s = statistics.median(p[0][0] for p in pairs)
-    ours_s = statistics.median(p[1][0] for p in pairs)
-    raw_tps = statistics.median(p[0][1] for p in pairs)
-    ours_tps = statistics.median(p[1][1] for p in pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        generation = settings.generation.model_copy(
+            update={"temperature": 0.0, "max_tokens": tokens, "repetition_penalty": 1.0}
+        )
+        turn_settings = settings.model_copy(update={"data_dir": Path(tmp), "generation": generation})
+        history = await SqlHistory.open(turn_settings)
+        engine = Engine(model, history, turn_settings, None)  # no tools, no documents: one round
+
+        async def turn(n: int) -> tuple[float, float, float]:
+            # A conversation of its own per turn, so that each prompt is as long as the raw one's.
+            incoming = Incoming(text=QUESTIONS[0], platform="bench", channel=f"overhead-{n}")
+            cpu, started = time.process_time(), time.perf_counter()
+            async for _event in engine.handle(incoming):
+                pass
+            return time.perf_counter() - started, 0.0, time.process_time() - cpu
+
+        triples = []
+        try:
+            for n in range(7):  # alternated, so that drift in the server's speed hits all alike
+                triples.append((await raw(), await ours(), await turn(n)))
+        finally:
+            await history.close()
+    triples = triples[1:]  # the first of each warms connections and caches up
+
+    def median(which: int, field: int) -> float:
+        return statistics.median(t[which][field] for t in triples)
+
+    raw_s, ours_s = median(0, 0), median(1, 0)
+    raw_tps, ours_tps = median(0, 1), median(1, 1)
     out["server_raw_reply_s"] = raw_s
     out["server_chinwag_reply_s"] = ours_s
     out["server_overhead_ms"] = (ours_s - raw_s) * 1000
     out["server_overhead_tps_pct"] = (raw_tps - ours_tps) / raw_tps * 100 if raw_tps else None
+    out["server_raw_cpu_ms"] = median(0, 2) * 1000
+    out["server_chinwag_cpu_ms"] = median(1, 2) * 1000
+    out["server_engine_cpu_ms"] = median(2, 2) * 1000
+    out["server_engine_turn_s"] = median(2, 0)
+    out["server_overhead_cpu_ms"] = out["server_chinwag_cpu_ms"] - out["server_raw_cpu_ms"]
+    out["server_engine_overhead_cpu_ms"] = out["server_engine_cpu_ms"] - out["server_raw_cpu_ms"]
     await client.close()
     return out
 
