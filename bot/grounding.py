@@ -85,6 +85,12 @@ def support(reply: str, question: str, passages: Sequence[Passage]) -> Support:
     return Support(tuple(supported), tuple(unsupported))
 
 
+def leans_to_decline(logprob: float | None, threshold: float | None) -> bool:
+    """Whether the model's log-probability of opening with a decline (`Finish.watched`) says the
+    passages do not hold the answer, whatever it wrote instead."""
+    return logprob is not None and threshold is not None and logprob >= threshold
+
+
 def not_found(passages: Sequence[Passage]) -> str:
     """The reply when the documents do not hold the answer: which documents were searched."""
     titles = list(dict.fromkeys(p.title or p.path for p in passages))
