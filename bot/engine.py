@@ -342,7 +342,7 @@ class Engine:
         asked = (incoming.platform, incoming.message_id) if incoming.message_id is not None else None
         # A reply written from passages is checked against them before it is shown (`bot/grounding.py`).
         check = Check(text, passages) if passages and config.grounded else None
-        if check is not None and config.decline_logprob is not None:
+        if check is not None and config.decline_logprob < 0:
             check = replace(check, leaning=await self._decline_leaning(prompt, context, passages))
         answer_stream = self._generate(
             conv, prompt, prompt_tokens, params, tools, extra, approve, asked, check

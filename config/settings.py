@@ -121,8 +121,8 @@ class RetrievalSettings(_Section):
     keyword_sync_s: float = Field(default=60.0, ge=0, le=86_400)
     grounded: bool = True
     # With `grounded`: decline when the model's log-probability of opening its reply with
-    # "Not in the documents" is at least this, whatever it wrote (None: the check of words alone).
-    decline_logprob: float | None = Field(default=-1.2, le=0)
+    # "Not in the documents" is at least this, whatever it wrote (0: off, the check of words alone).
+    decline_logprob: float = Field(default=-1.2, le=0)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RetrievalSettings:

@@ -187,17 +187,17 @@ async def test_a_model_leaning_to_decline_gets_the_could_not_find_reply_whatever
 
 @pytest.mark.parametrize(
     ("leaning", "threshold"),
-    [(-2.5, -1.2), (None, -1.2), (-0.1, None)],
+    [(-2.5, -1.2), (None, -1.2), (-0.1, 0.0)],
     ids=["unlikely", "not-reported", "off"],
 )
 async def test_a_model_not_leaning_to_decline_keeps_its_grounded_answer(
-    engine: Engine, model: FakeModel, leaning: float | None, threshold: float | None
+    engine: Engine, model: FakeModel, leaning: float | None, threshold: float
 ) -> None:
     engine.settings.retrieval.decline_logprob = threshold
     model.leaning = leaning
     model.enqueue("The ", "Spree ", "room ", "seats ", "16 ", "people ", "[1].")
     done = (await run(engine, said("How many people does the Spree room seat?")))[-1]
-    assert len(model.scored) == (1 if threshold is not None else 0)
+    assert len(model.scored) == (1 if threshold < 0 else 0)
     assert isinstance(done, TurnDone) and done.text == "The Spree room seats 16 people [1]."
 
 
@@ -214,7 +214,7 @@ async def test_without_passages_the_model_is_not_asked_whether_they_answer(
 def test_leaning_to_decline_is_at_or_above_the_threshold() -> None:
     assert leans_to_decline(-1.2, -1.2) and leans_to_decline(-0.3, -1.2)
     assert not leans_to_decline(-1.21, -1.2)
-    assert not leans_to_decline(None, -1.2) and not leans_to_decline(-0.1, None)
+    assert not leans_to_decline(None, -1.2) and not leans_to_decline(-0.0, 0.0)
 
 
 async def test_grounded_false_shows_the_reply_as_written(engine: Engine, model: FakeModel) -> None:
