@@ -171,6 +171,7 @@ async def test_a_model_leaning_to_decline_gets_the_could_not_find_reply_whatever
     engine: Engine, model: FakeModel
 ) -> None:
     # Words all from the passages, so only the model's own leaning can tell: e^-0.9 = 41% "Not".
+    engine.settings.retrieval.decline_logprob = -1.2
     model.leaning = -0.9
     model.enqueue("The ", "Spree ", "room ", "seats ", "16 ", "people ", "[1].")
     done = (await run(engine, said("How many people fit in the Berlin office's rooftop bar?")))[-1]
@@ -204,11 +205,19 @@ async def test_a_model_not_leaning_to_decline_keeps_its_grounded_answer(
 async def test_without_passages_the_model_is_not_asked_whether_they_answer(
     engine: Engine, model: FakeModel
 ) -> None:
+    engine.settings.retrieval.decline_logprob = -1.2
     model.leaning = -0.1
     model.enqueue("Leaves ", "drift ", "down.")
     done = (await run(engine, said("Write a haiku about autumn leaves falling in Kyoto.")))[-1]
     assert model.scored == []
     assert isinstance(done, TurnDone) and done.text == "Leaves drift down."
+
+
+async def test_the_leaning_is_not_asked_for_by_default(engine: Engine, model: FakeModel) -> None:
+    model.leaning = -0.1
+    model.enqueue("The ", "Spree ", "room ", "seats ", "16 ", "people ", "[1].")
+    done = (await run(engine, said("How many people does the Spree room seat?")))[-1]
+    assert model.scored == [] and isinstance(done, TurnDone) and done.text.endswith("[1].")
 
 
 def test_leaning_to_decline_is_at_or_above_the_threshold() -> None:
@@ -236,6 +245,7 @@ async def test_default_model_answers_from_a_table_and_declines_a_near_miss(tmp_p
         data_dir=tmp_path / "data",
         model={"name": "qwen2.5-coder-0.5b-instruct"},
         generation={"temperature": 0.0, "max_tokens": 80},
+        retrieval={"decline_logprob": -1.2},
     )
     (tmp_path / "laptops.md").write_text(LAPTOPS)
     (tmp_path / "berlin.md").write_text(OFFICE)
@@ -258,3 +268,5 @@ async def test_default_model_answers_from_a_table_and_declines_a_near_miss(tmp_p
         "I could not find that in the team's documents."
     )
     assert miss.metadata["sources"] == []
+    # The model was asked how readily it would decline, for both (a log-probability).
+    assert table.metadata["grounding"]["decline_logprob"] < miss.metadata["grounding"]["decline_logprob"] <= 0
