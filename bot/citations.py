@@ -40,11 +40,19 @@ def source_label(title: str, location: str, sep: str = " — ") -> str:
 #   example sentence with a fact in it leaked into answers. Of the wordings tried this one answered
 #   the most, though it cites less often (the sources footer then lists every passage).
 PASSAGES_INTRO = "Passages from the team's documents for the user's latest message:"
+# How readily the model would open with this reply, asked for when the passages do not hold the
+# answer, is the engine's measure of whether they do (`retrieval.decline_logprob`). Only that one
+# first token is read under this task: told so in the prompt it writes its answer from, the 0.5B
+# model declined half the questions the passages do answer (bench/RESULTS.md).
+NOT_IN_DOCUMENTS = "Not in the documents"
 PASSAGES_TASK = (
     "Answer the user's latest message from these passages, in your own words and in full "
     "sentences. After each sentence that uses a passage, put the passage's number in square "
     "brackets. If the passages do not contain the answer, say so, then answer from your own "
     "knowledge only if you are sure."
+)
+PASSAGES_TASK_DECLINE = PASSAGES_TASK.split(" If the passages")[0] + (
+    f" If the passages do not contain the answer, reply only: {NOT_IN_DOCUMENTS}."
 )
 
 
@@ -53,7 +61,7 @@ def passage_block(number: int, passage: Passage) -> str:
     return f"Passage [{number}] (from {cite_label(passage, sep=', ')}):\n{passage.text.strip()}"
 
 
-def passages_context(passages: Sequence[Passage]) -> str | None:
+def passages_context(passages: Sequence[Passage], task: str = PASSAGES_TASK) -> str | None:
     """What the model is told of the documents for the user's latest message (None: nothing).
 
     When no passage matched, the prompt is the one without documents. A note saying so, next to the
@@ -63,7 +71,7 @@ def passages_context(passages: Sequence[Passage]) -> str | None:
     if not passages:
         return None
     blocks = "\n\n".join(passage_block(n, p) for n, p in enumerate(passages, start=1))
-    return f"{PASSAGES_INTRO}\n\n{blocks}\n\n{PASSAGES_TASK}"
+    return f"{PASSAGES_INTRO}\n\n{blocks}\n\n{task}"
 
 
 def source_record(number: int, passage: Passage) -> dict[str, Any]:

@@ -7,14 +7,16 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bot import grounding
 from bot.citations import (
     DOCUMENTS_UNAVAILABLE,
+    NOT_IN_DOCUMENTS,
     PASSAGES_INTRO,
     PASSAGES_TASK,
+    PASSAGES_TASK_DECLINE,
     cite_label,
     mark_cited,
     passage_block,
@@ -33,7 +35,7 @@ from bot.metrics import Metrics
 from bot.params import effective_params
 from bot.prompt import PromptBudget
 from bot.seams.history import Conversation, ConversationKey, History, NewMessage, StoredMessage, UserRef
-from bot.seams.model import ChatModel, Chunk
+from bot.seams.model import ChatModel, Chunk, Finish
 from bot.seams.retriever import Passage, Retriever, scopes_for
 from bot.tasks import Tasks
 from bot.text import repair
@@ -62,6 +64,16 @@ log = logging.getLogger(__name__)
 _MAX_FOLDS = 4
 # Tokens kept free around the passages for the chat template's own markup.
 _PASSAGE_SLACK = 32
+
+
+@dataclass(frozen=True)
+class Check:
+    """A reply to check against the passages it is written from (`bot/grounding.py`): the question,
+    the passages, and the model's own log-probability of declining to answer from them."""
+
+    question: str
+    passages: list[Passage]
+    leaning: float | None = None
 
 
 class Engine:
@@ -329,7 +341,9 @@ class Engine:
                 extra["documents"] = "unavailable"
         asked = (incoming.platform, incoming.message_id) if incoming.message_id is not None else None
         # A reply written from passages is checked against them before it is shown (`bot/grounding.py`).
-        check = (text, passages) if passages and config.grounded else None
+        check = Check(text, passages) if passages and config.grounded else None
+        if check is not None and config.decline_logprob < 0:
+            check = replace(check, leaning=await self._decline_leaning(prompt, context, passages))
         answer_stream = self._generate(
             conv, prompt, prompt_tokens, params, tools, extra, approve, asked, check
         )
@@ -375,6 +389,31 @@ class Engine:
             kept.append(passage)
             used += cost
         return kept
+
+    async def _decline_leaning(
+        self, prompt: list[ChatMessage], context: str | None, passages: list[Passage]
+    ) -> float | None:
+        """How readily the model says the passages do not hold the answer: the log-probability of
+        its opening with NOT_IN_DOCUMENTS, in the same prompt with a task that asks for exactly that
+        (one token generated; the prefix cache keeps the conversation and the passages for the
+        answer). None when the model cannot tell or is busy."""
+        scoring_context = passages_context(passages, PASSAGES_TASK_DECLINE)
+        if context is None or scoring_context is None or not any(m.content == context for m in prompt):
+            return None
+        scoring = [ChatMessage(m.role, scoring_context) if m.content == context else m for m in prompt]
+        params = GenerationParams(
+            temperature=0.0, max_tokens=1, repetition_penalty=1.0, watch=NOT_IN_DOCUMENTS
+        )
+        finish: Finish | None = None
+        try:
+            async with aclosing(self.model.stream(scoring, params)) as stream:
+                async for item in stream:
+                    if isinstance(item, Finish):
+                        finish = item
+        except ChinwagError as error:
+            log.warning("could not ask the model whether the passages hold the answer: %s", error)
+            return None
+        return finish.watched if finish is not None else None
 
     async def _fit_prompt(
         self,
@@ -433,7 +472,7 @@ class Engine:
         extra: dict[str, Any] | None = None,
         approve: Approver | None = None,
         asked: tuple[str, str] | None = None,
-        check: tuple[str, list[Passage]] | None = None,
+        check: Check | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Stream the reply through its tool rounds (`tools`: those this conversation may use), then
         store it: complete, or as far as it got when it was interrupted or failed. `asked`: the
@@ -497,10 +536,13 @@ class Engine:
         meta: dict[str, Any] = {**metadata(), "finish_reason": finish.reason if finish else "stop"}
         if check is not None:
             if not loop.calls and status == "complete":  # a tool's result is its own source
-                question, passages = check
-                found = grounding.support(text, question, passages)
+                passages = check.passages
+                found = grounding.support(text, check.question, passages)
                 meta["grounding"] = found.record()
-                if not found.grounded:
+                declines = grounding.leans_to_decline(check.leaning, self.settings.retrieval.decline_logprob)
+                if check.leaning is not None:
+                    meta["grounding"]["decline_logprob"] = round(check.leaning, 3)
+                if declines or not found.grounded:
                     text = grounding.not_found(passages)
                     meta["searched"], meta["sources"] = meta.get("sources", []), []
             yield TextDelta(text)

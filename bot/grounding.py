@@ -10,9 +10,11 @@ tool is not checked: its facts come from the tool.
 
 The check reads the reply against the passages, not against a list of phrases: "I don't know"
 fails it for taking nothing from them, as "There are 40 parking spaces" does for its number.
-Asking the model itself (its probability of "Yes" to "do the passages state the answer?", or of
-opening its reply with a decline) was measured and separated answerable questions from near
-misses too little to decide on (bench/RESULTS.md).
+It cannot see a real figure put in the wrong place ("12 parking spaces" that are Lisbon's), which
+is what most of the 0.5B model's inventions are; so the engine also asks the model itself how
+readily it would reply "Not in the documents" when told to if the passages do not hold the answer
+(`leans_to_decline`; measured in bench/RESULTS.md). Its probability of "Yes" to "do the passages
+state the answer?" was measured too, and barely moved.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ def support(reply: str, question: str, passages: Sequence[Passage]) -> Support:
         elif _is_name(word, text[: match.start()]):
             unsupported[word] = None
     return Support(tuple(supported), tuple(unsupported))
+
+
+def leans_to_decline(logprob: float | None, threshold: float) -> bool:
+    """Whether the model's log-probability of opening with a decline (`Finish.watched`) says the
+    passages do not hold the answer, whatever it wrote instead (`threshold` 0: never)."""
+    return logprob is not None and threshold < 0 and logprob >= threshold
 
 
 def not_found(passages: Sequence[Passage]) -> str:

@@ -73,6 +73,9 @@ class GenerationParams:
     max_tokens: int = 512
     repetition_penalty: float = 1.0
     seed: int | None = None
+    # A reply opening whose log-probability at the reply's first token the stream's Finish reports
+    # (`Finish.watched`): how readily the model would have said it, whatever it said instead.
+    watch: str | None = None
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,10 @@ class RetrievalSettings(_Section):
     hybrid: bool = True
     keyword_sync_s: float = Field(default=60.0, ge=0, le=86_400)
     grounded: bool = True
+    # With `grounded`: decline when the model's log-probability of opening its reply with
+    # "Not in the documents" is at least this, whatever it wrote (0: off, the check of words alone).
+    # Off by default: with tools offered it cost as many right answers as it saved (bench/RESULTS.md).
+    decline_logprob: float = Field(default=0.0, le=0)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RetrievalSettings:

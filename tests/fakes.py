@@ -46,6 +46,11 @@ class FakeModel:
     cancelled: int = 0
     tools: list[list[dict[str, Any]] | None] = field(default_factory=list)
     constrained: list[bool] = field(default_factory=list)
+    # A one-token request that watches an opening (`GenerationParams.watch`, the engine asking how
+    # readily the model would decline) is answered with `leaning` as `Finish.watched`; it takes
+    # nothing from the queue and is kept in `scored`, not in `prompts`.
+    leaning: float | None = None
+    scored: list[list[ChatMessage]] = field(default_factory=list)
 
     @property
     def info(self) -> ModelInfo:
@@ -80,6 +85,10 @@ class FakeModel:
         constrain: bool = False,
     ) -> AsyncGenerator[Chunk | Finish | Queued, None]:
         prompt = list(messages)
+        if params.watch is not None and params.max_tokens == 1:
+            self.scored.append(prompt)
+            yield Finish(self.count_tokens(prompt), 1, "length", self.leaning)
+            return
         self.constrained.append(constrain)
         self.prompts.append(prompt)
         self.params.append(params)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.citations import NOT_IN_DOCUMENTS
 from bot.engine import Engine
-from bot.grounding import not_found, support
+from bot.grounding import leans_to_decline, not_found, support
 from bot.types import CommandResult, Event, Incoming, TextDelta, TurnDone
 from config import Settings, load_settings
 from retrieval.store import DocumentStore, Passage
@@ -166,6 +167,65 @@ async def test_plain_chat_not_about_the_documents_streams_as_before(
     assert isinstance(done, TurnDone) and "grounding" not in done.metadata
 
 
+async def test_a_model_leaning_to_decline_gets_the_could_not_find_reply_whatever_it_wrote(
+    engine: Engine, model: FakeModel
+) -> None:
+    # Words all from the passages, so only the model's own leaning can tell: e^-0.9 = 41% "Not".
+    engine.settings.retrieval.decline_logprob = -1.2
+    model.leaning = -0.9
+    model.enqueue("The ", "Spree ", "room ", "seats ", "16 ", "people ", "[1].")
+    done = (await run(engine, said("How many people fit in the Berlin office's rooftop bar?")))[-1]
+    # Asked in the answer's prompt, its passages' task asking for exactly that opening.
+    [scored] = model.scored
+    assert scored[:-2] == model.prompts[-1][:-2] and scored[-1] == model.prompts[-1][-1]
+    assert f"reply only: {NOT_IN_DOCUMENTS}." in scored[-2].content
+    assert "Spree" in scored[-2].content and NOT_IN_DOCUMENTS not in model.prompts[-1][-2].content
+    assert isinstance(done, TurnDone)
+    assert done.text.startswith("I could not find that in the team's documents.")
+    assert done.metadata["grounding"]["decline_logprob"] == -0.9
+    assert done.metadata["grounding"]["grounded"] is True and done.metadata["sources"] == []
+
+
+@pytest.mark.parametrize(
+    ("leaning", "threshold"),
+    [(-2.5, -1.2), (None, -1.2), (-0.1, 0.0)],
+    ids=["unlikely", "not-reported", "off"],
+)
+async def test_a_model_not_leaning_to_decline_keeps_its_grounded_answer(
+    engine: Engine, model: FakeModel, leaning: float | None, threshold: float
+) -> None:
+    engine.settings.retrieval.decline_logprob = threshold
+    model.leaning = leaning
+    model.enqueue("The ", "Spree ", "room ", "seats ", "16 ", "people ", "[1].")
+    done = (await run(engine, said("How many people does the Spree room seat?")))[-1]
+    assert len(model.scored) == (1 if threshold < 0 else 0)
+    assert isinstance(done, TurnDone) and done.text == "The Spree room seats 16 people [1]."
+
+
+async def test_without_passages_the_model_is_not_asked_whether_they_answer(
+    engine: Engine, model: FakeModel
+) -> None:
+    engine.settings.retrieval.decline_logprob = -1.2
+    model.leaning = -0.1
+    model.enqueue("Leaves ", "drift ", "down.")
+    done = (await run(engine, said("Write a haiku about autumn leaves falling in Kyoto.")))[-1]
+    assert model.scored == []
+    assert isinstance(done, TurnDone) and done.text == "Leaves drift down."
+
+
+async def test_the_leaning_is_not_asked_for_by_default(engine: Engine, model: FakeModel) -> None:
+    model.leaning = -0.1
+    model.enqueue("The ", "Spree ", "room ", "seats ", "16 ", "people ", "[1].")
+    done = (await run(engine, said("How many people does the Spree room seat?")))[-1]
+    assert model.scored == [] and isinstance(done, TurnDone) and done.text.endswith("[1].")
+
+
+def test_leaning_to_decline_is_at_or_above_the_threshold() -> None:
+    assert leans_to_decline(-1.2, -1.2) and leans_to_decline(-0.3, -1.2)
+    assert not leans_to_decline(-1.21, -1.2)
+    assert not leans_to_decline(None, -1.2) and not leans_to_decline(-0.0, 0.0)
+
+
 async def test_grounded_false_shows_the_reply_as_written(engine: Engine, model: FakeModel) -> None:
     engine.settings.retrieval.grounded = False
     model.enqueue("The Berlin office has 40 parking spaces.")
@@ -185,6 +245,7 @@ async def test_default_model_answers_from_a_table_and_declines_a_near_miss(tmp_p
         data_dir=tmp_path / "data",
         model={"name": "qwen2.5-coder-0.5b-instruct"},
         generation={"temperature": 0.0, "max_tokens": 80},
+        retrieval={"decline_logprob": -1.2},
     )
     (tmp_path / "laptops.md").write_text(LAPTOPS)
     (tmp_path / "berlin.md").write_text(OFFICE)
@@ -207,3 +268,5 @@ async def test_default_model_answers_from_a_table_and_declines_a_near_miss(tmp_p
         "I could not find that in the team's documents."
     )
     assert miss.metadata["sources"] == []
+    # The model was asked how readily it would decline, for both (a log-probability).
+    assert table.metadata["grounding"]["decline_logprob"] < miss.metadata["grounding"]["decline_logprob"] <= 0

@@ -35,7 +35,18 @@ from bot.app import default_tools
 from bot.engine import Engine
 from bot.inference.counting import TemplateTokenizer
 from bot.inference.openai_server import OpenAIServerModel, native_messages
-from bot.types import ChatMessage, CommandResult, Event, Incoming, TextDelta, ToolCall, TurnDone, TurnFailed
+from bot.seams.model import Chunk, Finish
+from bot.types import (
+    ChatMessage,
+    CommandResult,
+    Event,
+    GenerationParams,
+    Incoming,
+    TextDelta,
+    ToolCall,
+    TurnDone,
+    TurnFailed,
+)
 from config import Settings, load_settings
 from config.settings import ModelSettings
 from storage import SqlHistory
@@ -207,8 +218,14 @@ class Scripted:
         return web.json_response({"object": "list", "data": data})
 
 
-def sse(*deltas: dict[str, Any], finish: str = "stop", usage: tuple[int, int] | None = (11, 3)) -> Any:
-    """A reply streamed as the API does: one chunk per delta, the finish reason, the usage."""
+def sse(
+    *deltas: dict[str, Any],
+    finish: str = "stop",
+    usage: tuple[int, int] | None = (11, 3),
+    logprobs: list[tuple[str, float]] | None = None,
+) -> Any:
+    """A reply streamed as the API does: one chunk per delta, the finish reason, the usage;
+    `logprobs`: the first token's alternatives (the first is the token sent), on its chunk."""
 
     async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         answer = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -218,8 +235,12 @@ def sse(*deltas: dict[str, Any], finish: str = "stop", usage: tuple[int, int] | 
             chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "scripted"}
             await answer.write(f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n".encode())
 
-        for delta in deltas:
-            await send([{"index": 0, "delta": delta, "finish_reason": None}])
+        for n, delta in enumerate(deltas):
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+            if logprobs and n == 0:
+                top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in logprobs]
+                choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top}], "refusal": None}
+            await send([choice])
         await send([{"index": 0, "delta": {}, "finish_reason": finish}])
         if usage is not None:
             prompt, completion = usage
@@ -480,6 +501,35 @@ async def test_a_server_answering_429_then_200_is_retried(
     assert reply.text == "Hi there" and reply.usage.prompt_tokens == 11 and reply.usage.completion_tokens == 3
     assert len(scripted.bodies) == 2 and scripted.bodies[0] == scripted.bodies[1]
     assert bot.model.info.context_window == 2048  # from the listing's max_model_len
+
+
+async def test_a_watched_opening_is_read_from_the_first_tokens_alternatives(scripted: Scripted) -> None:
+    scripted.replies = [
+        sse({"content": "The"}, {"content": " Spree room"}, logprobs=[("The", -0.6), ("Not", -0.9)]),
+        sse({"content": "Yes"}, logprobs=[("Yes", -0.01), ("No", -4.7)]),
+        status(400, "logprobs is not supported by this server"),
+        sse({"content": "Fine."}),
+        sse({"content": "Fine again."}),
+    ]
+    settings = load_settings(model={"backend": "openai", "base_url": scripted.base_url, "name": "scripted"})
+    model = await asyncio.to_thread(OpenAIServerModel.load, settings.model, settings.model_cache_dir, None)
+    params = GenerationParams(temperature=0.0, max_tokens=8, watch="Not in the documents")
+    chunks = [item async for item in model.stream([ChatMessage("user", "Rooftop bar?")], params)]
+    assert "".join(c.text for c in chunks if isinstance(c, Chunk)) == "The Spree room"
+    assert isinstance(chunks[-1], Finish) and chunks[-1].watched == -0.9
+    assert scripted.bodies[-1]["logprobs"] is True and scripted.bodies[-1]["top_logprobs"] == 20
+    # Not among the alternatives ("No" is another word): nothing to report.
+    chunks = [item async for item in model.stream([ChatMessage("user", "Is it?")], params)]
+    assert isinstance(chunks[-1], Finish) and chunks[-1].watched is None
+    # A server that refuses log-probabilities is asked again without them, and from then on.
+    chunks = [item async for item in model.stream([ChatMessage("user", "And?")], params)]
+    assert isinstance(chunks[-1], Finish) and chunks[-1].watched is None
+    assert "logprobs" in scripted.bodies[-2] and "logprobs" not in scripted.bodies[-1]
+    # Unwatched replies never ask for them.
+    unwatched = GenerationParams(temperature=0.0, max_tokens=8)
+    chunks = [item async for item in model.stream([ChatMessage("user", "Again?")], unwatched)]
+    assert isinstance(chunks[-1], Finish) and chunks[-1].watched is None
+    assert "logprobs" not in scripted.bodies[-1] and "top_logprobs" not in scripted.bodies[-1]
 
 
 async def test_a_server_busy_every_time_fails_the_turn_in_one_line(

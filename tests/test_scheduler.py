@@ -476,3 +476,21 @@ def test_a_penalty_applied_in_place_chooses_as_transformers_processor_does() -> 
         assert chosen[0] == chosen[1]
         if params.temperature <= 0:
             assert chosen[0] == int(expected.argmax())
+
+
+async def test_a_watched_opening_is_reported_without_changing_the_reply(
+    scheduled: TransformersModel, naive: TransformersModel
+) -> None:
+    messages, params = PROMPTS[0]
+    plain, unwatched = await _collect(scheduled, messages, params)
+    assert unwatched.watched is None
+    own, finish = await _collect(scheduled, messages, replace(params, watch=plain))
+    other, elsewhere = await _collect(scheduled, messages, replace(params, watch="Zebra crossings"))
+    assert own == other == plain  # watching is reading, not steering
+    # Greedy: the reply's own first token is the likeliest, so no other opening scores higher.
+    assert finish.watched is not None and elsewhere.watched is not None
+    assert elsewhere.watched < finish.watched <= 0.0
+    # The reply's first token is likely, a zebra unlikely, after "What is 2+2?".
+    assert finish.watched > -2.0 and elsewhere.watched < -5.0
+    # One `generate` at a time cannot tell.
+    assert (await _collect(naive, messages, replace(params, watch=plain)))[1].watched is None

@@ -273,7 +273,8 @@ class TransformersModel:
         prompt, processors = await asyncio.to_thread(
             self._prepare, list(messages), params, list(tools or []), constrain
         )
-        request = Request(prompt, params, emit, processors, follow=self._follow or ())
+        watch = self._first_token(params.watch) if params.watch else None
+        request = Request(prompt, params, emit, processors, follow=self._follow or (), watch=watch)
         scheduler.submit(request)  # BusyError (a ChinwagError) when the queue is full
         over = False
         try:
@@ -431,6 +432,11 @@ class TransformersModel:
             config.top_p = params.top_p
             config.top_k = params.top_k if params.top_k > 0 else None
         return config
+
+    def _first_token(self, text: str) -> int | None:
+        """The token a reply opening with `text` starts with (None: it has none)."""
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return int(ids[0]) if ids else None
 
     def _encode(
         self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] | None = None

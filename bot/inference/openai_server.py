@@ -18,7 +18,7 @@ import logging
 import random
 import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +51,9 @@ _EXTRA_PARAMS = ("top_k", "repetition_penalty")
 _LISTING_TIMEOUT_S = 5.0
 # Pauses between attempts of a stream that broke before its first piece (doubling, with jitter).
 _BACKOFF_S = 0.5
+# How many of the first token's alternatives to ask for (`GenerationParams.watch`): OpenAI's API
+# allows up to 20, and a watched opening outside them is too unlikely to matter.
+_TOP_LOGPROBS = 20
 _TOOLS_HINT = (
     "You can call these tools. To call one, reply with only "
     '<tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}</tool_call>\n'
@@ -249,6 +252,7 @@ class OpenAIServerModel:
         calls: dict[int, dict[str, str]] = {}
         reason: FinishReason = "stop"
         usage: Any = None
+        watched: float | None = None
         for attempt in range(self._settings.retries + 1):
             response = await self._open(messages, params, tools)
             try:
@@ -257,6 +261,8 @@ class OpenAIServerModel:
                         usage = chunk.usage
                     for choice in chunk.choices:
                         delta = choice.delta
+                        if params.watch and not parts and not calls:
+                            watched = _watched(choice, params.watch)
                         if delta.content:
                             parts.append(delta.content)
                             yield Chunk(delta.content)
@@ -282,7 +288,7 @@ class OpenAIServerModel:
             text = "".join(_call_text(call) for _, call in sorted(calls.items()))
             parts.append(text)
             yield Chunk(text)
-        yield self._finish(messages, tools, "".join(parts), usage, reason)
+        yield replace(self._finish(messages, tools, "".join(parts), usage, reason), watched=watched)
 
     def _finish(
         self,
@@ -328,8 +334,9 @@ class OpenAIServerModel:
     def _drop_refused(self, request: dict[str, Any], text: str) -> bool:
         """Learn from a refusal what not to send again; False when it was not about such a field."""
         extra = request.get("extra_body") or {}
-        refused = {name for name in [*extra, "stream_options", "seed"] if name in text}
-        refused &= {*extra, *(name for name in ("stream_options", "seed") if name in request)}
+        optional = ("stream_options", "seed", "logprobs")
+        refused = {name for name in [*extra, *optional] if name in text}
+        refused &= {*extra, *(name for name in optional if name in request)}
         if refused:
             self._refused |= refused
             log.warning(
@@ -369,6 +376,10 @@ class OpenAIServerModel:
             request["stream_options"] = {"include_usage": True}
         if params.seed is not None and "seed" not in self._refused:
             request["seed"] = params.seed
+        if params.watch and "logprobs" not in self._refused:
+            # The first token's likeliest alternatives, to find the watched opening among them.
+            request["logprobs"] = True
+            request["top_logprobs"] = _TOP_LOGPROBS
         if schemas:
             request["tools"] = list(schemas)
         extra: dict[str, Any] = {}
@@ -546,3 +557,20 @@ def _failure(server: str, error: Exception, tries: int | None, midway: bool = Fa
 def _short(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 160 else text[:159] + "…"
+
+
+def _watched(choice: Any, watch: str) -> float | None:
+    """The log-probability the server gave the first token of `watch` as the reply's first token,
+    from the stream's first piece with log-probabilities (None: not among them, or none sent)."""
+    logprobs = getattr(choice, "logprobs", None)
+    content = getattr(logprobs, "content", None) or []
+    if not content:
+        return None
+    first = content[0]
+    opening = watch.split()[0] if watch.split() else ""
+    for alternative in [first, *(getattr(first, "top_logprobs", None) or [])]:
+        token = (getattr(alternative, "token", "") or "").strip()
+        # The whole first word: "No" opens "No, ..." as often as "Not in the documents".
+        if token == opening and isinstance(getattr(alternative, "logprob", None), float):
+            return float(alternative.logprob)
+    return None

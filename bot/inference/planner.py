@@ -41,6 +41,8 @@ class Request:
     # encoded into the cache it leaves behind, so the next turn starts at its text.
     follow: Sequence[int] = ()
     cancel: threading.Event = field(default_factory=threading.Event)
+    # A token whose log-probability as the reply's first token the Finish reports (`Finish.watched`).
+    watch: int | None = None
 
 
 @dataclass(eq=False)
@@ -64,6 +66,7 @@ class RequestState:
     seen_upto: int = 0
     seen_ids: Any = None
     text_sent: int = 0  # characters of the reply streamed so far
+    watched: float | None = None  # the watched token's log-probability at the first token
     # The reply's tokens decoded last for streaming: from `text_from` (the window's start) up to
     # `text_upto` (what it had streamed then); see `scheduler.Detokenizer`.
     text_from: int = 0

@@ -229,6 +229,8 @@ class Scheduler:
             if state.fed < len(state.request.prompt):
                 continue
             try:
+                if state.request.watch is not None:
+                    state.watched = watched_logprob(last, state.request.watch)
                 token = choose(state, last)
             except Exception as error:
                 log.exception("choosing a first token failed")
@@ -339,6 +341,7 @@ class Scheduler:
                 prompt_tokens=len(state.request.prompt),
                 completion_tokens=completion_tokens(state, reason),
                 reason=reason,
+                watched=state.watched,
             )
         )
 
@@ -450,6 +453,13 @@ class Detokenizer:
         state.text_sent += len(added)
         state.text_from, state.text_upto = upto, len(ids)
         return added
+
+
+def watched_logprob(logits: Any, token: int) -> float:
+    """The log-probability of `token` under `logits` [vocab], before any sampling parameter."""
+    import torch
+
+    return float(torch.log_softmax(logits.reshape(-1).float(), dim=-1)[token])
 
 
 def choose(state: RequestState, logits: Any, penalized: bool = False) -> int:

@@ -28,6 +28,9 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     reason: FinishReason
+    # The log-probability of the first token of `GenerationParams.watch` as the reply's first token
+    # (None: nothing watched, or a backend that cannot tell).
+    watched: float | None = None
 
 
 @dataclass(frozen=True)
