@@ -29,7 +29,9 @@ from bot.inference.quantize import (
     QuantizedLinear,
     ShortlistHead,
     activation_group,
+    int4_layout,
     kernels_of,
+    unpack_int4,
     use_kernels,
 )
 from config import load_settings
@@ -227,9 +229,9 @@ def _int4_product(
 
 
 def _int4_levels(layer: Int4Linear) -> torch.Tensor:
-    n, k = layer.out_features, layer.in_features
-    blocks = layer.weight.view(n // 64, k, 32)
-    return torch.cat([blocks & 0xF, blocks >> 4], dim=2).transpose(1, 2).reshape(n, k)
+    """The levels (0-15) of the layer's weights, read from torch's layout on this machine (blocks
+    of 64 channels with AVX-512, of 32 with AVX2: chinwag's kernels then read a repacked copy)."""
+    return unpack_int4(layer.weight, layer.out_features, layer.in_features, int4_layout())
 
 
 def _int4_exact(layer: Int4Linear) -> torch.Tensor:

@@ -288,9 +288,20 @@ class Int4Linear(QuantizedLinear):
 
     def native(self) -> tuple[Any, Any] | None:
         # chinwag's kernels read the layout torch packs in with AVX-512 (blocks of 64 channels).
-        if self.out_features % _INT4_BLOCK or int4_layout() != _INT4_BLOCK:
+        layout = int4_layout()
+        if self.out_features % _INT4_BLOCK or layout < 0:
             return None
-        return self.weight, self.scales_and_zeros
+        if layout == _INT4_BLOCK:
+            return self.weight, self.scales_and_zeros
+        # Elsewhere (AVX2: blocks of 32) torch's own kernel needs its layout, so chinwag's kernels
+        # get a copy in theirs, made once: without it every int4 layer, and with them the fused
+        # decode layer and prompts encoded together, fell back to torch.
+        copy = getattr(self, "_native_weight", None)
+        if copy is None or copy[0] is not self.weight:
+            n, k = self.out_features, self.in_features
+            copy = (self.weight, pack_int4_blocks(unpack_int4(self.weight, n, k, layout)))
+            self._native_weight = copy
+        return copy[1], self.scales_and_zeros
 
     def _many(self, rows: Any) -> Any:
         if rows.shape[0] < INT4_PREFILL_ROWS or not native_bf16() or self.out_features % _INT4_BLOCK:
@@ -317,6 +328,16 @@ def unpack_int4(packed: Any, n: int, k: int, layout: int) -> Any:
     else:  # byte c: channels 2c and 2c + 1
         levels = torch.stack([bytes_ & 0xF, bytes_ >> 4], dim=3).reshape(n // block, k, block)
     return levels.transpose(1, 2).reshape(n, k)
+
+
+def pack_int4_blocks(levels: Any) -> Any:
+    """The levels q [n, k] (0-15, n a multiple of 64) packed as torch packs them with AVX-512, the
+    layout chinwag's kernels read (`int4_layout` 64): the inverse of `unpack_int4(..., 64)`."""
+    n, k = levels.shape
+    half = _INT4_BLOCK // 2
+    blocks = levels.to(torch.uint8).reshape(n // _INT4_BLOCK, _INT4_BLOCK, k).transpose(1, 2)
+    packed = blocks[..., :half] | (blocks[..., half:] << 4)  # [n / 64, k, 32]
+    return packed.contiguous().view(torch.uint8).reshape(n, k // 2)
 
 
 @functools.cache
