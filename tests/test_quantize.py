@@ -23,6 +23,9 @@ from bot.inference.quantize import (
     load_quantized,
     native_bf16,
     on_4bit_grid,
+    pack_int4_blocks,
+    repack_int4_32_to_64,
+    unpack_int4,
 )
 from bot.types import ChatMessage
 from config import load_settings
@@ -326,3 +329,16 @@ def test_work_run_apart_gives_its_result_or_its_error() -> None:
     assert run_apart(lambda a, b=0: a + b, 2, b=3) == 5
     with pytest.raises(ZeroDivisionError):
         run_apart(lambda: 1 / 0)
+
+
+def test_int4_weights_packed_for_avx2_are_repacked_into_the_kernels_layout() -> None:
+    """torch packs blocks of 32 channels with AVX2 (byte c: channels c and c + 16), the kernels read
+    blocks of 64 (c and c + 32): the repacked bytes hold the same levels, on any CPU."""
+    n, k = 192, 96
+    levels = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    blocks = levels.reshape(n // 32, 32, k).transpose(1, 2)  # [n / 32, k, 32]
+    avx2 = (blocks[..., :16] | (blocks[..., 16:] << 4)).contiguous().view(n, k // 2)
+    assert torch.equal(unpack_int4(avx2, n, k, 32), levels)
+    repacked = repack_int4_32_to_64(avx2, n, k)
+    assert torch.equal(unpack_int4(repacked, n, k, 64), levels)
+    assert torch.equal(repacked, pack_int4_blocks(levels))

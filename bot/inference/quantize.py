@@ -299,7 +299,11 @@ class Int4Linear(QuantizedLinear):
         copy = getattr(self, "_native_weight", None)
         if copy is None or copy[0] is not self.weight:
             n, k = self.out_features, self.in_features
-            copy = (self.weight, pack_int4_blocks(unpack_int4(self.weight, n, k, layout)))
+            if layout == _INT4_BLOCK // 2:
+                repacked = repack_int4_32_to_64(self.weight, n, k)
+            else:
+                repacked = pack_int4_blocks(unpack_int4(self.weight, n, k, layout))
+            copy = (self.weight, repacked)
             self._native_weight = copy
         return copy[1], self.scales_and_zeros
 
@@ -338,6 +342,21 @@ def pack_int4_blocks(levels: Any) -> Any:
     blocks = levels.to(torch.uint8).reshape(n // _INT4_BLOCK, _INT4_BLOCK, k).transpose(1, 2)
     packed = blocks[..., :half] | (blocks[..., half:] << 4)  # [n / 64, k, 32]
     return packed.contiguous().view(torch.uint8).reshape(n, k // 2)
+
+
+def repack_int4_32_to_64(packed: Any, n: int, k: int) -> Any:
+    """`pack_int4_blocks(unpack_int4(packed, n, k, 32))` byte by byte, without the levels: with
+    AVX2 torch packs blocks of 32 channels (byte c: channels c and c + 16), so a block of 64 is two
+    of them, A then B, and its byte c holds A's channel c and B's channel c (c < 16: the low
+    nibbles; else the high ones of byte c - 16). Few and small temporaries: repacking a model's
+    layers one by one this way keeps the process's memory near the copy's own size."""
+    pairs = packed.view(n // _INT4_BLOCK, 2, k, _INT4_BLOCK // 4)  # [blocks, (A, B), k, 16]
+    a, b = pairs[:, 0], pairs[:, 1]
+    out = torch.empty((n // _INT4_BLOCK, k, _INT4_BLOCK // 2), dtype=torch.uint8)
+    half = _INT4_BLOCK // 4
+    torch.bitwise_or(a & 0xF, (b & 0xF) << 4, out=out[..., :half])
+    torch.bitwise_or(a >> 4, b & 0xF0, out=out[..., half:])
+    return out.view(n, k // 2)
 
 
 @functools.cache
