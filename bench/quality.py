@@ -43,6 +43,7 @@ from bot.app import default_tools
 from bot.engine import Engine
 from bot.inference.decoder import LeanStep
 from bot.inference.local import TransformersModel
+from bot.inference.scheduler import watched_logprob
 from bot.seams.model import ChatModel, Chunk, Finish, Queued
 from bot.threads import run_apart
 from bot.types import ChatMessage, GenerationParams, Incoming, ToolCall, TurnDone
@@ -110,7 +111,7 @@ def _mean_logprob(model: TransformersModel, prompt: list[int], reply: list[int])
         cache = step.start(None)
         logits = step.feed(cache, 0, prompt)
         for n, token in enumerate(reply):
-            total += float(torch.log_softmax(logits.reshape(-1).float(), dim=-1)[token])
+            total += watched_logprob(logits, token)
             if n + 1 < len(reply):
                 logits = step(cache, torch.tensor([[token]]), torch.tensor([[len(prompt) + n]]))[0]
     return total / len(reply)
