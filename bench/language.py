@@ -3,9 +3,9 @@
     python bench/language.py [--model NAME] [--threads N] [--long N] [--sentences N]
                              [--langs fr,de,es,ja] [--skip summaries,actions,translate] [--json]
 
-The set is bench/language_data.py: 12 short threads (5-7 messages) and 3 long ones (150, 300 and
+The set is bench/language_data.py: 12 short threads (11-14 messages) and 3 long ones (150, 300 and
 450 messages: the short ones spread through a day's chatter; the 450-message one is longer than the
-8,192-token window), and 16 sentences with references in French, German, Spanish and Japanese.
+8,192-token window), and 40 sentences with references in French, German, Spanish and Japanese.
 
 - key_point_recall: of the thread's key points, those the summary states (keyword groups, see
   language_data), averaged over threads; separately for short and long threads.
