@@ -566,25 +566,30 @@ def _ask(content: str, ask: str | None) -> str:
     return content if ask is None else f"{content}\n\n{ask}"
 
 
-# One worked example per task: small models follow an example better than a description.
+# One worked example per task: small models follow an example better than a description. It
+# must not resemble a real thread: the 0.5B model copies an example's points into a summary of a
+# thread on a similar topic (an earlier example about a slow login page put its "drop IE11
+# support" into the summary of a thread about login latency). Message 3 asks someone else, so
+# the owner of an item is the person who will do it, not the one who wrote the message.
 _SHOT_CHAT = (
-    "[1] Lena: the login page is slow since Tuesday's release\n"
-    "[2] Omar: the new font loads from a CDN in the US, I can self-host it today\n"
-    "[3] Lena: great. can someone check the cache headers too?\n"
-    "[4] Priya: I'll look at the cache headers by Thursday\n"
-    "[5] Omar: also we should drop IE11 support, it doubles the CSS\n"
-    "[6] Lena: agreed, I'll announce it in the next newsletter"
+    "[1] Bea: the projector in the demo room died again during Friday's demo\n"
+    "[2] Ugo: facilities say a new one arrives next month\n"
+    "[3] Bea: Wen, can you book the big room for this week's demo?\n"
+    "[4] Wen: sure, I'll book it today\n"
+    "[5] Ugo: I'll ask facilities for a loaner by Thursday\n"
+    "[6] Bea: thanks. let's also record the demos from now on\n"
+    "[7] Wen: agreed, I'll set up the recording"
 )
 SUMMARY_SHOT = (
     _SHOT_CHAT,
-    "- The login page has been slow since Tuesday's release [1].\n"
-    "- Omar will self-host the font today [2]; Priya will check the cache headers by Thursday [4].\n"
-    "- They agreed to drop IE11 support; Lena will announce it in the next newsletter [5][6].",
+    "- The demo room's projector broke during Friday's demo; a new one arrives next month [1][2].\n"
+    "- Wen will book the big room today [3][4]; Ugo will ask facilities for a loaner by Thursday [5].\n"
+    "- They agreed to record the demos from now on; Wen will set up the recording [6][7].",
 )
 _SHOT_ITEMS = [
-    {"what": "Self-host the font", "who": "Omar", "when": "today", "message": 2},
-    {"what": "Check the cache headers", "who": "Priya", "when": "by Thursday", "message": 4},
-    {"what": "Announce the end of IE11 support", "who": "Lena", "when": None, "message": 6},
+    {"what": "Book the big room for this week's demo", "who": "Wen", "when": "today", "message": 4},
+    {"what": "Ask facilities for a loaner projector", "who": "Ugo", "when": "by Thursday", "message": 5},
+    {"what": "Set up recording of the demos", "who": "Wen", "when": None, "message": 7},
 ]
 ACTIONS_SHOT = (
     _SHOT_CHAT,
