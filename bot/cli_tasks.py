@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from bot.app import running
 from bot.engine import new_thread_id
+from bot.errors import ChinwagError
 from bot.tasks.files import messages_from_text
 from bot.text import read_bytes_as_text
 from bot.types import Incoming, Notice, TextDelta, TurnDone, TurnFailed
@@ -27,15 +28,38 @@ err = Console(stderr=True, highlight=False)
 _PART = re.compile(r"part (\d+) of (\d+)")
 
 
-def _read(path: str) -> tuple[str, str]:
-    """The text of FILE or of stdin ('-'), and a label for it."""
+def _read(path: str, settings: Settings) -> tuple[str, str]:
+    """The text of FILE, of stdin ('-') or of an ingested document, and a label for it."""
     if path == "-":
         return read_bytes_as_text(sys.stdin.buffer.read()), "stdin"
-    file = Path(path)
+    file = Path(path).expanduser()
+    if path.startswith("file://") or not file.exists():
+        found = _ingested(path, settings)
+        if found is not None:
+            return found
     try:
         return read_bytes_as_text(file.read_bytes()), file.name
     except OSError as error:
         raise click.ClickException(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _ingested(target: str, settings: Settings) -> tuple[str, str] | None:
+    """An ingested document's text, by id, path or `file://` URL (the file itself may be gone)."""
+    from retrieval.store import DocumentStore
+
+    if not settings.retrieval.enabled:
+        return None
+    try:
+        store = DocumentStore.open(settings)
+        doc = store.find(target)
+        text = store.document_text(doc) if doc is not None else None
+    except ChinwagError as error:
+        raise click.ClickException(f"cannot read {target}: {error}") from None
+    if doc is None or not text:
+        if target.startswith("file://"):
+            raise click.ClickException(f"cannot read {target}: no ingested document has that path")
+        return None
+    return text, doc.title or Path(doc.path).name
 
 
 class _Progress:
@@ -123,19 +147,19 @@ Overrides = Callable[[str | None, str | None, float | None], dict]
 def _command(
     name: str, help_text: str, run: Runner, overrides: Overrides, language_option: bool = False
 ) -> click.Command:
-    @click.argument("source", metavar="FILE|-")
+    @click.argument("source", metavar="FILE|-|DOC")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
     @click.option("--bots", is_flag=True, help="Keep bots' messages (left out by default).")
     @click.option("--model", help="Model: embedded name, local path or Hugging Face id.")
     @click.pass_obj
     def command(obj: Any, source: str, as_json: bool, bots: bool, model: str | None, **kw: Any) -> None:
-        text, label = _read(source)
+        settings = obj.settings(**overrides(model, None, None))
+        text, label = _read(source, settings)
         line = f"/{name}"
         if language_option:
             line += f" {kw['to']}"
         elif bots:
             line += " bots"
-        settings = obj.settings(**overrides(model, None, None))
         sys.exit(run(run_task(settings, line, text, label, as_json)))
 
     if language_option:
@@ -147,7 +171,10 @@ def _command(
 def register(group: click.Group, run: Runner, overrides: Overrides) -> None:
     """Add the task commands to the `chinwag` group; `run` turns our errors into one line,
     `overrides` makes settings overrides of --model."""
-    doc = "Summarise FILE (or stdin: '-'): a chat log of 'Name: text' lines, or a document."
+    doc = (
+        "Summarise FILE (or stdin: '-'): a chat log of 'Name: text' lines, or a document; an ingested "
+        "document also by its id or file:// URL (chinwag docs list)."
+    )
     group.add_command(_command("summarize", doc, run, overrides))
     doc = "Translate FILE (or stdin: '-') into --to LANG."
     group.add_command(_command("translate", doc, run, overrides, language_option=True))

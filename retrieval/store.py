@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bot.errors import DocumentsUnavailableError, RetrievalError
 from bot.seams.retriever import GLOBAL_SCOPE
@@ -482,6 +483,29 @@ class DocumentStore:
                     self._keywords.remove(doc.scope, [doc.id])
         return chosen
 
+    def find(self, target: str, scope: str | None = None) -> DocumentInfo | None:
+        """The one ingested document `target` names: its id, its path, a `file://` URL of its path,
+        or its file name when only one document has it. None when none or several match."""
+        docs = self.documents(scope)
+        if target.startswith("file://"):
+            target = unquote(urlsplit(target).path)
+        by_id = [d for d in docs if d.id == target]
+        if by_id:
+            return by_id[0]
+        path = str(Path(target).expanduser().resolve())
+        by_path = [d for d in docs if d.path == path] or [d for d in docs if Path(d.path).name == target]
+        return by_path[0] if len(by_path) == 1 else None
+
+    def document_text(self, doc: DocumentInfo) -> str:
+        """A document's text as ingested, put back together from its chunks (their overlaps once)."""
+        parts: list[str] = []
+        before = ""
+        for passage in self.passages([f"{doc.id}:{n}" for n in range(doc.chunks)]):
+            skip = _overlap(before, passage.text)
+            parts.append(passage.text[skip:] if skip else ("\n\n" if parts else "") + passage.text)
+            before = passage.text
+        return "".join(parts)
+
     def count(self) -> int:
         """Chunks stored, in every scope."""
         return sum(doc.chunks for doc in self.documents())
@@ -751,6 +775,18 @@ def _document_info(doc_id: str, meta: Any) -> DocumentInfo:
         sha256=str(meta.get("sha256", "")),
         ingested_at=str(meta.get("ingested_at", "")),
     )
+
+
+def _overlap(before: str, chunk: str) -> int:
+    """How many characters at the start of `chunk` repeat the end of the chunk `before` it (the
+    chunks' overlap; 0 when they share less than 20)."""
+    probe = chunk[:20]
+    at = before.find(probe) if len(probe) == 20 else -1
+    while at >= 0:  # the first place that fits is the longest overlap
+        if chunk.startswith(before[at:]):
+            return len(before) - at
+        at = before.find(probe, at + 1)
+    return 0
 
 
 def _is_id(target: str, docs: list[DocumentInfo]) -> bool:

@@ -50,3 +50,23 @@ def test_summarize_stdin_and_bad_input_are_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in empty.stderr + unknown.stderr
     missing = chinwag(data, "actions", str(tmp_path / "nope.txt"))
     assert missing.returncode != 0 and "cannot read" in missing.stderr
+
+
+@pytest.mark.model
+def test_summarize_an_ingested_document_by_id_or_url_after_its_file_is_gone(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Backup\n\nAna: the nightly backup failed.\n\nRaj: I'll rerun it today.\n")
+    assert chinwag(data, "ingest", str(notes)).returncode == 0
+    listed = chinwag(data, "docs", "list")
+    doc_id = listed.stdout.split()[0]
+    notes.unlink()
+    for name in (doc_id, notes.resolve().as_uri()):
+        done = chinwag(data, "summarize", "--json", name)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["messages_read"] >= 2
+    read = [messages[0].content for _, messages in stored(data)]
+    assert len(read) == 2 and all("the nightly backup failed" in content for content in read)
+    gone = chinwag(data, "summarize", "file:///nowhere/notes.md")
+    assert gone.returncode == 1 and "no ingested document has that path" in gone.stderr
+    assert "Traceback" not in gone.stderr

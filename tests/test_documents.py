@@ -203,3 +203,25 @@ def test_devices_and_pipes_are_refused_with_a_reason(tmp_path: Path) -> None:
     assert list(iter_files([tmp_path])) == [fifo.resolve()]
     with pytest.raises(LoadError, match="named pipe"):
         check_regular(fifo)
+
+
+def test_an_ingested_document_is_found_and_read_back_whole_after_its_file_is_gone(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # Long paragraphs are cut with overlapping chunks; reading back must give each sentence once.
+    sentences = [f"Sentence number {n} says the on-call rota changes on day {n * 7}." for n in range(120)]
+    body = "\n\n".join(" ".join(sentences[p : p + 20]) for p in range(0, len(sentences), 20))
+    guide = tmp_path / "rota.md"
+    guide.write_text(f"# Rota\n\n{body}\n")
+    store = DocumentStore.open(settings)
+    store.ingest([guide])
+    [doc] = store.documents()
+    assert doc.chunks > 3
+    guide.unlink()
+    for name in (doc.id, str(guide), guide.resolve().as_uri(), "rota.md"):
+        assert store.find(name) == doc, name
+    assert store.find("nothing.md") is None and store.find("file:///nowhere/rota.md") is None
+    text = store.document_text(doc)
+    for sentence in sentences:
+        assert text.count(sentence) == 1, sentence
+    assert text.index(sentences[0]) < text.index(sentences[60]) < text.index(sentences[119])
