@@ -377,7 +377,9 @@ def test_the_bigger_model_prepares_with_a_corrected_template_and_answers() -> No
         prompt = model._tokenizer.apply_chat_template(
             [{"role": "user", "content": "hi"}], tools=[tool], tokenize=False, add_generation_prompt=True
         )
-        assert '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' in prompt
+        assert (
+            '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' in prompt
+        )
         text, finish = asyncio.run(_collect(model, QUESTION, GREEDY))
         assert "4" in text and finish.reason == "stop"
     finally:
