@@ -52,7 +52,8 @@ _CANDIDATES = 20
 @dataclass(frozen=True)
 class Passage:
     """A chunk of a document with its similarity to a query (cosine, -1..1); a hybrid search adds
-    its BM25 score (None: no word of the query in it) and its fused (reciprocal rank) score."""
+    its BM25 score (None: no word of the query in it), its fused (reciprocal rank) score, and
+    whether it came first by meaning and first by words alike (`agreed`)."""
 
     id: str
     text: str
@@ -65,6 +66,7 @@ class Passage:
     page: int | None = None
     keyword: float | None = None
     fused: float = 0.0
+    agreed: bool = False
 
 
 @dataclass(frozen=True)
@@ -565,7 +567,14 @@ class DocumentStore:
         missing = [i for i in best if i not in by_id]
         if missing:
             by_id.update(self._scored(missing, scope_of, vector))
-        return [replace(by_id[i], keyword=bm25.get(i), fused=fused[i]) for i in best if i in by_id]
+        # Two searches that know nothing of each other picking the same chunk first is evidence
+        # of its relevance that does not depend on either one's scale (the engine uses it).
+        agreed = dense[0].id if dense and hits and hits[0][1].chunk_id == dense[0].id else None
+        return [
+            replace(by_id[i], keyword=bm25.get(i), fused=fused[i], agreed=i == agreed)
+            for i in best
+            if i in by_id
+        ]
 
     def _scored(self, ids: list[str], scope_of: dict[str, str], vector: list[float]) -> dict[str, Passage]:
         """Chunks found by their words only, with their cosine similarity to the query's vector."""

@@ -191,3 +191,16 @@ def test_in_a_large_index_words_in_most_chunks_are_left_out_of_the_query(tmp_pat
     small = KeywordIndex(tmp_path / "small.sqlite3")
     small.replace("global", [], rows[:10], [("d", "sha", 10)])
     assert len(small.search("global", "deliveries warehouses", 5)) == 5
+
+
+def test_only_a_chunk_both_searches_rank_first_is_marked_agreed(tmp_path: Path, settings: Settings) -> None:
+    store = DocumentStore.open(settings)
+    store.ingest([EVAL_CORPUS])
+    # A table row: first by its words, and by meaning too, though its cosine is low (~0.4).
+    best, *others = store.query("What does Nordlicht Cloud cost us a year?", ["global"], 4)
+    assert best.agreed and "Nordlicht Cloud" in best.text and best.score < 0.5
+    assert not any(p.agreed for p in others)
+    # The acronym the meaning alone misses: the two searches disagree, nothing is marked.
+    assert not any(p.agreed for p in store.query("At what time does PSR run?", ["global"], 4))
+    settings.retrieval.hybrid = False
+    assert not any(p.agreed for p in store.query("What does Nordlicht Cloud cost us a year?", ["global"], 4))

@@ -256,10 +256,19 @@ async def test_with_the_search_tool_offered_only_clear_matches_enter_the_prompt(
 
     store.ingest([docs])
     settings.retrieval.min_score_with_tools = 0.99
+    settings.retrieval.hybrid = False  # by meaning alone: no chunk is first by words as well
     engine = Engine(model, history, settings, store, default_tools(settings))
     await run(engine, said("What is the API rate limit per key?"))
     assert all("120 requests" not in m.content for m in model.prompts[-1])
     assert "search_documents" in [t["function"]["name"] for t in model.tools[-1] or []]
+    # Hybrid: the chunk both searches rank first passes at min_score, and only that one.
+    settings.retrieval.hybrid = True
+    [best, *others] = store.query("What is the API rate limit per key?", ["global"], 4)
+    assert best.agreed and "120 requests" in best.text and not any(p.agreed for p in others)
+    await run(engine, said("What is the API rate limit per key?"))
+    passages = model.prompts[-1][-2].content
+    assert "120 requests" in passages and "Passage [2]" not in passages
+    settings.retrieval.hybrid = False
     settings.tools.enabled = False  # no tool to search with: the passages come to the model
     await run(engine, said("What is the API rate limit per key?"))
     assert "120 requests" in model.prompts[-1][-2].content

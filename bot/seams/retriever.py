@@ -25,6 +25,10 @@ class Passage(Protocol):
     def location(self) -> str: ...
     @property
     def scope(self) -> str: ...
+    @property
+    def agreed(self) -> bool:
+        """Whether it came first both by meaning and by words (a hybrid search's evidence)."""
+        ...
 
 
 @runtime_checkable
