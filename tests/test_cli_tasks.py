@@ -70,3 +70,46 @@ def test_summarize_an_ingested_document_by_id_or_url_after_its_file_is_gone(tmp_
     gone = chinwag(data, "summarize", "file:///nowhere/notes.md")
     assert gone.returncode == 1 and "no ingested document has that path" in gone.stderr
     assert "Traceback" not in gone.stderr
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_a_long_input_shows_a_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path: Path) -> None:
+    import os
+    import pty
+    import select
+
+    log = "".join(
+        f"{('Ana', 'Raj', 'Mei')[n % 3]}: update {n} on the backup job, all fine so far\n" for n in range(90)
+    )
+    (tmp_path / "long.txt").write_text(log)
+    env = cli_env(tmp_path / "data", CHINWAG_TASKS__PIECE_TOKENS="256", CHINWAG_GENERATION__MAX_TOKENS="16")
+    env["CHINWAG_TASKS__SUMMARY_TOKENS"] = "32"
+    args = [chinwag_bin(), "summarize", str(tmp_path / "long.txt")]
+    # stderr a terminal (a pty): one bar redrawn in place, gone when the answer comes.
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 600)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = process.communicate(timeout=600)
+    os.close(leader)
+    screen = seen.decode(errors="replace")
+    assert process.returncode == 0 and out.strip(), screen
+    assert "Reading 90 messages…" in screen and "━" in screen  # the bar, drawn by rich
+    assert "\x1b[" in screen  # redrawn in place (cursor moves), not printed line by line
+    assert "Traceback" not in screen
+    # stderr not a terminal (a file, CI's log): one plain line per part instead.
+    piped = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in piped.stderr.splitlines() if "part" in line]
+    assert piped.returncode == 0 and len(lines) >= 2 and all("━" not in line for line in lines)

@@ -132,6 +132,29 @@ async def test_a_thread_longer_than_the_window_is_read_in_parts_then_combined(
     assert done.text.startswith("- the whole thread [7](https://")
 
 
+async def test_combining_ends_even_when_a_piece_holds_little_and_notes_run_long(
+    settings: Settings, history: SqlHistory
+) -> None:
+    import asyncio
+
+    model = FakeModel()
+    settings.tasks.piece_tokens = 256  # the smallest allowed
+    engine = Engine(model, history, settings)
+    wordy = [" note"] * 1000  # a model that writes until it is stopped
+    model.responder = lambda prompt: (
+        wordy if "one part" in prompt[0].content or "consecutive" in prompt[0].content else None
+    )
+    model.enqueue("- the whole thread")
+    events = await asyncio.wait_for(run(engine, asked("/summarize", thread(120))), 60)
+    assert isinstance(events[-1], TurnDone)
+    notes = [p for p, q in zip(model.prompts, model.params, strict=True) if "one part" in p[0].content]
+    assert notes and all(
+        q.max_tokens <= 64 for p, q in zip(model.prompts, model.params, strict=True) if p in notes
+    )
+    rounds = [e.text for e in events if isinstance(e, Notice) and "round" in e.text]
+    assert len(rounds) <= 4  # each round reads at least four notes
+
+
 @pytest.mark.parametrize(
     ("source", "says"),
     [

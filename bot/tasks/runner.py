@@ -379,13 +379,22 @@ class Tasks:
         if len(pieces) == 1:
             yield pieces[0]
             return
-        params = GenerationParams(temperature=0.0, max_tokens=_NOTES_TOKENS, repetition_penalty=1.05)
+        # Notes of at most a quarter of a piece, so each round of combining reads at least four
+        # and the rounds end: notes as long as a piece (a small `tasks.piece_tokens`) made every
+        # round longer than the one before, without end.
+        params = GenerationParams(
+            temperature=0.0, max_tokens=min(_NOTES_TOKENS, budget // 4), repetition_penalty=1.05
+        )
         notes: list[str] = []
         for index, piece in enumerate(pieces, start=1):
             yield Notice(f"Reading {count} messages… part {index} of {len(pieces)}")
             notes.append(await run.complete(_prompt(NOTES_SYSTEM, "\n".join(piece), SUMMARY_ASK), params))
         level = 1
+        before = len(pieces)
         while len(pieces := self._pieces(notes, budget)) > 1:
+            if len(pieces) >= before:  # cannot happen with short notes; never loop if it does
+                raise TaskError("The notes on this input do not get shorter; raise tasks.piece_tokens.")
+            before = len(pieces)
             level += 1
             yield Notice(f"Combining the notes of {len(notes)} parts… (round {level})")
             notes = [await run.complete(_prompt(COMBINE_SYSTEM, "\n\n".join(p)), params) for p in pieces]
